@@ -1,0 +1,86 @@
+"""demiarch-flow: dependable, auditable LLM calls through OpenRouter, as a declarative workflow.
+
+Architecture, outside in:
+
+* ``definition`` — YAML text → JSON Schema → frozen :class:`Workflow` → graph checks → a
+  python-statemachine class (states and transitions only, no I/O).
+* ``runner`` — the trio runner: awaits the current state's handler, ``send()``s the outcome
+  event to the machine, reports each transition to listeners as a frozen record.
+* ``client`` — the OpenRouter client over an injected ``httpx.AsyncClient`` and the pure
+  classification of every failure into one error class; ``policy`` — backoff as a pure function.
+* ``store`` — SQLAlchemy tables and a small store interface, used from trio through threads.
+* ``cli`` — the ``demiarch-flow`` command; ``sim`` — an OpenRouter-compatible simulator;
+  ``testing`` — helpers for users to unit-test their own workflows.
+
+The public names are re-exported here and imported lazily, so ``demiarch-flow --help`` does not
+pay for trio, httpx or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_workflow": "definition",
+    "parse_workflow": "definition",
+    "machine_class": "definition",
+    "Workflow": "definition",
+    "RetryPolicy": "definition",
+    "FallbackPolicy": "definition",
+    "RequestSettings": "definition",
+    "StateSpec": "definition",
+    "FlowError": "errors",
+    "DefinitionError": "errors",
+    "YamlSyntaxError": "errors",
+    "SchemaError": "errors",
+    "GraphError": "errors",
+    "UsageError": "errors",
+    "EnvironmentProblem": "errors",
+    "SecretsError": "errors",
+    "StoreUnavailable": "errors",
+    "ProviderError": "errors",
+    "AllModelsFailed": "errors",
+    "PersistenceError": "errors",
+    "RunFailed": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .definition import (
+        FallbackPolicy,
+        RequestSettings,
+        RetryPolicy,
+        StateSpec,
+        Workflow,
+        load_workflow,
+        machine_class,
+        parse_workflow,
+    )
+    from .errors import (
+        AllModelsFailed,
+        DefinitionError,
+        EnvironmentProblem,
+        FlowError,
+        GraphError,
+        PersistenceError,
+        ProviderError,
+        RunFailed,
+        SchemaError,
+        SecretsError,
+        StoreUnavailable,
+        UsageError,
+        YamlSyntaxError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'demiarch_flow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,1 @@
+"""The command line (``demiarch-flow``); :func:`main` is its only public name."""

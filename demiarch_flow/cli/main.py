@@ -1,0 +1,191 @@
+"""``demiarch-flow``: the command line.
+
+Only argparse and this module are imported to parse arguments, so ``--help`` stays fast; each
+command's module (and trio, httpx, SQLAlchemy behind it) is imported when that command runs.
+Every :class:`~demiarch_flow.errors.FlowError` becomes one paragraph on stderr and its class's
+exit code (0 ok, 1 the run failed or was cancelled, 2 invalid input, 3 environment, 130 Ctrl-C);
+a traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad arguments exit with our input-error code (2, as argparse) and a hint."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_INPUT, f"demiarch-flow: error: {message}\n(see '{self.prog} --help')\n")
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="database URL (default: $DEMIARCH_FLOW_DB, else a SQLite file in your data folder)",
+    )
+
+
+def _base_url(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="OpenAI-compatible API base (default: $OPENROUTER_BASE_URL, else OpenRouter)",
+    )
+
+
+def _workflow(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "workflow", nargs="?", help="workflow YAML file (default: the bundled workflows/chat.yaml)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser; each subcommand names its handler as ``module:function``."""
+    parser = _Parser(
+        prog="demiarch-flow",
+        description="Dependable, auditable LLM calls through OpenRouter, driven by a workflow file.",
+    )
+    parser.add_argument("--version", action="version", version=f"demiarch-flow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("run", help="one chat turn through the workflow")
+    _workflow(p)
+    p.add_argument("-m", "--message", help="the user message (default: read from stdin)")
+    p.add_argument("--conversation", metavar="ID", help="continue this conversation")
+    p.add_argument("--model", metavar="M", help="replace the first model of the chain")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _db(p)
+    _base_url(p)
+    p.set_defaults(handler="run:cmd_run")
+
+    p = sub.add_parser("chat", help="an interactive conversation (each turn is a run)")
+    _workflow(p)
+    p.add_argument("--conversation", metavar="ID", help="continue this conversation")
+    p.add_argument("--model", metavar="M", help="replace the first model of the chain")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _db(p)
+    _base_url(p)
+    p.set_defaults(handler="run:cmd_chat")
+
+    p = sub.add_parser("validate", help="check workflow files without calling anything")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(handler="define:cmd_validate")
+
+    p = sub.add_parser("graph", help="draw a workflow (Mermaid or Graphviz dot)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    p.set_defaults(handler="define:cmd_graph")
+
+    p = sub.add_parser(
+        "simulate", help="run a workflow against scripted faults in virtual time (no network)"
+    )
+    _workflow(p)
+    p.add_argument(
+        "--faults",
+        default="",
+        metavar="SCRIPT",
+        help="per-model outcomes, e.g. 'anthropic/claude-sonnet-4=429,500;openai/gpt-4o=ok'",
+    )
+    p.add_argument("-m", "--message", default="Hello from the simulator")
+    p.add_argument("--model", metavar="M", help="replace the first model of the chain")
+    p.add_argument("--seed", type=int, default=0, help="seed for jitter (default 0)")
+    p.add_argument("--json", action="store_true", help="print the timeline as JSON")
+    p.add_argument("--db", metavar="URL", help="also write the run to this database")
+    p.set_defaults(handler="simulate:cmd_simulate")
+
+    p = sub.add_parser("demo", help="the whole thing against the bundled simulator (no key)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary database")
+    p.set_defaults(handler="demo:cmd_demo")
+
+    p = sub.add_parser("history", help="messages of a conversation (or the latest ones)")
+    p.add_argument("--conversation", metavar="ID")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    _db(p)
+    p.set_defaults(handler="report:cmd_history")
+
+    p = sub.add_parser("runs", help="inspect runs")
+    runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
+    q = runs.add_parser("show", help="the journal of one run")
+    q.add_argument("run_id", metavar="RUN_ID")
+    q.add_argument("--json", action="store_true")
+    _db(q)
+    q.set_defaults(handler="report:cmd_runs_show")
+
+    p = sub.add_parser("usage", help="spend and tokens from llm_usage")
+    p.add_argument("--since", metavar="DATE", help="only calls on or after this date (YYYY-MM-DD)")
+    p.add_argument("--by", choices=["model", "day", "conversation"], default="model")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+    p.set_defaults(handler="report:cmd_usage")
+
+    p = sub.add_parser("key", help="store, check or delete the OpenRouter API key")
+    keys = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", required=True)
+    q = keys.add_parser("set", help="store the key in the OS keyring (hidden prompt or stdin)")
+    q.set_defaults(handler="keys:cmd_key_set")
+    q = keys.add_parser("status", help="say where the key comes from (never prints it)")
+    q.set_defaults(handler="keys:cmd_key_status")
+    q = keys.add_parser("delete", help="remove the key from the OS keyring")
+    q.set_defaults(handler="keys:cmd_key_delete")
+
+    p = sub.add_parser("models", help="model prices")
+    models = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    q = models.add_parser("sync", help="refresh the local price table from GET /models")
+    _base_url(q)
+    q.set_defaults(handler="keys:cmd_models_sync")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``demiarch-flow`` script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
+    module_name, func_name = args.handler.split(":")
+    try:
+        module = importlib.import_module(f"demiarch_flow.cli._{module_name}")
+        code: int = getattr(module, func_name)(args)
+        return code
+    except KeyboardInterrupt:
+        print("demiarch-flow: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return _report(exc, debug=args.debug)
+
+
+def _report(exc: Exception, *, debug: bool) -> int:
+    from ..errors import FlowError, redact
+
+    if debug:
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        print(redact(text, os.environ.get("OPENROUTER_API_KEY")), file=sys.stderr, end="")
+    if isinstance(exc, FlowError):
+        print(f"demiarch-flow: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(
+        f"demiarch-flow: internal error: {type(exc).__name__}: "
+        f"{redact(str(exc), os.environ.get('OPENROUTER_API_KEY'))}"
+        + ("" if debug else " (run with --debug for the traceback)"),
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

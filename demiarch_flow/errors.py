@@ -1,0 +1,206 @@
+"""The one exception tree of demiarch-flow.
+
+Every error the package raises on purpose derives from :class:`FlowError`, grouped by cause so
+that a caller (the CLI above all) can map a class to an exit code and a one-paragraph message
+without parsing text::
+
+    FlowError                        exit_code
+    ├── DefinitionError                  2   a workflow file is not valid
+    │   ├── YamlSyntaxError                  not YAML at all
+    │   ├── SchemaError                      valid YAML, breaks workflows.schema.json
+    │   └── GraphError                       well-typed, but a run of it could get stuck
+    ├── UsageError                       2   bad command-line input (empty message, bad flag)
+    ├── EnvironmentProblem               3   the machine is not set up for the call
+    │   ├── SecretsError                     no API key / unusable keyring
+    │   └── StoreUnavailable                 database URL cannot be opened
+    ├── ProviderError                    1   one failed attempt at OpenRouter (has .error_class)
+    ├── AllModelsFailed                  1   every model of the chain failed
+    ├── PersistenceError                 1   a database write failed after its retries
+    └── RunFailed                        1   a run ended in a final failure state
+
+Errors carry their context as attributes (file, line, field, model, status, attempt) so that
+tests assert on data, and messages never include the API key: every message that could echo
+request data is passed through :func:`redact` first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
+_KEYLIKE = re.compile(r"sk-or-[A-Za-z0-9_\-]{4,}")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Remove API keys from ``text``: the given secrets, bearer tokens and OpenRouter-style keys."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _BEARER.sub(r"\1[redacted]", text)
+    return _KEYLIKE.sub("[redacted]", text)
+
+
+class FlowError(Exception):
+    """Base of every error demiarch-flow raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ---------------------------------------------------------------- definitions
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in a workflow file a problem sits (1-based line and column; 0 when unknown)."""
+
+    file: str
+    line: int = 0
+    column: int = 0
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}:{self.column}"
+        return self.file
+
+
+class DefinitionError(FlowError):
+    """A workflow definition is invalid; ``problems`` lists every finding of the failing check."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: Location,
+        path: str = "",
+        problems: Sequence[DefinitionError] = (),
+    ) -> None:
+        prefix = f"{location}: {path + ': ' if path else ''}"
+        super().__init__(prefix + message)
+        self.detail = message
+        self.location = location
+        self.file = location.file
+        self.line = location.line
+        self.column = location.column
+        self.path = path
+        self.problems: tuple[DefinitionError, ...] = tuple(problems) or (self,)
+
+    @classmethod
+    def collect(cls, problems: Sequence[DefinitionError]) -> DefinitionError:
+        """One error standing for several of the same check, the first one leading."""
+        first = problems[0]
+        if len(problems) == 1:
+            return first
+        more = "\n".join(f"  {p.message}" for p in problems[1:])
+        return type(first)(
+            f"{first.detail}\n(and {len(problems) - 1} more)\n{more}",
+            location=first.location,
+            path=first.path,
+            problems=problems,
+        )
+
+
+class YamlSyntaxError(DefinitionError):
+    """The file is not well-formed YAML (or not a mapping at the top)."""
+
+
+class SchemaError(DefinitionError):
+    """The document breaks the JSON Schema: a type, range, required or unknown key."""
+
+
+class GraphError(DefinitionError):
+    """The states and transitions do not form a workflow that always ends."""
+
+
+# ---------------------------------------------------------------- input and environment
+
+
+class UsageError(FlowError):
+    """Bad input on the command line: an empty message, an unreadable file, a bad option."""
+
+    exit_code = 2
+
+
+class EnvironmentProblem(FlowError):
+    """The machine is not ready for the call: no key, no keyring, a database that won't open."""
+
+    exit_code = 3
+
+
+class SecretsError(EnvironmentProblem):
+    """No API key could be found, or the keyring cannot be used."""
+
+
+class StoreUnavailable(EnvironmentProblem):
+    """The database URL cannot be opened."""
+
+
+# ---------------------------------------------------------------- runs
+
+
+class ProviderError(FlowError):
+    """One failed attempt at the provider, classified into exactly one error class.
+
+    Attributes:
+        error_class: one of :data:`demiarch_flow.definition.ERROR_CLASSES`.
+        model: the model the attempt asked for.
+        status: the HTTP status, or ``None`` for network errors and timeouts.
+        retry_after_s: the server's wait hint in seconds, when it gave a usable one.
+    """
+
+    def __init__(
+        self,
+        error_class: str,
+        message: str,
+        *,
+        model: str = "",
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        where = f"{model}: " if model else ""
+        code = f"HTTP {status} " if status is not None else ""
+        super().__init__(f"{where}{code}{error_class}: {redact(message)}")
+        self.error_class = error_class
+        self.detail = redact(message)
+        self.model = model
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class AllModelsFailed(FlowError):
+    """Every model of the fallback chain failed; ``last_errors`` maps model → its last error."""
+
+    def __init__(self, last_errors: dict[str, ProviderError]) -> None:
+        lines = "; ".join(f"{m}: {e.error_class} ({e.detail})" for m, e in last_errors.items())
+        super().__init__(f"all models failed — {lines}")
+        self.last_errors = dict(last_errors)
+        self.error_class = "all_models_failed"
+
+
+class PersistenceError(FlowError):
+    """A database operation failed (after its retries, where it has any)."""
+
+    def __init__(self, message: str, *, recovery_file: str | None = None) -> None:
+        suffix = f" The reply was saved to {recovery_file}." if recovery_file else ""
+        super().__init__(message + suffix)
+        self.recovery_file = recovery_file
+        self.error_class = "persistence"
+
+
+class RunFailed(FlowError):
+    """A run ended in a failure state; carries the run id and the error class it ended with."""
+
+    def __init__(self, message: str, *, run_id: str, error_class: str | None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.error_class = error_class
