@@ -15,6 +15,7 @@ without parsing text::
     │   └── StoreUnavailable                 database URL cannot be opened
     ├── ProviderError                    1   one failed attempt at OpenRouter (has .error_class)
     ├── AllModelsFailed                  1   every model of the chain failed
+    ├── UnknownConversation              1   --conversation names no conversation
     ├── PersistenceError                 1   a database write failed after its retries
     └── RunFailed                        1   a run ended in a final failure state
 
@@ -185,6 +186,18 @@ class AllModelsFailed(FlowError):
         super().__init__(f"all models failed — {lines}")
         self.last_errors = dict(last_errors)
         self.error_class = "all_models_failed"
+
+
+class UnknownConversation(FlowError):
+    """A run was asked to continue a conversation id that the database does not hold."""
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(
+            f"no conversation with id {conversation_id!r} in this database"
+            " (see `demiarch-flow history` for the ids; leave out --conversation to start one)"
+        )
+        self.conversation_id = conversation_id
+        self.error_class = "unknown_conversation"
 
 
 class PersistenceError(FlowError):

@@ -1,0 +1,121 @@
+"""Backoff as pure functions: the schedule, the server's wait hint, and the decision between them.
+
+Nothing here sleeps or reads a clock of its own: the Backoff state calls :func:`plan_wait` with
+the retry number, the policy, the parsed hint and an injected ``random.Random``, and sleeps what
+it is told. That keeps every wait testable to the millisecond.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+from .definition import RetryPolicy
+
+#: A hint above this is taken as garbage (a clock bug, an overflow), not as a real request to
+#: wait a day: the schedule's own delay is used instead.
+IMPLAUSIBLE_RETRY_AFTER_S = 86_400.0
+
+
+def computed_delay(retry_number: int, policy: RetryPolicy) -> float:
+    """``min(max_delay_s, initial_delay_s · backoff_rate^(n−1))`` for retry ``n`` ≥ 1.
+
+    Computed in log space, so a retry number of a million neither overflows nor takes long.
+    """
+    exponent = max(retry_number - 1, 0)
+    if policy.backoff_rate == 1 or exponent == 0:
+        return min(policy.initial_delay_s, policy.max_delay_s)
+    headroom = math.log(policy.max_delay_s / policy.initial_delay_s)
+    if exponent * math.log(policy.backoff_rate) >= headroom:
+        return policy.max_delay_s
+    return min(policy.max_delay_s, policy.initial_delay_s * policy.backoff_rate**exponent)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """The server's wait hint in seconds, or ``None`` when there is no usable one.
+
+    ``retry-after-ms`` (milliseconds) wins over ``Retry-After`` (seconds or an HTTP date).
+    Negative, non-finite, unparsable and implausibly large values are ignored.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    millis = _number(lowered.get("retry-after-ms"))
+    if millis is not None:
+        return _plausible(millis / 1000.0)
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _number(raw)
+    if seconds is not None:
+        return _plausible(seconds)
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return _plausible(max((when - current).total_seconds(), 0.0))
+
+
+def _number(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _plausible(seconds: float) -> float | None:
+    if seconds < 0 or seconds > IMPLAUSIBLE_RETRY_AFTER_S:
+        return None
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class WaitPlan:
+    """What the Backoff state should do next.
+
+    ``delay_s`` is ``None`` when it should not wait at all but give up on the current model
+    (``reason`` says why: ``retries_exhausted`` or ``retry_after_too_long``).
+    """
+
+    delay_s: float | None
+    source: Literal["schedule", "retry_after", "none"]
+    reason: str
+
+    @property
+    def exhausted(self) -> bool:
+        return self.delay_s is None
+
+
+def plan_wait(
+    retry_number: int,
+    policy: RetryPolicy,
+    retry_after_s: float | None,
+    rng: random.Random,
+) -> WaitPlan:
+    """Decide the wait before retry ``retry_number`` (1 = the first retry of this model).
+
+    Args:
+        retry_number: which retry is about to be made.
+        policy: the workflow's retry policy.
+        retry_after_s: the server's parsed hint (see :func:`parse_retry_after`), if any.
+        rng: the injected random source used for full jitter.
+    """
+    if retry_number > policy.max_retries:
+        return WaitPlan(None, "none", "retries_exhausted")
+    if policy.respect_retry_after and retry_after_s is not None:
+        if retry_after_s > policy.max_delay_s:
+            return WaitPlan(None, "none", "retry_after_too_long")
+        return WaitPlan(retry_after_s, "retry_after", "server asked to wait")
+    delay = computed_delay(retry_number, policy)
+    if policy.jitter == "full":
+        delay = rng.uniform(0.0, delay)
+    return WaitPlan(delay, "schedule", "backoff schedule")

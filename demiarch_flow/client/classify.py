@@ -1,0 +1,164 @@
+"""Sorting every provider answer into a result or exactly one error class — pure functions.
+
+The rules follow OpenRouter's error table (shared/OPENROUTER.md): the HTTP status decides,
+except that a 400 wrapping a transient inner ``error.code`` (408, 429, 5xx, 524, 529) is that
+inner class, a 402 from the in-flight budget is a temporary limit (``rate_limited``), and an
+HTTP 200 can carry an ``error`` body, or be no usable answer at all (a broken upstream:
+``server_error``, so it is retried).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ..errors import ProviderError
+from ..pricing import to_usd
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A successful chat completion, as parsed from the response body."""
+
+    content: str
+    model: str
+    """The model that answered (``model`` of the response; may differ from the request)."""
+    generation_id: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int
+    cost_usd: Decimal | None
+    """``usage.cost``: what OpenRouter actually charged, when it said."""
+    provider: str | None = None
+
+
+def class_for_status(status: int, metadata: Mapping[str, Any] | None = None) -> str:
+    """The error class of an HTTP status (or of an ``error.code`` that is a status)."""
+    if status == 401:
+        return "auth"
+    if status == 402:
+        if (metadata or {}).get("limit_source") == "openrouter_in_flight_budget":
+            return "rate_limited"
+        return "payment_required"
+    if status == 403:
+        return "forbidden"
+    if status == 404:
+        return "model_unavailable"
+    if status in (408, 524):
+        return "timeout"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server_error"
+    return "bad_request"
+
+
+_TRANSIENT_INNER = frozenset({408, 429, 524, 529})
+
+
+def _as_status(code: Any) -> int | None:
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and code.strip().isdigit():
+        return int(code.strip())
+    return None
+
+
+def _error_of(payload: Any) -> Mapping[str, Any] | None:
+    if isinstance(payload, Mapping):
+        err = payload.get("error")
+        if isinstance(err, Mapping):
+            return err
+        if isinstance(err, str):
+            return {"message": err}
+    return None
+
+
+def classify_error_body(
+    status: int, payload: Any, model: str, retry_after_s: float | None
+) -> ProviderError:
+    """The :class:`ProviderError` for a non-2xx response, or a 200 that carries ``error``."""
+    err = _error_of(payload) or {}
+    metadata = err.get("metadata") if isinstance(err.get("metadata"), Mapping) else {}
+    message = str(err.get("message") or f"HTTP {status}")[:300]
+    inner = _as_status(err.get("code"))
+    if status == 400 and inner is not None and (inner in _TRANSIENT_INNER or inner >= 500):
+        error_class = class_for_status(inner, metadata)
+    elif status == 200:
+        if inner is not None and inner >= 400:
+            error_class = class_for_status(inner, metadata)
+        else:
+            error_class = "server_error"  # e.g. code "server_error": a broken upstream answer
+    else:
+        error_class = class_for_status(status, metadata)
+    return ProviderError(
+        error_class, message, model=model, status=status, retry_after_s=retry_after_s
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def parse_completion(
+    status: int, body: bytes, model: str, retry_after_s: float | None
+) -> Completion | ProviderError:
+    """Parse a response body into a :class:`Completion`, or the error it stands for."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        if status >= 400:
+            return ProviderError(
+                class_for_status(status), f"HTTP {status} with a non-JSON body",
+                model=model, status=status, retry_after_s=retry_after_s,
+            )  # fmt: skip
+        return ProviderError(
+            "server_error", "the response body is not JSON (truncated or an HTML page)",
+            model=model, status=status, retry_after_s=retry_after_s,
+        )  # fmt: skip
+    if status >= 400 or (_error_of(payload) is not None and not _choices(payload)):
+        return classify_error_body(status, payload, model, retry_after_s)
+    choices = _choices(payload)
+    if not choices:
+        return ProviderError(
+            "server_error", "the response has neither choices nor an error",
+            model=model, status=status, retry_after_s=retry_after_s,
+        )  # fmt: skip
+    first = choices[0]
+    message = first.get("message") if isinstance(first, Mapping) else None
+    content = message.get("content") if isinstance(message, Mapping) else None
+    if not isinstance(content, str):
+        return ProviderError(
+            "server_error", "the first choice has no message content",
+            model=model, status=status, retry_after_s=retry_after_s,
+        )  # fmt: skip
+    usage = payload.get("usage") if isinstance(payload.get("usage"), Mapping) else {}
+    prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+    details = usage.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+    answered = payload.get("model")
+    gen_id = payload.get("id")
+    return Completion(
+        content=content,
+        model=answered if isinstance(answered, str) and answered else model,
+        generation_id=gen_id if isinstance(gen_id, str) and gen_id else None,
+        finish_reason=first.get("finish_reason") if isinstance(first, Mapping) else None,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=_int(usage.get("total_tokens")) or prompt + completion,
+        cached_tokens=cached,
+        cost_usd=to_usd(usage.get("cost")),
+        provider=payload.get("provider") if isinstance(payload.get("provider"), str) else None,
+    )
+
+
+def _choices(payload: Any) -> list[Any]:
+    choices = payload.get("choices") if isinstance(payload, Mapping) else None
+    return list(choices) if isinstance(choices, list) else []

@@ -1,0 +1,173 @@
+"""The OpenRouter client: one attempt per call, over an injected ``httpx.AsyncClient``.
+
+The client never retries: retrying is the workflow's business (the Backoff and Fallback
+states), so every policy decision is visible in the YAML file and in the journal. The network
+sits behind httpx's transport seam, so tests pass ``httpx.MockTransport`` or
+:class:`demiarch_flow.testing.FakeOpenRouter` instead of patching. Failures of any kind come out
+as one :class:`~demiarch_flow.errors.ProviderError` with its error class; foreign exceptions
+are mapped here, at the boundary. The key lives in an :class:`ApiKey`, whose repr hides it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+
+from ..backoff import parse_retry_after
+from ..errors import ProviderError, redact
+from .classify import Completion, parse_completion
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+DEFAULT_APP_URL = "https://github.com/demiarch/demiarch-flow"
+DEFAULT_APP_TITLE = "demiarch-flow"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key and where it came from; ``repr`` and ``str`` never show the value."""
+
+    value: str = field(repr=False)
+    source: str = "unknown"
+
+    def __str__(self) -> str:
+        return f"<API key from {self.source}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one call, for the run's attempt list and the journal."""
+
+    model: str
+    completion: Completion | None
+    error: ProviderError | None
+    latency_ms: int
+    status: int | None
+
+
+class OpenRouterClient:
+    """Chat completions against an OpenAI-compatible API (OpenRouter by default).
+
+    Args:
+        http: the shared ``httpx.AsyncClient`` (its transport is the test seam).
+        key: the API key.
+        base_url: API base, e.g. ``https://openrouter.ai/api/v1``.
+        app_url, app_title: attribution headers (``HTTP-Referer``, ``X-OpenRouter-Title``).
+        limiter: optional cap on HTTP requests in flight, shared across runs.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        key: ApiKey,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        app_url: str = DEFAULT_APP_URL,
+        app_title: str = DEFAULT_APP_TITLE,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self._http = http
+        self._key = key
+        self.base_url = base_url.rstrip("/")
+        self._limiter = limiter
+        self._headers = {
+            "Authorization": f"Bearer {key.value}",
+            "Content-Type": "application/json",
+            "HTTP-Referer": app_url,
+            "X-OpenRouter-Title": app_title,
+        }
+
+    def __repr__(self) -> str:
+        return f"OpenRouterClient(base_url={self.base_url!r}, key={self._key})"
+
+    def build_payload(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> dict[str, Any]:
+        """The JSON body of one chat completion request."""
+        body: dict[str, Any] = {"model": model, "messages": list(messages)}
+        if temperature is not None:
+            body["temperature"] = temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        return body
+
+    async def complete(self, payload: Mapping[str, Any], *, timeout_s: float) -> Attempt:
+        """Make one attempt; never raises for provider or network failures.
+
+        The whole attempt (waiting for a pool slot included) is bounded by ``timeout_s``
+        through trio's clock, so a hang costs no real time under ``MockClock``.
+        """
+        model = str(payload.get("model", ""))
+        content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        started = trio.current_time()
+        status: int | None = None
+        try:
+            with trio.move_on_after(timeout_s) as scope:
+                if self._limiter is None:
+                    response = await self._post(content, timeout_s)
+                else:
+                    async with self._limiter:
+                        response = await self._post(content, timeout_s)
+            if scope.cancelled_caught:
+                outcome: Completion | ProviderError = ProviderError(
+                    "timeout", f"no answer within {timeout_s:g} s", model=model
+                )
+            else:
+                status = response.status_code
+                hint = parse_retry_after(response.headers)
+                outcome = parse_completion(status, response.content, model, hint)
+        except httpx.TimeoutException as exc:
+            outcome = ProviderError("timeout", _describe(exc), model=model)
+        except (httpx.TransportError, OSError) as exc:
+            outcome = ProviderError("network_error", _describe(exc), model=model)
+        latency_ms = round((trio.current_time() - started) * 1000)
+        if isinstance(outcome, ProviderError):
+            return Attempt(model, None, outcome, latency_ms, status)
+        return Attempt(model, outcome, None, latency_ms, status)
+
+    async def _post(self, content: bytes, timeout_s: float) -> httpx.Response:
+        return await self._http.post(
+            f"{self.base_url}/chat/completions",
+            content=content,
+            headers=self._headers,
+            timeout=timeout_s,
+        )
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """``GET /models`` → its ``data`` list.
+
+        Raises:
+            ProviderError: the listing could not be fetched or read.
+        """
+        try:
+            response = await self._http.get(
+                f"{self.base_url}/models", headers=self._headers, timeout=60
+            )
+        except httpx.TimeoutException as exc:
+            raise ProviderError("timeout", _describe(exc)) from None
+        except (httpx.TransportError, OSError) as exc:
+            raise ProviderError("network_error", _describe(exc)) from None
+        try:
+            data = response.json().get("data")
+        except (ValueError, AttributeError):
+            data = None
+        if response.status_code != 200 or not isinstance(data, list):
+            raise ProviderError(
+                "server_error", "GET /models did not return a model list",
+                status=response.status_code,
+            )  # fmt: skip
+        return [d for d in data if isinstance(d, dict)]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return redact(f"{type(exc).__name__}: {text}")[:300]

@@ -1,0 +1,270 @@
+"""Scripted provider behaviour: the fault language shared by ``simulate``, the bundled
+simulator server and :class:`demiarch_flow.testing.FakeOpenRouter`.
+
+A script maps each model to the outcomes of its successive requests; once a model's list is used
+up it answers ``ok``. Syntax: ``MODEL=ITEM,ITEM,...;MODEL=...`` where an ITEM is
+
+* ``ok`` — a normal completion (real response shape, ``usage.cost`` included);
+* ``NNN`` — HTTP status NNN with OpenRouter's error envelope; ``NNN@S`` adds ``Retry-After: S``
+  (``@Sms`` sends ``retry-after-ms``, ``@date+S`` an HTTP date S seconds ahead,
+  ``@junk`` an unparsable value); ``400:NNN`` is a 400 wrapping inner ``error.code`` NNN;
+* ``inflight@S`` — 402 from OpenRouter's in-flight budget, with ``Retry-After: S``;
+* ``error200`` — HTTP 200 with an ``error`` body (code 500) and no choices;
+* ``html`` / ``truncated`` / ``nochoices`` — broken 200 answers;
+* ``reset`` — the connection is dropped; ``hang`` — no answer at all (the client times out);
+* ``slow:S`` — answers ``ok`` after S seconds;
+* ``ITEM*N`` repeats an item N times; ``ITEM*`` repeats it forever.
+
+A model absent from the script always answers ``ok``; ``*=...`` sets the script of every model
+not named otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from email.utils import format_datetime
+from typing import Any
+
+from .errors import UsageError
+from .pricing import PriceTable
+
+_ITEM = re.compile(
+    r"^(?:(?P<status>\d{3})(?::(?P<inner>\w+))?|(?P<word>[a-z][a-z0-9]*)(?::(?P<arg>[\d.]+))?)"
+    r"(?:@(?P<ra>[^*]+))?(?:\*(?P<rep>\d*))?$"
+)
+_WORDS = {"ok", "inflight", "error200", "html", "truncated", "nochoices", "reset", "hang", "slow"}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One scripted outcome."""
+
+    kind: str
+    """``ok``, ``status`` or one of the words above."""
+    status: int = 200
+    inner: str | None = None
+    retry_after: str | None = None
+    delay_s: float = 0.0
+
+    def label(self) -> str:
+        if self.kind == "status":
+            base = f"{self.status}" + (f":{self.inner}" if self.inner else "")
+        else:
+            base = self.kind
+        return base + (f"@{self.retry_after}" if self.retry_after else "")
+
+
+OK = Fault("ok")
+
+
+def parse_item(text: str) -> tuple[Fault, int | None]:
+    """One ITEM → (fault, repetitions; ``None`` = forever)."""
+    m = _ITEM.match(text.strip())
+    if not m or (m["word"] and m["word"] not in _WORDS):
+        raise UsageError(
+            f"bad fault {text.strip()!r}: expected ok, a status like 429 or 429@2, 400:502,"
+            " inflight@S, error200, html, truncated, nochoices, reset, hang or slow:S"
+        )
+    rep = m["rep"]
+    count = None if rep == "" else int(rep) if rep else 1
+    if m["status"]:
+        fault = Fault("status", int(m["status"]), m["inner"], m["ra"])
+    elif m["word"] == "slow":
+        fault = Fault("slow", delay_s=float(m["arg"] or 1))
+    elif m["word"] == "inflight":
+        fault = Fault("inflight", 402, retry_after=m["ra"] or "1")
+    else:
+        fault = Fault(m["word"], retry_after=m["ra"])
+    return fault, count
+
+
+@dataclass(frozen=True)
+class FaultScript:
+    """Per-model lists of outcomes; ``forever`` holds each model's repeating last item."""
+
+    steps: Mapping[str, tuple[Fault, ...]]
+    forever: Mapping[str, Fault]
+
+    @classmethod
+    def parse(cls, text: str) -> FaultScript:
+        """Parse ``MODEL=ITEM,...;MODEL=...`` (empty text: every model answers ok).
+
+        Raises:
+            UsageError: the script is malformed.
+        """
+        steps: dict[str, tuple[Fault, ...]] = {}
+        forever: dict[str, Fault] = {}
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            model, sep, items = part.partition("=")
+            if not sep or not model.strip():
+                raise UsageError(f"bad fault script part {part!r}: expected MODEL=ITEM,ITEM")
+            seq: list[Fault] = []
+            for item in filter(None, (i.strip() for i in items.split(","))):
+                fault, count = parse_item(item)
+                if count is None:
+                    forever[model.strip()] = fault
+                    break
+                seq.extend([fault] * count)
+            steps[model.strip()] = tuple(seq)
+        return cls(steps, forever)
+
+
+class FaultCursor:
+    """Hands out each model's next scripted outcome (shared by all requests of a provider)."""
+
+    def __init__(self, script: FaultScript) -> None:
+        self.script = script
+        self._used: dict[str, int] = {}
+
+    def next(self, model: str) -> Fault:
+        key = model if model in self.script.steps or model in self.script.forever else "*"
+        steps = self.script.steps.get(key, ())
+        i = self._used.get(model, 0)
+        self._used[model] = i + 1
+        if i < len(steps):
+            return steps[i]
+        return self.script.forever.get(key, OK)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def _retry_headers(value: str | None, now: datetime) -> dict[str, str]:
+    if value is None:
+        return {}
+    if value.endswith("ms"):
+        return {"retry-after-ms": value[:-2]}
+    if value.startswith("date+"):
+        when = now + timedelta(seconds=float(value[5:]))
+        return {"Retry-After": format_datetime(when.astimezone(UTC), usegmt=True)}
+    return {"Retry-After": value}
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def completion_body(
+    model: str, messages: list[Any], prices: PriceTable, generation: int
+) -> dict[str, Any]:
+    """A realistic OpenRouter success body (token counts derived from the text)."""
+    last = next((m.get("content", "") for m in reversed(messages) if isinstance(m, Mapping)), "")
+    content = f"[simulated {model}] You said: {str(last)[:200]}"
+    prompt = sum(_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, Mapping))
+    completion = _tokens(content)
+    cost = prices.cost(model, prompt, completion, None)
+    usd = cost.usd if cost.source == "price_table" else Decimal("0.000001")
+    return {
+        "id": f"gen-sim-{generation:08d}",
+        "object": "chat.completion",
+        "created": 1732000000 + generation,
+        "model": model,
+        "provider": "Simulator",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "native_finish_reason": "end_turn",
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+            "cost": float(usd),
+        },
+    }
+
+
+_MESSAGES = {
+    400: "Invalid request",
+    401: "No auth credentials found",
+    402: "Insufficient credits",
+    403: "Request blocked by moderation",
+    404: "No endpoints found for this model",
+    408: "Request timed out",
+    429: "Rate limit exceeded",
+    500: "Internal Server Error",
+    502: "Provider returned error",
+    503: "No available provider",
+    504: "Gateway timeout",
+    524: "Edge timeout",
+    529: "Provider overloaded",
+}
+
+
+def _error(code: Any, message: str, metadata: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if metadata:
+        body["error"]["metadata"] = metadata
+    return json.dumps(body).encode()
+
+
+def render(
+    fault: Fault,
+    model: str,
+    messages: list[Any],
+    prices: PriceTable,
+    generation: int,
+    now: datetime,
+) -> Rendered:
+    """The HTTP answer of a scripted fault (``reset``, ``hang``, ``slow`` are the caller's)."""
+    headers = {"Content-Type": "application/json"}
+    headers.update(_retry_headers(fault.retry_after, now))
+    if fault.kind in ("ok", "slow"):
+        body = completion_body(model, messages, prices, generation)
+        headers["X-Generation-Id"] = body["id"]
+        return Rendered(200, headers, json.dumps(body).encode())
+    if fault.kind == "status":
+        if fault.inner is not None:
+            inner: Any = fault.inner
+            return Rendered(fault.status, headers, _error(inner, f"Upstream error {inner}"))
+        message = _MESSAGES.get(fault.status, f"HTTP {fault.status}")
+        meta = {"error_type": "rate_limit_exceeded"} if fault.status == 429 else None
+        return Rendered(fault.status, headers, _error(fault.status, message, meta))
+    if fault.kind == "inflight":
+        meta = {"limit_source": "openrouter_in_flight_budget"}
+        msg = "This request would exceed your available credits given your in-flight requests."
+        return Rendered(402, headers, _error(402, msg, meta))
+    if fault.kind == "error200":
+        return Rendered(200, headers, _error(500, "Internal Server Error"))
+    if fault.kind == "html":
+        headers["Content-Type"] = "text/html"
+        return Rendered(200, headers, b"<html><body>502 Bad Gateway</body></html>")
+    if fault.kind == "truncated":
+        return Rendered(200, headers, b'{"id": "gen-x", "choices": [{"message": {"con')
+    if fault.kind == "nochoices":
+        return Rendered(200, headers, b'{"id": "gen-x", "object": "chat.completion"}')
+    raise ValueError(f"{fault.kind} has no HTTP rendering")
+
+
+def models_listing(prices: PriceTable) -> dict[str, Any]:
+    """A ``GET /models`` body for the models of a price table (prices in USD per token)."""
+    million = Decimal(1_000_000)
+    return {
+        "data": [
+            {
+                "id": model,
+                "name": model,
+                "context_length": 200000,
+                "pricing": {
+                    "prompt": format((p.prompt / million).normalize(), "f"),
+                    "completion": format((p.completion / million).normalize(), "f"),
+                    "request": "0",
+                },
+            }
+            for model, p in sorted(prices.prices.items())
+        ]
+    }

@@ -1,0 +1,202 @@
+"""The trio runner: handler → event → ``machine.send(event)`` → next state, until a final one.
+
+The machine (python-statemachine, 2.x semantics) is the single source of truth for where the
+run goes next: the runner never computes a target itself, it asks the machine after ``send``.
+A handler returning an event its state cannot send raises ``TransitionNotAllowed`` — a bug,
+surfaced, never swallowed. Cancellation at any await (Ctrl-C, an outer ``move_on_after``)
+records the run as ``cancelled`` under a shielded scope and re-raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import trio
+
+from ..definition import Workflow, machine_class
+from ..errors import FlowError
+from ..store.base import JournalEntry, RunEnd
+from .context import AttemptSummary, RunContext, RunEnv, RunRequest
+from .handlers import HANDLERS
+from .records import FlowRecord
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: what ``run --json`` prints and what the CLI's exit code comes from."""
+
+    run_id: str
+    conversation_id: str | None
+    status: str
+    final_state: str
+    model: str | None
+    content: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: Decimal | None
+    cost_source: str | None
+    attempts: tuple[AttemptSummary, ...]
+    transitions: tuple[FlowRecord, ...]
+    error: FlowError | None
+    virtual_wait_s: float
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def error_class(self) -> str | None:
+        return getattr(self.error, "error_class", None) if self.error else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` object (same fields for failed runs)."""
+        return {
+            "run_id": self.run_id,
+            "conversation_id": self.conversation_id,
+            "status": self.status,
+            "final_state": self.final_state,
+            "model": self.model,
+            "content": self.content,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": str(self.cost_usd) if self.cost_usd is not None else None,
+            "cost_source": self.cost_source,
+            "attempts": [
+                {
+                    "model": a.model,
+                    "outcome": a.outcome,
+                    "error_class": a.error_class,
+                    "status": a.status,
+                    "wait_s": a.wait_s,
+                    "latency_ms": a.latency_ms,
+                }
+                for a in self.attempts
+            ],
+            "transitions": [
+                {
+                    "from": t.from_state,
+                    "event": t.event,
+                    "to": t.to_state,
+                    "model": t.model,
+                    "attempt": t.attempt,
+                    "error_class": t.error_class,
+                    "wait_s": t.wait_s,
+                    "at": t.wall.isoformat(),
+                }
+                for t in self.transitions
+            ],
+            "error_class": self.error_class,
+            "error_message": str(self.error) if self.error else None,
+        }
+
+
+async def run_workflow(workflow: Workflow, request: RunRequest, env: RunEnv) -> RunOutcome:
+    """Drive one run of ``workflow`` from its initial state to a final one.
+
+    Raises:
+        trio.Cancelled: re-raised after the run is recorded as cancelled.
+    """
+    ctx = RunContext(workflow=workflow, env=env, request=request)
+    return await drive(ctx)
+
+
+async def drive(ctx: RunContext) -> RunOutcome:
+    """Run ``ctx`` to completion (exposed for tests that prepare a context themselves)."""
+    wf = ctx.workflow
+    machine = machine_class(wf)()
+    ctx.state = machine.current_state_value
+    transitions: list[FlowRecord] = []
+    started = trio.current_time()
+    status = "failed"
+    try:
+        while True:
+            spec = wf.state(ctx.state)
+            if spec.final:
+                if spec.action:
+                    await HANDLERS[spec.action](ctx)
+                break
+            assert spec.action is not None
+            event = await HANDLERS[spec.action](ctx)
+            before = ctx.state
+            machine.send(event)
+            ctx.state = machine.current_state_value
+            wait, ctx.pending_wait_s = ctx.pending_wait_s, None
+            err = ctx.last_error if event not in ("loaded", "succeeded", "saved") else None
+            record = await ctx.emit(
+                "transition",
+                from_state=before,
+                event=event,
+                to_state=ctx.state,
+                model=ctx.model,
+                attempt=ctx.attempt or None,
+                error_class=err.error_class if err else None,
+                wait_s=wait,
+            )
+            transitions.append(record)
+            if event == "saved":
+                status = "succeeded"
+    except trio.Cancelled:
+        with trio.CancelScope(shield=True):
+            await _record_cancelled(ctx)
+            await ctx.emit("finished", run_status="cancelled", to_state=ctx.state)
+        raise
+    await ctx.emit("finished", run_status=status, to_state=ctx.state, model=_answered(ctx))
+    done = ctx.completion if status == "succeeded" else None
+    return RunOutcome(
+        run_id=ctx.run_id,
+        conversation_id=ctx.conversation_id,
+        status=status,
+        final_state=ctx.state,
+        model=_answered(ctx),
+        content=done.content if done else None,
+        prompt_tokens=done.prompt_tokens if done else None,
+        completion_tokens=done.completion_tokens if done else None,
+        cost_usd=ctx.cost_usd if done else None,
+        cost_source=ctx.cost_source if done else None,
+        attempts=tuple(ctx.attempts),
+        transitions=tuple(transitions),
+        error=None if status == "succeeded" else ctx.failure,
+        virtual_wait_s=trio.current_time() - started,
+    )
+
+
+def _answered(ctx: RunContext) -> str | None:
+    return ctx.completion.model if ctx.completion and ctx.saved_message_id else None
+
+
+async def _record_cancelled(ctx: RunContext) -> None:
+    try:
+        await ctx.env.store.finish_run(
+            RunEnd(
+                ctx.run_id,
+                "cancelled",
+                ctx.state,
+                None,
+                "cancelled",
+                f"cancelled in state {ctx.state}",
+                ctx.env.now(),
+            )
+        )
+    except FlowError:
+        pass
+
+
+def journal_entry(record: FlowRecord, seq: int) -> JournalEntry:
+    """A transition record as a ``run_events`` row."""
+    assert record.from_state is not None
+    assert record.event is not None
+    assert record.to_state is not None
+    return JournalEntry(
+        run_id=record.run_id,
+        seq=seq,
+        from_state=record.from_state,
+        event=record.event,
+        to_state=record.to_state,
+        model=record.model,
+        attempt=record.attempt,
+        error_class=record.error_class,
+        wait_s=record.wait_s,
+        at=record.wall,
+    )

@@ -1,0 +1,37 @@
+"""The run journal: a listener that writes every transition to ``run_events``.
+
+Transitions are buffered per run and written in one call before each Backoff wait (the run is
+idle then anyway) and when the run finishes, cancelled runs included. So a normal run costs one
+journal write, and a crash loses at most the transitions since the last wait.
+"""
+
+from __future__ import annotations
+
+from ..store.base import JournalEntry, Store
+from .engine import journal_entry
+from .records import FlowRecord
+
+
+class JournalListener:
+    """Writes transitions through ``store``; safe to share between concurrent runs."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: dict[str, list[JournalEntry]] = {}
+        self._seq: dict[str, int] = {}
+
+    async def on_record(self, record: FlowRecord) -> None:
+        if record.kind == "transition":
+            seq = self._seq.get(record.run_id, 0) + 1
+            self._seq[record.run_id] = seq
+            self._pending.setdefault(record.run_id, []).append(journal_entry(record, seq))
+        elif record.kind == "wait":
+            await self._flush(record.run_id)
+        elif record.kind == "finished":
+            self._seq.pop(record.run_id, None)
+            await self._flush(record.run_id)
+
+    async def _flush(self, run_id: str) -> None:
+        entries = self._pending.pop(run_id, None)
+        if entries:
+            await self._store.append_events(tuple(entries))

@@ -1,0 +1,48 @@
+"""What the runner tells its listeners: frozen records, one per thing that happened.
+
+Hooks, not prints: the CLI's live progress, the run journal and a batch progress bar are all
+just listeners. ``kind`` says what the record is about:
+
+* ``transition`` — the machine moved (from_state --event--> to_state);
+* ``attempt`` — a Request attempt ended (status, error class, latency);
+* ``wait`` — Backoff is about to sleep ``wait_s`` seconds before retry ``attempt``;
+* ``fallback`` — the chain moves from ``model`` to ``next_model``;
+* ``finished`` — the run reached a final state (``status`` says how it ended).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+RecordKind = Literal["transition", "attempt", "wait", "fallback", "finished"]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRecord:
+    kind: RecordKind
+    run_id: str
+    monotonic: float
+    """trio's clock (virtual under MockClock), seconds."""
+    wall: datetime
+    """The injected wall clock, timezone-aware UTC."""
+    from_state: str | None = None
+    event: str | None = None
+    to_state: str | None = None
+    model: str | None = None
+    attempt: int | None = None
+    """Attempt number on the current model, 1-based."""
+    error_class: str | None = None
+    status: int | None = None
+    wait_s: float | None = None
+    latency_ms: int | None = None
+    next_model: str | None = None
+    message: str | None = None
+    run_status: str | None = None
+
+
+class Listener(Protocol):
+    """Receives every record of a run, in order. May await (the journal writes)."""
+
+    async def on_record(self, record: FlowRecord) -> None: ...

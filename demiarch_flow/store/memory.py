@@ -1,0 +1,71 @@
+"""An in-memory :class:`~demiarch_flow.store.base.Store`: ``simulate``, tests and benchmarks.
+
+It follows the same contract as the SQL store (the contract suite runs on both), including
+idempotency on ``generation_id`` and the unknown-conversation error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UnknownConversation
+from .base import BeganRun, JournalEntry, NewRun, Reply, RunEnd, StoredMessage
+
+
+@dataclass
+class MemoryStore:
+    conversations: dict[str, str] = field(default_factory=dict)
+    """conversation id → title."""
+    messages: list[StoredMessage] = field(default_factory=list)
+    usage: list[Reply] = field(default_factory=list)
+    runs: dict[str, dict[str, object]] = field(default_factory=dict)
+    events: list[JournalEntry] = field(default_factory=list)
+
+    async def begin_run(self, run: NewRun) -> BeganRun:
+        created = run.conversation_id is None
+        conv = run.create_with_id if created else run.conversation_id
+        assert conv is not None
+        if not created and conv not in self.conversations:
+            raise UnknownConversation(conv)
+        if created:
+            self.conversations[conv] = run.title
+        earlier = [m for m in self.messages if m.conversation_id == conv]
+        history = tuple(earlier[-run.context_messages :]) if run.context_messages else ()
+        self.messages.append(
+            StoredMessage(run.user_message_id, conv, "user", run.content, None, run.at, run.run_id)
+        )
+        self.runs[run.run_id] = {
+            "workflow": run.workflow,
+            "conversation_id": conv,
+            "status": "running",
+            "started_at": run.at,
+        }
+        return BeganRun(conv, created, history)
+
+    async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
+        self.events.extend(entries)
+
+    async def save_reply(self, reply: Reply, end: RunEnd) -> str:
+        if reply.generation_id is not None:
+            for row in self.usage:
+                if row.generation_id == reply.generation_id:
+                    return row.message_id
+        self.messages.append(
+            StoredMessage(
+                reply.message_id, reply.conversation_id, "assistant", reply.content,
+                reply.model, reply.created_at, reply.run_id, reply.completion_tokens,
+            )
+        )  # fmt: skip
+        self.usage.append(reply)
+        await self.finish_run(end)
+        return reply.message_id
+
+    async def finish_run(self, end: RunEnd) -> None:
+        self.runs.setdefault(end.run_id, {}).update(
+            status=end.status,
+            current_state=end.current_state,
+            model=end.model,
+            error_class=end.error_class,
+            error_message=end.error_message,
+            finished_at=end.finished_at,
+        )

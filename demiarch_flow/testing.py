@@ -1,0 +1,176 @@
+"""Helpers for testing workflows — ours and our users' — without a network or real waiting.
+
+* :class:`FakeOpenRouter` — an ``httpx`` transport that answers like OpenRouter from a fault
+  script (see :mod:`demiarch_flow.faults`) and records every request it receives.
+* :func:`make_env` — a :class:`~demiarch_flow.runner.RunEnv` around a fake provider and an
+  in-memory store, with a seeded random source and a fixed wall clock.
+* :func:`run_state` — run one state's handler with a prepared context and get back the event
+  it emitted and the state the machine moves to.
+
+Run tests under trio's ``MockClock(autojump_threshold=0)`` (pytest-trio's ``autojump_clock``
+fixture) so every Backoff wait takes no real time, and read waited time from
+``trio.current_time()``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import trio
+
+from .client import ApiKey, OpenRouterClient
+from .definition import Workflow, machine_class
+from .faults import FaultCursor, FaultScript, models_listing, render
+from .pricing import PriceTable
+from .runner.context import RunContext, RunEnv, RunRequest
+from .runner.handlers import HANDLERS
+from .runner.records import FlowRecord
+from .store.base import Store
+from .store.memory import MemoryStore
+
+FAKE_BASE_URL = "https://openrouter.test/api/v1"
+FAKE_KEY = "sk-or-test-0000000000000000"
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRequest:
+    """A request the fake received: the model asked for, the headers, the JSON body, the time."""
+
+    model: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float
+
+
+class FakeOpenRouter(httpx.AsyncBaseTransport):
+    """An OpenRouter stand-in as an httpx transport, scripted per model.
+
+    Args:
+        script: a fault script text or a parsed :class:`FaultScript` (empty: always ``ok``).
+        prices: the price table used for ``usage.cost`` in success bodies.
+    """
+
+    def __init__(self, script: str | FaultScript = "", prices: PriceTable | None = None) -> None:
+        parsed = FaultScript.parse(script) if isinstance(script, str) else script
+        self.cursor = FaultCursor(parsed)
+        self.prices = prices or PriceTable.load()
+        self.requests: list[SeenRequest] = []
+
+    @property
+    def models_called(self) -> list[str]:
+        """The model of every chat request, in order."""
+        return [r.model for r in self.requests]
+
+    def request_times(self) -> list[float]:
+        return [r.at for r in self.requests]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and path.endswith("/models"):
+            return httpx.Response(200, json=models_listing(self.prices))
+        body = json.loads(await request.aread() or b"{}")
+        model = str(body.get("model", ""))
+        self.requests.append(SeenRequest(model, dict(request.headers), body, trio.current_time()))
+        fault = self.cursor.next(model)
+        if fault.kind == "reset":
+            raise httpx.ReadError("Connection reset by peer", request=request)
+        if fault.kind == "hang":
+            await trio.sleep_forever()
+        if fault.kind == "slow":
+            await trio.sleep(fault.delay_s)
+        out = render(
+            fault, model, body.get("messages", []), self.prices, len(self.requests),
+            datetime.now(UTC),
+        )  # fmt: skip
+        return httpx.Response(out.status, headers=out.headers, content=out.body)
+
+
+class RecordingListener:
+    """Keeps every record it is given (``records``), for assertions."""
+
+    def __init__(self) -> None:
+        self.records: list[FlowRecord] = []
+
+    async def on_record(self, record: FlowRecord) -> None:
+        self.records.append(record)
+
+    def of_kind(self, kind: str) -> list[FlowRecord]:
+        return [r for r in self.records if r.kind == kind]
+
+
+def fixed_clock(at: datetime | None = None) -> Any:
+    """A wall clock that always says ``at`` (default 2026-01-01 UTC)."""
+    moment = at or datetime(2026, 1, 1, tzinfo=UTC)
+    return lambda: moment
+
+
+def make_env(
+    provider: httpx.AsyncBaseTransport | str = "",
+    *,
+    store: Store | None = None,
+    seed: int = 0,
+    listeners: Sequence[Any] = (),
+    **env: Any,
+) -> RunEnv:
+    """A :class:`RunEnv` with a fake provider (a script or a transport), an in-memory store,
+    ``random.Random(seed)`` and a fixed wall clock."""
+    transport = FakeOpenRouter(provider) if isinstance(provider, str) else provider
+    http = httpx.AsyncClient(transport=transport)
+    client = OpenRouterClient(http, ApiKey(FAKE_KEY, "test"), base_url=FAKE_BASE_URL)
+    return RunEnv(
+        client=client,
+        store=store if store is not None else MemoryStore(),
+        rng=random.Random(seed),
+        now=env.pop("now", fixed_clock()),
+        listeners=tuple(listeners),
+        **env,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one state's handler did: the event it emitted and where the machine goes."""
+
+    event: str
+    next_state: str | None
+    waited_s: float
+
+
+def context_for(
+    workflow: Workflow, env: RunEnv, message: str = "Hello", **fields: Any
+) -> RunContext:
+    """A run context positioned anywhere: pass any :class:`RunContext` field (``model_index``,
+    ``retries``, ``last_error``, ``messages``, ``completion`` …) as a keyword."""
+    request = fields.pop("request", None) or RunRequest(message=message)
+    ctx = RunContext(workflow=workflow, env=env, request=request)
+    if "messages" not in fields:
+        ctx.messages = [{"role": "user", "content": message}]
+    for name, value in fields.items():
+        setattr(ctx, name, value)
+    return ctx
+
+
+async def run_state(workflow: Workflow, state: str, ctx: RunContext) -> StepResult:
+    """Run the handler of ``state`` on ``ctx`` and ask the workflow's machine where it leads.
+
+    Raises:
+        statemachine.exceptions.TransitionNotAllowed: the handler emitted an event the state
+            has no transition for.
+    """
+    spec = workflow.state(state)
+    ctx.state = state
+    started = trio.current_time()
+    assert spec.action is not None, f"state {state} has no action"
+    event = await HANDLERS[spec.action](ctx)
+    waited = trio.current_time() - started
+    if spec.final:
+        return StepResult(event, None, waited)
+    machine = machine_class(workflow)(start_value=state)
+    machine.send(event)
+    return StepResult(event, machine.current_state_value, waited)

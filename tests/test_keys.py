@@ -1,0 +1,60 @@
+"""The API key: environment first, then the keyring; clear errors when neither works."""
+
+from __future__ import annotations
+
+import keyring
+import pytest
+from keyring.backends import fail
+
+from demiarch_flow.errors import SecretsError
+from demiarch_flow.keys import SERVICE, USERNAME, delete_key, key_status, resolve_key, store_key
+
+from .conftest import MemoryKeyring
+
+
+def test_environment_takes_precedence(memory_keyring: MemoryKeyring) -> None:
+    """OPENROUTER_API_KEY wins over a stored key."""
+    store_key("sk-or-stored")
+    key = resolve_key({"OPENROUTER_API_KEY": "sk-or-env"})
+    assert (key.value, key.source) == ("sk-or-env", "environment")
+    assert "sk-or-env" not in repr(key)
+    assert "sk-or-env" not in str(key)
+
+
+def test_keyring_is_used_when_no_variable(memory_keyring: MemoryKeyring) -> None:
+    """Without the variable, the keyring's key (service demiarch-flow, user openrouter) is used."""
+    store_key("  sk-or-stored\n")
+    assert memory_keyring.secrets[(SERVICE, USERNAME)] == "sk-or-stored"
+    key = resolve_key({})
+    assert (key.value, key.source) == ("sk-or-stored", "keyring")
+    assert "keyring" in key_status({})
+    assert "sk-or-stored" not in key_status({})
+
+
+def test_no_key_anywhere(memory_keyring: MemoryKeyring) -> None:
+    """Neither variable nor stored key: a SecretsError saying how to fix it."""
+    with pytest.raises(SecretsError, match="key set"):
+        resolve_key({})
+    assert delete_key() is False
+
+
+def test_delete(memory_keyring: MemoryKeyring) -> None:
+    """key delete removes the stored key."""
+    store_key("sk-or-x")
+    assert delete_key() is True
+    assert memory_keyring.secrets == {}
+
+
+def test_no_keyring_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A headless machine without a backend: the error names the variable to set instead."""
+    previous = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    try:
+        with pytest.raises(SecretsError, match="OPENROUTER_API_KEY") as info:
+            resolve_key({})
+        assert info.value.exit_code == 3
+        with pytest.raises(SecretsError, match="no usable keyring"):
+            store_key("sk-or-x")
+        assert resolve_key({"OPENROUTER_API_KEY": "sk-or-env"}).source == "environment"
+    finally:
+        keyring.set_keyring(previous)

@@ -1,0 +1,36 @@
+"""The README's "unit-test a state of your own workflow" example, run as part of our suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# --- README example start
+from demiarch_flow.definition import load_workflow
+from demiarch_flow.testing import FakeOpenRouter, context_for, make_env, run_state
+
+
+async def test_my_policy_retries_a_rate_limit_then_succeeds(autojump_clock):
+    workflow = load_workflow("workflows/chat.yaml")  # your own file here
+    fake = FakeOpenRouter("anthropic/claude-sonnet-4=429@2,ok")
+    ctx = context_for(workflow, make_env(fake))
+
+    step = await run_state(workflow, "Request", ctx)
+    assert (step.event, step.next_state) == ("retryable", "Backoff")
+
+    step = await run_state(workflow, "Backoff", ctx)
+    assert (step.event, step.next_state, step.waited_s) == ("retry", "Request", 2.0)
+
+    step = await run_state(workflow, "Request", ctx)
+    assert step.event == "succeeded"
+    assert fake.models_called == ["anthropic/claude-sonnet-4"] * 2
+
+
+# --- README example end
+
+
+def test_readme_shows_this_example() -> None:
+    """The README carries the example above verbatim, so the documented test is a tested test."""
+    source = Path(__file__).read_text("utf-8")
+    example = source.split("# --- README example start\n")[1].split("# --- README example end")[0]
+    readme = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    assert example.strip() in readme
