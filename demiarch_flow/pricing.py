@@ -120,3 +120,17 @@ def table_from_models_listing(models: Iterable[Mapping[str, Any]]) -> dict[str, 
             "completion": format((Decimal(str(pricing["completion"])) * MILLION).normalize(), "f"),
         }
     return out
+
+
+def write_synced_table(models: Iterable[Mapping[str, Any]], path: Path) -> int:
+    """Write the price table built from a ``/models`` listing to ``path`` atomically.
+
+    Returns:
+        How many models with prices were written.
+    """
+    table = table_from_models_listing(models)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n", "utf-8")
+    tmp.replace(path)
+    return len(table) - 1

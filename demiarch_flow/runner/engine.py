@@ -9,6 +9,7 @@ records the run as ``cancelled`` under a shielded scope and re-raises.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -167,7 +168,7 @@ def _answered(ctx: RunContext) -> str | None:
 
 
 async def _record_cancelled(ctx: RunContext) -> None:
-    try:
+    with contextlib.suppress(FlowError):
         await ctx.env.store.finish_run(
             RunEnd(
                 ctx.run_id,
@@ -179,8 +180,6 @@ async def _record_cancelled(ctx: RunContext) -> None:
                 ctx.env.now(),
             )
         )
-    except FlowError:
-        pass
 
 
 def journal_entry(record: FlowRecord, seq: int) -> JournalEntry:

@@ -7,6 +7,9 @@ journal write, and a crash loses at most the transitions since the last wait.
 
 from __future__ import annotations
 
+import logging
+
+from ..errors import PersistenceError
 from ..store.base import JournalEntry, Store
 from .engine import journal_entry
 from .records import FlowRecord
@@ -34,4 +37,10 @@ class JournalListener:
     async def _flush(self, run_id: str) -> None:
         entries = self._pending.pop(run_id, None)
         if entries:
-            await self._store.append_events(tuple(entries))
+            try:
+                await self._store.append_events(tuple(entries))
+            except PersistenceError as exc:
+                # The journal is an audit trail: losing it must not fail a paid-for run.
+                logging.getLogger("demiarch_flow").warning(
+                    "could not write %d journal rows of run %s: %s", len(entries), run_id, exc
+                )

@@ -26,6 +26,7 @@ class MemoryStore:
         conv = run.create_with_id if created else run.conversation_id
         assert conv is not None
         if not created and conv not in self.conversations:
+            self.runs[run.run_id] = {"workflow": run.workflow, "conversation_id": None}
             raise UnknownConversation(conv)
         if created:
             self.conversations[conv] = run.title
@@ -69,3 +70,13 @@ class MemoryStore:
             error_message=end.error_message,
             finished_at=end.finished_at,
         )
+
+    async def count_rows(self) -> dict[str, int]:
+        """Rows per table, named as in the SQL schema."""
+        return {
+            "conversations": len(self.conversations),
+            "chat_messages": len(self.messages),
+            "llm_usage": len(self.usage),
+            "workflow_runs": len(self.runs),
+            "run_events": len(self.events),
+        }

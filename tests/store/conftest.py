@@ -1,0 +1,67 @@
+"""Stores for the contract suite: SQLite file, PostgreSQL (skipped where absent), memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from demiarch_flow.store import MemoryStore
+from demiarch_flow.store.sql import SqlStore
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2
+        ):
+            return True
+    except Exception:
+        return False
+
+
+def fresh_postgres() -> SqlStore:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (database test)")
+    from demiarch_flow.store.tables import Base
+
+    store = SqlStore.open_sync(PG_URL)
+    Base.metadata.drop_all(store.engine)
+    Base.metadata.create_all(store.engine)
+    return store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    """A fresh SQL store on each engine."""
+    store = (
+        fresh_postgres()
+        if request.param == "postgres"
+        else SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}")
+    )
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore | MemoryStore]:
+    """Every implementation of the Store interface."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    store = (
+        fresh_postgres()
+        if request.param == "postgres"
+        else SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}")
+    )
+    try:
+        yield store
+    finally:
+        store.close()
