@@ -265,7 +265,7 @@ def write_recovery(ctx: RunContext, reply: Reply, error: Exception | None) -> Pa
             fh.flush()
             os.fsync(fh.fileno())
     except OSError:
-        log.exception("could not write the recovery file %s; the reply was:\n%s", path, reply.content)
+        log.error("could not write the recovery file %s; the reply was:\n%s", path, reply.content)
         return None
     log.error("the reply could not be stored and was saved to %s", path)
     return path
@@ -294,7 +294,7 @@ async def fail(ctx: RunContext) -> str:
             )
         )
     except FlowError as exc:
-        log.exception("could not record the failed run: %s", exc)
+        log.error("could not record the failed run: %s", exc)
     return ""
 
 
