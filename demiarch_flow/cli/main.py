@@ -106,8 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="simulate:cmd_simulate")
 
     p = sub.add_parser("demo", help="the whole thing against the bundled simulator (no key)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary database")
     p.set_defaults(handler="demo:cmd_demo")
+
+    p = sub.add_parser(
+        "simulator", help="serve the bundled OpenRouter-compatible simulator on 127.0.0.1"
+    )
+    p.add_argument("--port", type=int, default=0, help="port (default: any free one)")
+    p.add_argument("--faults", default="", metavar="SCRIPT", help="fault script, as for simulate")
+    p.add_argument("--latency", type=float, default=0.0, metavar="S", help="delay every answer")
+    p.set_defaults(handler="simserver:cmd_simulator")
 
     p = sub.add_parser("history", help="messages of a conversation (or the latest ones)")
     p.add_argument("--conversation", metavar="ID")

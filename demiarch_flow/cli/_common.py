@@ -1,0 +1,151 @@
+"""What the commands share: output styling, logging to stderr, opening the world of a run,
+and turning Ctrl-C into a clean cancellation that is recorded before the process exits 130."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO, TypeVar
+
+import httpx
+import trio
+
+from .._resources import default_workflow_path
+from ..client import DEFAULT_BASE_URL, ApiKey, OpenRouterClient
+from ..definition import Workflow, load_workflow
+from ..errors import UsageError
+from ..paths import database_url, prices_path
+from ..pricing import PriceTable
+from ..runner import JournalListener, Listener, RunEnv
+from ..store.sql import SqlStore
+
+T = TypeVar("T")
+
+
+def use_color(stream: TextIO) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def style(text: str, code: str, stream: TextIO = sys.stderr) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if use_color(stream) else text
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno == logging.WARNING else record.levelname.lower()
+        text = f"demiarch-flow: {level}: {record.getMessage()}"
+        print(style(text, "33") if record.levelno >= logging.WARNING else text, file=sys.stderr)
+
+
+def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
+    """Warnings (fallbacks, unknown costs) go to stderr; ``--quiet`` keeps errors only."""
+    log = logging.getLogger("demiarch_flow")
+    log.handlers[:] = [_StderrHandler()]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
+
+
+def resolve_base_url(flag: str | None) -> str:
+    return flag or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
+
+
+def workflow_from(arg: str | None) -> Workflow:
+    """The named workflow file, or the bundled default."""
+    return load_workflow(arg if arg else default_workflow_path())
+
+
+def read_message(flag: str | None, stdin: TextIO = sys.stdin) -> str:
+    """The user message from ``-m`` or stdin; an empty one is an input error."""
+    if flag is None:
+        if stdin.isatty():
+            raise UsageError("no message: pass -m TEXT or pipe the message on stdin")
+        flag = stdin.read()
+    if not flag.strip():
+        raise UsageError("the message is empty: pass -m TEXT with some text")
+    return flag
+
+
+def http_client(max_in_flight: int = 100) -> httpx.AsyncClient:
+    """The shared HTTP client: keep-alive pool sized to the in-flight cap."""
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0), trust_env=False)
+
+
+@dataclass
+class World:
+    """An open store and HTTP client, for the lifetime of one command."""
+
+    store: SqlStore
+    http: httpx.AsyncClient
+    env: RunEnv
+
+
+@asynccontextmanager
+async def open_world(
+    *,
+    db: str | None,
+    base_url: str,
+    key: ApiKey,
+    listeners: tuple[Listener, ...] = (),
+    max_in_flight: int = 100,
+) -> AsyncIterator[World]:
+    """Open the database (creating tables) and the HTTP client; close both afterwards."""
+    store = await SqlStore.open(database_url(db))
+    try:
+        async with http_client(max_in_flight) as http:
+            client = OpenRouterClient(
+                http, key, base_url=base_url, limiter=trio.CapacityLimiter(max_in_flight)
+            )
+            env = RunEnv(
+                client=client,
+                store=store,
+                prices=PriceTable.load(prices_path()),
+                listeners=(JournalListener(store), *listeners),
+                recovery_dir=store.recovery_dir,
+            )
+            yield World(store, http, env)
+    finally:
+        store.close()
+
+
+class Interrupted(Exception):
+    """Ctrl-C arrived; the work in progress was cancelled and recorded."""
+
+
+def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
+    """``trio.run(fn)`` where SIGINT cancels ``fn`` cleanly (shielded cleanup runs) and then
+    raises :class:`KeyboardInterrupt` so the command exits 130."""
+
+    async def main() -> Any:
+        interrupted = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal interrupted
+                with trio.open_signal_receiver(signal.SIGINT) as signals:
+                    async for _ in signals:
+                        interrupted = True
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch)
+            result = await fn()
+            nursery.cancel_scope.cancel()
+        if interrupted:
+            raise KeyboardInterrupt
+        return result
+
+    try:
+        return trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)  # type: ignore[no-any-return]
+    except BaseExceptionGroup as group:
+        # Unwrap a single error from the nursery so the CLI maps it to its exit code.
+        leaf = group.exceptions[0] if len(group.exceptions) == 1 else group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        raise leaf from None

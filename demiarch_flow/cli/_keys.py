@@ -1,0 +1,61 @@
+"""``key set|status|delete`` and ``models sync``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from ..client import ApiKey, OpenRouterClient
+from ..errors import SecretsError
+from ..keys import delete_key, key_status, resolve_key, store_key
+from ..paths import prices_path
+from ..pricing import write_synced_table
+from ._common import http_client, resolve_base_url, run_trio
+
+
+def cmd_key_set(_args: argparse.Namespace) -> int:
+    """Read the key from a hidden prompt (or stdin when piped) — never from argv."""
+    value = (
+        getpass.getpass("OpenRouter API key (input hidden): ")
+        if sys.stdin.isatty()
+        else sys.stdin.readline()
+    )
+    store_key(value)
+    print(
+        "stored the key in the OS keyring (service 'demiarch-flow', user 'openrouter')",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_key_status(_args: argparse.Namespace) -> int:
+    print(key_status())
+    try:
+        resolve_key()
+    except SecretsError:
+        return 3
+    return 0
+
+
+def cmd_key_delete(_args: argparse.Namespace) -> int:
+    print("deleted the key from the OS keyring" if delete_key() else "the OS keyring held no key")
+    return 0
+
+
+def cmd_models_sync(args: argparse.Namespace) -> int:
+    """Refresh the local price table from ``GET {base_url}/models`` (no key needed)."""
+    try:
+        key = resolve_key()
+    except SecretsError:
+        key = ApiKey("", "none")
+    base = resolve_base_url(args.base_url)
+
+    async def main() -> int:
+        async with http_client(4) as http:
+            models = await OpenRouterClient(http, key, base_url=base).list_models()
+        return write_synced_table(models, prices_path())
+
+    count = run_trio(main)
+    print(f"wrote prices of {count} models to {prices_path()}")
+    return 0

@@ -1,0 +1,194 @@
+"""``history``, ``runs show`` and ``usage``: reading what runs wrote."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from ..errors import UsageError
+from ..paths import database_url
+from ..store.sql import SqlStore
+from ._common import run_trio
+from ._table import table
+
+
+def _open(db: str | None) -> SqlStore:
+    return SqlStore.open_sync(database_url(db))
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if at else ""
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Without --conversation: the latest conversations. With it: its messages, oldest first."""
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    store = _open(args.db)
+    try:
+        if not args.conversation:
+            convs = run_trio(lambda: store.conversations(args.limit))
+            if args.json:
+                print(
+                    json.dumps(
+                        [
+                            {
+                                "id": c.id,
+                                "title": c.title,
+                                "updated_at": c.updated_at.isoformat(),
+                                "messages": c.messages,
+                            }
+                            for c in convs
+                        ]
+                    )
+                )
+            elif not convs:
+                print("no conversations yet")
+            else:
+                print(
+                    table(
+                        ["conversation", "updated (UTC)", "messages", "title"],
+                        [(c.id, _when(c.updated_at), c.messages, c.title[:60]) for c in convs],
+                        numeric=[2],
+                    )
+                )
+            return 0
+        msgs = run_trio(lambda: store.messages(args.conversation, args.limit))
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "id": m.id,
+                            "role": m.role,
+                            "content": m.content,
+                            "model": m.model,
+                            "created_at": m.created_at.isoformat(),
+                            "run_id": m.run_id,
+                        }
+                        for m in msgs
+                    ],
+                    ensure_ascii=False,
+                )
+            )
+            return 0
+        for m in msgs:
+            who = m.role if m.role != "assistant" else f"assistant ({m.model})"
+            print(f"[{_when(m.created_at)}] {who}:\n{m.content}\n")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    """The journal of one run: every transition with its time, model, attempt and wait."""
+    store = _open(args.db)
+    try:
+        run, events = run_trio(lambda: store.run_journal(args.run_id))
+    finally:
+        store.close()
+    if run is None:
+        raise UsageError(f"no run with id {args.run_id!r} in this database")
+    if args.json:
+        print(json.dumps({
+            "run_id": run.id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
+            "conversation_id": run.conversation_id, "status": run.status,
+            "current_state": run.current_state, "model": run.model,
+            "error_class": run.error_class, "error_message": run.error_message,
+            "started_at": run.started_at.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "events": [{"seq": e.seq, "from": e.from_state, "event": e.event, "to": e.to_state, "model": e.model,
+                        "attempt": e.attempt, "error_class": e.error_class, "wait_s": e.wait_s, "at": e.at.isoformat()} for e in events],
+        }))  # fmt: skip
+        return 0
+    print(f"run {run.id} — workflow {run.workflow} ({run.workflow_sha256[:12]}), {run.status}")
+    print(
+        f"conversation {run.conversation_id}, started {_when(run.started_at)}, finished {_when(run.finished_at)}"
+    )
+    if run.error_class:
+        print(f"error: {run.error_class}: {run.error_message}")
+    start = events[0].at if events else run.started_at
+    rows = [
+        (
+            e.seq,
+            f"+{(e.at - start).total_seconds():.3f}s",
+            e.from_state,
+            e.event,
+            e.to_state,
+            e.model or "",
+            e.attempt or "",
+            e.error_class or "",
+            f"{e.wait_s:.2f}" if e.wait_s is not None else "",
+        )
+        for e in events
+    ]
+    print(
+        table(
+            ["#", "at", "from", "event", "to", "model", "attempt", "error", "wait s"],
+            rows,
+            numeric=[0, 6, 8],
+        )
+    )
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """Spend and tokens grouped by model, day or conversation."""
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise UsageError(f"--since {args.since!r} is not a date (use YYYY-MM-DD)") from None
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    store = _open(args.db)
+    try:
+        rows = run_trio(lambda: store.usage(since, args.by))
+    finally:
+        store.close()
+    total = sum((r.cost_usd for r in rows), Decimal(0))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "by": args.by,
+                    "rows": [
+                        {
+                            "key": r.key,
+                            "calls": r.calls,
+                            "prompt_tokens": r.prompt_tokens,
+                            "completion_tokens": r.completion_tokens,
+                            "cost_usd": str(r.cost_usd),
+                        }
+                        for r in rows
+                    ],
+                    "total_cost_usd": str(total),
+                }
+            )
+        )
+        return 0
+    if not rows:
+        print("no usage recorded yet")
+        return 0
+    body = [
+        (r.key, r.calls, r.prompt_tokens, r.completion_tokens, f"{r.cost_usd:.6f}") for r in rows
+    ]
+    body.append(
+        (
+            "total",
+            sum(r.calls for r in rows),
+            sum(r.prompt_tokens for r in rows),
+            sum(r.completion_tokens for r in rows),
+            f"{total:.6f}",
+        )
+    )
+    print(
+        table(
+            [args.by, "calls", "prompt tokens", "completion tokens", "cost USD"],
+            body,
+            numeric=[1, 2, 3, 4],
+        )
+    )
+    return 0

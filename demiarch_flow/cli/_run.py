@@ -1,0 +1,165 @@
+"""``run`` (one chat turn) and ``chat`` (an interactive conversation)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TextIO
+
+from ..definition import Workflow
+from ..errors import RunFailed
+from ..keys import resolve_key
+from ..runner import FlowRecord, RunOutcome, RunRequest, run_workflow
+from ._common import (
+    World,
+    open_world,
+    read_message,
+    resolve_base_url,
+    run_trio,
+    setup_logging,
+    style,
+    workflow_from,
+)
+
+_HINTS = {
+    "auth": "check the key: `demiarch-flow key status`, then `demiarch-flow key set`",
+    "payment_required": "the account or key is out of credits: add credits on openrouter.ai",
+    "unknown_conversation": "list conversations with `demiarch-flow history`",
+    "all_models_failed": "see each attempt with `demiarch-flow runs show RUN_ID`",
+    "persistence": "the database could not be written; check --db / DEMIARCH_FLOW_DB",
+}
+
+
+class Progress:
+    """Live progress on stderr: each attempt, each wait with its reason, and the end."""
+
+    def __init__(self, stream: TextIO = sys.stderr, *, show_fallbacks: bool = False) -> None:
+        self.stream = stream
+        self.show_fallbacks = show_fallbacks
+
+    async def on_record(self, r: FlowRecord) -> None:
+        line: str | None = None
+        if r.kind == "attempt":
+            if r.error_class:
+                status = f"HTTP {r.status} " if r.status is not None else ""
+                line = f"  {r.model} attempt {r.attempt}: {status}{r.error_class} — {r.message}"
+            else:
+                line = f"  {r.model} attempt {r.attempt}: ok in {r.latency_ms} ms"
+        elif r.kind == "wait":
+            why = "Retry-After from the server" if r.message == "retry_after" else "backoff"
+            line = f"  waiting {r.wait_s:.1f} s before attempt {r.attempt} ({why})"
+        elif r.kind == "fallback" and self.show_fallbacks:
+            line = f"  {r.message}"
+        elif r.kind == "finished" and r.run_status != "succeeded":
+            line = f"  run {r.run_status} in state {r.to_state}"
+        if line:
+            print(style(line, "2", self.stream), file=self.stream, flush=True)
+
+
+def _announce_conversation(outcome: RunOutcome, asked: str | None) -> None:
+    if outcome.conversation_id and not asked:
+        print(
+            f"conversation: {outcome.conversation_id}"
+            f" (continue it with --conversation {outcome.conversation_id})",
+            file=sys.stderr,
+        )
+
+
+def _fail_message(outcome: RunOutcome) -> str:
+    cls = outcome.error_class or "failed"
+    hint = _HINTS.get(cls)
+    text = f"run {outcome.run_id} {outcome.status}: {outcome.error or 'no reply'}"
+    return text + (f". Next: {hint}." if hint else "")
+
+
+async def turn(
+    world: World, wf: Workflow, message: str, conversation: str | None, model: str | None
+) -> RunOutcome:
+    """One chat turn through the workflow (what ``run``, ``chat`` and ``demo`` call)."""
+    return await run_workflow(
+        wf, RunRequest(message, conversation_id=conversation, model=model), world.env
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    message = read_message(args.message)
+    wf = workflow_from(args.workflow)
+    key = resolve_key()
+    setup_logging(quiet=args.quiet, debug=args.debug)
+    listeners = () if args.quiet or args.json else (Progress(),)
+
+    async def main() -> RunOutcome:
+        async with open_world(
+            db=args.db, base_url=resolve_base_url(args.base_url), key=key, listeners=listeners
+        ) as world:
+            return await turn(world, wf, message, args.conversation, args.model)
+
+    outcome = run_trio(main)
+    if args.json:
+        print(json.dumps(outcome.to_json(), ensure_ascii=False))
+    elif outcome.succeeded and outcome.content is not None:
+        print(outcome.content)
+    if not args.quiet:
+        _announce_conversation(outcome, args.conversation)
+    if not outcome.succeeded:
+        if args.json:
+            return 1
+        raise RunFailed(
+            _fail_message(outcome), run_id=outcome.run_id, error_class=outcome.error_class
+        )
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    wf = workflow_from(args.workflow)
+    key = resolve_key()
+    setup_logging(quiet=args.quiet, debug=args.debug)
+    listeners = () if args.quiet else (Progress(),)
+    conversation: str | None = args.conversation
+    print(
+        f"demiarch-flow chat — workflow {wf.name!r}, models {' → '.join(wf.models)}. Type /exit to leave.",
+        file=sys.stderr,
+    )
+
+    async def main() -> int:
+        nonlocal conversation
+        async with open_world(
+            db=args.db, base_url=resolve_base_url(args.base_url), key=key, listeners=listeners
+        ) as world:
+            failures = 0
+            while True:
+                try:
+                    text = await _ask("you> ")
+                except EOFError:
+                    return 0
+                if text.strip() in ("/exit", "/quit"):
+                    return 0
+                if not text.strip():
+                    continue
+                outcome = await turn(world, wf, text, conversation, args.model)
+                if outcome.conversation_id and conversation is None:
+                    conversation = outcome.conversation_id
+                    print(f"(conversation {conversation})", file=sys.stderr)
+                if outcome.succeeded:
+                    print(f"{outcome.model}> {outcome.content}\n")
+                else:
+                    failures += 1
+                    print(f"demiarch-flow: {_fail_message(outcome)}", file=sys.stderr)
+                    if outcome.error_class == "unknown_conversation":
+                        return 1
+
+    return run_trio(main)
+
+
+async def _ask(prompt: str) -> str:
+    import trio
+
+    def read() -> str:
+        print(prompt, end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    return await trio.to_thread.run_sync(read, abandon_on_cancel=True)

@@ -1,0 +1,130 @@
+"""``simulate``: a workflow against scripted faults in virtual time — check a policy edit
+before spending money. Nothing is sent anywhere; nothing is written unless ``--db`` is given."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from typing import Any
+
+import trio
+import trio.testing
+
+from ..definition import Workflow
+from ..faults import FaultScript
+from ..runner import FlowRecord, RunEnv, RunOutcome, RunRequest, run_workflow
+from ..store import MemoryStore, Store
+from ..testing import FakeOpenRouter, make_env
+from ._common import setup_logging, workflow_from
+
+
+class Timeline:
+    """Collects records and renders them as ``t=…`` lines."""
+
+    def __init__(self) -> None:
+        self.records: list[FlowRecord] = []
+
+    async def on_record(self, record: FlowRecord) -> None:
+        self.records.append(record)
+
+    def lines(self) -> list[str]:
+        out = []
+        for r in self.records:
+            t = f"t={r.monotonic:7.1f}s"
+            if r.kind == "attempt":
+                result = (
+                    "ok"
+                    if not r.error_class
+                    else f"{'HTTP ' + str(r.status) + ' ' if r.status is not None else ''}{r.error_class}"
+                )
+                out.append(f"{t}  Request   {r.model} attempt {r.attempt} → {result}")
+            elif r.kind == "wait":
+                why = "Retry-After" if r.message == "retry_after" else "backoff"
+                out.append(
+                    f"{t}  Backoff   wait {r.wait_s:.1f} s ({why}) before attempt {r.attempt}"
+                )
+            elif (
+                r.kind == "transition"
+                and r.from_state is not None
+                and r.event == "exhausted"
+                and r.to_state
+            ):
+                out.append(f"{t}  {r.from_state:<9} exhausted → {r.to_state}")
+            elif r.kind == "fallback":
+                out.append(f"{t}  Fallback  {r.model} → {r.next_model}")
+            elif r.kind == "finished":
+                out.append(f"{t}  {r.to_state:<9} run {r.run_status}")
+        return out
+
+
+def simulate(
+    wf: Workflow,
+    script: FaultScript,
+    message: str,
+    model: str | None,
+    seed: int,
+    store: Store | None,
+) -> tuple[RunOutcome, Timeline, FakeOpenRouter]:
+    """Run once under trio's MockClock against a fake provider; returns outcome and timeline."""
+    timeline = Timeline()
+    fake = FakeOpenRouter(script)
+
+    async def main() -> RunOutcome:
+        env: RunEnv = make_env(
+            fake,
+            store=store if store is not None else MemoryStore(),
+            seed=seed,
+            listeners=[timeline],
+        )
+        if store is not None:
+            from ..runner import JournalListener
+
+            env = RunEnv(
+                client=env.client,
+                store=store,
+                rng=random.Random(seed),
+                listeners=(timeline, JournalListener(store)),
+            )
+        return await run_workflow(wf, RunRequest(message, model=model), env)
+
+    outcome = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return outcome, timeline, fake
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    wf = workflow_from(args.workflow)
+    script = FaultScript.parse(args.faults)
+    setup_logging(quiet=True)
+    store = None
+    if args.db:
+        from ..paths import database_url
+        from ..store.sql import SqlStore
+
+        store = SqlStore.open_sync(database_url(args.db))
+    try:
+        outcome, timeline, fake = simulate(wf, script, args.message, args.model, args.seed, store)
+    finally:
+        if store is not None:
+            store.close()
+    if args.json:
+        doc: dict[str, Any] = outcome.to_json()
+        doc["virtual_seconds"] = outcome.virtual_wait_s
+        doc["requests"] = fake.models_called
+        print(json.dumps(doc))
+        return 0 if outcome.succeeded else 1
+    print(
+        f"simulation of {wf.source} — virtual time, scripted provider, nothing is sent",
+        file=sys.stderr,
+    )
+    for line in timeline.lines():
+        print(line)
+    summary = (
+        f"{len(fake.requests)} requests, {outcome.virtual_wait_s:.1f} s a real run would have taken"
+    )
+    if outcome.succeeded:
+        print(f"succeeded with {outcome.model}: {summary}")
+    else:
+        print(f"failed ({outcome.error_class}): {summary}\n  {outcome.error}")
+    return 0 if outcome.succeeded else 1

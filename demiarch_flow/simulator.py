@@ -1,0 +1,190 @@
+"""A small OpenRouter-compatible HTTP server for the demo, end-to-end tests and benchmarks.
+
+It speaks HTTP/1.1 with keep-alive (trio + h11), serves ``POST …/chat/completions`` with the
+real response shape (``usage.cost`` included) and ``GET …/models``, and plays a fault script
+(:mod:`demiarch_flow.faults`) per model: statuses with Retry-After, HTTP-200 error bodies,
+malformed bodies, delays, hangs and connection resets. It listens on 127.0.0.1 only.
+
+Run it alone with ``demiarch-flow simulator --port 8765 --faults '…'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+from datetime import UTC, datetime
+from typing import Any
+
+import h11
+import trio
+
+from .faults import FaultCursor, FaultScript, models_listing, render
+from .pricing import PriceTable
+
+LOOPBACK = "127.0.0.1"
+_MAX_BODY = 8 * 1024 * 1024
+
+
+class Simulator:
+    """The server's state: the fault cursor, the price table and counters.
+
+    Args:
+        script: fault script text or parsed script (empty: every request succeeds).
+        latency_s: a fixed delay added to every answer (0 for benchmarks).
+        require_key: answer 401 to requests without a bearer token, as OpenRouter does.
+    """
+
+    def __init__(
+        self,
+        script: str | FaultScript = "",
+        *,
+        prices: PriceTable | None = None,
+        latency_s: float = 0.0,
+        require_key: bool = True,
+    ) -> None:
+        parsed = FaultScript.parse(script) if isinstance(script, str) else script
+        self.cursor = FaultCursor(parsed)
+        self.prices = prices or PriceTable.load()
+        self.latency_s = latency_s
+        self.require_key = require_key
+        self.chat_requests = 0
+        self.models_seen: list[str] = []
+        self.last_messages: list[Any] = []
+        self._models_body = json.dumps(models_listing(self.prices)).encode()
+
+    async def serve(
+        self, port: int = 0, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on 127.0.0.1:``port`` (0: any free port) until cancelled; reports the port."""
+        listeners = await trio.open_tcp_listeners(port, host=LOOPBACK)
+        bound = listeners[0].socket.getsockname()[1]
+        task_status.started(bound)
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request, body = await _read_request(stream, conn)
+                if request is None:
+                    return
+                keep = await self._respond(stream, conn, request, body)
+                if not keep or conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            return
+        finally:
+            await stream.aclose()
+
+    async def _respond(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, body: bytes
+    ) -> bool:
+        path = request.target.decode("latin-1").split("?", 1)[0].rstrip("/")
+        method = request.method.decode()
+        headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
+        if method == "GET" and path.endswith("/models"):
+            await _send(stream, conn, 200, {"Content-Type": "application/json"}, self._models_body)
+            return True
+        if method != "POST" or not path.endswith("/chat/completions"):
+            await _send(
+                stream,
+                conn,
+                404,
+                {"Content-Type": "application/json"},
+                b'{"error": {"code": 404, "message": "Not found"}}',
+            )
+            return True
+        if self.require_key and not headers.get("authorization", "").startswith("Bearer "):
+            await _send(
+                stream,
+                conn,
+                401,
+                {"Content-Type": "application/json"},
+                b'{"error": {"code": 401, "message": "No auth credentials found"}}',
+            )
+            return True
+        try:
+            payload: Any = json.loads(body)
+            model = str(payload["model"])
+            messages = payload.get("messages") or []
+        except (ValueError, KeyError, TypeError):
+            await _send(
+                stream,
+                conn,
+                400,
+                {"Content-Type": "application/json"},
+                b'{"error": {"code": 400, "message": "Invalid JSON body"}}',
+            )
+            return True
+        self.chat_requests += 1
+        self.models_seen.append(model)
+        self.last_messages = list(messages)
+        fault = self.cursor.next(model)
+        if self.latency_s:
+            await trio.sleep(self.latency_s)
+        if fault.kind == "reset":
+            _reset(stream)
+            return False
+        if fault.kind == "hang":
+            await trio.sleep_forever()
+        if fault.kind == "slow":
+            await trio.sleep(fault.delay_s)
+        out = render(fault, model, messages, self.prices, self.chat_requests, datetime.now(UTC))
+        await _send(stream, conn, out.status, out.headers, out.body)
+        return True
+
+
+async def _read_request(
+    stream: trio.SocketStream, conn: h11.Connection
+) -> tuple[h11.Request | None, bytes]:
+    request: h11.Request | None = None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            conn.receive_data(data)
+            if not data and request is None:
+                return None, b""
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > _MAX_BODY:
+                return None, b""
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            return request, b"".join(chunks)
+        elif isinstance(event, h11.ConnectionClosed):
+            return None, b""
+
+
+async def _send(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+) -> None:
+    pairs = [(k, v) for k, v in headers.items()]
+    pairs.append(("Content-Length", str(len(body))))
+    data = conn.send(h11.Response(status_code=status, headers=pairs)) or b""
+    data += conn.send(h11.Data(data=body)) or b""
+    data += conn.send(h11.EndOfMessage()) or b""
+    await stream.send_all(data)
+
+
+def _reset(stream: trio.SocketStream) -> None:
+    """Make the close a TCP reset (SO_LINGER 0), like a provider dropping the connection."""
+    with contextlib.suppress(OSError):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def base_url(port: int) -> str:
+    """The API base a client should use for a simulator on ``port``."""
+    return f"http://{LOOPBACK}:{port}/api/v1"
