@@ -79,6 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
     _base_url(p)
     p.set_defaults(handler="run:cmd_chat")
 
+    p = sub.add_parser("batch", help="many chat turns at once from a JSONL file")
+    p.add_argument(
+        "input",
+        metavar="INPUT.jsonl",
+        help='one {"message": ..., "id"?, "conversation_id"?, "model"?} per line',
+    )
+    _workflow(p)
+    p.add_argument("--concurrency", type=int, default=8, help="runs open at once (default 8)")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        metavar="N",
+        help="HTTP requests in flight (default: min(concurrency, 32))",
+    )
+    p.add_argument("--out", metavar="FILE", help="write result lines here instead of stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _db(p)
+    _base_url(p)
+    p.set_defaults(handler="batch:cmd_batch")
+
     p = sub.add_parser("validate", help="check workflow files without calling anything")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(handler="define:cmd_validate")

@@ -16,7 +16,15 @@ from ._graph import check_graph
 from ._schema import check_schema, workflow_schema
 from ._yaml import load_yaml
 from .machine import WorkflowMachine, machine_class
-from .model import FallbackPolicy, RequestSettings, RetryPolicy, StateSpec, Workflow, build_workflow
+from .model import (
+    CooldownPolicy,
+    FallbackPolicy,
+    RequestSettings,
+    RetryPolicy,
+    StateSpec,
+    Workflow,
+    build_workflow,
+)
 from .vocabulary import (
     ACTION_EVENTS,
     ACTIONS,
@@ -35,6 +43,7 @@ __all__ = [
     "FALLBACK_CLASSES",
     "PROVIDER_ERROR_CLASSES",
     "RETRY_CLASSES",
+    "CooldownPolicy",
     "FallbackPolicy",
     "RequestSettings",
     "RetryPolicy",

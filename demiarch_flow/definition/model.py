@@ -56,6 +56,18 @@ class FallbackPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class CooldownPolicy:
+    """A per-model circuit breaker shared by every run in the process."""
+
+    after_failures: int = 3
+    """Retryable failures of one model within ``window_s`` that start a cooldown."""
+    window_s: float = 60.0
+    """The sliding window, in seconds, over which failures are counted."""
+    cool_s: float = 30.0
+    """How long the model is skipped once cooling (a longer Retry-After extends it)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StateSpec:
     """One state: the action its handler runs and where each event it emits leads."""
 
@@ -84,6 +96,8 @@ class Workflow:
     retry: RetryPolicy = RetryPolicy()
     fallback: FallbackPolicy = FallbackPolicy()
     request: RequestSettings = RequestSettings()
+    cooldown: CooldownPolicy | None = None
+    """``None``: no shared cooldown (each run decides alone)."""
     version: int = 1
     description: str = ""
     system: str | None = None
@@ -151,6 +165,13 @@ def build_workflow(doc: dict[str, Any], *, source: str, sha256: str) -> Workflow
         fallback=FallbackPolicy(
             when=_frozen_classes(doc["fallback"].get("when"), FallbackPolicy().when)
         ),
+        cooldown=CooldownPolicy(
+            after_failures=int(doc["cooldown"]["after_failures"]),
+            window_s=float(doc["cooldown"]["window_s"]),
+            cool_s=float(doc["cooldown"]["cool_s"]),
+        )
+        if "cooldown" in doc
+        else None,
         initial=doc["initial"],
         states=states,
         source=source,

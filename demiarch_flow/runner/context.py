@@ -20,6 +20,7 @@ from ..definition import Workflow
 from ..errors import FlowError, ProviderError
 from ..pricing import PriceTable
 from ..store.base import Store
+from .cooldown import CooldownRegistry
 from .records import FlowRecord, Listener
 
 
@@ -52,6 +53,8 @@ class RunEnv:
     now: Callable[[], datetime] = utc_now
     prices: PriceTable = field(default_factory=PriceTable.load)
     listeners: Sequence[Listener] = ()
+    cooldowns: CooldownRegistry = field(default_factory=CooldownRegistry)
+    """Shared by every run using this env (only consulted when the workflow has ``cooldown``)."""
     recovery_dir: str | None = None
     """Where Persist writes a reply it could not store (default: the data folder)."""
     persist_tries: int = 3

@@ -17,7 +17,7 @@ import trio
 
 from ..backoff import plan_wait
 from ..definition import ALWAYS_FATAL
-from ..errors import AllModelsFailed, FlowError, PersistenceError, redact
+from ..errors import AllModelsFailed, FlowError, PersistenceError, ProviderError, redact
 from ..store.base import NewRun, Reply, RunEnd
 from .context import AttemptSummary, RunContext, new_id
 
@@ -69,6 +69,10 @@ async def request(ctx: RunContext) -> str:
     """
     wf, client = ctx.workflow, ctx.env.client
     model = ctx.model
+    if wf.cooldown is not None:
+        skipped = await _skip_cooling(ctx, model)
+        if skipped:
+            return skipped
     ctx.attempt += 1
     ctx.total_attempts += 1
     payload = client.build_payload(
@@ -101,6 +105,8 @@ async def request(ctx: RunContext) -> str:
     )
     if err is None:
         ctx.completion = result.completion
+        if wf.cooldown is not None:
+            ctx.env.cooldowns.success(model)
         return "succeeded"
     ctx.last_error = err
     ctx.last_errors[model] = err
@@ -109,12 +115,48 @@ async def request(ctx: RunContext) -> str:
         ctx.failure = err
         return "fatal"
     if cls in wf.retry.when:
+        if wf.cooldown is not None:
+            started = ctx.env.cooldowns.failure(
+                model, trio.current_time(), wf.cooldown, err.retry_after_s
+            )
+            if started is not None:
+                await ctx.emit(
+                    "cooldown",
+                    event="started",
+                    model=model,
+                    wait_s=started,
+                    error_class=cls,
+                    message=f"{model} cools down for {started:g} s",
+                )
         return "retryable"
     if cls in wf.fallback.when:
         ctx.fallback_reason = cls
         return "model_failed"
     ctx.failure = err
     return "fatal"
+
+
+async def _skip_cooling(ctx: RunContext, model: str) -> str | None:
+    """A cooling model is not asked: Fallback (or, on the last model, Backoff waits it out).
+
+    Returns the event to emit, or ``None`` when the model may be asked.
+    """
+    left = ctx.env.cooldowns.remaining(model, trio.current_time())
+    if left <= 0:
+        return None
+    err = ProviderError(
+        "cooling", f"{model} is cooling down for {left:.1f} s more (shared cooldown)",
+        model=model, retry_after_s=left,
+    )  # fmt: skip
+    ctx.last_error = err
+    ctx.last_errors.setdefault(model, err)
+    ctx.attempts.append(AttemptSummary(model, "skipped", "cooling", None, None, 0))
+    await ctx.emit("cooldown", event="skipped", model=model, wait_s=left, error_class="cooling",
+                   message=err.detail)  # fmt: skip
+    if ctx.model_index + 1 < len(ctx.chain):
+        ctx.fallback_reason = "cooling"
+        return "model_failed"
+    return "retryable"
 
 
 async def backoff(ctx: RunContext) -> str:
@@ -158,7 +200,7 @@ async def fallback(ctx: RunContext) -> str:
     reason = ctx.fallback_reason or "retries_exhausted"
     current = ctx.model
     last = ctx.last_error
-    if reason not in ctx.workflow.fallback.when:
+    if reason != "cooling" and reason not in ctx.workflow.fallback.when:
         ctx.failure = last or AllModelsFailed(ctx.last_errors)
         return "exhausted"
     if ctx.model_index + 1 >= len(ctx.chain):

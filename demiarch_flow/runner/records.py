@@ -7,6 +7,8 @@ just listeners. ``kind`` says what the record is about:
 * ``attempt`` — a Request attempt ended (status, error class, latency);
 * ``wait`` — Backoff is about to sleep ``wait_s`` seconds before retry ``attempt``;
 * ``fallback`` — the chain moves from ``model`` to ``next_model``;
+* ``cooldown`` — ``model`` starts cooling for ``wait_s`` seconds (``event="started"``), or a
+  Request skipped it because it is cooling (``event="skipped"``);
 * ``finished`` — the run reached a final state (``status`` says how it ended).
 """
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-RecordKind = Literal["transition", "attempt", "wait", "fallback", "finished"]
+RecordKind = Literal["transition", "attempt", "wait", "fallback", "cooldown", "finished"]
 
 
 @dataclass(frozen=True, slots=True)
