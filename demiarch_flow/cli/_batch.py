@@ -24,7 +24,14 @@ import trio
 from ..errors import UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome
-from ._common import open_world, resolve_base_url, setup_logging, use_color, workflow_from
+from ._common import (
+    open_world,
+    resolve_base_url,
+    setup_logging,
+    unwrapped_errors,
+    use_color,
+    workflow_from,
+)
 from ._run import turn
 
 
@@ -134,59 +141,65 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         nonlocal interrupted
-        async with open_world(db=args.db, base_url=resolve_base_url(args.base_url), key=key,
-                              listeners=(tally,), max_in_flight=in_flight_cap) as world:  # fmt: skip
-            async with trio.open_nursery() as outer:
-                runs_scope = trio.CancelScope()
+        world_cm = open_world(
+            db=args.db,
+            base_url=resolve_base_url(args.base_url),
+            key=key,
+            listeners=(tally,),
+            max_in_flight=in_flight_cap,
+        )
+        async with world_cm as world, trio.open_nursery() as outer:
+            runs_scope = trio.CancelScope()
 
-                async def watch() -> None:
-                    nonlocal interrupted
-                    with trio.open_signal_receiver(signal.SIGINT) as signals:
-                        async for _ in signals:
-                            interrupted = True
-                            if not tally.stop_reading:
-                                tally.stop_reading = True
+            async def watch() -> None:
+                nonlocal interrupted
+                with trio.open_signal_receiver(signal.SIGINT) as signals:
+                    async for _ in signals:
+                        interrupted = True
+                        if not tally.stop_reading:
+                            tally.stop_reading = True
+                            print(
+                                "\nbatch: stopping — no new lines; Ctrl-C again cancels the runs in flight",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                        else:
+                            runs_scope.cancel()
+
+            outer.start_soon(watch)
+            if not args.quiet:
+                outer.start_soon(_progress, tally, sys.stderr)
+            slots = trio.Semaphore(args.concurrency)
+            with runs_scope:
+                async with trio.open_nursery() as runs:
+                    with path.open(encoding="utf-8") as fh:
+                        for number, text in enumerate(fh, 1):
+                            tally.next_line = number
+                            if not text.strip():
+                                continue
+                            await slots.acquire()
+                            if tally.stop_reading:
+                                slots.release()
+                                break
+                            try:
+                                item = parse_line(text, number)
+                            except UsageError as exc:
+                                slots.release()
+                                tally.bad_lines += 1
                                 print(
-                                    "\nbatch: stopping — no new lines; Ctrl-C again cancels the runs in flight",
+                                    f"\ndemiarch-flow: {args.input}:{number}: skipped: {exc}",
                                     file=sys.stderr,
                                     flush=True,
                                 )
-                            else:
-                                runs_scope.cancel()
-
-                outer.start_soon(watch)
-                if not args.quiet:
-                    outer.start_soon(_progress, tally, sys.stderr)
-                slots = trio.Semaphore(args.concurrency)
-                with runs_scope:
-                    async with trio.open_nursery() as runs:
-                        with path.open(encoding="utf-8") as fh:
-                            for number, text in enumerate(fh, 1):
-                                tally.next_line = number
-                                if not text.strip():
-                                    continue
-                                await slots.acquire()
-                                if tally.stop_reading:
-                                    slots.release()
-                                    break
-                                try:
-                                    item = parse_line(text, number)
-                                except UsageError as exc:
-                                    slots.release()
-                                    tally.bad_lines += 1
-                                    print(
-                                        f"\ndemiarch-flow: {args.input}:{number}: skipped: {exc}",
-                                        file=sys.stderr,
-                                        flush=True,
-                                    )
-                                    continue
-                                runs.start_soon(run_one, world, item, slots)
-                            else:
-                                tally.next_line = 0
-                outer.cancel_scope.cancel()
+                                continue
+                            runs.start_soon(run_one, world, item, slots)
+                        else:
+                            tally.next_line = 0
+            outer.cancel_scope.cancel()
 
     try:
-        trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
+        with unwrapped_errors():
+            trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
     finally:
         if out is not sys.stdout:
             out.close()

@@ -7,8 +7,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
@@ -74,7 +74,8 @@ def read_message(flag: str | None, stdin: TextIO = sys.stdin) -> str:
 def http_client(max_in_flight: int = 100) -> httpx.AsyncClient:
     """The shared HTTP client: keep-alive pool sized to the in-flight cap."""
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0), trust_env=False)
+    # Per-attempt deadlines come from the workflow (trio's clock); this is only a backstop.
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(3600.0))
 
 
 @dataclass
@@ -141,11 +142,19 @@ def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
             raise KeyboardInterrupt
         return result
 
-    try:
+    with unwrapped_errors():
         return trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)  # type: ignore[no-any-return]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def unwrapped_errors() -> Iterator[None]:
+    """Re-raise a lone error out of trio's exception groups, so the CLI maps it to its exit
+    code and message instead of reporting an ``ExceptionGroup``."""
+    try:
+        yield
     except BaseExceptionGroup as group:
-        # Unwrap a single error from the nursery so the CLI maps it to its exit code.
-        leaf = group.exceptions[0] if len(group.exceptions) == 1 else group
+        leaf: BaseException = group
         while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
             leaf = leaf.exceptions[0]
         raise leaf from None

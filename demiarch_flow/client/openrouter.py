@@ -71,6 +71,7 @@ class OpenRouterClient:
         limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self._http = http
+        self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._key = key
         self.base_url = base_url.rstrip("/")
         self._limiter = limiter
@@ -113,10 +114,10 @@ class OpenRouterClient:
         try:
             with trio.move_on_after(timeout_s) as scope:
                 if self._limiter is None:
-                    response = await self._post(content, timeout_s)
+                    response = await self._post(content)
                 else:
                     async with self._limiter:
-                        response = await self._post(content, timeout_s)
+                        response = await self._post(content)
             if scope.cancelled_caught:
                 outcome: Completion | ProviderError = ProviderError(
                     "timeout", f"no answer within {timeout_s:g} s", model=model
@@ -134,13 +135,10 @@ class OpenRouterClient:
             return Attempt(model, None, outcome, latency_ms, status)
         return Attempt(model, outcome, None, latency_ms, status)
 
-    async def _post(self, content: bytes, timeout_s: float) -> httpx.Response:
-        return await self._http.post(
-            f"{self.base_url}/chat/completions",
-            content=content,
-            headers=self._headers,
-            timeout=timeout_s,
-        )
+    async def _post(self, content: bytes) -> httpx.Response:
+        # The attempt's deadline is trio's (move_on_after above), one clock for real runs and
+        # MockClock alike; the httpx client's own timeout is only a backstop.
+        return await self._http.post(self._url, content=content, headers=self._headers)
 
     async def list_models(self) -> list[dict[str, Any]]:
         """``GET /models`` → its ``data`` list.

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import trio
@@ -24,6 +25,9 @@ from .context import AttemptSummary, RunContext, new_id
 log = logging.getLogger("demiarch_flow")
 
 Handler = Callable[[RunContext], Awaitable[str]]
+
+#: The smallest step between two messages of a conversation (keeps their order strict).
+_TICK = timedelta(microseconds=1)
 
 
 async def load_context(ctx: RunContext) -> str:
@@ -54,6 +58,7 @@ async def load_context(ctx: RunContext) -> str:
         ctx.failure = exc
         return "failed"
     ctx.conversation_id = began.conversation_id
+    ctx.extra["user_message_at"] = began.user_message_at
     messages = [{"role": "system", "content": wf.system}] if wf.system else []
     messages += [{"role": m.role, "content": m.content} for m in began.history]
     messages.append({"role": "user", "content": ctx.request.message})
@@ -244,6 +249,8 @@ async def persist(ctx: RunContext) -> str:
             done.model,
         )
     now = ctx.env.now()
+    asked_at = ctx.extra.get("user_message_at")
+    stored_at = max(now, asked_at + _TICK) if asked_at is not None else now
     assert ctx.conversation_id is not None
     reply = Reply(
         run_id=ctx.run_id,
@@ -264,7 +271,7 @@ async def persist(ctx: RunContext) -> str:
         latency_ms=attempt.latency_ms,
         attempts=ctx.total_attempts,
         request_timestamp=now,
-        created_at=now,
+        created_at=stored_at,
     )
     final = ctx.workflow.state(ctx.state).target("saved") or ctx.state
     end = RunEnd(ctx.run_id, "succeeded", final, done.model, None, None, now)

@@ -54,6 +54,8 @@ class BeganRun:
     created: bool
     history: tuple[StoredMessage, ...]
     """Earlier messages (the new one not counted), oldest first."""
+    user_message_at: datetime | None = None
+    """When the user's message was stored (the reply is stored strictly after it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ class Store(Protocol):
         return the history. Raises ``UnknownConversation`` or ``PersistenceError``."""
 
     async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
-        """Append journal rows."""
+        """Append journal rows (a store may queue them for its next commit)."""
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:
         """Store message + usage and mark the run succeeded, in one transaction; idempotent

@@ -20,6 +20,11 @@ class MemoryStore:
     usage: list[Reply] = field(default_factory=list)
     runs: dict[str, dict[str, object]] = field(default_factory=dict)
     events: list[JournalEntry] = field(default_factory=list)
+    _by_conversation: dict[str, list[StoredMessage]] = field(default_factory=dict, repr=False)
+
+    def _add(self, message: StoredMessage) -> None:
+        self.messages.append(message)
+        self._by_conversation.setdefault(message.conversation_id, []).append(message)
 
     async def begin_run(self, run: NewRun) -> BeganRun:
         created = run.conversation_id is None
@@ -30,9 +35,9 @@ class MemoryStore:
             raise UnknownConversation(conv)
         if created:
             self.conversations[conv] = run.title
-        earlier = [m for m in self.messages if m.conversation_id == conv]
+        earlier = self._by_conversation.get(conv, [])
         history = tuple(earlier[-run.context_messages :]) if run.context_messages else ()
-        self.messages.append(
+        self._add(
             StoredMessage(run.user_message_id, conv, "user", run.content, None, run.at, run.run_id)
         )
         self.runs[run.run_id] = {
@@ -41,7 +46,7 @@ class MemoryStore:
             "status": "running",
             "started_at": run.at,
         }
-        return BeganRun(conv, created, history)
+        return BeganRun(conv, created, history, run.at)
 
     async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
         self.events.extend(entries)
@@ -51,7 +56,7 @@ class MemoryStore:
             for row in self.usage:
                 if row.generation_id == reply.generation_id:
                     return row.message_id
-        self.messages.append(
+        self._add(
             StoredMessage(
                 reply.message_id, reply.conversation_id, "assistant", reply.content,
                 reply.model, reply.created_at, reply.run_id, reply.completion_tokens,

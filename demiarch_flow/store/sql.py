@@ -18,9 +18,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -112,6 +123,7 @@ class SqlStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
+        self._queue: list[_Pending] = []
 
     @classmethod
     def open_sync(cls, url: str) -> SqlStore:
@@ -134,7 +146,11 @@ class SqlStore:
         return await trio.to_thread.run_sync(cls.open_sync, url)
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Write queued journal rows, then release the connections."""
+        try:
+            self.flush_sync()
+        finally:
+            self.engine.dispose()
 
     @property
     def recovery_dir(self) -> str | None:
@@ -146,18 +162,45 @@ class SqlStore:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _write(self, fn: Callable[[Session], T]) -> T:
+    async def _write(self, op: Callable[[Connection], T]) -> T:
+        """Run ``op`` in the next group commit: whoever holds the writer lock runs every queued
+        write (journal rows included) in one transaction and one thread hop."""
+        pending = _Pending(op)
+        self._queue.append(pending)
         async with self._write_lock:
-            return await trio.to_thread.run_sync(
-                functools.partial(self._in_transaction, fn), limiter=self._limiter
-            )
+            if not pending.done:
+                batch, self._queue = self._queue, []
+                await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+        return pending.result()  # type: ignore[no-any-return]
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """All of ``batch`` in one transaction; if any fails, each alone, so one bad write
+        cannot take the others down with it."""
+        try:
+            with self.engine.begin() as conn:
+                values = [p.op(conn) for p in batch]
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].settle(error=exc)
+                return
+            for p in batch:
+                try:
+                    with self.engine.begin() as conn:
+                        p.settle(value=p.op(conn))
+                except Exception as exc:
+                    p.settle(error=exc)
+            return
+        for p, value in zip(batch, values, strict=True):
+            p.settle(value=value)
 
     async def _read(self, fn: Callable[[Session], T]) -> T:
+        if self._queue:  # read your own writes: commit queued journal rows first
+            await self._write(_nothing)
         return await trio.to_thread.run_sync(
-            functools.partial(self._in_transaction, fn), limiter=self._limiter
+            functools.partial(self._in_session, fn), limiter=self._limiter
         )
 
-    def _in_transaction(self, fn: Callable[[Session], T]) -> T:
+    def _in_session(self, fn: Callable[[Session], T]) -> T:
         try:
             with self._sessions.begin() as session:
                 return fn(session)
@@ -165,6 +208,12 @@ class SqlStore:
             raise
         except SQLAlchemyError as exc:
             raise PersistenceError(f"database error: {_short(exc)}") from None
+
+    def flush_sync(self) -> None:
+        """Write any queued journal rows now (blocking)."""
+        batch, self._queue = self._queue, []
+        if batch:
+            self._commit(batch)
 
     # ------------------------------------------------------------------ the Store interface
 
@@ -177,17 +226,11 @@ class SqlStore:
             raise
 
     async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
-        def write(session: Session) -> None:
-            session.add_all(
-                RunEvent(
-                    run_id=e.run_id, seq=e.seq, from_state=e.from_state, event=e.event,
-                    to_state=e.to_state, model=e.model, attempt=e.attempt,
-                    error_class=e.error_class, wait_s=e.wait_s, at=e.at,
-                )
-                for e in entries
-            )  # fmt: skip
-
-        await self._write(write)
+        """Queue journal rows; they are committed with the next write (or :meth:`close`), so
+        the journal never costs a run a database round trip of its own."""
+        self._queue.append(_Pending(functools.partial(_append_events, entries=entries)))
+        if len(self._queue) > 256:
+            await self._write(_nothing)
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:
         try:
@@ -195,9 +238,9 @@ class SqlStore:
         except PersistenceError:
             if reply.generation_id is None:
                 raise
-            # A concurrent writer may have stored the same generation first (unique key).
-            existing = await self._read(
-                functools.partial(_message_of_generation, generation_id=reply.generation_id)
+            # The same generation was stored before (unique key): keep that one.
+            existing = await self._write(
+                functools.partial(_existing_reply, generation_id=reply.generation_id, end=end)
             )
             if existing is None:
                 raise
@@ -291,6 +334,34 @@ class SqlStore:
 # ---------------------------------------------------------------------- transactions
 
 
+class _Pending:
+    """One queued write and, once committed, its outcome."""
+
+    __slots__ = ("done", "error", "op", "value")
+
+    def __init__(self, op: Callable[[Connection], Any]) -> None:
+        self.op = op
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def settle(self, *, value: Any = None, error: BaseException | None = None) -> None:
+        self.done, self.value, self.error = True, value, error
+
+    def result(self) -> Any:
+        if self.error is None:
+            return self.value
+        if isinstance(self.error, UnknownConversation | PersistenceError):
+            raise self.error
+        if isinstance(self.error, SQLAlchemyError):
+            raise PersistenceError(f"database error: {_short(self.error)}") from None
+        raise self.error
+
+
+def _nothing(conn: Connection) -> None:
+    return None
+
+
 def _short(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return redact(text[0] if text else type(exc).__name__)[:300]
@@ -302,119 +373,136 @@ def _stored(m: ChatMessage) -> StoredMessage:
     )
 
 
-def _after_last(session: Session, conversation_id: str, at: datetime) -> datetime:
-    """``at``, nudged past the conversation's latest message so order is always strict."""
-    latest = session.scalar(
-        select(func.max(ChatMessage.created_at)).where(
-            ChatMessage.conversation_id == conversation_id
-        )
+_CONV: Table = Conversation.__table__  # type: ignore[assignment]
+_MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
+_USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
+_RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
+_EVENT: Table = RunEvent.__table__  # type: ignore[assignment]
+
+
+# Statements are built once with bind parameters: building ``insert().values(...)`` per call
+# costs more than the SQL itself.
+_INS_CONV = insert(_CONV)
+_INS_MSG = insert(_MSG)
+_INS_RUN = insert(_RUN)
+_INS_USAGE = insert(_USAGE)
+_INS_EVENT = insert(_EVENT)
+_CONV_EXISTS = select(_CONV.c.id).where(_CONV.c.id == bindparam("b_id"))
+_HISTORY = (
+    select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content, _MSG.c.model,
+           _MSG.c.created_at, _MSG.c.run_id, _MSG.c.token_count)
+    .where(_MSG.c.conversation_id == bindparam("b_id"))
+    .order_by(_MSG.c.created_at.desc())
+    .limit(bindparam("b_limit"))
+)  # fmt: skip
+_TOUCH_CONV = (
+    update(_CONV).where(_CONV.c.id == bindparam("b_id")).values(updated_at=bindparam("b_at"))
+)
+_FINISH = (
+    update(_RUN)
+    .where(_RUN.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"), current_state=bindparam("b_state"),
+        model=bindparam("b_model"), error_class=bindparam("b_class"),
+        error_message=bindparam("b_message"), finished_at=bindparam("b_at"),
     )
-    if isinstance(latest, datetime) and at <= latest:
-        return latest + _TICK
-    return at
+)  # fmt: skip
+_USAGE_OF_GENERATION = select(_USAGE.c.message_id).where(
+    _USAGE.c.generation_id == bindparam("b_gen")
+)
 
 
-def _begin_run(session: Session, run: NewRun) -> BeganRun:
+def _begin_run(conn: Connection, run: NewRun) -> BeganRun:
     created = run.conversation_id is None
     conv_id = run.create_with_id if created else run.conversation_id
     assert conv_id is not None
+    at = run.at
+    history: list[StoredMessage] = []
     if created:
-        session.add(
-            Conversation(
-                id=conv_id, project_id=run.project_id, title=run.title,
-                created_at=run.at, updated_at=run.at,
-            )
+        conn.execute(
+            _INS_CONV,
+            {"id": conv_id, "project_id": run.project_id, "title": run.title,
+             "created_at": at, "updated_at": at},
         )  # fmt: skip
-        session.flush()
-        history: list[StoredMessage] = []
-        at = run.at
     else:
-        conv = session.get(Conversation, conv_id)
-        if conv is None:
+        if conn.execute(_CONV_EXISTS, {"b_id": conv_id}).first() is None:
             raise UnknownConversation(conv_id)
-        history = []
+        rows = conn.execute(
+            _HISTORY, {"b_id": conv_id, "b_limit": max(run.context_messages, 1)}
+        ).all()
+        if rows and at <= rows[0].created_at:
+            at = rows[0].created_at + _TICK  # keep the conversation strictly ordered
         if run.context_messages > 0:
-            rows = session.scalars(
-                select(ChatMessage)
-                .where(ChatMessage.conversation_id == conv_id)
-                .order_by(ChatMessage.created_at.desc())
-                .limit(run.context_messages)
-            ).all()
-            history = [_stored(m) for m in reversed(rows)]
-        at = _after_last(session, conv_id, run.at)
-        conv.updated_at = at
-    session.add(
-        ChatMessage(
-            id=run.user_message_id, conversation_id=conv_id, project_id=run.project_id,
-            role="user", content=run.content, run_id=run.run_id, created_at=at,
-        )
+            history = [StoredMessage(*r) for r in reversed(rows)]
+        conn.execute(_TOUCH_CONV, {"b_id": conv_id, "b_at": at})
+    conn.execute(
+        _INS_MSG,
+        {"id": run.user_message_id, "conversation_id": conv_id, "project_id": run.project_id,
+         "role": "user", "content": run.content, "model": None, "token_count": None,
+         "run_id": run.run_id, "created_at": at},
     )  # fmt: skip
-    _add_run(session, run, conv_id)
-    return BeganRun(conv_id, created, tuple(history))
+    _add_run(conn, run, conv_id)
+    return BeganRun(conv_id, created, tuple(history), at)
 
 
-def _add_run(session: Session, run: NewRun, conversation_id: str | None) -> None:
-    session.add(
-        WorkflowRun(
-            id=run.run_id, workflow=run.workflow, workflow_sha256=run.workflow_sha256,
-            conversation_id=conversation_id, status="running", current_state="LoadContext",
-            started_at=run.at,
-        )
+def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None:
+    conn.execute(
+        _INS_RUN,
+        {"id": run.run_id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
+         "conversation_id": conversation_id, "status": "running",
+         "current_state": "LoadContext", "model": None, "error_class": None,
+         "error_message": None, "started_at": run.at, "finished_at": None},
     )  # fmt: skip
 
 
-def _message_of_generation(session: Session, generation_id: str) -> str | None:
-    return session.scalar(
-        select(LlmUsage.message_id).where(LlmUsage.generation_id == generation_id)
-    )
+def _append_events(conn: Connection, entries: tuple[JournalEntry, ...]) -> None:
+    conn.execute(
+        _INS_EVENT,
+        [
+            {"run_id": e.run_id, "seq": e.seq, "from_state": e.from_state, "event": e.event,
+             "to_state": e.to_state, "model": e.model, "attempt": e.attempt,
+             "error_class": e.error_class, "wait_s": e.wait_s, "at": e.at}
+            for e in entries
+        ],
+    )  # fmt: skip
 
 
-def _save_reply(session: Session, reply: Reply, end: RunEnd) -> str:
-    if reply.generation_id is not None:
-        existing = _message_of_generation(session, reply.generation_id)
-        if existing is not None:
-            _finish(session, end)
-            return existing
-    at = _after_last(session, reply.conversation_id, reply.created_at)
-    session.add(
-        ChatMessage(
-            id=reply.message_id, conversation_id=reply.conversation_id,
-            project_id=reply.project_id, role="assistant", content=reply.content,
-            model=reply.model, token_count=reply.completion_tokens, run_id=reply.run_id,
-            created_at=at,
-        )
+def _existing_reply(conn: Connection, generation_id: str, end: RunEnd) -> str | None:
+    existing = conn.execute(_USAGE_OF_GENERATION, {"b_gen": generation_id}).scalar()
+    if existing is not None:
+        _finish(conn, end)
+    return existing
+
+
+def _save_reply(conn: Connection, reply: Reply, end: RunEnd) -> str:
+    conn.execute(
+        _INS_MSG,
+        {"id": reply.message_id, "conversation_id": reply.conversation_id,
+         "project_id": reply.project_id, "role": "assistant", "content": reply.content,
+         "model": reply.model, "token_count": reply.completion_tokens, "run_id": reply.run_id,
+         "created_at": reply.created_at},
     )  # fmt: skip
-    session.flush()
-    session.add(
-        LlmUsage(
-            id=reply.usage_id, conversation_id=reply.conversation_id, message_id=reply.message_id,
-            run_id=reply.run_id, project_id=reply.project_id, model=reply.model,
-            requested_model=reply.requested_model, generation_id=reply.generation_id,
-            prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-            total_tokens=reply.total_tokens, cached_tokens=reply.cached_tokens,
-            cost_usd=reply.cost_usd, cost_source=reply.cost_source,
-            latency_ms=reply.latency_ms, attempts=reply.attempts,
-            request_timestamp=reply.request_timestamp,
-        )
+    conn.execute(
+        _INS_USAGE,
+        {"id": reply.usage_id, "conversation_id": reply.conversation_id,
+         "message_id": reply.message_id, "run_id": reply.run_id,
+         "project_id": reply.project_id, "model": reply.model,
+         "requested_model": reply.requested_model, "generation_id": reply.generation_id,
+         "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+         "total_tokens": reply.total_tokens, "cached_tokens": reply.cached_tokens,
+         "cost_usd": reply.cost_usd, "cost_source": reply.cost_source,
+         "latency_ms": reply.latency_ms, "attempts": reply.attempts,
+         "request_timestamp": reply.request_timestamp},
     )  # fmt: skip
-    session.execute(
-        update(Conversation).where(Conversation.id == reply.conversation_id).values(updated_at=at)
-    )
-    _finish(session, end)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        raise PersistenceError(f"database refused the reply: {_short(exc)}") from None
+    conn.execute(_TOUCH_CONV, {"b_id": reply.conversation_id, "b_at": reply.created_at})
+    _finish(conn, end)
     return reply.message_id
 
 
-def _finish(session: Session, end: RunEnd) -> None:
-    session.execute(
-        update(WorkflowRun)
-        .where(WorkflowRun.id == end.run_id)
-        .values(
-            status=end.status, current_state=end.current_state, model=end.model,
-            error_class=end.error_class, error_message=end.error_message,
-            finished_at=end.finished_at,
-        )
+def _finish(conn: Connection, end: RunEnd) -> None:
+    conn.execute(
+        _FINISH,
+        {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
+         "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
+         "b_at": end.finished_at},
     )  # fmt: skip
