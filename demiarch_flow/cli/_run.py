@@ -49,6 +49,11 @@ class Progress:
         elif r.kind == "wait":
             why = "Retry-After from the server" if r.message == "retry_after" else "backoff"
             line = f"  waiting {r.wait_s:.1f} s before attempt {r.attempt} ({why})"
+        elif r.kind == "cooldown":
+            verb = "cools down for" if r.event == "started" else "skipped while cooling,"
+            line = f"  {r.model} {verb} {r.wait_s:.1f} s" + (
+                "" if r.event == "started" else " left"
+            )
         elif r.kind == "fallback" and self.show_fallbacks:
             line = f"  {r.message}"
         elif r.kind == "finished" and r.run_status != "succeeded":
@@ -127,7 +132,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
         async with open_world(
             db=args.db, base_url=resolve_base_url(args.base_url), key=key, listeners=listeners
         ) as world:
-            failures = 0
             while True:
                 try:
                     text = await _ask("you> ")
@@ -144,7 +148,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 if outcome.succeeded:
                     print(f"{outcome.model}> {outcome.content}\n")
                 else:
-                    failures += 1
                     print(f"demiarch-flow: {_fail_message(outcome)}", file=sys.stderr)
                     if outcome.error_class == "unknown_conversation":
                         return 1

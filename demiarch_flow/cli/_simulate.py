@@ -54,6 +54,10 @@ class Timeline:
                 out.append(f"{t}  {r.from_state:<9} exhausted → {r.to_state}")
             elif r.kind == "fallback":
                 out.append(f"{t}  Fallback  {r.model} → {r.next_model}")
+            elif r.kind == "cooldown" and r.event == "started":
+                out.append(f"{t}  Cooldown  {r.model} cools down for {r.wait_s:.1f} s (all runs)")
+            elif r.kind == "cooldown":
+                out.append(f"{t}  Request   {r.model} skipped: cooling, {r.wait_s:.1f} s left")
             elif r.kind == "finished":
                 out.append(f"{t}  {r.to_state:<9} run {r.run_status}")
         return out

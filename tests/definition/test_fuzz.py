@@ -68,6 +68,8 @@ paths = st.sampled_from(
         ("retry", "jitter"),
         ("retry", "when"),
         ("fallback", "when"),
+        ("cooldown",),
+        ("cooldown", "after_failures"),
         ("initial",),
         ("states",),
         ("states", "Request"),
