@@ -17,6 +17,7 @@ import trio
 
 from .._resources import default_workflow_path
 from ..client import DEFAULT_BASE_URL, ApiKey, OpenRouterClient
+from ..client.openrouter import DEFAULT_APP_TITLE, DEFAULT_APP_URL
 from ..definition import Workflow, load_workflow
 from ..errors import UsageError
 from ..paths import database_url, prices_path
@@ -101,7 +102,12 @@ async def open_world(
     try:
         async with http_client(max_in_flight) as http:
             client = OpenRouterClient(
-                http, key, base_url=base_url, limiter=trio.CapacityLimiter(max_in_flight)
+                http,
+                key,
+                base_url=base_url,
+                app_url=os.environ.get("DEMIARCH_FLOW_APP_URL") or DEFAULT_APP_URL,
+                app_title=os.environ.get("DEMIARCH_FLOW_APP_TITLE") or DEFAULT_APP_TITLE,
+                limiter=trio.CapacityLimiter(max_in_flight),
             )
             env = RunEnv(
                 client=client,

@@ -49,6 +49,16 @@ def _workflow(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _turn_options(p: argparse.ArgumentParser) -> None:
+    """What ``run`` and ``chat`` share: workflow, conversation, model, output, database, API."""
+    _workflow(p)
+    p.add_argument("--conversation", metavar="ID", help="continue this conversation")
+    p.add_argument("--model", metavar="M", help="replace the first model of the chain")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _db(p)
+    _base_url(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each subcommand names its handler as ``module:function``."""
     parser = _Parser(
@@ -60,23 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("run", help="one chat turn through the workflow")
-    _workflow(p)
+    _turn_options(p)
     p.add_argument("-m", "--message", help="the user message (default: read from stdin)")
-    p.add_argument("--conversation", metavar="ID", help="continue this conversation")
-    p.add_argument("--model", metavar="M", help="replace the first model of the chain")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    _db(p)
-    _base_url(p)
     p.set_defaults(handler="run:cmd_run")
 
     p = sub.add_parser("chat", help="an interactive conversation (each turn is a run)")
-    _workflow(p)
-    p.add_argument("--conversation", metavar="ID", help="continue this conversation")
-    p.add_argument("--model", metavar="M", help="replace the first model of the chain")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    _db(p)
-    _base_url(p)
+    _turn_options(p)
     p.set_defaults(handler="run:cmd_chat")
 
     p = sub.add_parser("batch", help="many chat turns at once from a JSONL file")

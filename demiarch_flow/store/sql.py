@@ -10,6 +10,7 @@ from hogging the pool. Every public method maps SQLAlchemy errors to
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -210,10 +211,15 @@ class SqlStore:
             raise PersistenceError(f"database error: {_short(exc)}") from None
 
     def flush_sync(self) -> None:
-        """Write any queued journal rows now (blocking)."""
+        """Write any queued journal rows now (blocking); a failure is logged, not raised."""
         batch, self._queue = self._queue, []
         if batch:
             self._commit(batch)
+            for p in batch:
+                if p.error is not None:
+                    logging.getLogger("demiarch_flow").warning(
+                        "could not write queued journal rows: %s", _short(p.error)
+                    )
 
     # ------------------------------------------------------------------ the Store interface
 

@@ -25,6 +25,22 @@ def _write(path: Path, lines: list[str]) -> Path:
     return path
 
 
+def _start_batch(cli: Cli, sim: SimThread, concurrency: int) -> subprocess.Popen[str]:
+    """A 40-line batch in the background, returned once `concurrency` requests are in flight."""
+    inp = _write(
+        cli.home / "in.jsonl", [json.dumps({"id": f"q{i}", "message": f"m{i}"}) for i in range(40)]
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demiarch_flow", "batch", str(inp), FAST, "--concurrency", str(concurrency), "--base-url", sim.url],
+        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sim.sim.chat_requests < concurrency and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.sim.chat_requests == concurrency
+    return proc
+
+
 def test_mixed_lines(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
     """Successes, a failing model, a retried one and a bad line: one output line per good input."""
     sim = simulator("acme/denied=401;acme/flaky=500,ok")
@@ -80,17 +96,7 @@ def test_ctrl_c_twice_leaves_the_database_consistent(
     """First Ctrl-C stops reading, second cancels runs in flight: every run row is final,
     every succeeded run has its usage row, cancelled runs have none, and the ids are reported."""
     sim = simulator("*=slow:30*")
-    inp = _write(
-        cli.home / "in.jsonl", [json.dumps({"id": f"q{i}", "message": f"m{i}"}) for i in range(40)]
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "demiarch_flow", "batch", str(inp), FAST, "--concurrency", "5", "--base-url", sim.url],
-        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while sim.sim.chat_requests < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sim.sim.chat_requests == 5
+    proc = _start_batch(cli, sim, 5)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
@@ -133,16 +139,7 @@ def test_ctrl_c_once_lets_runs_in_flight_finish(
 ) -> None:
     """One Ctrl-C: no new lines are started, the runs in flight finish and are written."""
     sim = simulator("*=slow:1*")
-    inp = _write(
-        cli.home / "in.jsonl", [json.dumps({"id": f"q{i}", "message": f"m{i}"}) for i in range(40)]
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "demiarch_flow", "batch", str(inp), FAST, "--concurrency", "4", "--base-url", sim.url],
-        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while sim.sim.chat_requests < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = _start_batch(cli, sim, 4)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr

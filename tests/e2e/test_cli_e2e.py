@@ -290,3 +290,30 @@ def test_demo_runs(cli: Cli) -> None:
     assert "SIMULATION" in res.stdout
     assert "falling back from anthropic/claude-sonnet-4 to anthropic/claude-3.5-haiku" in res.stdout
     assert "total" in res.stdout
+
+
+def test_ctrl_c_during_a_run_records_it_cancelled(
+    cli: Cli, simulator: Callable[[str], SimThread]
+) -> None:
+    """Ctrl-C while the provider hangs: exit 130, the run recorded as cancelled, the message kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sim = simulator("*=hang*")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demiarch_flow", "run", FAST, "-m", "wait for it", "--base-url", sim.url],
+        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sim.sim.chat_requests < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+    assert cli.rows("select status, current_state from workflow_runs") == [("cancelled", "Request")]
+    assert cli.rows("select role, content from chat_messages") == [("user", "wait for it")]
+    assert cli.rows("select event from run_events order by seq") == [("loaded",)]

@@ -125,17 +125,22 @@ async def test_fallback_exhausted_at_end_of_chain() -> None:
     assert isinstance(ctx.failure, AllModelsFailed)
 
 
-async def test_persist_saves_and_emits_saved() -> None:
-    """Persist: stores the reply and moves to Done."""
-    env = make_env()
-    ctx = context_for(
+def _answered(env: object) -> object:
+    """A context positioned at Persist: conversation c1, one successful attempt."""
+    return context_for(
         WF,
-        env,
+        env,  # type: ignore[arg-type]
         conversation_id="c1",
         completion=_completion(),
         last_attempt=Attempt(SONNET, _completion(), None, 12, 200),
     )
-    step = await run_state(WF, "Persist", ctx)
+
+
+async def test_persist_saves_and_emits_saved() -> None:
+    """Persist: stores the reply and moves to Done."""
+    env = make_env()
+    ctx = _answered(env)
+    step = await run_state(WF, "Persist", ctx)  # type: ignore[arg-type]
     assert (step.event, step.next_state) == ("saved", "Done")
     assert isinstance(env.store, MemoryStore)
     assert env.store.usage[0].cost_source == "price_table"
@@ -155,14 +160,8 @@ async def test_persist_failure_emits_failed_and_writes_recovery(tmp_path: object
             raise PersistenceError("disk full")
 
     env = make_env(store=Broken(), recovery_dir=str(tmp_path))
-    ctx = context_for(
-        WF,
-        env,
-        conversation_id="c1",
-        completion=_completion(),
-        last_attempt=Attempt(SONNET, _completion(), None, 12, 200),
-    )
-    step = await run_state(WF, "Persist", ctx)
+    ctx = _answered(env)
+    step = await run_state(WF, "Persist", ctx)  # type: ignore[arg-type]
     assert (step.event, step.next_state) == ("failed", "Failed")
     assert Broken.calls == 3
     assert isinstance(ctx.failure, PersistenceError)

@@ -36,18 +36,19 @@ def fresh_postgres() -> SqlStore:
     return store
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
-    """A fresh SQL store on each engine."""
-    store = (
-        fresh_postgres()
-        if request.param == "postgres"
-        else SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}")
-    )
+def _open(kind: str, tmp_path: Path) -> Iterator[SqlStore]:
+    url = f"sqlite:///{tmp_path / 'flow.db'}"
+    store = fresh_postgres() if kind == "postgres" else SqlStore.open_sync(url)
     try:
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    """A fresh SQL store on each engine."""
+    yield from _open(request.param, tmp_path)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
@@ -55,13 +56,5 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlSto
     """Every implementation of the Store interface."""
     if request.param == "memory":
         yield MemoryStore()
-        return
-    store = (
-        fresh_postgres()
-        if request.param == "postgres"
-        else SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}")
-    )
-    try:
-        yield store
-    finally:
-        store.close()
+    else:
+        yield from _open(request.param, tmp_path)
