@@ -52,6 +52,7 @@ class Simulator:
         self.chat_requests = 0
         self.models_seen: list[str] = []
         self.last_messages: list[Any] = []
+        self.last_headers: dict[str, str] = {}
         self._models_body = json.dumps(models_listing(self.prices)).encode()
 
     async def serve(
@@ -122,6 +123,7 @@ class Simulator:
         self.chat_requests += 1
         self.models_seen.append(model)
         self.last_messages = list(messages)
+        self.last_headers = {k: v for k, v in headers.items() if k != "authorization"}
         fault = self.cursor.next(model)
         if self.latency_s:
             await trio.sleep(self.latency_s)

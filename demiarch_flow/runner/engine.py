@@ -17,8 +17,8 @@ from typing import Any
 import trio
 
 from ..definition import Workflow, machine_class
-from ..errors import FlowError
-from ..store.base import JournalEntry, RunEnd
+from ..errors import FlowError, redact
+from ..store.base import JournalEntry, RunEnd, RunStatus
 from .context import AttemptSummary, RunContext, RunEnv, RunRequest
 from .handlers import HANDLERS
 from .records import FlowRecord
@@ -124,7 +124,6 @@ async def drive(ctx: RunContext) -> RunOutcome:
             machine.send(event)
             ctx.state = machine.current_state_value
             wait, ctx.pending_wait_s = ctx.pending_wait_s, None
-            err = ctx.last_error if event not in ("loaded", "succeeded", "saved") else None
             record = await ctx.emit(
                 "transition",
                 from_state=before,
@@ -132,16 +131,25 @@ async def drive(ctx: RunContext) -> RunOutcome:
                 to_state=ctx.state,
                 model=ctx.model,
                 attempt=ctx.attempt or None,
-                error_class=err.error_class if err else None,
+                error_class=_cause(ctx, event),
                 wait_s=wait,
             )
             transitions.append(record)
             if event == "saved":
                 status = "succeeded"
+        if status != "succeeded" and not ctx.extra.get("failure_recorded"):
+            # A user's workflow may end a failed run in a final state without the fail action.
+            await HANDLERS["fail"](ctx)
     except trio.Cancelled:
         with trio.CancelScope(shield=True):
-            await _record_cancelled(ctx)
+            await _record_end(ctx, "cancelled", "cancelled", f"cancelled in state {ctx.state}")
             await ctx.emit("finished", run_status="cancelled", to_state=ctx.state)
+        raise
+    except Exception as exc:
+        # A bug or an unexpected error: the run must not stay 'running' in the database.
+        with trio.CancelScope(shield=True):
+            await _record_end(ctx, "failed", "internal", f"{type(exc).__name__}: {exc}")
+            await ctx.emit("finished", run_status="failed", to_state=ctx.state)
         raise
     await ctx.emit("finished", run_status=status, to_state=ctx.state, model=_answered(ctx))
     done = ctx.completion if status == "succeeded" else None
@@ -167,18 +175,19 @@ def _answered(ctx: RunContext) -> str | None:
     return ctx.completion.model if ctx.completion and ctx.saved_message_id else None
 
 
-async def _record_cancelled(ctx: RunContext) -> None:
+def _cause(ctx: RunContext, event: str) -> str | None:
+    """The error class behind a transition (``None`` for the happy-path events)."""
+    if event in ("loaded", "succeeded", "saved"):
+        return None
+    if event == "failed":
+        return getattr(ctx.failure, "error_class", None)
+    return ctx.last_error.error_class if ctx.last_error else None
+
+
+async def _record_end(ctx: RunContext, status: RunStatus, error_class: str, message: str) -> None:
     with contextlib.suppress(FlowError):
         await ctx.env.store.finish_run(
-            RunEnd(
-                ctx.run_id,
-                "cancelled",
-                ctx.state,
-                None,
-                "cancelled",
-                f"cancelled in state {ctx.state}",
-                ctx.env.now(),
-            )
+            RunEnd(ctx.run_id, status, ctx.state, None, error_class, redact(message), ctx.env.now())
         )
 
 

@@ -330,6 +330,7 @@ async def fail(ctx: RunContext) -> str:
     """Record the failure on the run (the user's message stays; nothing else is written)."""
     failure = ctx.failure
     error_class = getattr(failure, "error_class", None) if failure else None
+    ctx.extra["failure_recorded"] = True
     try:
         await ctx.env.store.finish_run(
             RunEnd(

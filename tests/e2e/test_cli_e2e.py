@@ -34,6 +34,21 @@ def test_success_prints_the_reply_and_writes_rows(
     ]
     assert cli.rows("select model, cost_source from llm_usage") == [(SONNET, "provider")]
     assert cli.rows("select status, current_state from workflow_runs") == [("succeeded", "Done")]
+    assert sim.sim.last_headers["x-openrouter-title"] == "demiarch-flow"
+
+
+def test_attribution_headers_are_configurable(
+    cli: Cli, simulator: Callable[[str], SimThread]
+) -> None:
+    """DEMIARCH_FLOW_APP_URL / _TITLE set the HTTP-Referer and X-OpenRouter-Title headers."""
+    sim = simulator("")
+    env = {
+        "DEMIARCH_FLOW_APP_URL": "https://demiarch.example",
+        "DEMIARCH_FLOW_APP_TITLE": "Demiarch",
+    }
+    assert cli("run", FAST, "-m", "hi", "--base-url", sim.url, env=env).code == 0
+    assert sim.sim.last_headers["http-referer"] == "https://demiarch.example"
+    assert sim.sim.last_headers["x-openrouter-title"] == "Demiarch"
 
 
 def test_json_output_has_the_documented_fields(

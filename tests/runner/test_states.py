@@ -208,3 +208,37 @@ async def test_cancellation_records_the_run_as_cancelled(autojump_clock: object)
     assert [m.role for m in store.messages] == ["user"]
     assert store.usage == []
     assert [e.event for e in store.events] == ["loaded", "retryable", "retry", "retryable"]
+
+
+async def test_failure_without_fail_action_is_still_recorded(autojump_clock: object) -> None:
+    """A workflow whose fatal path ends in a plain final state still marks the run failed."""
+    from demiarch_flow.runner import RunRequest, run_workflow
+
+    wf = edited(
+        **{
+            "fatal: Failed}": "fatal: Stop}",
+            "  Done:        {final: true}": "  Done:        {final: true}\n  Stop:        {final: true}",
+        }
+    )
+    env = make_env(f"{SONNET}=401")
+    assert isinstance(env.store, MemoryStore)
+    out = await run_workflow(wf, RunRequest("hi"), env)
+    assert (out.status, out.final_state) == ("failed", "Stop")
+    (run,) = env.store.runs.values()
+    assert (run["status"], run["error_class"]) == ("failed", "auth")
+
+
+async def test_unexpected_error_marks_the_run_failed(autojump_clock: object) -> None:
+    """A bug inside a handler surfaces, and the run is not left 'running'."""
+    from demiarch_flow.runner import RunRequest, run_workflow
+
+    class Exploding(MemoryStore):
+        async def save_reply(self, reply: object, end: object) -> str:
+            raise RuntimeError("boom")
+
+    store = Exploding()
+    with pytest.raises(RuntimeError, match="boom"):
+        await run_workflow(WF, RunRequest("hi"), make_env(store=store))
+    (run,) = store.runs.values()
+    assert (run["status"], run["error_class"]) == ("failed", "internal")
+    assert run["error_message"] == "RuntimeError: boom"
