@@ -108,8 +108,12 @@ class RunContext:
     attempts: list[AttemptSummary] = field(default_factory=list)
     pending_wait_s: float | None = None
     state: str = ""
-    seq: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    user_message_at: datetime | None = None
+    """When LoadContext stored the user's message (the reply is stored strictly after it)."""
+    gave_up_because: str | None = None
+    """Why Backoff last gave a model up: ``retries_exhausted`` or ``retry_after_too_long``."""
+    failure_recorded: bool = False
+    """The fail action has written the failure to the store."""
 
     def __post_init__(self) -> None:
         if not self.chain:

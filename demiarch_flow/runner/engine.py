@@ -137,7 +137,7 @@ async def drive(ctx: RunContext) -> RunOutcome:
             transitions.append(record)
             if event == "saved":
                 status = "succeeded"
-        if status != "succeeded" and not ctx.extra.get("failure_recorded"):
+        if status != "succeeded" and not ctx.failure_recorded:
             # A user's workflow may end a failed run in a final state without the fail action.
             await HANDLERS["fail"](ctx)
     except trio.Cancelled:

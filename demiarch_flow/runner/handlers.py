@@ -30,6 +30,12 @@ Handler = Callable[[RunContext], Awaitable[str]]
 _TICK = timedelta(microseconds=1)
 
 
+def _title(message: str) -> str:
+    """A new conversation's title: the first line of its first message, cut to 80 characters."""
+    stripped = message.strip()
+    return stripped.splitlines()[0][:80] if stripped else ""
+
+
 async def load_context(ctx: RunContext) -> str:
     """Store the user's message at once and build the request messages.
 
@@ -49,16 +55,14 @@ async def load_context(ctx: RunContext) -> str:
                 content=ctx.request.message,
                 context_messages=wf.request.context_messages,
                 at=ctx.env.now(),
-                title=ctx.request.message.strip().splitlines()[0][:80]
-                if ctx.request.message.strip()
-                else "",
+                title=_title(ctx.request.message),
             )
         )
     except FlowError as exc:
         ctx.failure = exc
         return "failed"
     ctx.conversation_id = began.conversation_id
-    ctx.extra["user_message_at"] = began.user_message_at
+    ctx.user_message_at = began.user_message_at
     messages = [{"role": "system", "content": wf.system}] if wf.system else []
     messages += [{"role": m.role, "content": m.content} for m in began.history]
     messages.append({"role": "user", "content": ctx.request.message})
@@ -173,9 +177,10 @@ async def backoff(ctx: RunContext) -> str:
     policy = ctx.workflow.retry
     hint = ctx.last_error.retry_after_s if ctx.last_error else None
     plan = plan_wait(ctx.retries + 1, policy, hint, ctx.env.rng)
+    ctx.gave_up_because = None
     if plan.delay_s is None:
         ctx.fallback_reason = "retries_exhausted"
-        ctx.extra["exhausted_because"] = plan.reason
+        ctx.gave_up_because = plan.reason
         return "exhausted"
     await ctx.emit(
         "wait",
@@ -211,11 +216,21 @@ async def fallback(ctx: RunContext) -> str:
     if ctx.model_index + 1 >= len(ctx.chain):
         ctx.failure = AllModelsFailed(ctx.last_errors) if ctx.last_errors else last
         return "exhausted"
+    attempts = ctx.attempt
     ctx.model_index += 1
     ctx.attempt = 0
     ctx.retries = 0
     nxt = ctx.model
-    why = f"{last.error_class} ({last.detail})" if last else reason
+    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+    if last is None:
+        why = reason
+    elif ctx.gave_up_because == "retry_after_too_long" and last.retry_after_s is not None:
+        why = (
+            f"{tries}: the server asked to wait {last.retry_after_s:g} s,"
+            f" over max_delay_s ({ctx.workflow.retry.max_delay_s:g} s)"
+        )
+    else:
+        why = f"{tries}: {last.error_class} ({last.detail})"
     text = f"falling back from {current} to {nxt} after {why}"
     log.warning(text)
     await ctx.emit(
@@ -249,7 +264,7 @@ async def persist(ctx: RunContext) -> str:
             done.model,
         )
     now = ctx.env.now()
-    asked_at = ctx.extra.get("user_message_at")
+    asked_at = ctx.user_message_at
     stored_at = max(now, asked_at + _TICK) if asked_at is not None else now
     assert ctx.conversation_id is not None
     reply = Reply(
@@ -330,7 +345,7 @@ async def fail(ctx: RunContext) -> str:
     """Record the failure on the run (the user's message stays; nothing else is written)."""
     failure = ctx.failure
     error_class = getattr(failure, "error_class", None) if failure else None
-    ctx.extra["failure_recorded"] = True
+    ctx.failure_recorded = True
     try:
         await ctx.env.store.finish_run(
             RunEnd(

@@ -108,10 +108,17 @@ async def test_429_retry_after_http_date(autojump_clock: object) -> None:
     assert 3.0 <= wait <= 5.0
 
 
-async def test_429_retry_after_beyond_cap_moves_on_without_waiting(autojump_clock: object) -> None:
+async def test_429_retry_after_beyond_cap_moves_on_without_waiting(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
     """Retry-After: 45 exceeds max_delay_s (30): no wait at all, the next model at once."""
     h = Harness({SONNET: [error(429, headers={"Retry-After": "45"})]})
-    out = await h.run()
+    with caplog.at_level("WARNING", logger="demiarch_flow"):
+        out = await h.run()
+    assert (
+        f"falling back from {SONNET} to {HAIKU} after 1 attempt: the server asked to wait 45 s,"
+        " over max_delay_s (30 s)"
+    ) in caplog.text
     assert out.status == "succeeded"
     assert h.models == [SONNET, HAIKU]
     assert h.waits() == []
