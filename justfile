@@ -21,3 +21,9 @@ demo: setup
 # benchmarks against raw httpx on the same loopback simulator
 bench: setup
     .venv/bin/python bench/run.py
+
+# the same, plus the openai SDK and LiteLLM measured from a separate venv (.peers-venv)
+bench-peers: setup
+    test -x .peers-venv/bin/python || python3 -m venv .peers-venv
+    .peers-venv/bin/pip install --quiet openai litellm httpx
+    .venv/bin/python bench/run.py --peers .peers-venv/bin/python

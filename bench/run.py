@@ -200,6 +200,11 @@ def batch(url: str, lines: int, folder: Path, concurrency: int = 100) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    parser.add_argument(
+        "--peers",
+        metavar="PYTHON",
+        help="interpreter of a separate venv with openai/litellm installed (see bench/peers.py)",
+    )
     opts = parser.parse_args()
     n, total = (100, 400) if opts.quick else (500, 2000)
     sim, url = start_simulator()
@@ -213,6 +218,13 @@ def main() -> None:
             validate_s = cold_start(["validate", str(ROOT / "workflows" / "chat.yaml")])
             b2k = batch(url, 400 if opts.quick else 2000, folder)
             b10k = batch(url, 1000 if opts.quick else 10000, folder)
+            peers = None
+            if opts.peers:
+                res = subprocess.run(
+                    [opts.peers, str(ROOT / "bench" / "peers.py"), url, str(n)],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                peers = json.loads(res.stdout.strip().splitlines()[-1])
     finally:
         sim.terminate()
         sim.wait()
@@ -232,6 +244,16 @@ def main() -> None:
     print(f"\nengine overhead: {engine['overhead_us']:.0f} µs per run "
           f"(run {engine['run_us']:.0f} µs vs bare client call {engine['bare_us']:.0f} µs, in-memory transport and store)")  # fmt: skip
     print(f"cold start: --help {help_s:.3f} s, validate {validate_s:.3f} s")
+    if peers:
+        floor = peers["raw httpx (asyncio)"]["median_us"]
+        print(
+            "\npeers (asyncio, separate venv), sequential median µs per call and ratio to raw httpx:"
+        )
+        for name, fig in peers.items():
+            if isinstance(fig, dict):
+                print(f"  {name:24} {fig['median_us']:8.0f} µs  {fig['median_us'] / floor:5.2f}×")
+        if "litellm import s" in peers:
+            print(f"  LiteLLM import: {peers['litellm import s']:.2f} s")
     for name, b in (("batch (cold start)", b2k), ("batch (peak RSS)", b10k)):
         lines = (
             400
