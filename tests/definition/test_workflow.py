@@ -11,9 +11,11 @@ from demiarch_flow.definition import (
     ACTION_EVENTS,
     FALLBACK_CLASSES,
     RETRY_CLASSES,
+    CooldownPolicy,
     FallbackPolicy,
     RequestSettings,
     RetryPolicy,
+    Workflow,
     load_workflow,
     machine_class,
     parse_workflow,
@@ -111,6 +113,10 @@ def test_every_schema_field_reaches_the_model() -> None:
     assert set(props["fallback"]["properties"]) == {
         f.name for f in dataclasses.fields(FallbackPolicy)
     }
+    assert set(props["cooldown"]["properties"]) == {
+        f.name for f in dataclasses.fields(CooldownPolicy)
+    }
+    assert set(props) <= {f.name for f in dataclasses.fields(Workflow)}
     assert set(schema["$defs"]["state"]["properties"]) - {"description"} == {
         "action",
         "final",
