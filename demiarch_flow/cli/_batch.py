@@ -29,7 +29,6 @@ from ._common import (
     resolve_base_url,
     setup_logging,
     unwrapped_errors,
-    use_color,
     workflow_from,
 )
 from ._run import turn
@@ -95,7 +94,7 @@ class Tally:
 
 async def _progress(tally: Tally, stream: TextIO) -> None:
     """A live line on a terminal, a plain line every 5 s otherwise."""
-    live = use_color(stream) or stream.isatty()
+    live = stream.isatty()
     while True:
         if live:
             stream.write("\r\x1b[K" + tally.line())

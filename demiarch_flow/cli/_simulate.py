@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from typing import Any
 
@@ -14,7 +13,8 @@ import trio.testing
 
 from ..definition import Workflow
 from ..faults import FaultScript
-from ..runner import FlowRecord, RunEnv, RunOutcome, RunRequest, run_workflow
+from ..runner import FlowRecord, JournalListener, RunOutcome, RunRequest, run_workflow
+from ..runner.context import utc_now
 from ..store import MemoryStore, Store
 from ..testing import FakeOpenRouter, make_env
 from ._common import setup_logging, workflow_from
@@ -76,21 +76,16 @@ def simulate(
     fake = FakeOpenRouter(script)
 
     async def main() -> RunOutcome:
-        env: RunEnv = make_env(
+        listeners: list[Any] = [timeline]
+        if store is not None:
+            listeners.append(JournalListener(store))
+        env = make_env(
             fake,
             store=store if store is not None else MemoryStore(),
             seed=seed,
-            listeners=[timeline],
+            listeners=listeners,
+            now=utc_now,
         )
-        if store is not None:
-            from ..runner import JournalListener
-
-            env = RunEnv(
-                client=env.client,
-                store=store,
-                rng=random.Random(seed),
-                listeners=(timeline, JournalListener(store)),
-            )
         return await run_workflow(wf, RunRequest(message, model=model), env)
 
     outcome = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import trio
+
 from ..client import Attempt, Completion, OpenRouterClient
 from ..definition import Workflow
 from ..errors import FlowError, ProviderError
@@ -127,8 +129,6 @@ class RunContext:
 
     async def emit(self, kind: str, **fields: Any) -> FlowRecord:
         """Send a record to every listener (in order) and return it."""
-        import trio
-
         record = FlowRecord(
             kind,  # type: ignore[arg-type]
             self.run_id,

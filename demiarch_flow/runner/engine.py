@@ -18,7 +18,7 @@ import trio
 
 from ..definition import Workflow, machine_class
 from ..errors import FlowError, redact
-from ..store.base import JournalEntry, RunEnd, RunStatus
+from ..store.base import RunEnd, RunStatus
 from .context import AttemptSummary, RunContext, RunEnv, RunRequest
 from .handlers import HANDLERS
 from .records import FlowRecord
@@ -189,22 +189,3 @@ async def _record_end(ctx: RunContext, status: RunStatus, error_class: str, mess
         await ctx.env.store.finish_run(
             RunEnd(ctx.run_id, status, ctx.state, None, error_class, redact(message), ctx.env.now())
         )
-
-
-def journal_entry(record: FlowRecord, seq: int) -> JournalEntry:
-    """A transition record as a ``run_events`` row."""
-    assert record.from_state is not None
-    assert record.event is not None
-    assert record.to_state is not None
-    return JournalEntry(
-        run_id=record.run_id,
-        seq=seq,
-        from_state=record.from_state,
-        event=record.event,
-        to_state=record.to_state,
-        model=record.model,
-        attempt=record.attempt,
-        error_class=record.error_class,
-        wait_s=record.wait_s,
-        at=record.wall,
-    )

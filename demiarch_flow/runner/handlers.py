@@ -7,6 +7,7 @@ Handlers do all the I/O; the machine only moves. Each can be run alone (see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -192,9 +193,7 @@ async def backoff(ctx: RunContext) -> str:
     )
     if ctx.attempts:
         last = ctx.attempts[-1]
-        ctx.attempts[-1] = AttemptSummary(
-            last.model, last.outcome, last.error_class, last.status, plan.delay_s, last.latency_ms
-        )
+        ctx.attempts[-1] = dataclasses.replace(last, wait_s=plan.delay_s)
     await trio.sleep(plan.delay_s)
     ctx.retries += 1
     ctx.pending_wait_s = plan.delay_s

@@ -11,7 +11,6 @@ import logging
 
 from ..errors import PersistenceError
 from ..store.base import JournalEntry, Store
-from .engine import journal_entry
 from .records import FlowRecord
 
 
@@ -44,3 +43,22 @@ class JournalListener:
                 logging.getLogger("demiarch_flow").warning(
                     "could not write %d journal rows of run %s: %s", len(entries), run_id, exc
                 )
+
+
+def journal_entry(record: FlowRecord, seq: int) -> JournalEntry:
+    """A transition record as a ``run_events`` row."""
+    assert record.from_state is not None
+    assert record.event is not None
+    assert record.to_state is not None
+    return JournalEntry(
+        run_id=record.run_id,
+        seq=seq,
+        from_state=record.from_state,
+        event=record.event,
+        to_state=record.to_state,
+        model=record.model,
+        attempt=record.attempt,
+        error_class=record.error_class,
+        wait_s=record.wait_s,
+        at=record.wall,
+    )
