@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import pytest
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.sql import SqlStore
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+#: The PostgreSQL database the tests use; ``DEMIARCH_FLOW_TEST_PG_DB`` names another database on
+#: the same server, so that two checkouts can run their suites at once without sharing tables.
+PG_DB = os.environ.get("DEMIARCH_FLOW_TEST_PG_DB", "test")
+PG_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_DB}"
 
 
 def postgres_available() -> bool:
@@ -18,7 +22,7 @@ def postgres_available() -> bool:
         import psycopg
 
         with psycopg.connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2
+            f"host=127.0.0.1 port=5432 user=postgres dbname={PG_DB}", connect_timeout=2
         ):
             return True
     except Exception:
