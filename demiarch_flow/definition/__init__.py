@@ -1,7 +1,8 @@
 """Workflow definitions: YAML text → checked, frozen :class:`Workflow` → state machine class.
 
 Public here: :func:`load_workflow`, :func:`parse_workflow`, the model classes, the vocabulary,
-and :func:`machine_class`. The three checks run in order (YAML syntax, JSON Schema, graph) and
+:func:`machine_class`, and :func:`check_model_name` (the one rule for a model id, which the
+command line applies to ``--model`` and batch lines too). The three checks run in order (YAML syntax, JSON Schema, graph) and
 each failure is a :class:`~demiarch_flow.errors.DefinitionError` subclass with file, line,
 column and field path as attributes.
 """
@@ -14,7 +15,8 @@ from pathlib import Path as FsPath
 from ..errors import DefinitionError, Location, YamlSyntaxError
 from ._graph import check_graph
 from ._schema import check_schema, workflow_schema
-from ._yaml import load_yaml
+from ._text import MAX_MODEL_NAME, check_model_name
+from ._yaml import MAX_FILE_BYTES, load_yaml
 from .machine import WorkflowMachine, machine_class
 from .model import (
     CooldownPolicy,
@@ -41,6 +43,8 @@ __all__ = [
     "ALWAYS_FATAL",
     "ERROR_CLASSES",
     "FALLBACK_CLASSES",
+    "MAX_FILE_BYTES",
+    "MAX_MODEL_NAME",
     "PROVIDER_ERROR_CLASSES",
     "RETRY_CLASSES",
     "CooldownPolicy",
@@ -50,6 +54,7 @@ __all__ = [
     "StateSpec",
     "Workflow",
     "WorkflowMachine",
+    "check_model_name",
     "load_workflow",
     "machine_class",
     "parse_workflow",
@@ -84,21 +89,35 @@ def load_workflow(path: str | FsPath) -> Workflow:
     """Read and check the workflow file at ``path``.
 
     Raises:
-        DefinitionError: the file is missing, unreadable or invalid.
+        DefinitionError: the file is missing, unreadable, too large or invalid.
     """
     name = str(path)
     try:
-        raw = FsPath(path).read_bytes()
+        with open(path, "rb") as f:  # bounded: /dev/zero or a huge log must not fill memory
+            raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise DefinitionError("no such workflow file", location=Location(name)) from None
     except OSError as exc:
         raise DefinitionError(
-            f"cannot read the workflow file: {exc.strerror}", location=Location(name)
+            f"cannot read the workflow file: {exc.strerror or exc}", location=Location(name)
         ) from None
+    except ValueError as exc:  # a NUL in the path
+        raise DefinitionError(
+            f"cannot read the workflow file: {exc}", location=Location(name)
+        ) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise YamlSyntaxError(
+            f"the file is too large (more than {MAX_FILE_BYTES} bytes; a workflow is a few KB)",
+            location=Location(name),
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        column = len(raw[line_start : exc.start].decode("utf-8")) + 1
         raise YamlSyntaxError(
-            f"the file is not UTF-8 text (byte {exc.start})", location=Location(name)
+            f"the file is not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.end]!r})",
+            location=Location(name, line, column),
         ) from None
     return parse_workflow(text, name)

@@ -3,21 +3,32 @@
 jsonschema's messages are kept (``0.5 is less than the minimum of 1``) and prefixed with the file
 position and field path; an unknown key gets a did-you-mean hint, and a key named ``on`` gets the
 YAML 1.1 explanation, because a silently ignored policy is the worst outcome of a typo.
+
+A JSON number is always finite, but YAML has ``.nan`` and ``.inf`` and Python ints of any size; so
+the validator's ``number`` and ``integer`` types are those of JSON: finite, and within 64 bits.
+NaN slips past every ``minimum`` (each comparison with it is false) and would reach the request as
+invalid JSON, so it must fail on its type. Once the schema passes, every string is checked for what
+the database and the request cannot carry (:mod:`._text`).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 from functools import cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
 
 from .._resources import bundled_path
 from ..errors import DefinitionError, SchemaError
-from ._yaml import Path, Positions, format_path
+from ._text import unsafe_strings
+from ._yaml import Path, Positions, format_path, shorten
+
+_INT64 = 2**63
 
 
 @cache
@@ -29,11 +40,34 @@ def workflow_schema() -> dict[str, Any]:
     return schema
 
 
+def _in_json_range(value: object, *, integer: bool = False) -> bool:
+    """Finite when a float, within signed 64 bits when an int (what JSON and a column hold)."""
+    if isinstance(value, float):
+        return math.isfinite(value) and (not integer or abs(value) < _INT64)
+    return isinstance(value, int) and -_INT64 <= value < _INT64
+
+
+_BASE_TYPES = Draft202012Validator.TYPE_CHECKER
+_JSON_TYPES = _BASE_TYPES.redefine_many(
+    {
+        "number": lambda checker, value: (
+            _BASE_TYPES.is_type(value, "number") and _in_json_range(value)
+        ),
+        "integer": lambda checker, value: (
+            _BASE_TYPES.is_type(value, "integer") and _in_json_range(value, integer=True)
+        ),
+    }
+)
+
+
 @cache
-def _validator() -> Draft202012Validator:
+def _validator() -> Validator:
     schema = workflow_schema()
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    cls: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
+        Draft202012Validator, type_checker=_JSON_TYPES
+    )
+    return cls(schema)
 
 
 def _subschema(path: Path) -> dict[str, Any]:
@@ -74,7 +108,7 @@ def _unknown_key_errors(err: ValidationError, positions: Positions) -> list[Defi
         allowed = ", ".join(known)
         out.append(
             SchemaError(
-                f"unknown key {key!r}{hint}; allowed here: {allowed}",
+                f"unknown key {shorten(key)}{hint}; allowed here: {allowed}",
                 location=positions.locate((*path, key), key=True),
                 path=format_path((*path, key)),
             )
@@ -82,16 +116,48 @@ def _unknown_key_errors(err: ValidationError, positions: Positions) -> list[Defi
     return out
 
 
+def _type_message(err: ValidationError) -> str | None:
+    """Plainer words for a number that YAML read but JSON has no place for."""
+    value, wanted = err.instance, err.validator_value
+    if wanted not in ("number", "integer") or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number (.nan and .inf are not allowed here)"
+    if isinstance(value, int | float) and not _in_json_range(value, integer=True):
+        return f"{shorten(value)} is out of range (beyond a 64-bit integer)"
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return None
+        return (
+            f"{shorten(value)} is text, not a number (YAML 1.1 reads 1e3 as text;"
+            " write 1000 or 1.0e+3)"
+        )
+    return None
+
+
 def _message(err: ValidationError) -> str:
+    if err.validator == "type" and (plain := _type_message(err)):
+        return plain
+    if err.validator == "maxLength" and isinstance(err.instance, str):
+        return (
+            f"{shorten(err.instance)} is {len(err.instance)} characters long"
+            f" (at most {err.validator_value})"
+        )
     if err.validator == "enum":
         allowed = ", ".join(str(v) for v in err.validator_value)  # type: ignore[union-attr]
-        return f"{err.instance!r} is not one of: {allowed}"
+        return f"{shorten(err.instance)} is not one of: {allowed}"
     if err.validator == "pattern" and isinstance(err.instance, str):
-        return f"{err.instance!r} is not a valid name here (must match {err.validator_value})"
+        return (
+            f"{shorten(err.instance)} is not a valid name here (must match {err.validator_value})"
+        )
     if err.validator == "uniqueItems":
-        return f"{err.instance!r} has repeated items"
+        return f"{shorten(err.instance)} has repeated items"
     if err.validator == "const":
-        return f"{err.instance!r} is not supported (expected {err.validator_value!r})"
+        return f"{shorten(err.instance)} is not supported (expected {err.validator_value!r})"
+    if len(err.message) > 200:  # jsonschema quotes the whole value; keep one paragraph
+        return err.message.replace(repr(err.instance), shorten(err.instance))
     return err.message
 
 
@@ -121,6 +187,8 @@ def check_schema(doc: Any, positions: Positions) -> None:
                 path=format_path(path) or "(top level)",
             )
         )
+    if not problems:
+        problems.extend(unsafe_strings(doc, positions))
     if not problems:
         problems.extend(_cross_field(doc, positions))
     if problems:
