@@ -1,4 +1,11 @@
-"""Every file of tests/workflows/broken fails with the class, message and location it declares."""
+"""Every file of tests/workflows/broken fails with the class, message and location it declares.
+
+Each file starts with three header lines (``# expect:``, ``# message:``, ``# at: LINE:COL``). The
+``hostile_*`` files are hostile input (NaN and huge numbers, deep nesting, alias bombs, tags,
+control characters, bytes that are not UTF-8): the header is read from raw bytes, so a file may
+carry a byte order mark or invalid bytes after it. Every one of them exits 2 on the command line
+(tests/e2e/test_hostile_workflows.py runs them through ``validate`` and ``run``).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,16 @@ from pathlib import Path
 import pytest
 
 from demiarch_flow import errors
-from demiarch_flow.definition import load_workflow
+from demiarch_flow.definition import load_workflow, workflow_schema
 
 BROKEN = sorted((Path(__file__).parent.parent / "workflows" / "broken").glob("*.yaml"))
 
 
 def _header(path: Path) -> dict[str, str]:
     fields = {}
-    for line in path.read_text("utf-8").splitlines()[:3]:
-        key, _, value = line.removeprefix("# ").partition(": ")
+    head = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")[:3]
+    for line in head:
+        key, _, value = line.decode("utf-8").removeprefix("# ").partition(": ")
         fields[key] = value
     return fields
 
@@ -25,6 +33,22 @@ def test_corpus_covers_every_check() -> None:
     kinds = {_header(p)["expect"] for p in BROKEN}
     assert len(BROKEN) >= 15
     assert kinds == {"YamlSyntaxError", "SchemaError", "GraphError"}
+
+
+def test_hostile_files_cover_every_numeric_field() -> None:
+    """NaN or infinity is tried in every number of the format (the fields the schema types)."""
+    numeric = {
+        f"{section}.{name}"
+        for section, spec in workflow_schema()["properties"].items()
+        for name, field in spec.get("properties", {}).items()
+        if field.get("type") in ("number", "integer")
+    }
+    tried = {
+        _header(p)["message"].split(":")[0]
+        for p in BROKEN
+        if p.stem.startswith(("hostile_nan_", "hostile_inf_"))
+    }
+    assert numeric <= tried
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
