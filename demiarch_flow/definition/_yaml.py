@@ -67,13 +67,17 @@ class Positions:
 
 
 def format_path(path: Path) -> str:
-    """``("retry", "when", 2)`` → ``retry.when[2]``."""
+    """``("retry", "when", 2)`` → ``retry.when[2]``; a key with unprintable characters is quoted.
+
+    Quoting keeps a message on its line and keeps escape sequences out of the terminal.
+    """
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            name = part if part.isprintable() else shorten(part)
+            out += f".{name}" if out else name
     return out
 
 

@@ -60,6 +60,7 @@ def test_broken_workflow_fails_where_declared(path: Path) -> None:
     err = info.value
     assert type(err).__name__ == want["expect"]
     assert want["message"] in str(err)
+    assert all(line.isprintable() for line in str(err).split("\n")), "raw control characters"
     line, col = (int(x) for x in want["at"].split(":"))
     assert (err.file, err.line, err.column) == (str(path), line, col)
     assert str(err).startswith(f"{path}:{line}:{col}: ")
