@@ -2,9 +2,9 @@
 
 Public here: :func:`load_workflow`, :func:`parse_workflow`, the model classes, the vocabulary,
 :func:`machine_class`, and :func:`check_model_name` (the one rule for a model id, which the
-command line applies to ``--model`` and batch lines too). The three checks run in order (YAML syntax, JSON Schema, graph) and
-each failure is a :class:`~demiarch_flow.errors.DefinitionError` subclass with file, line,
-column and field path as attributes.
+command line applies to ``--model`` and batch lines too). The three checks run in order (YAML
+syntax, JSON Schema, graph) and each failure is a :class:`~demiarch_flow.errors.DefinitionError`
+subclass with file, line, column and field path as attributes.
 """
 
 from __future__ import annotations
