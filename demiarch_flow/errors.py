@@ -13,6 +13,7 @@ without parsing text::
     ├── EnvironmentProblem               3   the machine is not set up for the call
     │   ├── SecretsError                     no API key / unusable keyring
     │   └── StoreUnavailable                 database URL cannot be opened
+    │       └── SchemaMismatch                   its tables are not what this release needs
     ├── ProviderError                    1   one failed attempt at OpenRouter (has .error_class)
     ├── AllModelsFailed                  1   every model of the chain failed
     ├── UnknownConversation              1   --conversation names no conversation
@@ -144,6 +145,33 @@ class SecretsError(EnvironmentProblem):
 
 class StoreUnavailable(EnvironmentProblem):
     """The database URL cannot be opened."""
+
+
+class SchemaMismatch(StoreUnavailable):
+    """The database's schema is not the one this release needs: at another revision, or a table
+    or column missing. Raised when the database is opened, before any request is sent.
+
+    Attributes:
+        revision: the database's revision (``None``: unversioned or empty).
+        head: the revision this release needs.
+        table: the table at fault, when one is.
+        column: the column at fault, when one is.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        revision: str | None = None,
+        head: str | None = None,
+        table: str | None = None,
+        column: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.head = head
+        self.table = table
+        self.column = column
 
 
 # ---------------------------------------------------------------- runs

@@ -15,3 +15,6 @@ case "$bundled" in
   *) echo "bundled workflow found outside the wheel: $bundled" >&2; exit 1 ;;
 esac
 "$tmp/venv/bin/demiarch-flow" validate "$bundled"
+# The migrations ship too: create a database from the installed wheel, and read its revision.
+"$tmp/venv/bin/demiarch-flow" db upgrade --db "sqlite:///$tmp/wheel.db"
+"$tmp/venv/bin/demiarch-flow" db current --db "sqlite:///$tmp/wheel.db" --json | grep -q '"is_head": true'

@@ -97,7 +97,9 @@ async def open_world(
     listeners: tuple[Listener, ...] = (),
     max_in_flight: int = 100,
 ) -> AsyncIterator[World]:
-    """Open the database (creating tables) and the HTTP client; close both afterwards."""
+    """Open the database and the HTTP client; close both afterwards. The database is opened
+    first, so a schema that does not fit (exit 3) is found before any request is sent, and
+    Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`)."""
     store = await SqlStore.open(database_url(db))
     try:
         async with http_client(max_in_flight) as http:

@@ -15,7 +15,8 @@ from ._table import table
 
 
 def _open(db: str | None) -> SqlStore:
-    return SqlStore.open_sync(database_url(db))
+    """Open for reading: a database that does not exist is an error, never created."""
+    return SqlStore.open_sync(database_url(db), create=False)
 
 
 def _when(at: datetime | None) -> str:

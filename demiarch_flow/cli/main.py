@@ -159,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     _db(p)
     p.set_defaults(handler="report:cmd_usage")
 
+    p = sub.add_parser("db", help="the database schema: its revision, upgrades")
+    dbs = p.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
+    q = dbs.add_parser("upgrade", help="create or upgrade the schema to this release's revision")
+    q.add_argument(
+        "--sql", action="store_true", help="print the SQL for a DBA instead of running it"
+    )
+    _db(q)
+    q.set_defaults(handler="db:cmd_db_upgrade")
+    q = dbs.add_parser("current", help="the database's revision and whether it is current")
+    q.add_argument("--json", action="store_true")
+    _db(q)
+    q.set_defaults(handler="db:cmd_db_current")
+
     p = sub.add_parser("key", help="store, check or delete the OpenRouter API key")
     keys = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", required=True)
     q = keys.add_parser("set", help="store the key in the OS keyring (hidden prompt or stdin)")

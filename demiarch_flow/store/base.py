@@ -121,8 +121,10 @@ class Store(Protocol):
         """Append journal rows (a store may queue them for its next commit)."""
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:
-        """Store message + usage and mark the run succeeded, in one transaction; idempotent
-        on ``generation_id``. Returns the id of the stored assistant message."""
+        """Store message + usage and mark the run succeeded, in one transaction. Idempotent
+        per run: a second reply for the same ``run_id`` stores nothing and returns the first
+        one's message id (the run is still finished); the same ``generation_id`` on two runs
+        is two replies. Returns the id of the stored assistant message."""
 
     async def finish_run(self, end: RunEnd) -> None:
         """Mark the run failed or cancelled (nothing else is written)."""

@@ -1,7 +1,7 @@
 """An in-memory :class:`~demiarch_flow.store.base.Store`: ``simulate``, tests and benchmarks.
 
 It follows the same contract as the SQL store (the contract suite runs on both), including
-idempotency on ``generation_id`` and the unknown-conversation error.
+one reply per run (not per ``generation_id``) and the unknown-conversation error.
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ class MemoryStore:
         self.events.extend(entries)
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:
-        if reply.generation_id is not None:
-            for row in self.usage:
-                if row.generation_id == reply.generation_id:
-                    return row.message_id
+        for row in self.usage:
+            if row.run_id == reply.run_id:  # one reply per run: keep the first
+                await self.finish_run(end)
+                return row.message_id
         self._add(
             StoredMessage(
                 reply.message_id, reply.conversation_id, "assistant", reply.content,

@@ -5,13 +5,16 @@ go through one writer at a time per process (a ``trio.Lock``): with SQLite in WA
 timeout that removes "database is locked" under load, and with PostgreSQL it keeps one process
 from hogging the pool. Every public method maps SQLAlchemy errors to
 :class:`~demiarch_flow.errors.PersistenceError` (or :class:`StoreUnavailable` when opening).
+Opening checks the schema first (:mod:`demiarch_flow.store.schema`): it creates, adopts or
+upgrades it, or refuses to run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -38,10 +41,14 @@ from sqlalchemy.pool import StaticPool
 
 from ..errors import PersistenceError, StoreUnavailable, UnknownConversation, redact
 from .base import BeganRun, JournalEntry, NewRun, Reply, RunEnd, StoredMessage
-from .tables import Base, ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
+from .schema import prepare
+from .tables import ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
 
 T = TypeVar("T")
 _TICK = timedelta(microseconds=1)
+CONNECT_TIMEOUT_S = 10
+"""How long connecting to a database server may take unless the URL says otherwise: a host
+that accepts the connection and never answers would otherwise hang the command for ever."""
 
 
 def safe_url(url: str) -> str:
@@ -61,11 +68,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, create: bool = True) -> Engine:
     """Create the engine for ``url`` with our settings (not yet connected).
 
+    Args:
+        url: a SQLAlchemy database URL.
+        create: ``False`` for read-only commands: a SQLite file that does not exist is an
+            error instead of being created (with its folder).
+
     Raises:
-        StoreUnavailable: the URL is malformed or names a driver that is not installed.
+        StoreUnavailable: the URL is malformed, names a driver that is not installed, or (with
+            ``create=False``) a SQLite file that does not exist.
     """
     try:
         parsed = make_url(url)
@@ -77,9 +90,16 @@ def open_engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database or ""
-            if database and database != ":memory:" and not database.startswith("file:"):
+            if create and database not in ("", ":memory:") and not database.startswith("file:"):
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             memory = database in ("", ":memory:")
+            if not create and not memory and not database.startswith("file:"):
+                path = Path(database).expanduser()
+                if not path.exists():
+                    raise StoreUnavailable(
+                        f"no database at {path} (nothing has been run against it yet;"
+                        " pass --db or set DEMIARCH_FLOW_DB to read another one)"
+                    )
             engine = create_engine(
                 parsed,
                 connect_args={"check_same_thread": False, "timeout": 30},
@@ -87,12 +107,26 @@ def open_engine(url: str) -> Engine:
             )
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine
-        return create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        timeout = (
+            {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+        )
+        return create_engine(
+            parsed, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=timeout
+        )
     except (ArgumentError, ImportError, OSError) as exc:
         raise StoreUnavailable(
             f"cannot open database {safe_url(url)}: {redact(str(exc))}"
             " (for PostgreSQL install the extra: pip install 'demiarch-flow[postgres]')"
         ) from None
+
+
+@contextlib.contextmanager
+def opening(url: str) -> Iterator[None]:
+    """Map a database error while opening ``url`` to :class:`StoreUnavailable` (exit 3)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"cannot open database {safe_url(url)}: {_short(exc)}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +149,8 @@ class UsageRow:
 class SqlStore:
     """The :class:`~demiarch_flow.store.base.Store` over a SQLAlchemy engine.
 
-    Use :meth:`open` (creates the schema idempotently) rather than the constructor.
+    Use :meth:`open` (which checks, creates or upgrades the schema) rather than the
+    constructor.
     """
 
     def __init__(self, engine: Engine, url: str) -> None:
@@ -127,24 +162,36 @@ class SqlStore:
         self._queue: list[_Pending] = []
 
     @classmethod
-    def open_sync(cls, url: str) -> SqlStore:
-        """Open the database and create missing tables (blocking; call from a thread or sync code).
+    def open_sync(cls, url: str, *, create: bool = True) -> SqlStore:
+        """Open the database and bring its schema to this release's (blocking; call from a
+        thread or sync code). See :func:`~demiarch_flow.store.schema.prepare`.
+
+        Args:
+            url: the database URL.
+            create: ``False`` for read-only commands: a database that does not exist (or has
+                no tables) is an error rather than created.
 
         Raises:
-            StoreUnavailable: the database cannot be reached or written.
+            StoreUnavailable: the database cannot be reached or written, does not exist
+                (``create=False``), or its schema does not fit
+                (:class:`~demiarch_flow.errors.SchemaMismatch`).
         """
-        engine = open_engine(url)
+        engine = open_engine(url, create=create)
         try:
-            Base.metadata.create_all(engine)
-        except SQLAlchemyError as exc:
+            with opening(url):
+                prepare(engine, create=create)
+        except BaseException:
             engine.dispose()
-            raise StoreUnavailable(f"cannot open database {safe_url(url)}: {_short(exc)}") from None
+            raise
         return cls(engine, url)
 
     @classmethod
-    async def open(cls, url: str) -> SqlStore:
-        """:meth:`open_sync` from trio."""
-        return await trio.to_thread.run_sync(cls.open_sync, url)
+    async def open(cls, url: str, *, create: bool = True) -> SqlStore:
+        """:meth:`open_sync` from trio. Cancelling abandons the worker thread, so Ctrl-C is
+        not held up by a server that never answers (the thread ends with the process)."""
+        return await trio.to_thread.run_sync(
+            functools.partial(cls.open_sync, url, create=create), abandon_on_cancel=True
+        )
 
     def close(self) -> None:
         """Write queued journal rows, then release the connections."""
@@ -242,12 +289,8 @@ class SqlStore:
         try:
             return await self._write(functools.partial(_save_reply, reply=reply, end=end))
         except PersistenceError:
-            if reply.generation_id is None:
-                raise
-            # The same generation was stored before (unique key): keep that one.
-            existing = await self._write(
-                functools.partial(_existing_reply, generation_id=reply.generation_id, end=end)
-            )
+            # This run's reply was stored before (unique index on run_id): keep that one.
+            existing = await self._write(functools.partial(_existing_reply, end=end))
             if existing is None:
                 raise
             return existing
@@ -413,9 +456,7 @@ _FINISH = (
         error_message=bindparam("b_message"), finished_at=bindparam("b_at"),
     )
 )  # fmt: skip
-_USAGE_OF_GENERATION = select(_USAGE.c.message_id).where(
-    _USAGE.c.generation_id == bindparam("b_gen")
-)
+_USAGE_OF_RUN = select(_USAGE.c.message_id).where(_USAGE.c.run_id == bindparam("b_run"))
 
 
 def _begin_run(conn: Connection, run: NewRun) -> BeganRun:
@@ -473,8 +514,9 @@ def _append_events(conn: Connection, entries: tuple[JournalEntry, ...]) -> None:
     )  # fmt: skip
 
 
-def _existing_reply(conn: Connection, generation_id: str, end: RunEnd) -> str | None:
-    existing = conn.execute(_USAGE_OF_GENERATION, {"b_gen": generation_id}).scalar()
+def _existing_reply(conn: Connection, end: RunEnd) -> str | None:
+    """The message id of the reply already stored for ``end``'s run (finishing the run)."""
+    existing = conn.execute(_USAGE_OF_RUN, {"b_run": end.run_id}).scalar()
     if existing is not None:
         _finish(conn, end)
     return existing

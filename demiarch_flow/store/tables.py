@@ -1,8 +1,9 @@
 """The database schema (SQLAlchemy 2.x typed declarative models). Table and column names are a
 contract: Demiarch's history and spend reports read them.
 
-Constraint names follow a fixed naming convention so that Alembic can take the schema over
-later without renaming anything. Two column types smooth over SQLite: timestamps are stored as
+Alembic owns the schema: the revisions in ``migrations/versions`` must build exactly these
+models (a test compares them), and constraint names follow a fixed naming convention so that a
+migration can name what it alters. Two column types smooth over SQLite: timestamps are stored as
 UTC and always come back timezone-aware, and USD amounts are exact ``Decimal`` (``NUMERIC(20,9)``
 on PostgreSQL, a decimal string on SQLite, which has no exact numeric type).
 """
@@ -124,11 +125,13 @@ class LlmUsage(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
     message_id: Mapped[str] = mapped_column(ForeignKey("chat_messages.id"))
-    run_id: Mapped[str | None] = mapped_column(String(36))
+    run_id: Mapped[str | None] = mapped_column(String(36), index=True, unique=True)
+    """One reply per run (a unique index): storing a run's reply twice keeps the first."""
     project_id: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(200))
     requested_model: Mapped[str] = mapped_column(String(200))
-    generation_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    generation_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    """Not unique: caching proxies and some servers reuse a response id across runs."""
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     total_tokens: Mapped[int] = mapped_column(Integer)

@@ -167,7 +167,7 @@ def test_invalid_workflow_exit_2_with_location(cli: Cli) -> None:
         (["run", FAST, "-m", "hi", "--db", "nosuchdb://x"], 3, "cannot open database"),
         (["run", FAST, "-m", "hi", "--db", "not a url"], 3, "is not a database URL"),
         (["run", FAST, "--bogus"], 2, "unrecognized arguments"),
-        (["history", "--conversation", "nope"], 1, "no conversation with id 'nope'"),
+        (["history", "--conversation", "nope"], 3, "no database at"),
         (["batch", "missing.jsonl"], 2, "missing.jsonl: no such input file"),
         (["batch", FAST, "--db", "nosuchdb://x"], 3, "cannot open database"),
     ],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from demiarch_flow.store import MemoryStore
-from demiarch_flow.store.sql import SqlStore
+from demiarch_flow.store.sql import SqlStore, open_engine
 
 #: The PostgreSQL database the tests use; ``DEMIARCH_FLOW_TEST_PG_DB`` names another database on
 #: the same server, so that two checkouts can run their suites at once without sharing tables.
@@ -29,15 +29,27 @@ def postgres_available() -> bool:
         return False
 
 
-def fresh_postgres() -> SqlStore:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (database test)")
-    from demiarch_flow.store.tables import Base
+def drop_everything(url: str = PG_URL) -> None:
+    """Empty the test database: every table, ``alembic_version`` included, whatever revision
+    (or foreign table) an earlier run left behind."""
+    from sqlalchemy import MetaData
 
-    store = SqlStore.open_sync(PG_URL)
-    Base.metadata.drop_all(store.engine)
-    Base.metadata.create_all(store.engine)
-    return store
+    engine = open_engine(url)
+    try:
+        with engine.begin() as conn:
+            found = MetaData()
+            found.reflect(conn)
+            found.drop_all(conn)
+    finally:
+        engine.dispose()
+
+
+def fresh_postgres() -> SqlStore:
+    """The test database emptied, then opened (so created at head, as a first start does)."""
+    if not postgres_available():
+        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432 (database {PG_DB})")
+    drop_everything()
+    return SqlStore.open_sync(PG_URL)
 
 
 def _open(kind: str, tmp_path: Path) -> Iterator[SqlStore]:

@@ -158,25 +158,63 @@ def _reply(run_id: str, conv: str, gen: str | None, cost: str = "0.000123456") -
     )  # fmt: skip
 
 
-async def test_persist_is_idempotent_on_generation_id(
-    any_store: Any, autojump_clock: object
-) -> None:
-    """Saving the same generation twice leaves one assistant message and one usage row."""
-    out = await _run(any_store, FakeOpenRouter(), "hello")
+async def _status(store: Any, run_id: str) -> str:
+    if isinstance(store, SqlStore):
+        run, _ = await store.run_journal(run_id)
+        assert run is not None
+        return run.status
+    return str(store.runs[run_id]["status"])
+
+
+async def test_persist_is_idempotent_per_run(any_store: Any, autojump_clock: object) -> None:
+    """A second reply for the same run stores nothing, returns the first reply's message id
+    and leaves the run finished (whatever its generation id)."""
+    fake = FakeOpenRouter(";".join(f"{m}=404" for m in WF.models))
+    out = await _run(any_store, fake, "hello")  # a failed run: its user message, no reply
     assert out.conversation_id is not None
     end = RunEnd(
         out.run_id, "succeeded", "Done", SONNET, None, None, datetime(2026, 3, 1, tzinfo=UTC)
     )
-    first = await any_store.save_reply(_reply(out.run_id, out.conversation_id, "gen-dup"), end)
-    second = await any_store.save_reply(_reply(out.run_id, out.conversation_id, "gen-dup"), end)
-    assert first == second
+    first = await any_store.save_reply(_reply(out.run_id, out.conversation_id, "gen-a"), end)
+    second = await any_store.save_reply(_reply(out.run_id, out.conversation_id, "gen-b"), end)
+    again = await any_store.save_reply(_reply(out.run_id, out.conversation_id, None), end)
+    assert first == second == again
     counts = await any_store.count_rows()
-    assert (counts["chat_messages"], counts["llm_usage"]) == (3, 2)
+    assert (counts["chat_messages"], counts["llm_usage"]) == (2, 1)
+    assert await _status(any_store, out.run_id) == "succeeded"
+
+
+async def test_same_generation_id_on_two_runs_stores_both_replies(
+    any_store: Any, autojump_clock: object
+) -> None:
+    """An endpoint that reuses a response id for another run (each fresh fake answers
+    gen-sim-00000001): both runs succeed and each keeps its assistant message and usage row."""
+    one = await _run(any_store, FakeOpenRouter(), "first")
+    two = await _run(any_store, FakeOpenRouter(), "second")
+    assert (one.status, two.status) == ("succeeded", "succeeded")
+    counts = await any_store.count_rows()
+    assert (counts["chat_messages"], counts["llm_usage"]) == (4, 2)
+    if isinstance(any_store, SqlStore):
+        with any_store.engine.connect() as conn:
+            rows = conn.execute(select(LlmUsage.run_id, LlmUsage.generation_id)).all()
+            replies = conn.execute(
+                select(ChatMessage.run_id).where(ChatMessage.role == "assistant")
+            ).all()
+        assert sorted(rows) == sorted(
+            [(one.run_id, "gen-sim-00000001"), (two.run_id, "gen-sim-00000001")]
+        )
+        assert sorted(r.run_id for r in replies) == sorted([one.run_id, two.run_id])
+    else:
+        assert [r.generation_id for r in any_store.usage] == ["gen-sim-00000001"] * 2
+        assert {m.run_id for m in any_store.messages if m.role == "assistant"} == {
+            one.run_id,
+            two.run_id,
+        }
 
 
 async def test_cost_is_stored_exactly(sql_store: SqlStore, autojump_clock: object) -> None:
     """A nano-dollar amount round-trips exactly as Decimal."""
-    out = await _run(sql_store, FakeOpenRouter(), "hello")
+    out = await _run(sql_store, FakeOpenRouter(";".join(f"{m}=404" for m in WF.models)), "hi")
     assert out.conversation_id is not None
     end = RunEnd(
         out.run_id, "succeeded", "Done", SONNET, None, None, datetime(2026, 3, 1, tzinfo=UTC)

@@ -1,0 +1,288 @@
+"""The schema's lifecycle: which revision a database is at, and bringing it to this release's.
+
+Alembic owns the schema; its revisions ship inside the package (``migrations/``). Opening a
+database (:func:`prepare`) decides what to do before a single request is sent:
+
+* no tables of ours: created at :data:`HEAD`;
+* the first release's tables without ``alembic_version``: adopted (their columns checked, then
+  stamped at :data:`BASELINE`), and from there as "behind";
+* behind head: SQLite is copied to ``<file>.pre-<revision>.bak`` and upgraded; PostgreSQL is
+  not touched (its owner runs ``demiarch-flow db upgrade``, or applies ``--sql``);
+* ahead of head (written by a newer release), or a table or column missing:
+  :class:`~demiarch_flow.errors.SchemaMismatch`, naming the revision or the table and column.
+
+Creating and upgrading are serialised between processes (SQLite: ``BEGIN EXCLUSIVE``;
+PostgreSQL: a transaction-level advisory lock) and the revision is read again once the lock is
+held, so many processes opening a new database at once create it exactly once. At head, which
+is every open but the first, this reads one row and the column lists and never imports Alembic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TextIO
+
+from sqlalchemy import Connection, Engine, inspect, text
+
+from ..errors import SchemaMismatch
+from .tables import Base
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+REVISIONS: tuple[str, ...] = ("0001", "0002")
+"""Every revision in ``migrations/versions``, oldest first (a test keeps the two in step)."""
+BASELINE = REVISIONS[0]
+"""The revision that the first release's tables are (it had no ``alembic_version``)."""
+HEAD = REVISIONS[-1]
+"""The revision this release reads and writes."""
+MIGRATIONS = Path(__file__).parent / "migrations"
+_LOCK_KEY = 0x64656D6961726368  # "demiarch": the advisory lock every demiarch-flow process takes
+
+Status = Literal["empty", "unversioned", "behind", "head", "ahead"]
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """What a database holds, as read without changing it."""
+
+    backend: str
+    """SQLAlchemy's dialect name: ``sqlite`` or ``postgresql``."""
+    revision: str | None
+    """The row of ``alembic_version``; ``None`` when that table is missing or empty."""
+    tables: frozenset[str]
+    """Which of our tables exist."""
+
+    @property
+    def status(self) -> Status:
+        if self.revision is None:
+            return "unversioned" if self.tables else "empty"
+        if self.revision == HEAD:
+            return "head"
+        return "behind" if self.revision in REVISIONS else "ahead"
+
+    def to_json(self) -> dict[str, object]:
+        """The answer of ``db current --json``."""
+        return {
+            "revision": self.revision,
+            "head": HEAD,
+            "is_head": self.status == "head",
+            "status": self.status,
+            "backend": self.backend,
+        }
+
+
+def read_state(conn: Connection) -> SchemaState:
+    """The revision and tables of the database behind ``conn`` (reads only)."""
+    names = set(inspect(conn).get_table_names())
+    revision: str | None = None
+    if "alembic_version" in names:
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        revision = ",".join(sorted(rows)) or None
+    return SchemaState(conn.dialect.name, revision, frozenset(names & set(Base.metadata.tables)))
+
+
+def check_layout(conn: Connection, where: str) -> None:
+    """Every table and column of the models exists in the database.
+
+    A column dropped by hand would otherwise surface only after a paid request (the reply
+    cannot be stored) or not at all (journal rows silently lost); comparing the lists costs
+    one catalogue read per table.
+
+    Raises:
+        SchemaMismatch: naming the first missing table, or table and column.
+    """
+    inspector = inspect(conn)
+    present = set(inspector.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        if table.name not in present:
+            raise SchemaMismatch(
+                f"database {where} has no table {table.name}, which this release needs;"
+                " restore it from a backup or point --db at another database",
+                head=HEAD,
+                table=table.name,
+            )
+        have = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                raise SchemaMismatch(
+                    f"database {where}: table {table.name} has no column {column.name},"
+                    " which this release needs; nothing was sent. Restore the column (or the"
+                    " database from a backup), or point --db at another database",
+                    head=HEAD,
+                    table=table.name,
+                    column=column.name,
+                )
+
+
+def prepare(engine: Engine, *, create: bool = True, upgrade: bool = False) -> SchemaState:
+    """Make the database usable by this release, or say why it is not (see the module doc).
+
+    Args:
+        engine: the database, as made by :func:`~demiarch_flow.store.sql.open_engine`.
+        create: create an empty database at head; read-only commands pass ``False``.
+        upgrade: upgrade PostgreSQL too (``db upgrade``). SQLite is always upgraded, after a
+            backup of the file.
+
+    Returns:
+        The state found before any change.
+
+    Raises:
+        SchemaMismatch: the database is ahead of this release, behind it on PostgreSQL without
+            ``upgrade``, empty without ``create``, or a table or column is missing.
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or written.
+    """
+    where = _where(engine)
+    with engine.connect() as conn:
+        state = read_state(conn)
+        if state.status == "head":
+            check_layout(conn, where)
+            return state
+    upgrade = upgrade or engine.dialect.name == "sqlite"
+    _refuse(state, where, create=create, upgrade=upgrade)
+    with _serialised(engine) as conn:
+        found = read_state(conn)  # another process may have got there while we waited
+        if found.status != "head":
+            _refuse(found, where, create=create, upgrade=upgrade)
+            if found.status == "unversioned":
+                check_layout(conn, where)
+            if found.status in ("unversioned", "behind"):
+                _backup_sqlite(engine, found.revision or BASELINE)
+            _migrate(conn, found)
+        check_layout(conn, where)
+    return state
+
+
+def upgrade_sql(engine: Engine) -> str:
+    """The SQL that ``db upgrade`` would run on this database, for a DBA to review and apply.
+
+    Raises:
+        SchemaMismatch: the database is ahead of this release, or a first-release database
+            lacks a column.
+    """
+    from alembic import command
+
+    where = _where(engine)
+    with engine.connect() as conn:
+        state = read_state(conn)
+        _refuse(state, where, create=True, upgrade=True)
+        if state.status == "unversioned":
+            check_layout(conn, where)
+    if state.status == "head":
+        return ""
+    out = io.StringIO()
+    config = alembic_config(output=out)
+    config.attributes["dialect"] = engine.dialect.name
+    if state.status == "empty":
+        command.upgrade(config, HEAD, sql=True)
+    else:
+        if state.status == "unversioned":
+            command.stamp(config, BASELINE, sql=True)
+        command.upgrade(config, f"{state.revision or BASELINE}:{HEAD}", sql=True)
+    return out.getvalue()
+
+
+def alembic_config(*, output: TextIO | None = None) -> Config:
+    """Alembic's configuration, pointing at the migrations inside the installed package (no
+    ``alembic.ini`` is needed). Online callers put their connection in
+    ``config.attributes["connection"]``; offline ones the dialect name in ``["dialect"]``."""
+    from alembic.config import Config
+
+    config = Config(output_buffer=output)
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+def _migrate(conn: Connection, state: SchemaState) -> None:
+    """Stamp an adopted first-release database at the baseline, then upgrade to head."""
+    from alembic import command
+
+    config = alembic_config()
+    config.attributes["connection"] = conn
+    if state.status == "unversioned":
+        command.stamp(config, BASELINE)
+    command.upgrade(config, HEAD)
+
+
+def _refuse(state: SchemaState, where: str, *, create: bool, upgrade: bool) -> None:
+    status = state.status
+    if status == "ahead":
+        raise SchemaMismatch(
+            f"database {where} is at revision {state.revision}, which this release does not"
+            f" know (it needs {HEAD}): it was written by a newer demiarch-flow. Upgrade"
+            " demiarch-flow, or point --db at another database",
+            revision=state.revision,
+            head=HEAD,
+        )
+    if status == "empty" and not create:
+        raise SchemaMismatch(
+            f"no demiarch-flow tables in database {where} (nothing has been run against it)",
+            head=HEAD,
+        )
+    if status in ("behind", "unversioned") and not upgrade:
+        revision = state.revision or f"{BASELINE} (first release, unversioned)"
+        raise SchemaMismatch(
+            f"database is at revision {revision}, this release needs {HEAD}: run"
+            f" `demiarch-flow db upgrade --db {where}` (or `--sql` to print the SQL for a DBA)",
+            revision=state.revision,
+            head=HEAD,
+        )
+
+
+@contextlib.contextmanager
+def _serialised(engine: Engine) -> Iterator[Connection]:
+    """One connection in a transaction that no other process can hold at the same time."""
+    with engine.connect() as conn:
+        if conn.dialect.name != "sqlite":
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+                yield conn
+            return
+        # pysqlite never begins a transaction before DDL; take the write lock ourselves (the
+        # busy timeout makes the others wait for it rather than fail).
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
+
+
+def _backup_sqlite(engine: Engine, revision: str) -> Path | None:
+    """Copy a SQLite file to ``<file>.pre-<revision>.bak`` before upgrading it.
+
+    The copy goes through SQLite's backup API on a separate connection, so it includes what
+    is still in the WAL and sees the last committed state (the caller holds the write lock
+    and has not written yet). Other backends, and in-memory SQLite, are not copied.
+    """
+    database = engine.url.database or ""
+    if engine.dialect.name != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        return None
+    path = Path(database).expanduser()
+    target = path.with_name(f"{path.name}.pre-{revision}.bak")
+    source = sqlite3.connect(path)
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+    finally:
+        source.close()
+    return target
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
