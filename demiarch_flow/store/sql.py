@@ -231,10 +231,19 @@ class SqlStore:
             await self._write(functools.partial(_add_run, run=run, conversation_id=None))
             raise
 
-    async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
-        """Queue journal rows; they are committed with the next write (or :meth:`close`), so
-        the journal never costs a run a database round trip of its own."""
-        self._queue.append(_Pending(functools.partial(_append_events, entries=entries)))
+    async def append_events(
+        self, entries: tuple[JournalEntry, ...], *, durable: bool = False
+    ) -> None:
+        """Queue journal rows; they are committed with the next write (or :meth:`close`).
+
+        ``durable=True`` joins the next group commit instead and returns once it is done, so
+        the rows survive a crash; under load that commit is shared with other runs' writes.
+        """
+        op = functools.partial(_append_events, entries=entries)
+        if durable:
+            await self._write(op)
+            return
+        self._queue.append(_Pending(op))
         if len(self._queue) > 256:
             await self._write(_nothing)
 
