@@ -3,7 +3,8 @@
 Only argparse and this module are imported to parse arguments, so ``--help`` stays fast; each
 command's module (and trio, httpx, SQLAlchemy behind it) is imported when that command runs.
 Every :class:`~demiarch_flow.errors.FlowError` becomes one paragraph on stderr and its class's
-exit code (0 ok, 1 the run failed or was cancelled, 2 invalid input, 3 environment, 130 Ctrl-C);
+exit code (0 ok, 1 the run failed or was cancelled, 2 invalid input, 3 environment, 130 Ctrl-C,
+143 SIGTERM);
 a traceback is shown only with ``--debug``.
 """
 
