@@ -160,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     _db(p)
     p.set_defaults(handler="report:cmd_usage")
 
+    p = sub.add_parser("recover", help="import the replies of recovery.jsonl into the database")
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the recovery file (default: recovery.jsonl beside a SQLite database, else in the"
+        " data folder)",
+    )
+    _db(p)
+    p.set_defaults(handler="recover:cmd_recover")
+
     p = sub.add_parser("key", help="store, check or delete the OpenRouter API key")
     keys = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", required=True)
     q = keys.add_parser("set", help="store the key in the OS keyring (hidden prompt or stdin)")
