@@ -18,7 +18,8 @@ without parsing text::
     ├── AllModelsFailed                  1   every model of the chain failed
     ├── UnknownConversation              1   --conversation names no conversation
     ├── PersistenceError                 1   a database write failed after its retries
-    └── RunFailed                        1   a run ended in a final failure state
+    ├── RunFailed                        1   a run ended in a final failure state
+    └── Terminated                     143   SIGTERM: the work in progress was cancelled
 
 Errors carry their context as attributes (file, line, field, model, status, attempt) so that
 tests assert on data, and messages never include the API key: every message that could echo
@@ -245,3 +246,15 @@ class RunFailed(FlowError):
         super().__init__(message)
         self.run_id = run_id
         self.error_class = error_class
+
+
+class Terminated(FlowError):
+    """SIGTERM arrived: the work in progress was cancelled and recorded, as for Ctrl-C.
+
+    Exit code 143 (128 + SIGTERM), what a process killed by the signal would report.
+    """
+
+    exit_code = 143
+
+    def __init__(self, message: str = "terminated by SIGTERM") -> None:
+        super().__init__(message)

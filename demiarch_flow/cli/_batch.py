@@ -5,7 +5,8 @@ Two limits apply separately: ``--concurrency`` bounds the runs open at once, and
 requests in flight are capped by a trio limiter sized to the connection pool, because httpx's
 pool gets slower per request as more wait on it and a cold burst turns into pool timeouts.
 Ctrl-C once stops reading new lines and lets the runs in flight finish; twice cancels them
-(each is recorded as cancelled). Either way the ids that did not complete are reported.
+(each is recorded as cancelled). SIGTERM cancels them at once and exits 143. Either way the ids
+that did not complete are reported.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 
 import trio
 
-from ..errors import UsageError
+from ..errors import Terminated, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome
 from ._common import (
@@ -117,7 +118,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     in_flight_cap = args.max_in_flight or min(args.concurrency, 32)
     tally = Tally()
     out: TextIO = sys.stdout if not args.out else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
-    interrupted = False
+    interrupted = terminated = False
 
     async def run_one(world: Any, item: BatchItem, slots: trio.Semaphore) -> None:
         tally.in_flight[item.id] = item.line
@@ -139,7 +140,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             slots.release()
 
     async def main() -> None:
-        nonlocal interrupted
+        nonlocal interrupted, terminated
         world_cm = open_world(
             db=args.db,
             base_url=resolve_base_url(args.base_url),
@@ -151,11 +152,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
             runs_scope = trio.CancelScope()
 
             async def watch() -> None:
-                nonlocal interrupted
-                with trio.open_signal_receiver(signal.SIGINT) as signals:
-                    async for _ in signals:
+                nonlocal interrupted, terminated
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
                         interrupted = True
-                        if not tally.stop_reading:
+                        if signum == signal.SIGTERM:
+                            terminated = tally.stop_reading = True
+                            runs_scope.cancel()
+                        elif not tally.stop_reading:
                             tally.stop_reading = True
                             print(
                                 "\nbatch: stopping — no new lines; Ctrl-C again cancels the runs in flight",
@@ -212,5 +216,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if interrupted:
         if tally.next_line:
             print(f"batch: lines from {tally.next_line} on were not started", file=sys.stderr)
+        if terminated:
+            raise Terminated("batch terminated by SIGTERM (the runs in flight were cancelled)")
         return 130
     return 1 if tally.failed or tally.bad_lines else 0

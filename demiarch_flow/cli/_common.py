@@ -1,5 +1,6 @@
 """What the commands share: output styling, logging to stderr, opening the world of a run,
-and turning Ctrl-C into a clean cancellation that is recorded before the process exits 130."""
+and turning Ctrl-C (or SIGTERM) into a clean cancellation that is recorded before the process
+exits 130 (or 143)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .._resources import default_workflow_path
 from ..client import DEFAULT_BASE_URL, ApiKey, OpenRouterClient
 from ..client.openrouter import DEFAULT_APP_TITLE, DEFAULT_APP_URL
 from ..definition import Workflow, load_workflow
-from ..errors import UsageError
+from ..errors import Terminated, UsageError
 from ..paths import database_url, prices_path
 from ..pricing import PriceTable
 from ..runner import JournalListener, Listener, RunEnv
@@ -128,25 +129,27 @@ class Interrupted(Exception):
 
 
 def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
-    """``trio.run(fn)`` where SIGINT cancels ``fn`` cleanly (shielded cleanup runs) and then
-    raises :class:`KeyboardInterrupt` so the command exits 130."""
+    """``trio.run(fn)`` where SIGINT or SIGTERM cancels ``fn`` cleanly (shielded cleanup runs,
+    so a run is recorded as cancelled) and then raises :class:`KeyboardInterrupt` (exit 130)
+    or :class:`~demiarch_flow.errors.Terminated` (exit 143)."""
 
     async def main() -> Any:
-        interrupted = False
+        received: list[int] = []
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
-                nonlocal interrupted
-                with trio.open_signal_receiver(signal.SIGINT) as signals:
-                    async for _ in signals:
-                        interrupted = True
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        received.append(signum)
                         nursery.cancel_scope.cancel()
                         return
 
             nursery.start_soon(watch)
             result = await fn()
             nursery.cancel_scope.cancel()
-        if interrupted:
+        if received == [signal.SIGTERM]:
+            raise Terminated("terminated by SIGTERM (work in progress was recorded as cancelled)")
+        if received:
             raise KeyboardInterrupt
         return result
 

@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..paths import database_url
 from ..store.sql import SqlStore
 from ._common import run_trio
+from ._recover import warn_unimported
 from ._table import table
 
 
@@ -29,6 +30,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     store = _open(args.db)
     try:
+        warn_unimported(store)
         if not args.conversation:
             convs = run_trio(lambda: store.conversations(args.limit))
             if args.json:
@@ -146,6 +148,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
     store = _open(args.db)
     try:
+        warn_unimported(store)
         rows = run_trio(lambda: store.usage(since, args.by))
     finally:
         store.close()

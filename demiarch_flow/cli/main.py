@@ -3,7 +3,8 @@
 Only argparse and this module are imported to parse arguments, so ``--help`` stays fast; each
 command's module (and trio, httpx, SQLAlchemy behind it) is imported when that command runs.
 Every :class:`~demiarch_flow.errors.FlowError` becomes one paragraph on stderr and its class's
-exit code (0 ok, 1 the run failed or was cancelled, 2 invalid input, 3 environment, 130 Ctrl-C);
+exit code (0 ok, 1 the run failed or was cancelled, 2 invalid input, 3 environment, 130 Ctrl-C,
+143 SIGTERM);
 a traceback is shown only with ``--debug``.
 """
 
@@ -171,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     _db(q)
     q.set_defaults(handler="db:cmd_db_current")
+
+    p = sub.add_parser("recover", help="import the replies of recovery.jsonl into the database")
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the recovery file (default: recovery.jsonl beside a SQLite database, else in the"
+        " data folder)",
+    )
+    _db(p)
+    p.set_defaults(handler="recover:cmd_recover")
 
     p = sub.add_parser("key", help="store, check or delete the OpenRouter API key")
     keys = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", required=True)

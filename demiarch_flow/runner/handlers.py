@@ -19,9 +19,10 @@ import trio
 
 from ..backoff import plan_wait
 from ..definition import ALWAYS_FATAL
-from ..errors import AllModelsFailed, FlowError, PersistenceError, ProviderError, redact
+from ..errors import AllModelsFailed, FlowError, PersistenceError, ProviderError
 from ..store.base import NewRun, Reply, RunEnd
 from .context import AttemptSummary, RunContext, new_id
+from .recovery import recovery_path, recovery_row
 
 log = logging.getLogger("demiarch_flow")
 
@@ -304,25 +305,16 @@ async def persist(ctx: RunContext) -> str:
 
 
 def write_recovery(ctx: RunContext, reply: Reply, error: Exception | None) -> Path | None:
-    """Append the reply as one JSON line to ``recovery.jsonl``; ``None`` if even that fails."""
-    folder = Path(ctx.env.recovery_dir or _default_data_dir())
-    path = folder / "recovery.jsonl"
-    row = {
-        "run_id": reply.run_id,
-        "conversation_id": reply.conversation_id,
-        "model": reply.model,
-        "requested_model": reply.requested_model,
-        "generation_id": reply.generation_id,
-        "content": reply.content,
-        "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "cost_usd": str(reply.cost_usd),
-        "cost_source": reply.cost_source,
-        "at": reply.created_at.isoformat(),
-        "error": redact(str(error)) if error else None,
-    }
+    """Append the reply as one JSON line to ``recovery.jsonl`` (fsynced), in the row format of
+    :mod:`~demiarch_flow.runner.recovery` that ``demiarch-flow recover`` reads back; ``None`` if
+    even that fails."""
+    path = recovery_path(ctx.env.recovery_dir)
+    known = ctx.state in ctx.workflow.state_names
+    row = recovery_row(
+        reply, ctx.workflow.state(ctx.state).target("saved") if known else None, error
+    )
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
@@ -330,14 +322,11 @@ def write_recovery(ctx: RunContext, reply: Reply, error: Exception | None) -> Pa
     except OSError:
         log.error("could not write the recovery file %s; the reply was:\n%s", path, reply.content)
         return None
-    log.error("the reply could not be stored and was saved to %s", path)
+    log.error(
+        "the reply could not be stored and was saved to %s (import it with `demiarch-flow recover`)",
+        path,
+    )
     return path
-
-
-def _default_data_dir() -> str:
-    from ..paths import data_dir
-
-    return str(data_dir())
 
 
 async def fail(ctx: RunContext) -> str:

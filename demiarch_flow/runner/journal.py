@@ -1,8 +1,11 @@
 """The run journal: a listener that writes every transition to ``run_events``.
 
-Transitions are buffered per run and written in one call before each Backoff wait (the run is
-idle then anyway) and when the run finishes, cancelled runs included. So a normal run costs one
-journal write, and a crash loses at most the transitions since the last wait.
+Transitions are buffered per run and committed in one durable write before each Backoff wait
+(the run is idle then anyway) and when the run finishes, cancelled runs included. A process
+killed mid-run (even with SIGKILL) therefore loses at most the transitions since the last wait,
+and a finished run's journal is in the database when ``run_workflow`` returns. The durable write
+joins the store's group commit, so concurrent runs share their commits; a lone run pays one
+commit at its end (the ``finished`` record comes after Persist's transaction).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class JournalListener:
             self._seq[record.run_id] = seq
             self._pending.setdefault(record.run_id, []).append(journal_entry(record, seq))
         elif record.kind == "wait":
-            await self._flush(record.run_id)
+            await self._flush(record.run_id)  # before Backoff sleeps
         elif record.kind == "finished":
             self._seq.pop(record.run_id, None)
             await self._flush(record.run_id)
@@ -37,7 +40,7 @@ class JournalListener:
         entries = self._pending.pop(run_id, None)
         if entries:
             try:
-                await self._store.append_events(tuple(entries))
+                await self._store.append_events(tuple(entries), durable=True)
             except PersistenceError as exc:
                 # The journal is an audit trail: losing it must not fail a paid-for run.
                 logging.getLogger("demiarch_flow").warning(

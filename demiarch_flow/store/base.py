@@ -117,8 +117,11 @@ class Store(Protocol):
         """Create the conversation if new, store the user message and the run row, and
         return the history. Raises ``UnknownConversation`` or ``PersistenceError``."""
 
-    async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
-        """Append journal rows (a store may queue them for its next commit)."""
+    async def append_events(
+        self, entries: tuple[JournalEntry, ...], *, durable: bool = False
+    ) -> None:
+        """Append journal rows. A store may queue them for its next commit; with
+        ``durable=True`` it returns only once they (and rows queued before them) are committed."""
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:
         """Store message + usage and mark the run succeeded, in one transaction. Idempotent

@@ -48,7 +48,9 @@ class MemoryStore:
         }
         return BeganRun(conv, created, history, run.at)
 
-    async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
+    async def append_events(
+        self, entries: tuple[JournalEntry, ...], *, durable: bool = False
+    ) -> None:
         self.events.extend(entries)
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trio
 from sqlalchemy import (
@@ -278,10 +278,19 @@ class SqlStore:
             await self._write(functools.partial(_add_run, run=run, conversation_id=None))
             raise
 
-    async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
-        """Queue journal rows; they are committed with the next write (or :meth:`close`), so
-        the journal never costs a run a database round trip of its own."""
-        self._queue.append(_Pending(functools.partial(_append_events, entries=entries)))
+    async def append_events(
+        self, entries: tuple[JournalEntry, ...], *, durable: bool = False
+    ) -> None:
+        """Queue journal rows; they are committed with the next write (or :meth:`close`).
+
+        ``durable=True`` joins the next group commit instead and returns once it is done, so
+        the rows survive a crash; under load that commit is shared with other runs' writes.
+        """
+        op = functools.partial(_append_events, entries=entries)
+        if durable:
+            await self._write(op)
+            return
+        self._queue.append(_Pending(op))
         if len(self._queue) > 256:
             await self._write(_nothing)
 
@@ -297,6 +306,46 @@ class SqlStore:
 
     async def finish_run(self, end: RunEnd) -> None:
         await self._write(functools.partial(_finish, end=end))
+
+    # ------------------------------------------------------------------ recovery (``recover``)
+
+    async def import_reply(self, reply: Reply, final_state: str | None) -> ImportResult:
+        """Store a reply read back from a recovery file, unless its run already has one.
+
+        A run stores at most one assistant reply, so that is the idempotency key (not the
+        generation id). The run is marked succeeded, in ``final_state`` (``None``: it keeps its
+        current state). Returns ``"imported"``, ``"present"`` (nothing written) or
+        ``"no_conversation"`` (the conversation is gone; nothing written).
+        """
+        return await self._write(
+            functools.partial(_import_reply, reply=reply, final_state=final_state)
+        )
+
+    async def missing_replies(self, runs: Sequence[tuple[str, str]]) -> set[str]:
+        """Of ``(run_id, conversation_id)`` pairs, the runs :meth:`import_reply` would import:
+        no assistant reply yet, and the conversation still exists."""
+
+        def read(session: Session) -> set[str]:
+            replied: set[str | None] = set()
+            conversations: set[str] = set()
+            for start in range(0, len(runs), 500):
+                chunk = runs[start : start + 500]
+                replied.update(
+                    session.scalars(
+                        select(ChatMessage.run_id).where(
+                            ChatMessage.run_id.in_([r for r, _ in chunk]),
+                            ChatMessage.role == "assistant",
+                        )
+                    ).all()
+                )
+                conversations.update(
+                    session.scalars(
+                        select(Conversation.id).where(Conversation.id.in_({c for _, c in chunk}))
+                    ).all()
+                )
+            return {r for r, c in runs if r not in replied and c in conversations}
+
+        return await self._read(read)
 
     # ------------------------------------------------------------------ reports
 
@@ -545,6 +594,24 @@ def _save_reply(conn: Connection, reply: Reply, end: RunEnd) -> str:
     conn.execute(_TOUCH_CONV, {"b_id": reply.conversation_id, "b_at": reply.created_at})
     _finish(conn, end)
     return reply.message_id
+
+
+ImportResult = Literal["imported", "present", "no_conversation"]
+_REPLY_OF_RUN = select(_MSG.c.id).where(
+    _MSG.c.run_id == bindparam("b_run"), _MSG.c.role == "assistant"
+)
+_RUN_STATE = select(_RUN.c.current_state).where(_RUN.c.id == bindparam("b_id"))
+
+
+def _import_reply(conn: Connection, reply: Reply, final_state: str | None) -> ImportResult:
+    if conn.execute(_REPLY_OF_RUN, {"b_run": reply.run_id}).first() is not None:
+        return "present"
+    if conn.execute(_CONV_EXISTS, {"b_id": reply.conversation_id}).first() is None:
+        return "no_conversation"
+    state = final_state or conn.execute(_RUN_STATE, {"b_id": reply.run_id}).scalar() or ""
+    end = RunEnd(reply.run_id, "succeeded", state, reply.model, None, None, reply.request_timestamp)
+    _save_reply(conn, reply, end)
+    return "imported"
 
 
 def _finish(conn: Connection, end: RunEnd) -> None:

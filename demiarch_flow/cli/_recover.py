@@ -1,0 +1,109 @@
+"""``recover``: import the replies of the recovery file into the database, idempotently.
+
+When Persist cannot store a paid-for reply it appends it to ``recovery.jsonl`` (beside a SQLite
+database file, else in the data folder). ``recover`` stores each entry whose run has no reply
+yet, with its usage row, and marks the run succeeded; running it again creates nothing twice.
+The file is left in place: it stays the record of what was recovered, and ``usage`` and
+``history`` only warn about entries that are still missing from the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+from ..errors import PersistenceError, UsageError
+from ..paths import database_url
+from ..runner.recovery import RecoveredReply, read_recovery, recovery_path
+from ..store.sql import SqlStore
+from ._common import run_trio
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Import every entry that is not in the database yet; exit 1 if any line was bad."""
+    store = SqlStore.open_sync(database_url(args.db))
+    try:
+        path = Path(args.file) if args.file else recovery_path(store.recovery_dir)
+        if not path.is_file():
+            if args.file:
+                raise UsageError(f"{args.file}: no such recovery file")
+            print(f"nothing to recover: {path} does not exist")
+            return 0
+        try:
+            entries, bad = read_recovery(path)
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        results = run_trio(lambda: _import_all(store, entries))
+    finally:
+        store.close()
+    outcome: Counter[str] = Counter()
+    imported_usd = Decimal(0)
+    for entry, result in zip(entries, results, strict=True):
+        kind = result if result in ("imported", "present", "no_conversation") else "failed"
+        outcome[kind] += 1
+        if kind == "imported":
+            imported_usd += entry.reply.cost_usd
+        elif kind == "no_conversation":
+            print(
+                f"demiarch-flow: {path}:{entry.line}: skipped: conversation"
+                f" {entry.reply.conversation_id} (run {entry.reply.run_id}) no longer exists",
+                file=sys.stderr,
+            )
+        elif kind == "failed":
+            print(f"demiarch-flow: {path}:{entry.line}: not imported: {result}", file=sys.stderr)
+    for line in bad:
+        print(
+            f"demiarch-flow: {path}:{line.line}: malformed, skipped: {line.problem}",
+            file=sys.stderr,
+        )
+    summary = (
+        f"imported {outcome['imported']} replies (${imported_usd:.6f}),"
+        f" skipped {outcome['present']} already in the database"
+    )
+    if outcome["no_conversation"]:
+        summary += f", {outcome['no_conversation']} whose conversation no longer exists"
+    if outcome["failed"]:
+        summary += f", {outcome['failed']} that could not be written"
+    if bad:
+        summary += f"; {len(bad)} malformed line{'s' if len(bad) != 1 else ''}"
+    print(summary)
+    return 1 if bad or outcome["failed"] else 0
+
+
+async def _import_all(store: SqlStore, entries: list[RecoveredReply]) -> list[str]:
+    """Each entry in its own transaction (one bad entry cannot block the others); the result
+    of each: ``imported``, ``present``, ``no_conversation`` or the database error's text."""
+    results: list[str] = []
+    for entry in entries:
+        try:
+            results.append(await store.import_reply(entry.reply, entry.final_state))
+        except PersistenceError as exc:
+            results.append(str(exc))
+    return results
+
+
+def warn_unimported(store: SqlStore) -> None:
+    """One line on stderr when the recovery file beside ``store`` holds replies that are not
+    in the database yet (what ``usage`` and ``history`` call; silent when there is no file)."""
+    path = recovery_path(store.recovery_dir)
+    if not path.is_file():
+        return
+    try:
+        entries, _ = read_recovery(path)
+    except OSError:
+        return
+    if not entries:
+        return
+    pairs = [(e.reply.run_id, e.reply.conversation_id) for e in entries]
+    missing = run_trio(lambda: store.missing_replies(pairs))
+    pending = {e.reply.run_id: e.reply.cost_usd for e in entries if e.reply.run_id in missing}
+    if pending:
+        usd = sum(pending.values(), Decimal(0))
+        print(
+            f"demiarch-flow: warning: {len(pending)} replies (${usd:.6f}) in {path} are not in"
+            " the database yet: run `demiarch-flow recover`",
+            file=sys.stderr,
+        )
