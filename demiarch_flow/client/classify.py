@@ -130,6 +130,12 @@ def classify_error_body(
     )
 
 
+def _parse_int(text: str) -> int | float:
+    """A JSON integer; one too long for ``int()`` (over 4300 digits raises) is infinite, so an
+    absurd figure is refused by the bounds instead of the whole answer being lost."""
+    return int(text) if len(text) <= 100 else float("-inf" if text.startswith("-") else "inf")
+
+
 def _count(value: Any) -> int | None:
     """A token count, or ``None``: not a whole number, negative, or beyond ``MAX_TOKENS``."""
     if isinstance(value, float) and value.is_integer():
@@ -144,7 +150,7 @@ def parse_completion(
 ) -> Completion | ProviderError:
     """Parse a response body into a :class:`Completion`, or the error it stands for."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_int=_parse_int)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         if status >= 400:
             return ProviderError(
