@@ -163,13 +163,13 @@ def test_model_and_id_of_the_wrong_type_or_size_are_ignored(
     assert (out.model, out.generation_id) == (model, generation_id)
 
 
-def test_lone_surrogates_are_made_encodable() -> None:
-    """JSON may carry "\\ud800"; the content and the error messages come out as valid UTF-8."""
-    body = b'{"choices": [{"message": {"content": "a\\ud800b"}}], "model": "m\\udfff"}'
+def test_lone_surrogates_and_nul_are_made_storable() -> None:
+    """JSON may carry "\\ud800" and "\\u0000"; content, model and error messages come out as
+    valid UTF-8 without NUL (which PostgreSQL's text cannot hold)."""
+    body = b'{"choices": [{"message": {"content": "a\\ud800b\\u0000c"}}], "model": "m\\udfff"}'
     out = parse_completion(200, body, "m/x", None)
     assert isinstance(out, Completion)
-    out.content.encode("utf-8")
-    out.model.encode("utf-8")
+    assert (out.content, out.model) == ("a\ufffdb\ufffdc", "m\ufffd")
     err = parse_completion(500, b'{"error": {"message": "bad \\udc80"}}', "m/x", None)
     assert isinstance(err, ProviderError)
     str(err).encode("utf-8")

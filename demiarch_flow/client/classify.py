@@ -67,6 +67,7 @@ def class_for_status(status: int, metadata: Mapping[str, Any] | None = None) -> 
 
 _TRANSIENT_INNER = frozenset({408, 429, 524, 529})
 _STATUS = re.compile(r"[0-9]{3}", re.ASCII)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 #: The longest ``model`` or ``id`` taken from a response (the width of their columns).
 _MAX_NAME = 200
 
@@ -82,13 +83,9 @@ def _as_status(code: Any) -> int | None:
 
 
 def _clean(text: str) -> str:
-    """``text`` made encodable as UTF-8 (JSON allows lone surrogates; no database or terminal
-    does)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
+    """``text`` made storable: JSON allows lone surrogates and NUL, but UTF-8 (every database
+    and terminal) has no surrogates and PostgreSQL's text no NUL; each becomes U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _name(value: Any) -> str | None:

@@ -7,6 +7,7 @@ error class, and a reply that was paid for is in the database or in the recovery
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import pytest
 from demiarch_flow.definition import load_workflow
 from demiarch_flow.runner import RunRequest, run_workflow
 from demiarch_flow.store import MemoryStore
+from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.testing import make_env
 
 from ..conftest import DEFAULT_WORKFLOW
@@ -30,10 +32,13 @@ SONNET = "anthropic/claude-sonnet-4"
 OK = "succeeded"
 
 
+_IDS = itertools.count(1)
+
+
 def body(**replace: Any) -> bytes:
-    """A normal success body with some top-level fields replaced."""
+    """A normal success body (with an id of its own) with some top-level fields replaced."""
     answer: dict[str, Any] = {
-        "id": "gen-hostile-1", "object": "chat.completion", "model": SONNET,
+        "id": f"gen-hostile-{next(_IDS)}", "object": "chat.completion", "model": SONNET,
         "provider": "Anthropic",
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": "the paid answer"}}],
@@ -118,6 +123,7 @@ CORPUS = [
         OK,
     ),
     Answer("content_empty", 200, message(""), OK),
+    Answer("content_nul", 200, message("a\u0000b"), OK),
     Answer("content_huge", 200, message("y" * 3_000_000), OK),
     Answer("utf8_bom", 200, b"\xef\xbb\xbf" + body(), OK),
     Answer("utf16_json", 200, body().decode().encode("utf-16"), OK),
@@ -286,6 +292,18 @@ async def test_runner_turns_every_answer_into_a_reply_or_one_error_class(
         assert all(0 <= n < 2**31 for n in (row.prompt_tokens, row.completion_tokens))
     else:
         assert store.usage == []
+    assert not (tmp_path / "recovery.jsonl").exists()
+
+
+async def test_every_paid_answer_fits_the_sql_columns(sql_store: SqlStore, tmp_path: Path) -> None:
+    """Each success-shaped answer is stored by SQLite and PostgreSQL alike (NUMERIC(20, 9),
+    32-bit token counts, VARCHAR(200) names), none goes to the recovery file."""
+    paid = [a for a in CORPUS if a.expect == OK]
+    for answer in paid:
+        env = make_env(_transport(answer), store=sql_store, recovery_dir=str(tmp_path))
+        out = await run_workflow(load_workflow(DEFAULT_WORKFLOW), RunRequest("hi"), env)
+        assert out.status == "succeeded", (answer.name, out.error)
+    assert (await sql_store.count_rows())["llm_usage"] == len(paid)
     assert not (tmp_path / "recovery.jsonl").exists()
 
 
