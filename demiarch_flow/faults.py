@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -153,8 +154,17 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def new_generation_id() -> str:
+    """A generation id no other response of any fake provider, in any process, shares.
+
+    Drawn once per request, before any wait: the store de-duplicates replies on this id, so
+    two answers with one id would lose one of them.
+    """
+    return f"gen-sim-{uuid.uuid4().hex}"
+
+
 def completion_body(
-    model: str, messages: list[Any], prices: PriceTable, generation: int
+    model: str, messages: list[Any], prices: PriceTable, generation_id: str, now: datetime
 ) -> dict[str, Any]:
     """A realistic OpenRouter success body (token counts derived from the text)."""
     last = next((m.get("content", "") for m in reversed(messages) if isinstance(m, Mapping)), "")
@@ -164,9 +174,9 @@ def completion_body(
     cost = prices.cost(model, prompt, completion, None)
     usd = cost.usd if cost.source == "price_table" else Decimal("0.000001")
     return {
-        "id": f"gen-sim-{generation:08d}",
+        "id": generation_id,
         "object": "chat.completion",
-        "created": 1732000000 + generation,
+        "created": int(now.timestamp()),
         "model": model,
         "provider": "Simulator",
         "choices": [
@@ -217,14 +227,17 @@ def render(
     model: str,
     messages: list[Any],
     prices: PriceTable,
-    generation: int,
+    generation_id: str,
     now: datetime,
 ) -> Rendered:
-    """The HTTP answer of a scripted fault (``reset``, ``hang``, ``slow`` are the caller's)."""
+    """The HTTP answer of a scripted fault (``reset``, ``hang``, ``slow`` are the caller's).
+
+    ``generation_id`` is the id of a success body (see :func:`new_generation_id`).
+    """
     headers = {"Content-Type": "application/json"}
     headers.update(_retry_headers(fault.retry_after, now))
     if fault.kind in ("ok", "slow"):
-        body = completion_body(model, messages, prices, generation)
+        body = completion_body(model, messages, prices, generation_id, now)
         headers["X-Generation-Id"] = body["id"]
         return Rendered(200, headers, json.dumps(body).encode())
     if fault.kind == "status":

@@ -4,6 +4,10 @@ The shipped table (``data/prices.json``, USD per million tokens) holds the publi
 the default chain; ``demiarch-flow models sync`` writes a fresher copy to the user's data folder,
 which then takes precedence. Amounts are quantized to 1e-9 USD (a nano-dollar), the resolution
 the ``llm_usage.cost_usd`` column stores.
+
+Figures from outside (``usage.cost``, token counts, a price listing) are checked against the
+bounds below, in this one place: a figure beyond them is a provider bug or an overflow, not a
+bill, and is treated as unknown rather than stored (or crashing the run that paid for it).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -20,21 +24,40 @@ NANO = Decimal("0.000000001")
 MILLION = Decimal(1_000_000)
 CostSource = Literal["provider", "price_table", "unknown"]
 
+#: The most one call can believably cost, in USD. ``cost_usd`` is NUMERIC(20, 9) (at most 11
+#: integer digits); anything above this bound is unknown, and the price table is used instead.
+MAX_CALL_COST_USD = Decimal(1_000_000)
+#: The most a price can believably be, in USD per million tokens (today's dearest model costs
+#: a few hundred); a listed price above it is skipped.
+MAX_PRICE_PER_MILLION_USD = Decimal(1_000_000)
+#: The largest token count taken at face value (the token columns are 32-bit signed integers).
+MAX_TOKENS = 2**31 - 1
 
-def to_usd(value: Any) -> Decimal | None:
+
+def to_usd(value: Any, limit: Decimal = MAX_CALL_COST_USD) -> Decimal | None:
     """A JSON number or string as a quantized ``Decimal``, or ``None`` if it is not one.
 
     Floats go through ``repr`` so ``0.00009`` stays ``0.000090000``, not a binary tail.
+    Negative, non-finite and values above ``limit`` are not amounts either.
     """
-    if value is None or isinstance(value, bool):
+    amount = _amount(value, limit)
+    return None if amount is None else amount.quantize(NANO)
+
+
+def _amount(value: Any, limit: Decimal) -> Decimal | None:
+    if (
+        value is None
+        or isinstance(value, bool)
+        or not isinstance(value, int | float | str | Decimal)
+    ):
         return None
     try:
         amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
+        if not amount.is_finite() or not 0 <= amount <= limit:
+            return None
+    except (ArithmeticError, ValueError):  # InvalidOperation, or an int too long for str()
         return None
-    if not amount.is_finite() or amount < 0:
-        return None
-    return amount.quantize(NANO)
+    return amount if amount else Decimal(0)  # no "-0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +82,13 @@ class PriceTable:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PriceTable:
+        """The table of a prices file; an entry without two believable prices is skipped."""
         prices = {}
         for model, entry in data.items():
             if model.startswith("_") or not isinstance(entry, Mapping):
                 continue
-            prompt, completion = to_usd(entry.get("prompt")), to_usd(entry.get("completion"))
+            prompt = to_usd(entry.get("prompt"), MAX_PRICE_PER_MILLION_USD)
+            completion = to_usd(entry.get("completion"), MAX_PRICE_PER_MILLION_USD)
             if prompt is not None and completion is not None:
                 prices[model] = Price(prompt, completion)
         return cls(prices)
@@ -73,64 +98,88 @@ class PriceTable:
         """The synced table at ``override`` if it exists and parses, else the shipped one."""
         if override is not None and override.is_file():
             try:
-                return cls.from_json(json.loads(override.read_text("utf-8")))
-            except (OSError, ValueError):
-                pass
+                data = json.loads(override.read_text("utf-8"))
+            except (OSError, ValueError, RecursionError):
+                data = None
+            if isinstance(data, Mapping):
+                return cls.from_json(data)
         shipped = resources.files("demiarch_flow").joinpath("data", "prices.json")
         return cls.from_json(json.loads(shipped.read_text("utf-8")))
 
     def cost(
         self,
         model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
         provider_cost: Decimal | None,
         *also: str,
     ) -> Cost:
         """The cost of one call: ``usage.cost`` if given, else table price, else 0 (unknown).
 
         ``also`` names further models to look up (the requested one when the answering model
-        is not in the table).
+        is not in the table). Unknown token counts (``None``) cannot be priced, and a table
+        price above :data:`MAX_CALL_COST_USD` is no more believable than such a ``usage.cost``.
         """
         if provider_cost is not None:
             return Cost(provider_cost, "provider")
+        if prompt_tokens is None or completion_tokens is None:
+            return Cost(Decimal(0).quantize(NANO), "unknown")
         for name in (model, *also):
             price = self.prices.get(name)
             if price is not None:
                 usd = (
                     price.prompt * prompt_tokens + price.completion * completion_tokens
                 ) / MILLION
-                return Cost(usd.quantize(NANO), "price_table")
+                if usd <= MAX_CALL_COST_USD:
+                    return Cost(usd.quantize(NANO), "price_table")
         return Cost(Decimal(0).quantize(NANO), "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """What ``models sync`` wrote: models with a price, and listed models skipped for want of a
+    believable one (no pricing, a non-number, negative, non-finite or absurdly large)."""
+
+    written: int
+    skipped: int
 
 
 def table_from_models_listing(models: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Turn ``GET /models`` ``data`` entries (USD per token, as strings) into our file format."""
+    return _listing_table(models)[0]
+
+
+def _listing_table(models: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], int]:
     out: dict[str, Any] = {
         "_comment": "USD per million tokens, written by `demiarch-flow models sync`."
     }
+    skipped = 0
+    per_token_limit = MAX_PRICE_PER_MILLION_USD / MILLION
     for entry in models:
-        pricing = entry.get("pricing") or {}
-        prompt, completion = to_usd(pricing.get("prompt")), to_usd(pricing.get("completion"))
-        model_id = entry.get("id")
+        pricing = entry.get("pricing") if isinstance(entry, Mapping) else None
+        pricing = pricing if isinstance(pricing, Mapping) else {}
+        prompt = _amount(pricing.get("prompt"), per_token_limit)
+        completion = _amount(pricing.get("completion"), per_token_limit)
+        model_id = entry.get("id") if isinstance(entry, Mapping) else None
         if not isinstance(model_id, str) or prompt is None or completion is None:
+            skipped += 1
             continue
         out[model_id] = {
-            "prompt": format((Decimal(str(pricing["prompt"])) * MILLION).normalize(), "f"),
-            "completion": format((Decimal(str(pricing["completion"])) * MILLION).normalize(), "f"),
+            "prompt": format((prompt * MILLION).normalize(), "f"),
+            "completion": format((completion * MILLION).normalize(), "f"),
         }
-    return out
+    return out, skipped
 
 
-def write_synced_table(models: Iterable[Mapping[str, Any]], path: Path) -> int:
+def write_synced_table(models: Iterable[Mapping[str, Any]], path: Path) -> SyncReport:
     """Write the price table built from a ``/models`` listing to ``path`` atomically.
 
     Returns:
-        How many models with prices were written.
+        How many models with prices were written, and how many listed models were skipped.
     """
-    table = table_from_models_listing(models)
+    table, skipped = _listing_table(models)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n", "utf-8")
     tmp.replace(path)
-    return len(table) - 1
+    return SyncReport(written=len(table) - 1, skipped=skipped)

@@ -20,7 +20,7 @@ from typing import Any
 import h11
 import trio
 
-from .faults import FaultCursor, FaultScript, models_listing, render
+from .faults import FaultCursor, FaultScript, models_listing, new_generation_id, render
 from .pricing import PriceTable
 
 LOOPBACK = "127.0.0.1"
@@ -121,6 +121,7 @@ class Simulator:
             )
             return True
         self.chat_requests += 1
+        generation_id = new_generation_id()  # before any await: each answer has its own
         self.models_seen.append(model)
         self.last_messages = list(messages)
         self.last_headers = {k: v for k, v in headers.items() if k != "authorization"}
@@ -134,7 +135,7 @@ class Simulator:
             await trio.sleep_forever()
         if fault.kind == "slow":
             await trio.sleep(fault.delay_s)
-        out = render(fault, model, messages, self.prices, self.chat_requests, datetime.now(UTC))
+        out = render(fault, model, messages, self.prices, generation_id, datetime.now(UTC))
         await _send(stream, conn, out.status, out.headers, out.body)
         return True
 

@@ -26,7 +26,7 @@ import trio
 
 from .client import ApiKey, OpenRouterClient
 from .definition import Workflow, machine_class
-from .faults import FaultCursor, FaultScript, models_listing, render
+from .faults import FaultCursor, FaultScript, models_listing, new_generation_id, render
 from .pricing import PriceTable
 from .runner.context import RunContext, RunEnv, RunRequest
 from .runner.handlers import HANDLERS
@@ -77,6 +77,7 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         body = json.loads(await request.aread() or b"{}")
         model = str(body.get("model", ""))
         self.requests.append(SeenRequest(model, dict(request.headers), body, trio.current_time()))
+        generation_id = new_generation_id()
         fault = self.cursor.next(model)
         if fault.kind == "reset":
             raise httpx.ReadError("Connection reset by peer", request=request)
@@ -85,7 +86,7 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         if fault.kind == "slow":
             await trio.sleep(fault.delay_s)
         out = render(
-            fault, model, body.get("messages", []), self.prices, len(self.requests),
+            fault, model, body.get("messages", []), self.prices, generation_id,
             datetime.now(UTC),
         )  # fmt: skip
         return httpx.Response(out.status, headers=out.headers, content=out.body)

@@ -5,9 +5,17 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
+import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from demiarch_flow.backoff import computed_delay, parse_retry_after, plan_wait
+from demiarch_flow.backoff import (
+    IMPLAUSIBLE_RETRY_AFTER_S,
+    computed_delay,
+    parse_retry_after,
+    plan_wait,
+)
 from demiarch_flow.definition import RetryPolicy
 
 DEFAULT = RetryPolicy()
@@ -42,7 +50,27 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
         ({"retry-after-ms": "1500", "Retry-After": "9"}, 1.5),
         ({"retry-after-ms": "junk", "Retry-After": "9"}, 9.0),
         ({"Retry-After": "Thu, 01 Jan 2026 12:00:07 GMT"}, 7.0),
-        ({"Retry-After": "Thu, 01 Jan 2026 11:00:00 GMT"}, 0.0),
+        ({"Retry-After": "Thu, 01 Jan 2026 11:00:00 GMT"}, None),
+        ({"Retry-After": "Thu, 01 Jan 2026 12:00:00 GMT"}, None),
+        ({"Retry-After": "0"}, None),
+        ({"Retry-After": "0.0"}, None),
+        ({"retry-after-ms": "0"}, None),
+        ({"retry-after-ms": "-250", "Retry-After": "3"}, 3.0),
+        ({"retry-after-ms": "0", "Retry-After": "3"}, 3.0),
+        ({"retry-after-ms": "nan", "Retry-After": "3"}, 3.0),
+        ({"Retry-After": "3.5"}, 3.5),
+        ({"Retry-After": " \t3 "}, 3.0),
+        ({"Retry-After": "3, 5"}, 5.0),
+        ({"Retry-After": "junk, 2"}, 2.0),
+        ({"Retry-After": "+3"}, None),
+        ({"Retry-After": "3e1"}, None),
+        ({"Retry-After": "1_0"}, None),
+        ({"Retry-After": "\u0663"}, None),
+        ({"Retry-After": "Infinity"}, None),
+        ({"Retry-After": "9" * 400}, None),
+        ({"Retry-After": ""}, None),
+        ({"Retry-After": "Thu, 99 Foo 2026 99:99:99 GMT"}, None),
+        ({"Retry-After": "Fri, 01 Jan 9999 12:00:00 GMT"}, None),
         ({"Retry-After": "-1"}, None),
         ({"Retry-After": "nan"}, None),
         ({"Retry-After": "inf"}, None),
@@ -55,6 +83,36 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
     """Milliseconds first, then seconds or an HTTP date; unusable values are None."""
     assert parse_retry_after(headers, NOW) == expected
+
+
+def test_a_repeated_header_counts_with_its_longest_value() -> None:
+    """Two Retry-After headers (httpx joins them) → the longer usable wait."""
+    headers = httpx.Headers([("Retry-After", "2"), ("Retry-After", "4"), ("Retry-After", "x")])
+    assert parse_retry_after(headers, NOW) == 4.0
+
+
+_HEADER_NAMES = st.sampled_from(["Retry-After", "retry-after", "RETRY-AFTER", "retry-after-ms"])
+_HEADER_VALUES = st.one_of(
+    st.text(max_size=40),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: d.strftime("%a, %d %b %Y %H:%M:%S GMT")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_HEADER_NAMES, _HEADER_VALUES, max_size=4))
+def test_parse_retry_after_is_none_or_a_positive_plausible_wait(headers: dict[str, str]) -> None:
+    """Whatever the headers say: None, or 0 < wait <= the implausible cap (never NaN)."""
+    wait = parse_retry_after(headers, NOW)
+    assert wait is None or 0 < wait <= IMPLAUSIBLE_RETRY_AFTER_S
+
+
+def test_plan_ignores_a_non_positive_hint() -> None:
+    """A hint of 0 (or below) that reaches plan_wait anyway is ignored: the schedule applies."""
+    for hint in (0.0, -1.0):
+        plan = plan_wait(2, DEFAULT, hint, random.Random(0))
+        assert (plan.delay_s, plan.source) == (2.0, "schedule")
 
 
 def test_plan_uses_hint_within_cap_and_gives_up_beyond() -> None:

@@ -112,3 +112,87 @@ def test_error_messages_never_carry_the_key() -> None:
     assert isinstance(out, ProviderError)
     assert "sk-or-v1-abcdef123456" not in str(out)
     assert "sk-or-v1-abcdef123456" not in repr(out.args)
+
+
+def _ok(usage: Any, **fields: Any) -> Completion:
+    body = {"id": "gen-1", "model": "m/x", "choices": [{"message": {"content": "hi"}}]}
+    body.update(usage=usage, **fields)
+    out = parse_completion(200, json.dumps(body).encode(), "m/x", None)
+    assert isinstance(out, Completion)
+    return out
+
+
+@pytest.mark.parametrize("cost", [1e30, "1e40", 1_000_000.01, -0.5, "NaN", "Infinity", [1], {}])
+def test_an_absurd_cost_is_unknown(cost: Any) -> None:
+    """usage.cost beyond $1,000,000 a call, negative, non-finite or not a number → unknown."""
+    assert _ok({"prompt_tokens": 1, "completion_tokens": 1, "cost": cost}).cost_usd is None
+
+
+@pytest.mark.parametrize("tokens", [1e23, 10**23, 2**31, -1, 1.5, "10", True, None, float("inf")])
+def test_an_absurd_token_count_is_unknown(tokens: Any) -> None:
+    """Token counts beyond 2^31-1, negative, fractional or not numbers → None, not 0 or a crash."""
+    usage = {"prompt_tokens": tokens, "completion_tokens": tokens, "total_tokens": tokens,
+             "prompt_tokens_details": {"cached_tokens": tokens}}  # fmt: skip
+    out = _ok(usage)
+    assert (out.prompt_tokens, out.completion_tokens, out.total_tokens, out.cached_tokens) == (
+        None, None, None, None,
+    )  # fmt: skip
+
+
+def test_token_counts_at_the_bound_and_whole_floats_are_kept() -> None:
+    """2^31-1 is a count; 12.0 is 12; the total is summed when absent but never overflows."""
+    out = _ok({"prompt_tokens": 2**31 - 1, "completion_tokens": 12.0})
+    assert (out.prompt_tokens, out.completion_tokens, out.total_tokens) == (2**31 - 1, 12, None)
+    assert _ok({"prompt_tokens": 3, "completion_tokens": 4}).total_tokens == 7
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "generation_id"),
+    [
+        ({"model": {"a": 1}, "id": 5}, "m/x", None),
+        ({"model": "", "id": ""}, "m/x", None),
+        ({"model": "x" * 201, "id": "g" * 201}, "m/x", None),
+        ({"model": "a/b", "id": "gen-2"}, "a/b", "gen-2"),
+    ],
+)
+def test_model_and_id_of_the_wrong_type_or_size_are_ignored(
+    fields: dict[str, Any], model: str, generation_id: str | None
+) -> None:
+    """A model that is not a short string → the requested one; such an id → None."""
+    out = _ok({}, **fields)
+    assert (out.model, out.generation_id) == (model, generation_id)
+
+
+def test_lone_surrogates_and_nul_are_made_storable() -> None:
+    """JSON may carry "\\ud800" and "\\u0000"; content, model and error messages come out as
+    valid UTF-8 without NUL (which PostgreSQL's text cannot hold)."""
+    body = b'{"choices": [{"message": {"content": "a\\ud800b\\u0000c"}}], "model": "m\\udfff"}'
+    out = parse_completion(200, body, "m/x", None)
+    assert isinstance(out, Completion)
+    assert (out.content, out.model) == ("a\ufffdb\ufffdc", "m\ufffd")
+    err = parse_completion(500, b'{"error": {"message": "bad \\udc80"}}', "m/x", None)
+    assert isinstance(err, ProviderError)
+    str(err).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls"),
+    [
+        (200, b"[" * 100_000 + b"]" * 100_000, "server_error"),
+        (500, b"{" * 100_000, "server_error"),
+        (400, b'{"error": {"code": "\\u00b2\\u00b2\\u00b2", "message": "x"}}', "bad_request"),
+        (400, json.dumps({"error": {"code": "9" * 5000, "message": "x"}}).encode(), "bad_request"),
+        (400, b'{"error": {"code": 1e400, "message": "x"}}', "bad_request"),
+        (400, b'{"error": {"code": 100000000000000000000000000502}}', "bad_request"),
+        (200, b'{"error": [1, 2]}', "server_error"),
+        (200, b'{"choices": "many"}', "server_error"),
+        (200, b'{"choices": [{"message": {"content": 42}}]}', "server_error"),
+        (200, b'{"choices": [{"message": {"content": ["a"]}}]}', "server_error"),
+        (200, b'{"choices": [7]}', "server_error"),
+        (200, b"\xff\xfe\xfd", "server_error"),
+        (200, b"123", "server_error"),
+    ],
+)
+def test_hostile_bodies_are_classified_not_raised(status: int, body: bytes, cls: str) -> None:
+    """Deep nesting, odd codes ('²²²' is isdigit() but no int) and wrong types: one class."""
+    assert _err(status, body) == cls

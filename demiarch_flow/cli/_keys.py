@@ -10,7 +10,7 @@ from ..client import ApiKey, OpenRouterClient
 from ..errors import SecretsError
 from ..keys import delete_key, key_status, resolve_key, store_key
 from ..paths import prices_path
-from ..pricing import write_synced_table
+from ..pricing import SyncReport, write_synced_table
 from ._common import http_client, resolve_base_url, run_trio
 
 
@@ -51,11 +51,16 @@ def cmd_models_sync(args: argparse.Namespace) -> int:
         key = ApiKey("", "none")
     base = resolve_base_url(args.base_url)
 
-    async def main() -> int:
+    async def main() -> SyncReport:
         async with http_client(4) as http:
             models = await OpenRouterClient(http, key, base_url=base).list_models()
         return write_synced_table(models, prices_path())
 
-    count = run_trio(main)
-    print(f"wrote prices of {count} models to {prices_path()}")
+    report = run_trio(main)
+    print(f"wrote prices of {report.written} models to {prices_path()}")
+    if report.skipped:
+        print(
+            f"skipped {report.skipped} listed models without a usable price"
+            " (missing, not a number, negative or absurdly large)"
+        )
     return 0

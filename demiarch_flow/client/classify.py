@@ -5,18 +5,24 @@ except that a 400 wrapping a transient inner ``error.code`` (408, 429, 5xx, 524,
 inner class, a 402 from the in-flight budget is a temporary limit (``rate_limited``), and an
 HTTP 200 can carry an ``error`` body, or be no usable answer at all (a broken upstream:
 ``server_error``, so it is retried).
+
+A body is untrusted input: whatever its shape (wrong types, absurd numbers, nesting too deep
+for the JSON parser, lone surrogates), parsing never raises. A figure outside the bounds of
+:mod:`demiarch_flow.pricing` is unknown (``None``) rather than a value no column can hold, and
+text is made encodable, so the reply that was paid for can always be stored and printed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from ..errors import ProviderError
-from ..pricing import to_usd
+from ..pricing import MAX_TOKENS, to_usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +34,13 @@ class Completion:
     """The model that answered (``model`` of the response; may differ from the request)."""
     generation_id: str | None
     finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    cached_tokens: int
+    prompt_tokens: int | None
+    """Token counts are ``None`` when the response gave none that is believable."""
+    completion_tokens: int | None
+    total_tokens: int | None
+    cached_tokens: int | None
     cost_usd: Decimal | None
-    """``usage.cost``: what OpenRouter actually charged, when it said."""
+    """``usage.cost``: what OpenRouter actually charged, when it said (and it is believable)."""
     provider: str | None = None
 
 
@@ -59,15 +66,32 @@ def class_for_status(status: int, metadata: Mapping[str, Any] | None = None) -> 
 
 
 _TRANSIENT_INNER = frozenset({408, 429, 524, 529})
+_STATUS = re.compile(r"[0-9]{3}", re.ASCII)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+#: The longest ``model`` or ``id`` taken from a response (the width of their columns).
+_MAX_NAME = 200
 
 
 def _as_status(code: Any) -> int | None:
     if isinstance(code, bool):
         return None
     if isinstance(code, int):
-        return code
-    if isinstance(code, str) and code.strip().isdigit():
+        return code if 100 <= code <= 999 else None
+    if isinstance(code, str) and _STATUS.fullmatch(code.strip()):
         return int(code.strip())
+    return None
+
+
+def _clean(text: str) -> str:
+    """``text`` made storable: JSON allows lone surrogates and NUL, but UTF-8 (every database
+    and terminal) has no surrogates and PostgreSQL's text no NUL; each becomes U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def _name(value: Any) -> str | None:
+    """A short identifier (``model``, ``id``, ``provider``), or ``None`` if it is not one."""
+    if isinstance(value, str) and 0 < len(value) <= _MAX_NAME:
+        return _clean(value)
     return None
 
 
@@ -87,7 +111,7 @@ def classify_error_body(
     """The :class:`ProviderError` for a non-2xx response, or a 200 that carries ``error``."""
     err = _error_of(payload) or {}
     metadata = err.get("metadata") if isinstance(err.get("metadata"), Mapping) else {}
-    message = str(err.get("message") or f"HTTP {status}")[:300]
+    message = _clean(str(err.get("message") or f"HTTP {status}")[:300])
     inner = _as_status(err.get("code"))
     if status == 400 and inner is not None and (inner in _TRANSIENT_INNER or inner >= 500):
         error_class = class_for_status(inner, metadata)
@@ -103,8 +127,19 @@ def classify_error_body(
     )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def _parse_int(text: str) -> int | float:
+    """A JSON integer; one too long for ``int()`` (over 4300 digits raises) is infinite, so an
+    absurd figure is refused by the bounds instead of the whole answer being lost."""
+    return int(text) if len(text) <= 100 else float("-inf" if text.startswith("-") else "inf")
+
+
+def _count(value: Any) -> int | None:
+    """A token count, or ``None``: not a whole number, negative, or beyond ``MAX_TOKENS``."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
 
 
 def parse_completion(
@@ -112,8 +147,8 @@ def parse_completion(
 ) -> Completion | ProviderError:
     """Parse a response body into a :class:`Completion`, or the error it stands for."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        payload = json.loads(body, parse_int=_parse_int)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         if status >= 400:
             return ProviderError(
                 class_for_status(status), f"HTTP {status} with a non-JSON body",
@@ -140,22 +175,23 @@ def parse_completion(
             model=model, status=status, retry_after_s=retry_after_s,
         )  # fmt: skip
     usage = payload.get("usage") if isinstance(payload.get("usage"), Mapping) else {}
-    prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    total = _count(usage.get("total_tokens"))
+    if not total and prompt is not None and completion is not None:
+        total = _count(prompt + completion)
     details = usage.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
-    answered = payload.get("model")
-    gen_id = payload.get("id")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
     return Completion(
-        content=content,
-        model=answered if isinstance(answered, str) and answered else model,
-        generation_id=gen_id if isinstance(gen_id, str) and gen_id else None,
-        finish_reason=first.get("finish_reason") if isinstance(first, Mapping) else None,
+        content=_clean(content),
+        model=_name(payload.get("model")) or model,
+        generation_id=_name(payload.get("id")),
+        finish_reason=_name(first.get("finish_reason")),
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=_int(usage.get("total_tokens")) or prompt + completion,
+        total_tokens=total,
         cached_tokens=cached,
         cost_usd=to_usd(usage.get("cost")),
-        provider=payload.get("provider") if isinstance(payload.get("provider"), str) else None,
+        provider=_name(payload.get("provider")),
     )
 
 

@@ -128,6 +128,8 @@ class OpenRouterClient:
                 outcome = parse_completion(status, response.content, model, hint)
         except httpx.TimeoutException as exc:
             outcome = ProviderError("timeout", _describe(exc), model=model)
+        except httpx.DecodingError as exc:  # e.g. Content-Encoding: gzip on a plain body
+            outcome = ProviderError("server_error", _describe(exc), model=model)
         except (httpx.TransportError, OSError) as exc:
             outcome = ProviderError("network_error", _describe(exc), model=model)
         latency_ms = round((trio.current_time() - started) * 1000)
@@ -152,11 +154,13 @@ class OpenRouterClient:
             )
         except httpx.TimeoutException as exc:
             raise ProviderError("timeout", _describe(exc)) from None
+        except httpx.DecodingError as exc:
+            raise ProviderError("server_error", _describe(exc)) from None
         except (httpx.TransportError, OSError) as exc:
             raise ProviderError("network_error", _describe(exc)) from None
         try:
             data = response.json().get("data")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             data = None
         if response.status_code != 200 or not isinstance(data, list):
             raise ProviderError(

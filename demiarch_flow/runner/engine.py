@@ -10,6 +10,7 @@ records the run as ``cancelled`` under a shielded scope and re-raises.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -18,10 +19,13 @@ import trio
 
 from ..definition import Workflow, machine_class
 from ..errors import FlowError, redact
+from ..pricing import NANO
 from ..store.base import RunEnd, RunStatus
 from .context import AttemptSummary, RunContext, RunEnv, RunRequest
-from .handlers import HANDLERS
+from .handlers import HANDLERS, build_reply, write_recovery
 from .records import FlowRecord
+
+log = logging.getLogger("demiarch_flow")
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,10 @@ async def drive(ctx: RunContext) -> RunOutcome:
             await ctx.emit("finished", run_status="cancelled", to_state=ctx.state)
         raise
     except Exception as exc:
-        # A bug or an unexpected error: the run must not stay 'running' in the database.
+        # A bug or an unexpected error: the run must not stay 'running' in the database, and a
+        # reply that arrived but was not stored must not be lost.
         with trio.CancelScope(shield=True):
+            _rescue_reply(ctx, exc)
             await _record_end(ctx, "failed", "internal", f"{type(exc).__name__}: {exc}")
             await ctx.emit("finished", run_status="failed", to_state=ctx.state)
         raise
@@ -169,6 +175,22 @@ async def drive(ctx: RunContext) -> RunOutcome:
         error=None if status == "succeeded" else ctx.failure,
         virtual_wait_s=trio.current_time() - started,
     )
+
+
+def _rescue_reply(ctx: RunContext, exc: Exception) -> None:
+    """Write a paid-for reply that an unexpected error kept out of the store to the recovery
+    file (the cost Persist computed, if it got that far)."""
+    if ctx.completion is None or ctx.saved_message_id is not None:
+        return
+    if ctx.last_attempt is None or ctx.conversation_id is None:
+        return
+    usd, source = ctx.cost_usd, ctx.cost_source
+    if usd is None or source is None:
+        usd, source = Decimal(0).quantize(NANO), "unknown"
+    try:
+        write_recovery(ctx, build_reply(ctx, usd, source, ctx.env.now()), exc)
+    except Exception:  # the original error is the one to report
+        log.exception("could not write the reply to the recovery file:\n%s", ctx.completion.content)
 
 
 def _answered(ctx: RunContext) -> str | None:

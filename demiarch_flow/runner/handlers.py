@@ -12,7 +12,8 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import trio
@@ -259,35 +260,12 @@ async def persist(ctx: RunContext) -> str:
     ctx.cost_usd, ctx.cost_source = cost.usd, cost.source
     if cost.source == "unknown":
         log.warning(
-            "no cost for %s: the response had no usage.cost and the model is not in the price"
-            " table (run `demiarch-flow models sync`); recorded as 0 USD",
+            "no cost for %s: the response had no usable usage.cost, and no token counts and"
+            " price to compute it from (run `demiarch-flow models sync`); recorded as 0 USD",
             done.model,
         )
     now = ctx.env.now()
-    asked_at = ctx.user_message_at
-    stored_at = max(now, asked_at + _TICK) if asked_at is not None else now
-    assert ctx.conversation_id is not None
-    reply = Reply(
-        run_id=ctx.run_id,
-        conversation_id=ctx.conversation_id,
-        project_id=ctx.request.project_id,
-        message_id=new_id(),
-        usage_id=new_id(),
-        content=done.content,
-        model=done.model,
-        requested_model=attempt.model,
-        generation_id=done.generation_id,
-        prompt_tokens=done.prompt_tokens,
-        completion_tokens=done.completion_tokens,
-        total_tokens=done.total_tokens,
-        cached_tokens=done.cached_tokens,
-        cost_usd=cost.usd,
-        cost_source=cost.source,
-        latency_ms=attempt.latency_ms,
-        attempts=ctx.total_attempts,
-        request_timestamp=now,
-        created_at=stored_at,
-    )
+    reply = build_reply(ctx, cost.usd, cost.source, now)
     final = ctx.workflow.state(ctx.state).target("saved") or ctx.state
     end = RunEnd(ctx.run_id, "succeeded", final, done.model, None, None, now)
     error: Exception | None = None
@@ -302,6 +280,41 @@ async def persist(ctx: RunContext) -> str:
         f"could not store the reply: {error}", recovery_file=str(path) if path else None
     )
     return "failed"
+
+
+def build_reply(ctx: RunContext, cost_usd: Decimal, cost_source: str, now: datetime) -> Reply:
+    """The assistant message and usage row of ``ctx.completion``: what Persist stores, and what
+    the recovery file keeps when it cannot.
+
+    A token count the response did not give believably (``None``) is stored as 0 for now, as
+    the token columns are NOT NULL; ``cost_source`` still says whether the cost is known.
+    """
+    done, attempt = ctx.completion, ctx.last_attempt
+    assert done is not None
+    assert attempt is not None
+    assert ctx.conversation_id is not None
+    asked_at = ctx.user_message_at
+    return Reply(
+        run_id=ctx.run_id,
+        conversation_id=ctx.conversation_id,
+        project_id=ctx.request.project_id,
+        message_id=new_id(),
+        usage_id=new_id(),
+        content=done.content,
+        model=done.model,
+        requested_model=attempt.model,
+        generation_id=done.generation_id,
+        prompt_tokens=done.prompt_tokens or 0,
+        completion_tokens=done.completion_tokens or 0,
+        total_tokens=done.total_tokens or 0,
+        cached_tokens=done.cached_tokens or 0,
+        cost_usd=cost_usd,
+        cost_source=cost_source,
+        latency_ms=attempt.latency_ms,
+        attempts=ctx.total_attempts,
+        request_timestamp=now,
+        created_at=max(now, asked_at + _TICK) if asked_at is not None else now,
+    )
 
 
 def write_recovery(ctx: RunContext, reply: Reply, error: Exception | None) -> Path | None:

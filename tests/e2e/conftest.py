@@ -26,8 +26,8 @@ KEY = "sk-or-e2e-secret-0123456789abcdef"
 class SimThread:
     """A simulator serving from its own trio loop in a daemon thread."""
 
-    def __init__(self, script: str) -> None:
-        self.sim = Simulator(script)
+    def __init__(self, script: str, latency_s: float = 0.0) -> None:
+        self.sim = Simulator(script, latency_s=latency_s)
         self.port = 0
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -113,11 +113,11 @@ def cli(tmp_path: Path) -> Cli:
 
 
 @pytest.fixture
-def simulator() -> Iterator[Callable[[str], SimThread]]:
+def simulator() -> Iterator[Callable[..., SimThread]]:
     started: list[SimThread] = []
 
-    def start(script: str = "") -> SimThread:
-        sim = SimThread(script)
+    def start(script: str = "", latency_s: float = 0.0) -> SimThread:
+        sim = SimThread(script, latency_s)
         started.append(sim)
         return sim
 

@@ -89,6 +89,11 @@ async def test_models_sync_writes_a_table_that_prices_like_the_listing(tmp_path:
             {"id": "acme/fast", "pricing": {"prompt": "0.0000005", "completion": "0.0000015"}},
             {"id": "acme/free", "pricing": {"prompt": "0", "completion": "0"}},
             {"id": "acme/broken", "pricing": {"prompt": "n/a"}},
+            {"id": "acme/absurd", "pricing": {"prompt": "1e40", "completion": "1"}},
+            {"id": "acme/negative", "pricing": {"prompt": "-0.000001", "completion": "0"}},
+            {"id": "acme/nan", "pricing": {"prompt": "NaN", "completion": "Infinity"}},
+            {"id": "acme/odd", "pricing": "free"},
+            {"pricing": {"prompt": "0", "completion": "0"}},
         ]
     }
     router = respx.Router()
@@ -103,7 +108,7 @@ async def test_models_sync_writes_a_table_that_prices_like_the_listing(tmp_path:
     path = tmp_path / "prices.json"
     written = write_synced_table(await client.list_models(), path)
     assert route.called
-    assert written == 2
+    assert (written.written, written.skipped) == (2, 6)
     saved = json.loads(path.read_text())
     assert saved["acme/fast"] == {"prompt": "0.5", "completion": "1.5"}
     table = PriceTable.load(path)
