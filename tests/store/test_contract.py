@@ -185,10 +185,13 @@ async def test_persist_is_idempotent_per_run(any_store: Any, autojump_clock: obj
 
 
 async def test_same_generation_id_on_two_runs_stores_both_replies(
-    any_store: Any, autojump_clock: object
+    any_store: Any, autojump_clock: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An endpoint that reuses a response id for another run (each fresh fake answers
-    gen-sim-00000001): both runs succeed and each keeps its assistant message and usage row."""
+    """An endpoint that reuses a response id for another run (as caching proxies do): both
+    runs succeed and each keeps its assistant message and usage row."""
+    import demiarch_flow.testing
+
+    monkeypatch.setattr(demiarch_flow.testing, "new_generation_id", lambda: "gen-sim-00000001")
     one = await _run(any_store, FakeOpenRouter(), "first")
     two = await _run(any_store, FakeOpenRouter(), "second")
     assert (one.status, two.status) == ("succeeded", "succeeded")
