@@ -22,7 +22,7 @@ from ..definition import Workflow, load_workflow
 from ..errors import UsageError
 from ..paths import database_url, prices_path
 from ..pricing import PriceTable
-from ..runner import JournalListener, Listener, RunEnv
+from ..runner import Listener, RunEnv
 from ..store.sql import SqlStore
 
 T = TypeVar("T")
@@ -113,7 +113,7 @@ async def open_world(
                 client=client,
                 store=store,
                 prices=PriceTable.load(prices_path()),
-                listeners=(JournalListener(store), *listeners),
+                listeners=listeners,
                 recovery_dir=store.recovery_dir,
             )
             yield World(store, http, env)

@@ -46,6 +46,8 @@ class NewRun:
     """How many earlier messages to return as history."""
     at: datetime
     title: str
+    state: str = "LoadContext"
+    """The state the run row says it is in (the workflow's initial state)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,38 @@ class JournalEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One row of ``run_attempts``: a request that was (about to be) sent.
+
+    Written before the request leaves, so that after a crash every request that may have been
+    billed is known; completed when the answer (or its failure) is known.
+    """
+
+    run_id: str
+    number: int
+    """1-based over the whole run."""
+    model: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    status: int | None = None
+    error_class: str | None = None
+    generation_id: str | None = None
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a run stands, as the store keeps it: the run state's JSON and the journal rows
+    of the transitions that led there."""
+
+    run_id: str
+    current_state: str
+    model: str | None
+    state_json: str
+    entries: tuple[JournalEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RunEnd:
     run_id: str
     status: RunStatus
@@ -117,8 +151,17 @@ class Store(Protocol):
         """Create the conversation if new, store the user message and the run row, and
         return the history. Raises ``UnknownConversation`` or ``PersistenceError``."""
 
-    async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
-        """Append journal rows (a store may queue them for its next commit)."""
+    async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
+        """Record where a run stands and append its journal rows. ``durable=False`` may queue
+        them for the next commit; ``durable=True`` returns once they (and everything queued
+        before) are committed."""
+
+    async def attempt_started(self, attempt: AttemptRow) -> None:
+        """Record that a request is about to be sent; returns once that (and everything
+        queued before, the run's checkpoints included) is committed."""
+
+    async def attempt_ended(self, attempt: AttemptRow) -> None:
+        """Complete an attempt's row (may be queued for the next commit)."""
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:
         """Store message + usage and mark the run succeeded, in one transaction; idempotent

@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UnknownConversation
-from .base import BeganRun, JournalEntry, NewRun, Reply, RunEnd, StoredMessage
+from .base import (
+    AttemptRow,
+    BeganRun,
+    Checkpoint,
+    JournalEntry,
+    NewRun,
+    Reply,
+    RunEnd,
+    StoredMessage,
+)
 
 
 @dataclass
@@ -20,6 +29,7 @@ class MemoryStore:
     usage: list[Reply] = field(default_factory=list)
     runs: dict[str, dict[str, object]] = field(default_factory=dict)
     events: list[JournalEntry] = field(default_factory=list)
+    attempts: dict[tuple[str, int], AttemptRow] = field(default_factory=dict)
     _by_conversation: dict[str, list[StoredMessage]] = field(default_factory=dict, repr=False)
 
     def _add(self, message: StoredMessage) -> None:
@@ -44,12 +54,25 @@ class MemoryStore:
             "workflow": run.workflow,
             "conversation_id": conv,
             "status": "running",
+            "current_state": run.state,
             "started_at": run.at,
         }
         return BeganRun(conv, created, history, run.at)
 
-    async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
-        self.events.extend(entries)
+    async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
+        run = self.runs.setdefault(checkpoint.run_id, {})
+        run.update(
+            current_state=checkpoint.current_state,
+            model=checkpoint.model,
+            state_json=checkpoint.state_json,
+        )
+        self.events.extend(checkpoint.entries)
+
+    async def attempt_started(self, attempt: AttemptRow) -> None:
+        self.attempts[(attempt.run_id, attempt.number)] = attempt
+
+    async def attempt_ended(self, attempt: AttemptRow) -> None:
+        self.attempts[(attempt.run_id, attempt.number)] = attempt
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:
         if reply.generation_id is not None:

@@ -9,6 +9,7 @@ from hogging the pool. Every public method maps SQLAlchemy errors to
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -37,8 +38,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from ..errors import PersistenceError, StoreUnavailable, UnknownConversation, redact
-from .base import BeganRun, JournalEntry, NewRun, Reply, RunEnd, StoredMessage
-from .tables import Base, ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
+from .base import (
+    AttemptRow,
+    BeganRun,
+    Checkpoint,
+    JournalEntry,
+    NewRun,
+    Reply,
+    RunEnd,
+    StoredMessage,
+)
+from .tables import Base, ChatMessage, Conversation, LlmUsage, RunAttempt, RunEvent, WorkflowRun
 
 T = TypeVar("T")
 _TICK = timedelta(microseconds=1)
@@ -125,6 +135,9 @@ class SqlStore:
         self._write_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
         self._queue: list[_Pending] = []
+        self._checkpoints: dict[str, Checkpoint] = {}
+        """Queued checkpoints, one per run: the latest state, every journal row since the last
+        commit (a run moving three times between commits costs one UPDATE, not three)."""
 
     @classmethod
     def open_sync(cls, url: str) -> SqlStore:
@@ -165,14 +178,24 @@ class SqlStore:
 
     async def _write(self, op: Callable[[Connection], T]) -> T:
         """Run ``op`` in the next group commit: whoever holds the writer lock runs every queued
-        write (journal rows included) in one transaction and one thread hop."""
+        write (checkpoints and journal rows included) in one transaction and one thread hop."""
         pending = _Pending(op)
         self._queue.append(pending)
         async with self._write_lock:
             if not pending.done:
-                batch, self._queue = self._queue, []
+                batch = self._take_queue()
                 await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
         return pending.result()  # type: ignore[no-any-return]
+
+    def _take_queue(self) -> list[_Pending]:
+        """Everything queued, queued checkpoints first (they update rows that exist already)."""
+        checkpoints, self._checkpoints = self._checkpoints, {}
+        batch, self._queue = self._queue, []
+        if checkpoints:
+            batch[:0] = [
+                _Pending(functools.partial(_checkpoint, cp=cp)) for cp in checkpoints.values()
+            ]
+        return batch
 
     def _commit(self, batch: list[_Pending]) -> None:
         """All of ``batch`` in one transaction; if any fails, each alone, so one bad write
@@ -195,7 +218,7 @@ class SqlStore:
             p.settle(value=value)
 
     async def _read(self, fn: Callable[[Session], T]) -> T:
-        if self._queue:  # read your own writes: commit queued journal rows first
+        if self._queue or self._checkpoints:  # read your own writes: commit the queue first
             await self._write(_nothing)
         return await trio.to_thread.run_sync(
             functools.partial(self._in_session, fn), limiter=self._limiter
@@ -212,7 +235,7 @@ class SqlStore:
 
     def flush_sync(self) -> None:
         """Write any queued journal rows now (blocking); a failure is logged, not raised."""
-        batch, self._queue = self._queue, []
+        batch = self._take_queue()
         if batch:
             self._commit(batch)
             for p in batch:
@@ -231,12 +254,21 @@ class SqlStore:
             await self._write(functools.partial(_add_run, run=run, conversation_id=None))
             raise
 
-    async def append_events(self, entries: tuple[JournalEntry, ...]) -> None:
-        """Queue journal rows; they are committed with the next write (or :meth:`close`), so
-        the journal never costs a run a database round trip of its own."""
-        self._queue.append(_Pending(functools.partial(_append_events, entries=entries)))
-        if len(self._queue) > 256:
+    async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
+        earlier = self._checkpoints.get(checkpoint.run_id)
+        if earlier is not None:
+            checkpoint = dataclasses.replace(
+                checkpoint, entries=(*earlier.entries, *checkpoint.entries)
+            )
+        self._checkpoints[checkpoint.run_id] = checkpoint
+        if durable or len(self._queue) + len(self._checkpoints) > 256:
             await self._write(_nothing)
+
+    async def attempt_started(self, attempt: AttemptRow) -> None:
+        await self._write(functools.partial(_insert_attempt, attempt=attempt))
+
+    async def attempt_ended(self, attempt: AttemptRow) -> None:
+        self._queue.append(_Pending(functools.partial(_end_attempt, attempt=attempt)))
 
     async def save_reply(self, reply: Reply, end: RunEnd) -> str:
         try:
@@ -384,6 +416,7 @@ _MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
 _USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
 _RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
 _EVENT: Table = RunEvent.__table__  # type: ignore[assignment]
+_ATTEMPT: Table = RunAttempt.__table__  # type: ignore[assignment]
 
 
 # Statements are built once with bind parameters: building ``insert().values(...)`` per call
@@ -393,6 +426,24 @@ _INS_MSG = insert(_MSG)
 _INS_RUN = insert(_RUN)
 _INS_USAGE = insert(_USAGE)
 _INS_EVENT = insert(_EVENT)
+_INS_ATTEMPT = insert(_ATTEMPT)
+_END_ATTEMPT = (
+    update(_ATTEMPT)
+    .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
+    .values(
+        ended_at=bindparam("b_ended"), status=bindparam("b_status"),
+        error_class=bindparam("b_class"), generation_id=bindparam("b_gen"),
+        latency_ms=bindparam("b_latency"),
+    )
+)  # fmt: skip
+_CHECKPOINT = (
+    update(_RUN)
+    .where(_RUN.c.id == bindparam("b_id"))
+    .values(
+        current_state=bindparam("b_state"), model=bindparam("b_model"),
+        state_json=bindparam("b_json"),
+    )
+)  # fmt: skip
 _CONV_EXISTS = select(_CONV.c.id).where(_CONV.c.id == bindparam("b_id"))
 _HISTORY = (
     select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content, _MSG.c.model,
@@ -456,7 +507,7 @@ def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None
         _INS_RUN,
         {"id": run.run_id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
          "conversation_id": conversation_id, "status": "running",
-         "current_state": "LoadContext", "model": None, "error_class": None,
+         "current_state": run.state, "model": None, "error_class": None,
          "error_message": None, "started_at": run.at, "finished_at": None},
     )  # fmt: skip
 
@@ -511,4 +562,32 @@ def _finish(conn: Connection, end: RunEnd) -> None:
         {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
          "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
          "b_at": end.finished_at},
+    )  # fmt: skip
+
+
+def _checkpoint(conn: Connection, cp: Checkpoint) -> None:
+    conn.execute(
+        _CHECKPOINT,
+        {"b_id": cp.run_id, "b_state": cp.current_state, "b_model": cp.model,
+         "b_json": cp.state_json},
+    )  # fmt: skip
+    if cp.entries:
+        _append_events(conn, cp.entries)
+
+
+def _insert_attempt(conn: Connection, attempt: AttemptRow) -> None:
+    conn.execute(
+        _INS_ATTEMPT,
+        {"run_id": attempt.run_id, "number": attempt.number, "model": attempt.model,
+         "started_at": attempt.started_at, "ended_at": None, "status": None,
+         "error_class": None, "generation_id": None, "latency_ms": None},
+    )  # fmt: skip
+
+
+def _end_attempt(conn: Connection, attempt: AttemptRow) -> None:
+    conn.execute(
+        _END_ATTEMPT,
+        {"b_run": attempt.run_id, "b_number": attempt.number, "b_ended": attempt.ended_at,
+         "b_status": attempt.status, "b_class": attempt.error_class,
+         "b_gen": attempt.generation_id, "b_latency": attempt.latency_ms},
     )  # fmt: skip

@@ -157,6 +157,8 @@ class WorkflowRun(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    state_json: Mapped[str | None] = mapped_column(Text)
+    """The run's last checkpoint (``RunState.to_json``)."""
 
 
 class RunEvent(Base):
@@ -172,3 +174,19 @@ class RunEvent(Base):
     error_class: Mapped[str | None] = mapped_column(String(32))
     wait_s: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RunAttempt(Base):
+    """Every request a run sent (or was about to send): written before it leaves."""
+
+    __tablename__ = "run_attempts"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("workflow_runs.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    model: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[int | None] = mapped_column(Integer)
+    error_class: Mapped[str | None] = mapped_column(String(32))
+    generation_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
