@@ -55,6 +55,9 @@ class RunEnv:
     recovery_dir: str | None = None
     """Where Persist writes a reply it could not store (default: the data folder)."""
     persist_tries: int = 3
+    owner: str | None = None
+    """This process as the owner of the runs it starts (``host:pid:start``); ``None`` for
+    runs nobody will resume (``simulate``, tests)."""
 
 
 def model_chain(workflow: Workflow, override: str | None) -> tuple[str, ...]:

@@ -18,7 +18,6 @@ was not stored goes to the recovery file first.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -33,9 +32,7 @@ from .context import RunEnv, RunRequest, model_chain, new_id
 from .handlers import HANDLERS, build_reply, record, write_recovery
 from .records import FlowRecord
 from .state import AttemptInfo, Message, RunState, Step
-
-#: Events that carry no error (their transition records no error class).
-_HAPPY = frozenset({"loaded", "succeeded", "saved", "retry", "next_model"})
+from .transition import cause, journal_entry, moved
 
 
 @dataclass(frozen=True)
@@ -136,24 +133,13 @@ async def emit(env: RunEnv, records: Iterable[FlowRecord]) -> None:
             await listener.on_record(r)
 
 
-def _cause(step: Step) -> ErrorClass | None:
-    """The error class behind a transition (``None`` for the happy-path events)."""
-    if step.event in _HAPPY:
-        return None
-    if step.event == "failed" or step.state.failure is not None:
-        failure = step.state.failure
-        return failure.error_class if failure else None
-    last = step.state.last_error
-    return last.error_class if last else None
-
-
 def checkpoint(state: RunState, entries: tuple[JournalEntry, ...] = ()) -> Checkpoint:
     """The store's view of ``state``: its JSON and the journal rows written with it."""
     return Checkpoint(
         run_id=state.run_id,
         current_state=state.state,
         model=state.model,
-        state_json=state.to_json(),
+        state=state,
         entries=entries,
     )
 
@@ -178,34 +164,23 @@ async def advance(
         await env.store.checkpoint(checkpoint(step.state), durable=True)
         await trio.sleep(step.wait.seconds)
     machine.send(step.event)
-    moved = dataclasses.replace(
-        step.state,
-        state=machine.current_state_value,
-        entered_by=step.event,
-        wait=None,
-        seq=step.state.seq + 1,
-    )
-    wait = step.wait
-    rec = record(
-        env, moved, "transition", from_state=state.state, event=step.event, to_state=moved.state,
-        model=step.state.model, attempt=step.state.attempt or None, error_class=_cause(step),
-        wait_s=wait.seconds if wait else None, wait_source=wait.source if wait else None,
+    after = moved(state, step, machine.current_state_value)
+    entry = step.journaled or journal_entry(state, step, after, env.now())
+    if entry.to_state != after.state:
+        raise AssertionError(
+            f"{state.state} --{step.event}--> the machine went to {after.state}, but the"
+            f" handler committed a move to {entry.to_state}"
+        )
+    rec = FlowRecord(
+        "transition", after.run_id, trio.current_time(), entry.at, from_state=state.state,
+        event=step.event, to_state=after.state, model=entry.model, attempt=entry.attempt,
+        error_class=cause(step), wait_s=entry.wait_s,
+        wait_source=step.wait.source if step.wait else None,
     )  # fmt: skip
-    entry = JournalEntry(
-        run_id=moved.run_id,
-        seq=moved.seq,
-        from_state=state.state,
-        event=step.event,
-        to_state=moved.state,
-        model=rec.model,
-        attempt=rec.attempt,
-        error_class=rec.error_class,
-        wait_s=rec.wait_s,
-        at=rec.wall,
-    )
-    await env.store.checkpoint(checkpoint(moved, (entry,)), durable=False)
+    if step.journaled is None:
+        await env.store.checkpoint(checkpoint(after, (entry,)), durable=False)
     await emit(env, (rec,))
-    return step, moved, rec
+    return step, after, rec
 
 
 async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = False) -> RunOutcome:

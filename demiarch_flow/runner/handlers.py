@@ -25,10 +25,11 @@ import trio
 from ..backoff import plan_wait
 from ..definition import ALWAYS_FATAL, Workflow
 from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError, redact
-from ..store.base import AttemptRow, NewRun, Reply, RunEnd
+from ..store.base import AttemptRow, Checkpoint, NewRun, Reply, RunEnd
 from .context import RunEnv, new_id
 from .records import FlowRecord, RecordKind, WaitSource
 from .state import AttemptInfo, ErrorInfo, Message, RunState, Step, Wait
+from .transition import journal_entry, moved
 
 log = logging.getLogger("demiarch_flow")
 
@@ -71,6 +72,10 @@ async def load_context(state: RunState, env: RunEnv, wf: Workflow) -> Step:
                 at=env.now(),
                 title=_title(user),
                 state=state.state,
+                state_json=state,
+                definition=wf.text,
+                owner=env.owner,
+                resumed=state.resume_count > 0,
             )
         )
     except FlowError as exc:
@@ -351,11 +356,19 @@ async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     end = RunEnd(state.run_id, "succeeded", final, reply.model, None, None, reply.request_timestamp)
     error: Exception | None = None
     for _ in range(max(env.persist_tries, 1)):
+        # The move to ``final`` commits with the reply: one transaction ends the run.
+        step = Step("saved", dataclasses.replace(costed, saved_message_id=reply.message_id))
+        after = moved(state, step, final)
+        entry = journal_entry(state, step, after, reply.request_timestamp)
         try:
-            saved_id = await env.store.save_reply(reply, end)
-            return Step("saved", dataclasses.replace(costed, saved_message_id=saved_id))
+            saved_id = await env.store.save_reply(
+                reply, end, Checkpoint(state.run_id, final, after.model, after, (entry,))
+            )
         except FlowError as exc:
             error = exc
+            continue
+        done = dataclasses.replace(costed, saved_message_id=saved_id)
+        return Step("saved", done, journaled=entry)
     path = write_recovery(env, reply, error)
     failure = PersistenceError(
         f"could not store the reply: {error}", recovery_file=str(path) if path else None

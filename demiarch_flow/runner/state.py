@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from ..client.classify import Completion
 from ..errors import AllModelsFailed, ErrorClass, FlowError, ProviderError, RunError
+from ..store.base import JournalEntry
 from .records import FlowRecord, WaitSource
 
 #: Bumped when the JSON layout of :class:`RunState` changes incompatibly.
@@ -120,6 +121,8 @@ class RunState:
     total_attempts: int = 0
     entered_by: str | None = None
     """The event that led into ``state`` (set by the engine; Fallback reads why it was entered)."""
+    came_from: str | None = None
+    """The state before ``state`` (a failed run is resumed from the state that failed)."""
     wait: Wait | None = None
     """The wait of the step in progress (journaled on its transition, then cleared)."""
     last_error: ErrorInfo | None = None
@@ -185,6 +188,9 @@ class Step:
     state: RunState
     records: tuple[FlowRecord, ...] = ()
     wait: Wait | None = None
+    journaled: JournalEntry | None = None
+    """The transition's journal row, when the handler committed it (and the checkpoint of
+    the state it leads to) in its own transaction; the engine then queues nothing more."""
 
 
 # ---------------------------------------------------------------------- encoding
@@ -240,6 +246,7 @@ def _decode_state(doc: dict[str, Any]) -> RunState:
         retries=doc.get("retries", 0),
         total_attempts=doc.get("total_attempts", 0),
         entered_by=doc.get("entered_by"),
+        came_from=doc.get("came_from"),
         wait=_opt(doc.get("wait"), lambda w: Wait(w["seconds"], WaitSource(w["source"]))),
         last_error=_opt(doc.get("last_error"), _error),
         last_errors=tuple((m, _error(e)) for m, e in doc.get("last_errors", ())),

@@ -48,6 +48,14 @@ class NewRun:
     title: str
     state: str = "LoadContext"
     """The state the run row says it is in (the workflow's initial state)."""
+    state_json: JsonState | None = None
+    """The run's first checkpoint."""
+    definition: str = ""
+    """The workflow file's text, stored once per ``workflow_sha256``."""
+    owner: str | None = None
+    """The process running it (``host:pid:start``), for telling a live run from a stale one."""
+    resumed: bool = False
+    """LoadContext runs again for a resumed run: what it stored before is read back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,8 @@ class JournalEntry:
     error_class: str | None
     wait_s: float | None
     at: datetime
+    wait_source: str | None = None
+    """Why it waited: ``backoff``, ``retry_after`` or ``cooldown``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +131,82 @@ class AttemptRow:
     latency_ms: int | None = None
 
 
+class JsonState(Protocol):
+    """A run state as the store sees it: something that turns itself into JSON text. The store
+    serialises only the checkpoint it actually writes (the latest of a run), off the event loop."""
+
+    def to_json(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Where a run stands, as the store keeps it: the run state's JSON and the journal rows
-    of the transitions that led there."""
+    """Where a run stands, as the store keeps it: the run state and the journal rows of the
+    transitions that led there."""
 
     run_id: str
     current_state: str
     model: str | None
-    state_json: str
+    state: JsonState
     entries: tuple[JournalEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    """The reply a run saved: its message and usage row."""
+
+    message_id: str
+    content: str
+    model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: Decimal
+    cost_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """Everything known about one run: its row, its checkpoint, its attempts and its reply."""
+
+    run_id: str
+    workflow: str
+    workflow_sha256: str
+    definition: str | None
+    """The workflow text it started with (``None`` for runs of the first release)."""
+    conversation_id: str | None
+    status: RunStatus
+    current_state: str | None
+    model: str | None
+    error_class: str | None
+    error_message: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    state_json: str | None
+    owner: str | None
+    heartbeat_at: datetime | None
+    resume_count: int
+    attempts: tuple[AttemptRow, ...]
+    reply: StoredReply | None
+    cost_usd: Decimal
+    """Everything booked in ``llm_usage`` for this run (the reply and billed lost attempts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BilledAttempt:
+    """A generation that was billed but whose answer never reached the database (found when a
+    run is resumed): booked in ``llm_usage`` with no message, so spend is never lost."""
+
+    usage_id: str
+    run_id: str
+    conversation_id: str
+    project_id: str | None
+    model: str
+    generation_id: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: Decimal
+    cost_source: str
+    attempt: int
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +239,31 @@ class Store(Protocol):
     async def attempt_ended(self, attempt: AttemptRow) -> None:
         """Complete an attempt's row (may be queued for the next commit)."""
 
-    async def save_reply(self, reply: Reply, end: RunEnd) -> str:
-        """Store message + usage and mark the run succeeded, in one transaction; idempotent
-        on ``generation_id``. Returns the id of the stored assistant message."""
+    async def save_reply(
+        self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
+    ) -> str:
+        """Store message + usage and mark the run succeeded (with its last checkpoint, if
+        given), in one transaction; a run stores at most one reply (a second save returns the
+        first's message id). Returns the id of the stored assistant message."""
 
-    async def finish_run(self, end: RunEnd) -> None:
-        """Mark the run failed or cancelled (nothing else is written)."""
+    async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
+        """Mark the run failed or cancelled (with its last checkpoint, if given), committing
+        whatever the store had queued."""
+
+    async def heartbeat(self, owner: str, at: datetime) -> None:
+        """Say that every running run of ``owner`` is alive at ``at``."""
+
+    async def reopen_run(self, checkpoint: Checkpoint, owner: str | None, at: datetime) -> None:
+        """Mark a run running again under ``owner`` (one more resume), with its new checkpoint
+        and the journal row of the resume, in one transaction."""
+
+    async def book_billed(self, billed: BilledAttempt) -> None:
+        """Book a billed attempt that has no reply (idempotent per run and generation)."""
+
+    async def load_run(self, run_id: str) -> StoredRun | None:
+        """The run with its checkpoint, attempts and reply; ``None`` if there is none."""
+
+    async def list_runs(
+        self, *, status: RunStatus | None, since: datetime | None, limit: int
+    ) -> list[StoredRun]:
+        """The latest runs first (attempts and reply included; ``definition`` left out)."""

@@ -38,17 +38,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from ..errors import PersistenceError, StoreUnavailable, UnknownConversation, redact
+from . import _runs
 from .base import (
     AttemptRow,
     BeganRun,
+    BilledAttempt,
     Checkpoint,
-    JournalEntry,
     NewRun,
     Reply,
     RunEnd,
+    RunStatus,
     StoredMessage,
+    StoredRun,
 )
-from .tables import Base, ChatMessage, Conversation, LlmUsage, RunAttempt, RunEvent, WorkflowRun
+from .tables import Base, ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
 
 T = TypeVar("T")
 _TICK = timedelta(microseconds=1)
@@ -135,9 +138,13 @@ class SqlStore:
         self._write_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
         self._queue: list[_Pending] = []
-        self._checkpoints: dict[str, Checkpoint] = {}
-        """Queued checkpoints, one per run: the latest state, every journal row since the last
-        commit (a run moving three times between commits costs one UPDATE, not three)."""
+        self._checkpoints: dict[str, _CheckpointOp] = {}
+        """The queued checkpoint of each run, merged in place: the latest state and every
+        journal row since the last commit (three moves between commits cost one UPDATE)."""
+        self._unconfirmed: dict[str, _Pending] = {}
+        """Runs whose first write is queued, not yet known to have committed."""
+        self._definitions: set[str] = set()
+        """Workflow texts known to be stored (by SHA-256)."""
 
     @classmethod
     def open_sync(cls, url: str) -> SqlStore:
@@ -188,13 +195,9 @@ class SqlStore:
         return pending.result()  # type: ignore[no-any-return]
 
     def _take_queue(self) -> list[_Pending]:
-        """Everything queued, queued checkpoints first (they update rows that exist already)."""
-        checkpoints, self._checkpoints = self._checkpoints, {}
+        """Everything queued, in order (a run's checkpoint sits where it was first queued)."""
+        self._checkpoints = {}
         batch, self._queue = self._queue, []
-        if checkpoints:
-            batch[:0] = [
-                _Pending(functools.partial(_checkpoint, cp=cp)) for cp in checkpoints.values()
-            ]
         return batch
 
     def _commit(self, batch: list[_Pending]) -> None:
@@ -217,8 +220,16 @@ class SqlStore:
         for p, value in zip(batch, values, strict=True):
             p.settle(value=value)
 
+    async def _read_conn(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` on a connection in a read transaction (after committing the queue)."""
+
+        def in_conn(session: Session) -> T:
+            return fn(session.connection())
+
+        return await self._read(in_conn)
+
     async def _read(self, fn: Callable[[Session], T]) -> T:
-        if self._queue or self._checkpoints:  # read your own writes: commit the queue first
+        if self._queue:  # read your own writes: commit the queue first
             await self._write(_nothing)
         return await trio.to_thread.run_sync(
             functools.partial(self._in_session, fn), limiter=self._limiter
@@ -247,45 +258,86 @@ class SqlStore:
     # ------------------------------------------------------------------ the Store interface
 
     async def begin_run(self, run: NewRun) -> BeganRun:
+        """Store the run, its definition and the user's message.
+
+        A new conversation needs nothing read back, so its write is only queued: it commits
+        with the run's first attempt record, before any request is sent (one round trip less
+        per run). A write that failed there surfaces from that call.
+        """
+        define = run.workflow_sha256 not in self._definitions and bool(run.definition)
+        op = functools.partial(_begin_run, run=run, define=define)
+        self._definitions.add(run.workflow_sha256)
+        if run.conversation_id is None and not run.resumed:
+            pending = _Pending(op)
+            self._queue.append(pending)
+            self._unconfirmed[run.run_id] = pending
+            return BeganRun(run.create_with_id, True, (), run.at)
         try:
-            return await self._write(functools.partial(_begin_run, run=run))
+            return await self._write(op)
         except UnknownConversation:
             # Still record the run (without a conversation), so its failure is auditable.
             await self._write(functools.partial(_add_run, run=run, conversation_id=None))
             raise
 
+    def _confirm(self, run_id: str) -> None:
+        """Raise the error of ``run_id``'s queued first write, if it failed."""
+        pending = self._unconfirmed.pop(run_id, None)
+        if pending is not None and pending.done:
+            pending.result()
+
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
-        earlier = self._checkpoints.get(checkpoint.run_id)
-        if earlier is not None:
-            checkpoint = dataclasses.replace(
-                checkpoint, entries=(*earlier.entries, *checkpoint.entries)
-            )
-        self._checkpoints[checkpoint.run_id] = checkpoint
-        if durable or len(self._queue) + len(self._checkpoints) > 256:
+        queued = self._checkpoints.get(checkpoint.run_id)
+        if queued is not None:
+            queued.merge(checkpoint)
+        else:
+            op = _CheckpointOp(checkpoint)
+            self._checkpoints[checkpoint.run_id] = op
+            self._queue.append(_Pending(op))
+        if durable or len(self._queue) > 256:
             await self._write(_nothing)
+            self._confirm(checkpoint.run_id)
 
     async def attempt_started(self, attempt: AttemptRow) -> None:
-        await self._write(functools.partial(_insert_attempt, attempt=attempt))
+        try:
+            await self._write(functools.partial(_runs.insert_attempt, attempt=attempt))
+        finally:
+            self._confirm(attempt.run_id)
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
-        self._queue.append(_Pending(functools.partial(_end_attempt, attempt=attempt)))
+        self._queue.append(_Pending(functools.partial(_runs.end_attempt, attempt=attempt)))
 
-    async def save_reply(self, reply: Reply, end: RunEnd) -> str:
-        try:
-            return await self._write(functools.partial(_save_reply, reply=reply, end=end))
-        except PersistenceError:
-            if reply.generation_id is None:
-                raise
-            # The same generation was stored before (unique key): keep that one.
-            existing = await self._write(
-                functools.partial(_existing_reply, generation_id=reply.generation_id, end=end)
-            )
-            if existing is None:
-                raise
-            return existing
+    async def heartbeat(self, owner: str, at: datetime) -> None:
+        await self._write(functools.partial(_runs.heartbeat, owner=owner, at=at))
 
-    async def finish_run(self, end: RunEnd) -> None:
-        await self._write(functools.partial(_finish, end=end))
+    async def reopen_run(self, checkpoint: Checkpoint, owner: str | None, at: datetime) -> None:
+        await self._write(functools.partial(_runs.reopen, cp=checkpoint, owner=owner, at=at))
+
+    async def book_billed(self, billed: BilledAttempt) -> None:
+        await self._write(functools.partial(_runs.book_billed, billed=billed))
+
+    async def load_run(self, run_id: str) -> StoredRun | None:
+        runs = await self._read_conn(
+            functools.partial(_runs.load_runs, run_id=run_id, with_definition=True)
+        )
+        return runs[0] if runs else None
+
+    async def list_runs(
+        self, *, status: RunStatus | None, since: datetime | None, limit: int
+    ) -> list[StoredRun]:
+        return await self._read_conn(
+            functools.partial(_runs.load_runs, status=status, since=since, limit=limit)
+        )
+
+    async def save_reply(
+        self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
+    ) -> str:
+        return await self._write(
+            functools.partial(_save_reply, reply=reply, end=end, cp=checkpoint)
+        )
+
+    async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
+        await self._write(functools.partial(_finish, end=end, cp=checkpoint))
+        self._confirm(end.run_id)
 
     # ------------------------------------------------------------------ reports
 
@@ -372,6 +424,21 @@ class SqlStore:
 # ---------------------------------------------------------------------- transactions
 
 
+class _CheckpointOp:
+    """A queued checkpoint write; later checkpoints of the same run merge into it."""
+
+    __slots__ = ("cp",)
+
+    def __init__(self, cp: Checkpoint) -> None:
+        self.cp = cp
+
+    def merge(self, later: Checkpoint) -> None:
+        self.cp = dataclasses.replace(later, entries=(*self.cp.entries, *later.entries))
+
+    def __call__(self, conn: Connection) -> None:
+        _runs.checkpoint(conn, self.cp)
+
+
 class _Pending:
     """One queued write and, once committed, its outcome."""
 
@@ -416,7 +483,6 @@ _MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
 _USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
 _RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
 _EVENT: Table = RunEvent.__table__  # type: ignore[assignment]
-_ATTEMPT: Table = RunAttempt.__table__  # type: ignore[assignment]
 
 
 # Statements are built once with bind parameters: building ``insert().values(...)`` per call
@@ -426,24 +492,6 @@ _INS_MSG = insert(_MSG)
 _INS_RUN = insert(_RUN)
 _INS_USAGE = insert(_USAGE)
 _INS_EVENT = insert(_EVENT)
-_INS_ATTEMPT = insert(_ATTEMPT)
-_END_ATTEMPT = (
-    update(_ATTEMPT)
-    .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
-    .values(
-        ended_at=bindparam("b_ended"), status=bindparam("b_status"),
-        error_class=bindparam("b_class"), generation_id=bindparam("b_gen"),
-        latency_ms=bindparam("b_latency"),
-    )
-)  # fmt: skip
-_CHECKPOINT = (
-    update(_RUN)
-    .where(_RUN.c.id == bindparam("b_id"))
-    .values(
-        current_state=bindparam("b_state"), model=bindparam("b_model"),
-        state_json=bindparam("b_json"),
-    )
-)  # fmt: skip
 _CONV_EXISTS = select(_CONV.c.id).where(_CONV.c.id == bindparam("b_id"))
 _HISTORY = (
     select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content, _MSG.c.model,
@@ -464,12 +512,18 @@ _FINISH = (
         error_message=bindparam("b_message"), finished_at=bindparam("b_at"),
     )
 )  # fmt: skip
-_USAGE_OF_GENERATION = select(_USAGE.c.message_id).where(
-    _USAGE.c.generation_id == bindparam("b_gen")
+_REPLY_OF_RUN = select(_USAGE.c.message_id).where(
+    _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.outcome == "reply"
 )
 
 
-def _begin_run(conn: Connection, run: NewRun) -> BeganRun:
+def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
+    if define:
+        _runs.store_definition(conn, run.workflow_sha256, run.workflow, run.definition, run.at)
+    if run.resumed:
+        began = _began_already(conn, run)
+        if began is not None:
+            return began
     created = run.conversation_id is None
     conv_id = run.create_with_id if created else run.conversation_id
     assert conv_id is not None
@@ -508,30 +562,43 @@ def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None
         {"id": run.run_id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
          "conversation_id": conversation_id, "status": "running",
          "current_state": run.state, "model": None, "error_class": None,
-         "error_message": None, "started_at": run.at, "finished_at": None},
+         "error_message": None, "started_at": run.at, "finished_at": None,
+         "state_json": run.state_json.to_json() if run.state_json else None,
+         "owner": run.owner, "heartbeat_at": run.at if run.owner else None,
+         "resume_count": 0},
     )  # fmt: skip
 
 
-def _append_events(conn: Connection, entries: tuple[JournalEntry, ...]) -> None:
-    conn.execute(
-        _INS_EVENT,
-        [
-            {"run_id": e.run_id, "seq": e.seq, "from_state": e.from_state, "event": e.event,
-             "to_state": e.to_state, "model": e.model, "attempt": e.attempt,
-             "error_class": e.error_class, "wait_s": e.wait_s, "at": e.at}
-            for e in entries
-        ],
-    )  # fmt: skip
+def _began_already(conn: Connection, run: NewRun) -> BeganRun | None:
+    """A resumed LoadContext: the run's message is stored already; read back what it got."""
+    user = conn.execute(
+        select(_MSG.c.conversation_id, _MSG.c.created_at).where(
+            _MSG.c.run_id == run.run_id, _MSG.c.role == "user"
+        )
+    ).first()
+    if user is None:
+        return None
+    conv_id, at = user
+    history: list[StoredMessage] = []
+    if run.context_messages > 0:
+        rows = conn.execute(
+            select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content,
+                   _MSG.c.model, _MSG.c.created_at, _MSG.c.run_id, _MSG.c.token_count)
+            .where(_MSG.c.conversation_id == conv_id, _MSG.c.created_at < at)
+            .order_by(_MSG.c.created_at.desc())
+            .limit(run.context_messages)
+        ).all()  # fmt: skip
+        history = [StoredMessage(*r) for r in reversed(rows)]
+    return BeganRun(conv_id, False, tuple(history), at)
 
 
-def _existing_reply(conn: Connection, generation_id: str, end: RunEnd) -> str | None:
-    existing = conn.execute(_USAGE_OF_GENERATION, {"b_gen": generation_id}).scalar()
+def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | None) -> str:
+    """The reply, its usage and the run's end (with its last checkpoint), once per run: a run
+    saved already keeps its first reply (whatever generation ids the endpoint reuses)."""
+    existing = conn.execute(_REPLY_OF_RUN, {"b_run": reply.run_id}).scalar()
     if existing is not None:
-        _finish(conn, end)
-    return existing
-
-
-def _save_reply(conn: Connection, reply: Reply, end: RunEnd) -> str:
+        _finish(conn, end, cp)
+        return str(existing)
     conn.execute(
         _INS_MSG,
         {"id": reply.message_id, "conversation_id": reply.conversation_id,
@@ -552,42 +619,16 @@ def _save_reply(conn: Connection, reply: Reply, end: RunEnd) -> str:
          "request_timestamp": reply.request_timestamp},
     )  # fmt: skip
     conn.execute(_TOUCH_CONV, {"b_id": reply.conversation_id, "b_at": reply.created_at})
-    _finish(conn, end)
+    _finish(conn, end, cp)
     return reply.message_id
 
 
-def _finish(conn: Connection, end: RunEnd) -> None:
+def _finish(conn: Connection, end: RunEnd, cp: Checkpoint | None = None) -> None:
+    if cp is not None:
+        _runs.checkpoint(conn, cp)
     conn.execute(
         _FINISH,
         {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
          "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
          "b_at": end.finished_at},
-    )  # fmt: skip
-
-
-def _checkpoint(conn: Connection, cp: Checkpoint) -> None:
-    conn.execute(
-        _CHECKPOINT,
-        {"b_id": cp.run_id, "b_state": cp.current_state, "b_model": cp.model,
-         "b_json": cp.state_json},
-    )  # fmt: skip
-    if cp.entries:
-        _append_events(conn, cp.entries)
-
-
-def _insert_attempt(conn: Connection, attempt: AttemptRow) -> None:
-    conn.execute(
-        _INS_ATTEMPT,
-        {"run_id": attempt.run_id, "number": attempt.number, "model": attempt.model,
-         "started_at": attempt.started_at, "ended_at": None, "status": None,
-         "error_class": None, "generation_id": None, "latency_ms": None},
-    )  # fmt: skip
-
-
-def _end_attempt(conn: Connection, attempt: AttemptRow) -> None:
-    conn.execute(
-        _END_ATTEMPT,
-        {"b_run": attempt.run_id, "b_number": attempt.number, "b_ended": attempt.ended_at,
-         "b_status": attempt.status, "b_class": attempt.error_class,
-         "b_gen": attempt.generation_id, "b_latency": attempt.latency_ms},
     )  # fmt: skip

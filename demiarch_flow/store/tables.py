@@ -119,16 +119,21 @@ class LlmUsage(Base):
         CheckConstraint(
             "cost_source IN ('provider', 'price_table', 'unknown')", name="cost_source"
         ),
+        CheckConstraint("outcome IN ('reply', 'billed', 'interrupted')", name="outcome"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
-    message_id: Mapped[str] = mapped_column(ForeignKey("chat_messages.id"))
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("chat_messages.id"))
+    """``None`` for a generation that was billed but produced no stored reply."""
+    outcome: Mapped[str] = mapped_column(String(16), default="reply", server_default="reply")
+    """``reply``: the run's answer; ``billed``: a lost attempt booked on resume;
+    ``interrupted``: a stream that broke after it was billed."""
     run_id: Mapped[str | None] = mapped_column(String(36))
     project_id: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(200))
     requested_model: Mapped[str] = mapped_column(String(200))
-    generation_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    generation_id: Mapped[str | None] = mapped_column(String(200), index=True)
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     total_tokens: Mapped[int] = mapped_column(Integer)
@@ -159,6 +164,21 @@ class WorkflowRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     state_json: Mapped[str | None] = mapped_column(Text)
     """The run's last checkpoint (``RunState.to_json``)."""
+    owner: Mapped[str | None] = mapped_column(String(200))
+    """``host:pid:start`` of the process running it."""
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resume_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class WorkflowDefinition(Base):
+    """Each workflow text a run started with, once per SHA-256 (a run is resumed under it)."""
+
+    __tablename__ = "workflow_definitions"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class RunEvent(Base):
@@ -174,6 +194,8 @@ class RunEvent(Base):
     error_class: Mapped[str | None] = mapped_column(String(32))
     wait_s: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+    wait_source: Mapped[str | None] = mapped_column(String(16))
+    """Why the run waited before this transition: backoff, retry_after or cooldown."""
 
 
 class RunAttempt(Base):

@@ -135,7 +135,7 @@ async def test_backoff_checkpoints_before_it_waits(autojump_clock: object) -> No
 
     async def watch() -> None:
         await trio.sleep(0.5)
-        seen.append(store.runs[state.run_id].get("state_json"))  # type: ignore[arg-type]
+        seen.append(store.runs[state.run_id]["state"].to_json())
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
@@ -236,7 +236,7 @@ async def test_persist_failure_emits_failed_and_writes_recovery(tmp_path: object
     class Broken(MemoryStore):
         calls = 0
 
-        async def save_reply(self, reply: object, end: object) -> str:
+        async def save_reply(self, reply: object, end: object, checkpoint: object = None) -> str:
             Broken.calls += 1
             raise PersistenceError("disk full")
 
@@ -324,7 +324,7 @@ async def test_unexpected_error_marks_the_run_failed(autojump_clock: object) -> 
     from demiarch_flow.runner import RunRequest, run_workflow
 
     class Exploding(MemoryStore):
-        async def save_reply(self, reply: object, end: object) -> str:
+        async def save_reply(self, reply: object, end: object, checkpoint: object = None) -> str:
             raise RuntimeError("boom")
 
     store = Exploding()

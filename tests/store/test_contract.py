@@ -158,20 +158,19 @@ def _reply(run_id: str, conv: str, gen: str | None, cost: str = "0.000123456") -
     )  # fmt: skip
 
 
-async def test_persist_is_idempotent_on_generation_id(
-    any_store: Any, autojump_clock: object
-) -> None:
-    """Saving the same generation twice leaves one assistant message and one usage row."""
+async def test_persist_is_idempotent_per_run(any_store: Any, autojump_clock: object) -> None:
+    """A run stores at most one reply: saving again returns the first reply's message."""
     out = await _run(any_store, FakeOpenRouter(), "hello")
     assert out.conversation_id is not None
     end = RunEnd(
         out.run_id, "succeeded", "Done", SONNET, None, None, datetime(2026, 3, 1, tzinfo=UTC)
     )
-    first = await any_store.save_reply(_reply(out.run_id, out.conversation_id, "gen-dup"), end)
-    second = await any_store.save_reply(_reply(out.run_id, out.conversation_id, "gen-dup"), end)
-    assert first == second
+    again = await any_store.save_reply(_reply(out.run_id, out.conversation_id, "gen-dup"), end)
+    stored = await any_store.load_run(out.run_id)
+    assert stored.reply is not None
+    assert again == stored.reply.message_id
     counts = await any_store.count_rows()
-    assert (counts["chat_messages"], counts["llm_usage"]) == (3, 2)
+    assert (counts["chat_messages"], counts["llm_usage"]) == (2, 1)
 
 
 async def test_cost_is_stored_exactly(sql_store: SqlStore, autojump_clock: object) -> None:
@@ -181,7 +180,7 @@ async def test_cost_is_stored_exactly(sql_store: SqlStore, autojump_clock: objec
     end = RunEnd(
         out.run_id, "succeeded", "Done", SONNET, None, None, datetime(2026, 3, 1, tzinfo=UTC)
     )
-    await sql_store.save_reply(_reply(out.run_id, out.conversation_id, "gen-c", "0.000000001"), end)
+    await sql_store.save_reply(_reply("another-run", out.conversation_id, "gen-c", "0.000000001"), end)
     with sql_store.engine.connect() as conn:
         from sqlalchemy.orm import Session
 

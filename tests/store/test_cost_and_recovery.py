@@ -131,7 +131,7 @@ async def test_failing_session_writes_the_recovery_file(
     store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}")
     calls = {"n": 0}
 
-    def failing_save(session: Any, reply: Any, end: Any) -> str:
+    def failing_save(session: Any, reply: Any, end: Any, cp: Any = None) -> str:
         calls["n"] += 1
         raise OperationalError("INSERT INTO chat_messages", {}, Exception("disk I/O error"))
 
@@ -139,9 +139,9 @@ async def test_failing_session_writes_the_recovery_file(
     tries = {"n": 0}
     save_reply = store.save_reply
 
-    async def counted(reply: Any, end: Any) -> str:
+    async def counted(reply: Any, end: Any, checkpoint: Any = None) -> str:
         tries["n"] += 1
-        return await save_reply(reply, end)
+        return await save_reply(reply, end, checkpoint)
 
     monkeypatch.setattr(store, "save_reply", counted)
     env = make_env(
