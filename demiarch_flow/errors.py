@@ -18,6 +18,7 @@ without parsing text::
     ├── AllModelsFailed                  1   every model of the chain failed
     ├── UnknownConversation              1   --conversation names no conversation
     ├── PersistenceError                 1   a database write failed after its retries
+    ├── RunError                         1   a run's failure as read back from its checkpoint
     ├── RunFailed                        1   a run ended in a final failure state
     └── Terminated                     143   SIGTERM: the work in progress was cancelled
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
 _KEYLIKE = re.compile(r"sk-or-[A-Za-z0-9_\-]{4,}")
@@ -43,6 +45,38 @@ def redact(text: str, *secrets: str | None) -> str:
             text = text.replace(secret, "[redacted]")
     text = _BEARER.sub(r"\1[redacted]", text)
     return _KEYLIKE.sub("[redacted]", text)
+
+
+class ErrorClass(StrEnum):
+    """Every reason a step can fail for, as one vocabulary.
+
+    The provider classes and ``retries_exhausted`` are the words a workflow file may name in
+    ``retry.when`` / ``fallback.when``; the rest are produced by the runner itself and appear in
+    records, the journal and ``workflow_runs.error_class``. A ``StrEnum``, so a member equals its
+    text (the database and JSON keep plain strings) while code never string-matches.
+    """
+
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    SERVER_ERROR = "server_error"
+    NETWORK_ERROR = "network_error"
+    BAD_REQUEST = "bad_request"
+    AUTH = "auth"
+    PAYMENT_REQUIRED = "payment_required"
+    FORBIDDEN = "forbidden"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    """Backoff gave the model up (its retries are used up, or the server asked too long a wait)."""
+    COOLING = "cooling"
+    """The model was skipped: the shared cooldown says it is failing for every run."""
+    ALL_MODELS_FAILED = "all_models_failed"
+    UNKNOWN_CONVERSATION = "unknown_conversation"
+    PERSISTENCE = "persistence"
+    """The database could not be written."""
+    CANCELLED = "cancelled"
+    """Ctrl-C, SIGTERM or an outer cancel scope."""
+    INTERNAL = "internal"
+    """A bug: an exception nobody expected."""
 
 
 class FlowError(Exception):
@@ -182,7 +216,7 @@ class ProviderError(FlowError):
     """One failed attempt at the provider, classified into exactly one error class.
 
     Attributes:
-        error_class: one of :data:`demiarch_flow.definition.ERROR_CLASSES`.
+        error_class: the class it was sorted into (a provider class, or ``cooling``).
         model: the model the attempt asked for.
         status: the HTTP status, or ``None`` for network errors and timeouts.
         retry_after_s: the server's wait hint in seconds, when it gave a usable one.
@@ -190,7 +224,7 @@ class ProviderError(FlowError):
 
     def __init__(
         self,
-        error_class: str,
+        error_class: ErrorClass | str,
         message: str,
         *,
         model: str = "",
@@ -199,8 +233,9 @@ class ProviderError(FlowError):
     ) -> None:
         where = f"{model}: " if model else ""
         code = f"HTTP {status} " if status is not None else ""
-        super().__init__(f"{where}{code}{error_class}: {redact(message)}")
-        self.error_class = error_class
+        cls = ErrorClass(error_class)
+        super().__init__(f"{where}{code}{cls}: {redact(message)}")
+        self.error_class = cls
         self.detail = redact(message)
         self.model = model
         self.status = status
@@ -214,7 +249,7 @@ class AllModelsFailed(FlowError):
         lines = "; ".join(f"{m}: {e.error_class} ({e.detail})" for m, e in last_errors.items())
         super().__init__(f"all models failed — {lines}")
         self.last_errors = dict(last_errors)
-        self.error_class = "all_models_failed"
+        self.error_class = ErrorClass.ALL_MODELS_FAILED
 
 
 class UnknownConversation(FlowError):
@@ -226,7 +261,7 @@ class UnknownConversation(FlowError):
             " (see `demiarch-flow history` for the ids; leave out --conversation to start one)"
         )
         self.conversation_id = conversation_id
-        self.error_class = "unknown_conversation"
+        self.error_class = ErrorClass.UNKNOWN_CONVERSATION
 
 
 class PersistenceError(FlowError):
@@ -236,13 +271,21 @@ class PersistenceError(FlowError):
         suffix = f" The reply was saved to {recovery_file}." if recovery_file else ""
         super().__init__(message + suffix)
         self.recovery_file = recovery_file
-        self.error_class = "persistence"
+        self.error_class = ErrorClass.PERSISTENCE
+
+
+class RunError(FlowError):
+    """A run's failure read back from its state (a checkpoint keeps the class and the text)."""
+
+    def __init__(self, message: str, *, error_class: ErrorClass) -> None:
+        super().__init__(message)
+        self.error_class = error_class
 
 
 class RunFailed(FlowError):
     """A run ended in a failure state; carries the run id and the error class it ended with."""
 
-    def __init__(self, message: str, *, run_id: str, error_class: str | None) -> None:
+    def __init__(self, message: str, *, run_id: str, error_class: ErrorClass | None) -> None:
         super().__init__(message)
         self.run_id = run_id
         self.error_class = error_class

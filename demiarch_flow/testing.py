@@ -4,8 +4,9 @@
   script (see :mod:`demiarch_flow.faults`) and records every request it receives.
 * :func:`make_env` — a :class:`~demiarch_flow.runner.RunEnv` around a fake provider and an
   in-memory store, with a seeded random source and a fixed wall clock.
-* :func:`run_state` — run one state's handler with a prepared context and get back the event
-  it emitted and the state the machine moves to.
+* :func:`state_for` — a :class:`~demiarch_flow.runner.RunState` positioned at any state.
+* :func:`run_state` — exactly one step of the engine's reduction from a run state: the event
+  the handler emitted, the state the machine moved to, the wait, and the new run state.
 
 Run tests under trio's ``MockClock(autojump_threshold=0)`` (pytest-trio's ``autojump_clock``
 fixture) so every Backoff wait takes no real time, and read waited time from
@@ -14,6 +15,7 @@ fixture) so every Backoff wait takes no real time, and read waited time from
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Sequence
@@ -28,9 +30,10 @@ from .client import ApiKey, OpenRouterClient
 from .definition import Workflow, machine_class
 from .faults import FaultCursor, FaultScript, models_listing, new_generation_id, render
 from .pricing import PriceTable
-from .runner.context import RunContext, RunEnv, RunRequest
-from .runner.handlers import HANDLERS
+from .runner.context import RunEnv, RunRequest
+from .runner.engine import advance, initial_state
 from .runner.records import FlowRecord
+from .runner.state import RunState
 from .store.base import Store
 from .store.memory import MemoryStore
 
@@ -136,42 +139,44 @@ def make_env(
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """What one state's handler did: the event it emitted and where the machine goes."""
+    """What one step did: the event its handler emitted, where the machine went, how long the
+    engine waited, the run state afterwards and the records reported."""
 
     event: str
     next_state: str | None
+    """``None`` for a final state's action (it does not move)."""
     waited_s: float
+    state: RunState
+    records: tuple[FlowRecord, ...]
 
 
-def context_for(
-    workflow: Workflow, env: RunEnv, message: str = "Hello", **fields: Any
-) -> RunContext:
-    """A run context positioned anywhere: pass any :class:`RunContext` field (``model_index``,
-    ``retries``, ``last_error``, ``messages``, ``completion`` …) as a keyword."""
-    request = fields.pop("request", None) or RunRequest(message=message)
-    ctx = RunContext(workflow=workflow, env=env, request=request)
-    if "messages" not in fields:
-        ctx.messages = [{"role": "user", "content": message}]
-    for name, value in fields.items():
-        setattr(ctx, name, value)
-    return ctx
+def state_for(
+    workflow: Workflow, at: str | None = None, message: str = "Hello", **fields: Any
+) -> RunState:
+    """A run state positioned anywhere: ``at`` names the state (default: the initial one) and
+    any :class:`RunState` field (``model_index``, ``retries``, ``last_error``, ``completion``,
+    ``conversation_id`` …) can be given as a keyword."""
+    state = initial_state(workflow, RunRequest(message, model=fields.pop("model", None)))
+    return dataclasses.replace(state, state=at or workflow.initial, **fields)
 
 
-async def run_state(workflow: Workflow, state: str, ctx: RunContext) -> StepResult:
-    """Run the handler of ``state`` on ``ctx`` and ask the workflow's machine where it leads.
+async def run_state(workflow: Workflow, state: RunState, env: RunEnv) -> StepResult:
+    """Run exactly one step of ``state`` — the engine's own reduction, not a copy of it: the
+    handler, its records, its wait (free under ``MockClock``) and the machine's move.
 
     Raises:
         statemachine.exceptions.TransitionNotAllowed: the handler emitted an event the state
             has no transition for.
     """
-    spec = workflow.state(state)
-    ctx.state = state
+    listener = RecordingListener()
+    recorded = dataclasses.replace(env, listeners=(*env.listeners, listener))
+    machine = machine_class(workflow)(start_value=state.state)
     started = trio.current_time()
-    assert spec.action is not None, f"state {state} has no action"
-    event = await HANDLERS[spec.action](ctx)
-    waited = trio.current_time() - started
-    if spec.final:
-        return StepResult(event, None, waited)
-    machine = machine_class(workflow)(start_value=state)
-    machine.send(event)
-    return StepResult(event, machine.current_state_value, waited)
+    step, after, rec = await advance(machine, workflow, state, recorded)
+    return StepResult(
+        step.event,
+        None if rec is None else after.state,
+        trio.current_time() - started,
+        after,
+        tuple(listener.records),
+    )

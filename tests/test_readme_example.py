@@ -6,21 +6,21 @@ from pathlib import Path
 
 # --- README example start
 from demiarch_flow.definition import load_workflow
-from demiarch_flow.testing import FakeOpenRouter, context_for, make_env, run_state
+from demiarch_flow.testing import FakeOpenRouter, make_env, run_state, state_for
 
 
 async def test_my_policy_retries_a_rate_limit_then_succeeds(autojump_clock):
     workflow = load_workflow("workflows/chat.yaml")  # your own file here
     fake = FakeOpenRouter("anthropic/claude-sonnet-4=429@2,ok")
-    ctx = context_for(workflow, make_env(fake))
+    env = make_env(fake)
 
-    step = await run_state(workflow, "Request", ctx)
+    step = await run_state(workflow, state_for(workflow, "Request"), env)
     assert (step.event, step.next_state) == ("retryable", "Backoff")
 
-    step = await run_state(workflow, "Backoff", ctx)
+    step = await run_state(workflow, step.state, env)  # the run state it left behind
     assert (step.event, step.next_state, step.waited_s) == ("retry", "Request", 2.0)
 
-    step = await run_state(workflow, "Request", ctx)
+    step = await run_state(workflow, step.state, env)
     assert step.event == "succeeded"
     assert fake.models_called == ["anthropic/claude-sonnet-4"] * 2
 

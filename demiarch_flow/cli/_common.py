@@ -4,6 +4,7 @@ exits 130 (or 143)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from ..definition import Workflow, load_workflow
 from ..errors import Terminated, UsageError
 from ..paths import database_url, prices_path
 from ..pricing import PriceTable
-from ..runner import JournalListener, Listener, RunEnv
+from ..runner import Listener, RunEnv
 from ..store.sql import SqlStore
 
 T = TypeVar("T")
@@ -42,7 +43,9 @@ class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         level = "warning" if record.levelno == logging.WARNING else record.levelname.lower()
         text = f"demiarch-flow: {level}: {record.getMessage()}"
-        print(style(text, "33") if record.levelno >= logging.WARNING else text, file=sys.stderr)
+        # stderr may have been closed (a host program, or a test, replaced it).
+        with contextlib.suppress(ValueError):
+            print(style(text, "33") if record.levelno >= logging.WARNING else text, file=sys.stderr)
 
 
 def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
@@ -116,7 +119,7 @@ async def open_world(
                 client=client,
                 store=store,
                 prices=PriceTable.load(prices_path()),
-                listeners=(JournalListener(store), *listeners),
+                listeners=listeners,
                 recovery_dir=store.recovery_dir,
             )
             yield World(store, http, env)

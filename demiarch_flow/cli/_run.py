@@ -10,7 +10,7 @@ from typing import TextIO
 from ..definition import Workflow
 from ..errors import RunFailed
 from ..keys import resolve_key
-from ..runner import FlowRecord, RunOutcome, RunRequest, run_workflow
+from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflow
 from ._common import (
     World,
     open_world,
@@ -31,6 +31,13 @@ _HINTS = {
 }
 
 
+_WHY = {
+    WaitSource.BACKOFF: "backoff",
+    WaitSource.RETRY_AFTER: "Retry-After from the server",
+    WaitSource.COOLDOWN: "the model is cooling down",
+}
+
+
 class Progress:
     """Live progress on stderr: each attempt, each wait with its reason, and the end."""
 
@@ -47,7 +54,7 @@ class Progress:
             else:
                 line = f"  {r.model} attempt {r.attempt}: ok in {r.latency_ms} ms"
         elif r.kind == "wait":
-            why = "Retry-After from the server" if r.message == "retry_after" else "backoff"
+            why = _WHY[r.wait_source or WaitSource.BACKOFF]
             line = f"  waiting {r.wait_s:.1f} s before attempt {r.attempt} ({why})"
         elif r.kind == "cooldown":
             verb = "cools down for" if r.event == "started" else "skipped while cooling,"

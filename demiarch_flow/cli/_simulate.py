@@ -13,11 +13,17 @@ import trio.testing
 
 from ..definition import Workflow
 from ..faults import FaultScript
-from ..runner import FlowRecord, JournalListener, RunOutcome, RunRequest, run_workflow
+from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflow
 from ..runner.context import utc_now
 from ..store import MemoryStore, Store
 from ..testing import FakeOpenRouter, make_env
 from ._common import setup_logging, workflow_from
+
+_WHY = {
+    WaitSource.BACKOFF: "backoff",
+    WaitSource.RETRY_AFTER: "Retry-After",
+    WaitSource.COOLDOWN: "cooldown",
+}
 
 
 class Timeline:
@@ -41,7 +47,7 @@ class Timeline:
                 )
                 out.append(f"{t}  Request   {r.model} attempt {r.attempt} → {result}")
             elif r.kind == "wait":
-                why = "Retry-After" if r.message == "retry_after" else "backoff"
+                why = _WHY[r.wait_source or WaitSource.BACKOFF]
                 out.append(
                     f"{t}  Backoff   wait {r.wait_s:.1f} s ({why}) before attempt {r.attempt}"
                 )
@@ -77,8 +83,6 @@ def simulate(
 
     async def main() -> RunOutcome:
         listeners: list[Any] = [timeline]
-        if store is not None:
-            listeners.append(JournalListener(store))
         env = make_env(
             fake,
             store=store if store is not None else MemoryStore(),

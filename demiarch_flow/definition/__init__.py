@@ -79,7 +79,8 @@ def parse_workflow(text: str, source: str = "<string>") -> Workflow:
             location=positions.locate(()),
         )
     check_schema(doc, positions)
-    wf = build_workflow(doc, source=source, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    wf = build_workflow(doc, source=source, sha256=sha256, text=text)
     check_graph(wf, positions)
     machine_class(wf)
     return wf

@@ -105,6 +105,9 @@ class Workflow:
     """The file it was read from (for messages and the run record)."""
     sha256: str = ""
     """SHA-256 of the file text, recorded on every run so a run names its exact policy."""
+    text: str = field(default="", repr=False, compare=False)
+    """The file text itself: stored once per ``sha256``, so a run can be resumed under the
+    definition it started with even after the file was edited or deleted."""
     _by_name: dict[str, StateSpec] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
@@ -125,7 +128,7 @@ def _frozen_classes(values: Any, default: frozenset[str]) -> frozenset[str]:
     return default if values is None else frozenset(values)
 
 
-def build_workflow(doc: dict[str, Any], *, source: str, sha256: str) -> Workflow:
+def build_workflow(doc: dict[str, Any], *, source: str, sha256: str, text: str = "") -> Workflow:
     """Turn a schema-valid document into a :class:`Workflow` (no further checks here)."""
     req = doc.get("request", {})
     retry = doc["retry"]
@@ -176,4 +179,5 @@ def build_workflow(doc: dict[str, Any], *, source: str, sha256: str) -> Workflow
         states=states,
         source=source,
         sha256=sha256,
+        text=text,
     )

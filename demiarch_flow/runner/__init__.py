@@ -1,27 +1,32 @@
-"""The trio runner, its handlers, and the records it reports.
+"""The trio runner, its handlers, the run state and the records it reports.
 
-Public: :func:`run_workflow`, :class:`RunRequest`, :class:`RunEnv`, :class:`RunContext`,
-:class:`RunOutcome`, :class:`FlowRecord`, :class:`Listener`, :class:`JournalListener`,
-:data:`HANDLERS`.
+Public: :func:`run_workflow`, :func:`drive`, :func:`initial_state`, :class:`RunRequest`,
+:class:`RunEnv`, :class:`RunState`, :class:`Step`, :class:`RunOutcome`, :class:`FlowRecord`,
+:class:`Listener`, :data:`HANDLERS`.
 """
 
-from .context import AttemptSummary, RunContext, RunEnv, RunRequest, model_chain
-from .engine import RunOutcome, drive, run_workflow
+from .context import RunEnv, RunRequest, model_chain
+from .engine import RunOutcome, advance, drive, initial_state, run_workflow
 from .handlers import HANDLERS
-from .journal import JournalListener
-from .records import FlowRecord, Listener
+from .records import FlowRecord, Listener, WaitSource
+from .state import AttemptInfo, ErrorInfo, RunState, Step, Wait
 
 __all__ = [
     "HANDLERS",
-    "AttemptSummary",
+    "AttemptInfo",
+    "ErrorInfo",
     "FlowRecord",
-    "JournalListener",
     "Listener",
-    "RunContext",
     "RunEnv",
     "RunOutcome",
     "RunRequest",
+    "RunState",
+    "Step",
+    "Wait",
+    "WaitSource",
+    "advance",
     "drive",
+    "initial_state",
     "model_chain",
     "run_workflow",
 ]

@@ -1,8 +1,8 @@
-"""The world a run sees (:class:`RunEnv`, injected) and what one run carries (:class:`RunContext`).
+"""The world every run sees (:class:`RunEnv`, injected) and what a user asks for (:class:`RunRequest`).
 
 ``RunEnv`` is built once per process and shared by every run: the client, the store, the clock,
-randomness and the price table are all passed in, so tests replace each one. ``RunContext`` is
-the mutable working state of one run, owned by the runner and its handlers only.
+randomness and the price table are all passed in, so tests replace each one. What one run
+carries is its :class:`~demiarch_flow.runner.state.RunState`, a frozen value.
 """
 
 from __future__ import annotations
@@ -12,18 +12,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any
 
-import trio
-
-from ..client import Attempt, Completion, OpenRouterClient
+from ..client import OpenRouterClient
 from ..definition import Workflow
-from ..errors import FlowError, ProviderError
 from ..pricing import PriceTable
 from ..store.base import Store
 from .cooldown import CooldownRegistry
-from .records import FlowRecord, Listener
+from .records import Listener
 
 
 def utc_now() -> datetime:
@@ -60,18 +55,9 @@ class RunEnv:
     recovery_dir: str | None = None
     """Where Persist writes a reply it could not store (default: the data folder)."""
     persist_tries: int = 3
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptSummary:
-    """One attempt as reported in ``run --json``."""
-
-    model: str
-    outcome: str
-    error_class: str | None
-    status: int | None
-    wait_s: float | None
-    latency_ms: int
+    owner: str | None = None
+    """This process as the owner of the runs it starts (``host:pid:start``); ``None`` for
+    runs nobody will resume (``simulate``, tests)."""
 
 
 def model_chain(workflow: Workflow, override: str | None) -> tuple[str, ...]:
@@ -79,63 +65,3 @@ def model_chain(workflow: Workflow, override: str | None) -> tuple[str, ...]:
     if not override:
         return workflow.models
     return (override, *(m for m in workflow.models[1:] if m != override))
-
-
-@dataclass
-class RunContext:
-    """The working state of one run."""
-
-    workflow: Workflow
-    env: RunEnv
-    request: RunRequest
-    run_id: str = field(default_factory=new_id)
-    chain: tuple[str, ...] = ()
-    model_index: int = 0
-    attempt: int = 0
-    """Attempts made on the current model."""
-    retries: int = 0
-    """Retries made on the current model (Backoff 'retry' events)."""
-    total_attempts: int = 0
-    conversation_id: str | None = None
-    messages: list[dict[str, str]] = field(default_factory=list)
-    last_error: ProviderError | None = None
-    last_errors: dict[str, ProviderError] = field(default_factory=dict)
-    fallback_reason: str | None = None
-    completion: Completion | None = None
-    last_attempt: Attempt | None = None
-    saved_message_id: str | None = None
-    cost_usd: Decimal | None = None
-    cost_source: str | None = None
-    failure: FlowError | None = None
-    attempts: list[AttemptSummary] = field(default_factory=list)
-    pending_wait_s: float | None = None
-    state: str = ""
-    user_message_at: datetime | None = None
-    """When LoadContext stored the user's message (the reply is stored strictly after it)."""
-    gave_up_because: str | None = None
-    """Why Backoff last gave a model up: ``retries_exhausted`` or ``retry_after_too_long``."""
-    failure_recorded: bool = False
-    """The fail action has written the failure to the store."""
-
-    def __post_init__(self) -> None:
-        if not self.chain:
-            self.chain = model_chain(self.workflow, self.request.model)
-        self.conversation_id = self.request.conversation_id
-
-    @property
-    def model(self) -> str:
-        """The model the next Request attempt asks for."""
-        return self.chain[min(self.model_index, len(self.chain) - 1)]
-
-    async def emit(self, kind: str, **fields: Any) -> FlowRecord:
-        """Send a record to every listener (in order) and return it."""
-        record = FlowRecord(
-            kind,  # type: ignore[arg-type]
-            self.run_id,
-            trio.current_time(),
-            self.env.now(),
-            **fields,
-        )
-        for listener in self.env.listeners:
-            await listener.on_record(record)
-        return record

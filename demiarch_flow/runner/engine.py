@@ -1,29 +1,40 @@
-"""The trio runner: handler → event → ``machine.send(event)`` → next state, until a final one.
+"""The trio runner: handler → :class:`Step` → ``machine.send(event)`` → checkpoint, until final.
 
-The machine (python-statemachine, 2.x semantics) is the single source of truth for where the
-run goes next: the runner never computes a target itself, it asks the machine after ``send``.
+One reduction drives every run (:func:`advance`): the current state's handler returns a step;
+the engine reports its records, sleeps the step's wait (after a durable checkpoint, so a run
+killed while it waits is found where it was), sends the event to the python-statemachine
+machine — the single source of truth for where the run goes — and queues a checkpoint of the
+new :class:`RunState` with its journal row. Checkpoints ride on the next commit, and a commit
+always happens before the next thing that costs money or time: Request records its attempt
+durably before sending, Backoff's wait is preceded by one, Persist and Failed commit the end.
+
 A handler returning an event its state cannot send raises ``TransitionNotAllowed`` — a bug,
-surfaced, never swallowed. Cancellation at any await (Ctrl-C, an outer ``move_on_after``)
-records the run as ``cancelled`` under a shielded scope and re-raises.
+surfaced, never swallowed. Cancellation at any await (Ctrl-C, SIGTERM, an outer
+``move_on_after``) records the run as ``cancelled`` under a shielded scope and re-raises; any
+other exception records it ``failed`` with class ``internal`` — and a reply that had arrived but
+was not stored goes to the recovery file first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import trio
 
-from ..definition import Workflow, machine_class
-from ..errors import FlowError, redact
+from ..definition import Workflow, WorkflowMachine, machine_class
+from ..errors import ErrorClass, FlowError, redact
 from ..pricing import NANO
-from ..store.base import RunEnd, RunStatus
-from .context import AttemptSummary, RunContext, RunEnv, RunRequest
-from .handlers import HANDLERS, build_reply, write_recovery
+from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
+from .context import RunEnv, RunRequest, model_chain, new_id
+from .handlers import HANDLERS, build_reply, record, write_recovery
 from .records import FlowRecord
+from .state import AttemptInfo, Message, RunState, Step
+from .transition import cause, journal_entry, moved
 
 log = logging.getLogger("demiarch_flow")
 
@@ -42,17 +53,18 @@ class RunOutcome:
     completion_tokens: int | None
     cost_usd: Decimal | None
     cost_source: str | None
-    attempts: tuple[AttemptSummary, ...]
+    attempts: tuple[AttemptInfo, ...]
     transitions: tuple[FlowRecord, ...]
     error: FlowError | None
     virtual_wait_s: float
+    resume_count: int = 0
 
     @property
     def succeeded(self) -> bool:
         return self.status == "succeeded"
 
     @property
-    def error_class(self) -> str | None:
+    def error_class(self) -> ErrorClass | None:
         return getattr(self.error, "error_class", None) if self.error else None
 
     def to_json(self) -> dict[str, Any]:
@@ -97,117 +109,190 @@ class RunOutcome:
         }
 
 
+def initial_state(workflow: Workflow, request: RunRequest, run_id: str | None = None) -> RunState:
+    """The state a new run starts in: the workflow's initial state, the user's message."""
+    return RunState(
+        run_id=run_id or new_id(),
+        state=workflow.initial,
+        chain=model_chain(workflow, request.model),
+        project_id=request.project_id,
+        conversation_id=request.conversation_id,
+        messages=(Message("user", request.message),),
+    )
+
+
 async def run_workflow(workflow: Workflow, request: RunRequest, env: RunEnv) -> RunOutcome:
     """Drive one run of ``workflow`` from its initial state to a final one.
 
     Raises:
         trio.Cancelled: re-raised after the run is recorded as cancelled.
     """
-    ctx = RunContext(workflow=workflow, env=env, request=request)
-    return await drive(ctx)
+    return await drive(workflow, initial_state(workflow, request), env)
 
 
-async def drive(ctx: RunContext) -> RunOutcome:
-    """Run ``ctx`` to completion (exposed for tests that prepare a context themselves)."""
-    wf = ctx.workflow
-    machine = machine_class(wf)()
-    ctx.state = machine.current_state_value
-    transitions: list[FlowRecord] = []
-    started = trio.current_time()
-    status = "failed"
-    try:
-        while True:
-            spec = wf.state(ctx.state)
-            if spec.final:
-                if spec.action:
-                    await HANDLERS[spec.action](ctx)
-                break
-            assert spec.action is not None
-            event = await HANDLERS[spec.action](ctx)
-            before = ctx.state
-            machine.send(event)
-            ctx.state = machine.current_state_value
-            wait, ctx.pending_wait_s = ctx.pending_wait_s, None
-            record = await ctx.emit(
-                "transition",
-                from_state=before,
-                event=event,
-                to_state=ctx.state,
-                model=ctx.model,
-                attempt=ctx.attempt or None,
-                error_class=_cause(ctx, event),
-                wait_s=wait,
-            )
-            transitions.append(record)
-            if event == "saved":
-                status = "succeeded"
-        if status != "succeeded" and not ctx.failure_recorded:
-            # A user's workflow may end a failed run in a final state without the fail action.
-            await HANDLERS["fail"](ctx)
-    except trio.Cancelled:
-        with trio.CancelScope(shield=True):
-            await _record_end(ctx, "cancelled", "cancelled", f"cancelled in state {ctx.state}")
-            await ctx.emit("finished", run_status="cancelled", to_state=ctx.state)
-        raise
-    except Exception as exc:
-        # A bug or an unexpected error: the run must not stay 'running' in the database, and a
-        # reply that arrived but was not stored must not be lost.
-        with trio.CancelScope(shield=True):
-            _rescue_reply(ctx, exc)
-            await _record_end(ctx, "failed", "internal", f"{type(exc).__name__}: {exc}")
-            await ctx.emit("finished", run_status="failed", to_state=ctx.state)
-        raise
-    await ctx.emit("finished", run_status=status, to_state=ctx.state, model=_answered(ctx))
-    done = ctx.completion if status == "succeeded" else None
-    return RunOutcome(
-        run_id=ctx.run_id,
-        conversation_id=ctx.conversation_id,
-        status=status,
-        final_state=ctx.state,
-        model=_answered(ctx),
-        content=done.content if done else None,
-        prompt_tokens=done.prompt_tokens if done else None,
-        completion_tokens=done.completion_tokens if done else None,
-        cost_usd=ctx.cost_usd if done else None,
-        cost_source=ctx.cost_source if done else None,
-        attempts=tuple(ctx.attempts),
-        transitions=tuple(transitions),
-        error=None if status == "succeeded" else ctx.failure,
-        virtual_wait_s=trio.current_time() - started,
+async def emit(env: RunEnv, records: Iterable[FlowRecord]) -> None:
+    """Send records to every listener, in order."""
+    for r in records:
+        for listener in env.listeners:
+            await listener.on_record(r)
+
+
+def checkpoint(state: RunState, entries: tuple[JournalEntry, ...] = ()) -> Checkpoint:
+    """The store's view of ``state``: its JSON and the journal rows written with it."""
+    return Checkpoint(
+        run_id=state.run_id,
+        current_state=state.state,
+        model=state.model,
+        state=state,
+        entries=entries,
     )
 
 
-def _rescue_reply(ctx: RunContext, exc: Exception) -> None:
-    """Write a paid-for reply that an unexpected error kept out of the store to the recovery
-    file (the cost Persist computed, if it got that far)."""
-    if ctx.completion is None or ctx.saved_message_id is not None:
-        return
-    if ctx.last_attempt is None or ctx.conversation_id is None:
-        return
-    usd, source = ctx.cost_usd, ctx.cost_source
-    if usd is None or source is None:
-        usd, source = Decimal(0).quantize(NANO), "unknown"
-    try:
-        write_recovery(ctx, build_reply(ctx, usd, source, ctx.env.now()), exc)
-    except Exception:  # the original error is the one to report
-        log.exception("could not write the reply to the recovery file:\n%s", ctx.completion.content)
+async def advance(
+    machine: WorkflowMachine, wf: Workflow, state: RunState, env: RunEnv
+) -> tuple[Step, RunState, FlowRecord | None]:
+    """Run one step of ``state``: its handler, its records, its wait, the machine's move.
 
-
-def _answered(ctx: RunContext) -> str | None:
-    return ctx.completion.model if ctx.completion and ctx.saved_message_id else None
-
-
-def _cause(ctx: RunContext, event: str) -> str | None:
-    """The error class behind a transition (``None`` for the happy-path events)."""
-    if event in ("loaded", "succeeded", "saved"):
-        return None
-    if event == "failed":
-        return getattr(ctx.failure, "error_class", None)
-    return ctx.last_error.error_class if ctx.last_error else None
-
-
-async def _record_end(ctx: RunContext, status: RunStatus, error_class: str, message: str) -> None:
-    with contextlib.suppress(FlowError):
-        await ctx.env.store.finish_run(
-            RunEnd(ctx.run_id, status, ctx.state, None, error_class, redact(message), ctx.env.now())
+    Returns the handler's step, the run state afterwards (moved to the machine's new state and
+    checkpointed — queued, to ride on the next commit) and the transition record (``None`` for
+    the action of a final state, which does not move).
+    """
+    spec = wf.state(state.state)
+    assert spec.action is not None, f"state {state.state} has no action"
+    step = await HANDLERS[spec.action](state, env, wf)
+    if step.wait is not None:
+        # The run is about to be idle for a while: make where it stands durable first.
+        await env.store.checkpoint(checkpoint(step.state), durable=True)
+    await emit(env, step.records)
+    if spec.final:
+        return step, step.state, None
+    if step.wait is not None:
+        await trio.sleep(step.wait.seconds)
+    machine.send(step.event)
+    after = moved(state, step, machine.current_state_value)
+    entry = step.journaled or journal_entry(state, step, after, env.now())
+    if entry.to_state != after.state:
+        raise AssertionError(
+            f"{state.state} --{step.event}--> the machine went to {after.state}, but the"
+            f" handler committed a move to {entry.to_state}"
         )
+    rec = FlowRecord(
+        "transition", after.run_id, trio.current_time(), entry.at, from_state=state.state,
+        event=step.event, to_state=after.state, model=entry.model, attempt=entry.attempt,
+        error_class=cause(step), wait_s=entry.wait_s,
+        wait_source=step.wait.source if step.wait else None,
+    )  # fmt: skip
+    if step.journaled is None:
+        await env.store.checkpoint(checkpoint(after, (entry,)), durable=False)
+    await emit(env, (rec,))
+    return step, after, rec
+
+
+async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = False) -> RunOutcome:
+    """Run ``state`` to a final state (a new run, or one resumed from its checkpoint)."""
+    machine = machine_class(wf)(start_value=state.state) if resumed else machine_class(wf)()
+    transitions: list[FlowRecord] = []
+    started = trio.current_time()
+    status: RunStatus = "failed"
+    try:
+        while True:
+            spec = wf.state(state.state)
+            if spec.final and not spec.action:
+                break
+            step, state, rec = await advance(machine, wf, state, env)
+            if rec is None:
+                break
+            transitions.append(rec)
+            if step.event == "saved":
+                status = "succeeded"
+        if status != "succeeded" and wf.state(state.state).action != "fail":
+            # A user's workflow may end a failed run in a final state without the fail action.
+            _, state, _ = await _run_action("fail", wf, state, env)
+    except trio.Cancelled:
+        with trio.CancelScope(shield=True):
+            await _record_end(env, state, "cancelled", ErrorClass.CANCELLED, "cancelled")
+            await emit(env, [record(env, state, "finished", run_status="cancelled",
+                                    to_state=state.state)])  # fmt: skip
+        raise
+    except Exception as exc:
+        # A bug or an unexpected error: the run must not stay 'running' in the database, and
+        # a reply that had arrived must not be lost.
+        with trio.CancelScope(shield=True):
+            _rescue_reply(env, wf, state, exc)
+            await _record_end(
+                env, state, "failed", ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc}"
+            )
+            await emit(env, [record(env, state, "finished", run_status="failed",
+                                    to_state=state.state)])  # fmt: skip
+        raise
+    answered = state.completion.model if state.completion and state.saved_message_id else None
+    await emit(
+        env,
+        [record(env, state, "finished", run_status=status, to_state=state.state, model=answered)],
+    )
+    done = state.completion if status == "succeeded" else None
+    failure = state.failure
+    return RunOutcome(
+        run_id=state.run_id,
+        conversation_id=state.conversation_id,
+        status=status,
+        final_state=state.state,
+        model=answered,
+        content=done.content if done else None,
+        prompt_tokens=done.prompt_tokens if done else None,
+        completion_tokens=done.completion_tokens if done else None,
+        cost_usd=state.cost_usd if done else None,
+        cost_source=state.cost_source if done else None,
+        attempts=state.attempts,
+        transitions=tuple(transitions),
+        error=None
+        if status == "succeeded" or failure is None
+        else failure.to_error(state.last_errors),
+        virtual_wait_s=trio.current_time() - started,
+        resume_count=state.resume_count,
+    )
+
+
+async def _run_action(
+    action: str, wf: Workflow, state: RunState, env: RunEnv
+) -> tuple[Step, RunState, None]:
+    step = await HANDLERS[action](state, env, wf)
+    await emit(env, step.records)
+    return step, step.state, None
+
+
+def _rescue_reply(env: RunEnv, wf: Workflow, state: RunState, exc: Exception) -> None:
+    """Write a paid-for reply that an unexpected error kept out of the store to the recovery
+    file (at the cost Persist computed, if it got that far)."""
+    if state.completion is None or state.saved_message_id is not None:
+        return
+    if state.conversation_id is None:
+        return
+    usd, source = state.cost_usd, state.cost_source
+    if usd is None or source is None:
+        done = state.completion
+        asked = state.attempts[-1].model if state.attempts else done.model
+        try:
+            cost = env.prices.cost(
+                done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd, asked
+            )
+            usd, source = cost.usd, cost.source
+        except Exception:  # the price table may be what broke
+            usd, source = Decimal(0).quantize(NANO), "unknown"
+    final = wf.state(state.state).target("saved") if state.state in wf.state_names else None
+    try:
+        write_recovery(env, build_reply(state, usd, source, env.now()), final, exc)
+    except Exception:  # the original error is the one to report
+        log.exception(
+            "could not write the reply to the recovery file:\n%s", state.completion.content
+        )
+
+
+async def _record_end(
+    env: RunEnv, state: RunState, status: RunStatus, error_class: ErrorClass, message: str
+) -> None:
+    with contextlib.suppress(FlowError):
+        await env.store.finish_run(
+            RunEnd(state.run_id, status, state.state, None, error_class, redact(message),
+                   env.now())
+        )  # fmt: skip

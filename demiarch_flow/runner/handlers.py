@@ -1,8 +1,12 @@
-"""The state handlers: ``async (RunContext) -> event``, one per action of the format.
+"""The state handlers: ``async (RunState, RunEnv, Workflow) -> Step``, one per action.
 
-Handlers do all the I/O; the machine only moves. Each can be run alone (see
-:func:`demiarch_flow.testing.run_state`). Only :func:`backoff` sleeps, and only what
-:func:`~demiarch_flow.backoff.plan_wait` tells it.
+A handler reads the run state it is given and returns a :class:`~.state.Step`: the event for the
+machine, the new state and the records to report. It never picks its own target (the machine
+does, in the engine), never sleeps (a :class:`~.state.Wait` in the step asks the engine to, after
+the checkpoint), and never signals another handler through a side channel: what Fallback needs
+to know — why the model is being left — is the event that entered it (``RunState.entered_by``)
+and the last error, both plain data. Handlers do the I/O of their state: LoadContext and Persist
+write through the store, Request calls the provider after recording that it is about to.
 """
 
 from __future__ import annotations
@@ -15,22 +19,31 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from ..backoff import plan_wait
-from ..definition import ALWAYS_FATAL
-from ..errors import AllModelsFailed, FlowError, PersistenceError, ProviderError
-from ..store.base import NewRun, Reply, RunEnd
-from .context import AttemptSummary, RunContext, new_id
+from ..definition import ALWAYS_FATAL, Workflow
+from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError
+from ..store.base import AttemptRow, Checkpoint, NewRun, Reply, RunEnd
+from .context import RunEnv, new_id
+from .records import FlowRecord, RecordKind, WaitSource
 from .recovery import recovery_path, recovery_row
+from .state import AttemptInfo, ErrorInfo, Message, RunState, Step, Wait
+from .transition import journal_entry, moved
 
 log = logging.getLogger("demiarch_flow")
 
-Handler = Callable[[RunContext], Awaitable[str]]
+Handler = Callable[[RunState, RunEnv, Workflow], Awaitable[Step]]
 
 #: The smallest step between two messages of a conversation (keeps their order strict).
 _TICK = timedelta(microseconds=1)
+
+
+def record(env: RunEnv, state: RunState, kind: RecordKind, **fields: Any) -> FlowRecord:
+    """A record of ``kind`` about ``state``'s run, stamped with both clocks."""
+    return FlowRecord(kind, state.run_id, trio.current_time(), env.now(), **fields)
 
 
 def _title(message: str) -> str:
@@ -39,270 +52,279 @@ def _title(message: str) -> str:
     return stripped.splitlines()[0][:80] if stripped else ""
 
 
-async def load_context(ctx: RunContext) -> str:
+async def load_context(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """Store the user's message at once and build the request messages.
 
-    Emits ``loaded``, or ``failed`` (unknown conversation, database error).
+    The user's message is the last of ``state.messages`` (put there by the engine from the
+    request). Emits ``loaded``, or ``failed`` (unknown conversation, database error).
     """
-    wf = ctx.workflow
+    user = state.messages[-1].content
     try:
-        began = await ctx.env.store.begin_run(
+        began = await env.store.begin_run(
             NewRun(
-                run_id=ctx.run_id,
+                run_id=state.run_id,
                 workflow=wf.name,
                 workflow_sha256=wf.sha256,
-                conversation_id=ctx.request.conversation_id,
+                conversation_id=state.conversation_id,
                 create_with_id=new_id(),
-                project_id=ctx.request.project_id,
+                project_id=state.project_id,
                 user_message_id=new_id(),
-                content=ctx.request.message,
+                content=user,
                 context_messages=wf.request.context_messages,
-                at=ctx.env.now(),
-                title=_title(ctx.request.message),
+                at=env.now(),
+                title=_title(user),
+                state=state.state,
+                state_json=state,
+                definition=wf.text,
+                owner=env.owner,
+                resumed=state.resume_count > 0,
             )
         )
     except FlowError as exc:
-        ctx.failure = exc
-        return "failed"
-    ctx.conversation_id = began.conversation_id
-    ctx.user_message_at = began.user_message_at
-    messages = [{"role": "system", "content": wf.system}] if wf.system else []
-    messages += [{"role": m.role, "content": m.content} for m in began.history]
-    messages.append({"role": "user", "content": ctx.request.message})
-    ctx.messages = messages
-    return "loaded"
+        return Step("failed", state.failed(ErrorInfo.of(exc)))
+    messages = [Message("system", wf.system)] if wf.system else []
+    messages += [Message(m.role, m.content) for m in began.history]
+    messages.append(Message("user", user))
+    loaded = dataclasses.replace(
+        state,
+        conversation_id=began.conversation_id,
+        user_message_at=began.user_message_at,
+        messages=tuple(messages),
+    )
+    return Step("loaded", loaded)
 
 
-async def request(ctx: RunContext) -> str:
+async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """One attempt with the current model.
 
-    Emits ``succeeded``; ``retryable`` (class in ``retry.when``); ``model_failed`` (class in
+    The attempt is recorded as started (durably, with every queued checkpoint) before the
+    request leaves, so a crash can never hide a request that may have been billed. Emits
+    ``succeeded``; ``retryable`` (class in ``retry.when``); ``model_failed`` (class in
     ``fallback.when``); or ``fatal`` (anything else, and ``auth``/``payment_required`` always).
     """
-    wf, client = ctx.workflow, ctx.env.client
-    model = ctx.model
+    model = state.model
     if wf.cooldown is not None:
-        skipped = await _skip_cooling(ctx, model)
-        if skipped:
+        skipped = _skip_cooling(state, env, model)
+        if skipped is not None:
             return skipped
-    ctx.attempt += 1
-    ctx.total_attempts += 1
+    number = state.total_attempts + 1
+    started_at = env.now()
+    try:
+        await env.store.attempt_started(AttemptRow(state.run_id, number, model, started_at))
+    except FlowError as exc:
+        # Nothing was sent: the run fails before it could cost anything.
+        return Step("fatal", state.failed(ErrorInfo.of(exc)))
+    client = env.client
     payload = client.build_payload(
         model,
-        ctx.messages,
+        state.request_messages,
         temperature=wf.request.temperature,
         max_tokens=wf.request.max_tokens,
     )
     result = await client.complete(payload, timeout_s=wf.request.timeout_s)
-    ctx.last_attempt = result
     err = result.error
-    await ctx.emit(
-        "attempt",
-        model=model,
-        attempt=ctx.attempt,
-        status=result.status,
-        error_class=err.error_class if err else None,
-        latency_ms=result.latency_ms,
-        message=err.detail if err else None,
-    )
-    ctx.attempts.append(
-        AttemptSummary(
-            model=model,
-            outcome="ok" if err is None else "error",
-            error_class=err.error_class if err else None,
+    generation_id = result.completion.generation_id if result.completion else None
+    await env.store.attempt_ended(
+        dataclasses.replace(
+            AttemptRow(state.run_id, number, model, started_at),
+            ended_at=env.now(),
             status=result.status,
-            wait_s=None,
+            error_class=err.error_class if err else None,
+            generation_id=generation_id,
             latency_ms=result.latency_ms,
         )
     )
+    info = AttemptInfo(
+        number=number,
+        model=model,
+        outcome="ok" if err is None else "error",
+        error_class=err.error_class if err else None,
+        status=result.status,
+        wait_s=None,
+        latency_ms=result.latency_ms,
+        generation_id=generation_id,
+    )
+    attempt_record = record(
+        env, state, "attempt", model=model, attempt=state.attempt + 1, status=result.status,
+        error_class=info.error_class, latency_ms=result.latency_ms,
+        message=err.detail if err else None,
+    )  # fmt: skip
+    tried = dataclasses.replace(
+        state,
+        attempt=state.attempt + 1,
+        total_attempts=number,
+        attempts=(*state.attempts, info),
+    )
     if err is None:
-        ctx.completion = result.completion
         if wf.cooldown is not None:
-            ctx.env.cooldowns.success(model)
-        return "succeeded"
-    ctx.last_error = err
-    ctx.last_errors[model] = err
+            env.cooldowns.success(model)
+        done = dataclasses.replace(tried, completion=result.completion)
+        return Step("succeeded", done, (attempt_record,))
+    error = ErrorInfo.of(err)
+    tried = tried.with_error(error)
     cls = err.error_class
     if cls in ALWAYS_FATAL:
-        ctx.failure = err
-        return "fatal"
+        return Step("fatal", tried.failed(error), (attempt_record,))
     if cls in wf.retry.when:
+        records = [attempt_record]
         if wf.cooldown is not None:
-            started = ctx.env.cooldowns.failure(
+            started = env.cooldowns.failure(
                 model, trio.current_time(), wf.cooldown, err.retry_after_s
             )
             if started is not None:
-                await ctx.emit(
-                    "cooldown",
-                    event="started",
-                    model=model,
-                    wait_s=started,
-                    error_class=cls,
-                    message=f"{model} cools down for {started:g} s",
+                records.append(
+                    record(
+                        env,
+                        state,
+                        "cooldown",
+                        event="started",
+                        model=model,
+                        wait_s=started,
+                        error_class=cls,
+                        message=f"{model} cools down for {started:g} s",
+                    )
                 )
-        return "retryable"
+        return Step("retryable", tried, tuple(records))
     if cls in wf.fallback.when:
-        ctx.fallback_reason = cls
-        return "model_failed"
-    ctx.failure = err
-    return "fatal"
+        return Step("model_failed", tried, (attempt_record,))
+    return Step("fatal", tried.failed(error), (attempt_record,))
 
 
-async def _skip_cooling(ctx: RunContext, model: str) -> str | None:
+def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None:
     """A cooling model is not asked: Fallback (or, on the last model, Backoff waits it out).
 
-    Returns the event to emit, or ``None`` when the model may be asked.
+    Returns the step, or ``None`` when the model may be asked.
     """
-    left = ctx.env.cooldowns.remaining(model, trio.current_time())
+    left = env.cooldowns.remaining(model, trio.current_time())
     if left <= 0:
         return None
     err = ProviderError(
-        "cooling", f"{model} is cooling down for {left:.1f} s more (shared cooldown)",
+        ErrorClass.COOLING, f"{model} is cooling down for {left:.1f} s more (shared cooldown)",
         model=model, retry_after_s=left,
     )  # fmt: skip
-    ctx.last_error = err
-    ctx.last_errors.setdefault(model, err)
-    ctx.attempts.append(AttemptSummary(model, "skipped", "cooling", None, None, 0))
-    await ctx.emit("cooldown", event="skipped", model=model, wait_s=left, error_class="cooling",
-                   message=err.detail)  # fmt: skip
-    if ctx.model_index + 1 < len(ctx.chain):
-        ctx.fallback_reason = "cooling"
-        return "model_failed"
-    return "retryable"
-
-
-async def backoff(ctx: RunContext) -> str:
-    """Wait before the next retry of the same model, or give the model up.
-
-    Emits ``retry`` after sleeping, or ``exhausted`` at once when the retries of this model are
-    used up or the server asks for a wait longer than ``max_delay_s``.
-    """
-    policy = ctx.workflow.retry
-    hint = ctx.last_error.retry_after_s if ctx.last_error else None
-    plan = plan_wait(ctx.retries + 1, policy, hint, ctx.env.rng)
-    ctx.gave_up_because = None
-    if plan.delay_s is None:
-        ctx.fallback_reason = "retries_exhausted"
-        ctx.gave_up_because = plan.reason
-        return "exhausted"
-    await ctx.emit(
-        "wait",
-        model=ctx.model,
-        attempt=ctx.attempt + 1,
-        wait_s=plan.delay_s,
-        error_class=ctx.last_error.error_class if ctx.last_error else None,
-        message=plan.source,
+    error = ErrorInfo.of(err)
+    known = dict(state.last_errors)
+    skipped = dataclasses.replace(
+        state,
+        last_error=error,
+        last_errors=state.last_errors if model in known else (*state.last_errors, (model, error)),
+        attempts=(
+            *state.attempts,
+            AttemptInfo(state.total_attempts, model, "skipped", ErrorClass.COOLING, None, None, 0),
+        ),
     )
-    if ctx.attempts:
-        last = ctx.attempts[-1]
-        ctx.attempts[-1] = dataclasses.replace(last, wait_s=plan.delay_s)
-    await trio.sleep(plan.delay_s)
-    ctx.retries += 1
-    ctx.pending_wait_s = plan.delay_s
-    return "retry"
+    note = record(
+        env, state, "cooldown", event="skipped", model=model, wait_s=left,
+        error_class=ErrorClass.COOLING, message=err.detail,
+    )  # fmt: skip
+    if state.model_index + 1 < len(state.chain):
+        return Step("model_failed", skipped, (note,))
+    return Step("retryable", skipped, (note,))
 
 
-async def fallback(ctx: RunContext) -> str:
+async def backoff(state: RunState, env: RunEnv, wf: Workflow) -> Step:
+    """Decide the wait before the next retry of the same model, or give the model up.
+
+    Emits ``retry`` with a :class:`Wait` the engine sleeps (after checkpointing), or
+    ``exhausted`` at once when the retries of this model are used up or the server asks for a
+    wait longer than ``max_delay_s``.
+    """
+    last = state.last_error
+    hint = last.retry_after_s if last else None
+    plan = plan_wait(state.retries + 1, wf.retry, hint, env.rng)
+    if plan.delay_s is None:
+        return Step("exhausted", state)
+    if last is not None and last.error_class is ErrorClass.COOLING:
+        source = WaitSource.COOLDOWN
+    elif plan.source == "retry_after":
+        source = WaitSource.RETRY_AFTER
+    else:
+        source = WaitSource.BACKOFF
+    wait = Wait(plan.delay_s, source)
+    attempts = state.attempts
+    if attempts:
+        attempts = (*attempts[:-1], dataclasses.replace(attempts[-1], wait_s=plan.delay_s))
+    note = record(
+        env, state, "wait", model=state.model, attempt=state.attempt + 1, wait_s=plan.delay_s,
+        wait_source=source, error_class=last.error_class if last else None,
+    )  # fmt: skip
+    waited = dataclasses.replace(state, retries=state.retries + 1, wait=wait, attempts=attempts)
+    return Step("retry", waited, (note,), wait)
+
+
+def leaving_reason(state: RunState) -> ErrorClass:
+    """Why the current model is being left: Backoff gave it up, or its last error's class."""
+    if state.entered_by == "exhausted" or state.last_error is None:
+        return ErrorClass.RETRIES_EXHAUSTED
+    return state.last_error.error_class
+
+
+async def fallback(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """Move to the next model of the chain (retry counter reset), or give up.
 
     Emits ``next_model``, or ``exhausted`` when the chain is used up or the reason for leaving
-    the model is not in ``fallback.when``.
+    the model is not in ``fallback.when`` (a cooling model is always left).
     """
-    reason = ctx.fallback_reason or "retries_exhausted"
-    current = ctx.model
-    last = ctx.last_error
-    if reason != "cooling" and reason not in ctx.workflow.fallback.when:
-        ctx.failure = last or AllModelsFailed(ctx.last_errors)
-        return "exhausted"
-    if ctx.model_index + 1 >= len(ctx.chain):
-        ctx.failure = AllModelsFailed(ctx.last_errors) if ctx.last_errors else last
-        return "exhausted"
-    attempts = ctx.attempt
-    ctx.model_index += 1
-    ctx.attempt = 0
-    ctx.retries = 0
-    nxt = ctx.model
-    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+    reason = leaving_reason(state)
+    last = state.last_error
+    if reason is not ErrorClass.COOLING and reason not in wf.fallback.when:
+        return Step("exhausted", state.failed(last or _all_failed(state)))
+    if state.model_index + 1 >= len(state.chain):
+        return Step("exhausted", state.failed(_all_failed(state)))
+    current = state.model
+    moved = dataclasses.replace(state, model_index=state.model_index + 1, attempt=0, retries=0)
+    tries = f"{state.attempt} attempt{'s' if state.attempt != 1 else ''}"
     if last is None:
-        why = reason
-    elif ctx.gave_up_because == "retry_after_too_long" and last.retry_after_s is not None:
+        why = str(reason)
+    elif (
+        reason is ErrorClass.RETRIES_EXHAUSTED
+        and last.retry_after_s is not None
+        and last.retry_after_s > wf.retry.max_delay_s
+    ):
         why = (
             f"{tries}: the server asked to wait {last.retry_after_s:g} s,"
-            f" over max_delay_s ({ctx.workflow.retry.max_delay_s:g} s)"
+            f" over max_delay_s ({wf.retry.max_delay_s:g} s)"
         )
     else:
-        why = f"{tries}: {last.error_class} ({last.detail})"
-    text = f"falling back from {current} to {nxt} after {why}"
+        why = f"{tries}: {last.error_class} ({last.detail or last.message})"
+    text = f"falling back from {current} to {moved.model} after {why}"
     log.warning(text)
-    await ctx.emit(
-        "fallback",
-        model=current,
-        next_model=nxt,
-        error_class=last.error_class if last else None,
-        message=text,
+    note = record(
+        env, state, "fallback", model=current, next_model=moved.model,
+        error_class=last.error_class if last else None, message=text,
+    )  # fmt: skip
+    return Step("next_model", moved, (note,))
+
+
+def _all_failed(state: RunState) -> ErrorInfo:
+    lines = "; ".join(
+        f"{m}: {e.error_class} ({e.detail or e.message})" for m, e in state.last_errors
     )
-    return "next_model"
+    return ErrorInfo(ErrorClass.ALL_MODELS_FAILED, f"all models failed — {lines}")
 
 
-async def persist(ctx: RunContext) -> str:
-    """Store the reply and its usage in one transaction and mark the run succeeded.
-
-    A database error is retried (``RunEnv.persist_tries`` in all); if it still fails the reply
-    is written to a recovery file, so a paid-for answer is never lost. Emits ``saved`` or
-    ``failed``.
-    """
-    done, attempt = ctx.completion, ctx.last_attempt
-    assert done is not None
-    assert attempt is not None
-    cost = ctx.env.prices.cost(
-        done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd, attempt.model
-    )
-    ctx.cost_usd, ctx.cost_source = cost.usd, cost.source
-    if cost.source == "unknown":
-        log.warning(
-            "no cost for %s: the response had no usable usage.cost, and no token counts and"
-            " price to compute it from (run `demiarch-flow models sync`); recorded as 0 USD",
-            done.model,
-        )
-    now = ctx.env.now()
-    reply = build_reply(ctx, cost.usd, cost.source, now)
-    final = ctx.workflow.state(ctx.state).target("saved") or ctx.state
-    end = RunEnd(ctx.run_id, "succeeded", final, done.model, None, None, now)
-    error: Exception | None = None
-    for _ in range(max(ctx.env.persist_tries, 1)):
-        try:
-            ctx.saved_message_id = await ctx.env.store.save_reply(reply, end)
-            return "saved"
-        except FlowError as exc:
-            error = exc
-    path = write_recovery(ctx, reply, error)
-    ctx.failure = PersistenceError(
-        f"could not store the reply: {error}", recovery_file=str(path) if path else None
-    )
-    return "failed"
-
-
-def build_reply(ctx: RunContext, cost_usd: Decimal, cost_source: str, now: datetime) -> Reply:
-    """The assistant message and usage row of ``ctx.completion``: what Persist stores, and what
-    the recovery file keeps when it cannot.
+def build_reply(state: RunState, cost_usd: Decimal, cost_source: str, now: datetime) -> Reply:
+    """The assistant message and usage row of ``state``'s completion: what Persist stores, and
+    what the recovery file keeps when it cannot.
 
     A token count the response did not give believably (``None``) is stored as 0 for now, as
     the token columns are NOT NULL; ``cost_source`` still says whether the cost is known.
     """
-    done, attempt = ctx.completion, ctx.last_attempt
-    assert done is not None
-    assert attempt is not None
-    assert ctx.conversation_id is not None
-    asked_at = ctx.user_message_at
+    done = state.completion
+    assert done is not None, "Persist without a completion"
+    assert state.conversation_id is not None
+    asked = state.attempts[-1].model if state.attempts else done.model
+    latency = state.attempts[-1].latency_ms if state.attempts else 0
+    asked_at = state.user_message_at
     return Reply(
-        run_id=ctx.run_id,
-        conversation_id=ctx.conversation_id,
-        project_id=ctx.request.project_id,
+        run_id=state.run_id,
+        conversation_id=state.conversation_id,
+        project_id=state.project_id,
         message_id=new_id(),
         usage_id=new_id(),
         content=done.content,
         model=done.model,
-        requested_model=attempt.model,
+        requested_model=asked,
         generation_id=done.generation_id,
         prompt_tokens=done.prompt_tokens or 0,
         completion_tokens=done.completion_tokens or 0,
@@ -310,22 +332,68 @@ def build_reply(ctx: RunContext, cost_usd: Decimal, cost_source: str, now: datet
         cached_tokens=done.cached_tokens or 0,
         cost_usd=cost_usd,
         cost_source=cost_source,
-        latency_ms=attempt.latency_ms,
-        attempts=ctx.total_attempts,
+        latency_ms=latency,
+        attempts=state.total_attempts,
         request_timestamp=now,
         created_at=max(now, asked_at + _TICK) if asked_at is not None else now,
     )
 
 
-def write_recovery(ctx: RunContext, reply: Reply, error: Exception | None) -> Path | None:
+async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
+    """Store the reply and its usage in one transaction and mark the run succeeded.
+
+    The move to the next state commits with them (its journal row and checkpoint), so one
+    transaction ends the run. A database error is retried (``RunEnv.persist_tries`` in all);
+    if it still fails the reply is written to a recovery file, so a paid-for answer is never
+    lost. Emits ``saved`` or ``failed``.
+    """
+    done = state.completion
+    assert done is not None, "Persist without a completion"
+    asked = state.attempts[-1].model if state.attempts else done.model
+    cost = env.prices.cost(
+        done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd, asked
+    )
+    if cost.source == "unknown":
+        log.warning(
+            "no cost for %s: the response had no usable usage.cost, and no token counts and"
+            " price to compute it from (run `demiarch-flow models sync`); recorded as 0 USD",
+            done.model,
+        )
+    costed = dataclasses.replace(state, cost_usd=cost.usd, cost_source=cost.source)
+    now = env.now()
+    reply = build_reply(costed, cost.usd, cost.source, now)
+    final = wf.state(state.state).target("saved") or state.state
+    end = RunEnd(state.run_id, "succeeded", final, reply.model, None, None, now)
+    error: Exception | None = None
+    for _ in range(max(env.persist_tries, 1)):
+        step = Step("saved", dataclasses.replace(costed, saved_message_id=reply.message_id))
+        after = moved(state, step, final)
+        entry = journal_entry(state, step, after, now)
+        try:
+            saved_id = await env.store.save_reply(
+                reply, end, Checkpoint(state.run_id, final, after.model, after, (entry,))
+            )
+        except FlowError as exc:
+            error = exc
+            continue
+        return Step(
+            "saved", dataclasses.replace(costed, saved_message_id=saved_id), journaled=entry
+        )
+    path = write_recovery(env, reply, final, error)
+    failure = PersistenceError(
+        f"could not store the reply: {error}", recovery_file=str(path) if path else None
+    )
+    return Step("failed", costed.failed(ErrorInfo.of(failure)))
+
+
+def write_recovery(
+    env: RunEnv, reply: Reply, final_state: str | None, error: Exception | None
+) -> Path | None:
     """Append the reply as one JSON line to ``recovery.jsonl`` (fsynced), in the row format of
     :mod:`~demiarch_flow.runner.recovery` that ``demiarch-flow recover`` reads back; ``None`` if
     even that fails."""
-    path = recovery_path(ctx.env.recovery_dir)
-    known = ctx.state in ctx.workflow.state_names
-    row = recovery_row(
-        reply, ctx.workflow.state(ctx.state).target("saved") if known else None, error
-    )
+    path = recovery_path(env.recovery_dir)
+    row = recovery_row(reply, final_state, error)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as fh:
@@ -342,26 +410,24 @@ def write_recovery(ctx: RunContext, reply: Reply, error: Exception | None) -> Pa
     return path
 
 
-async def fail(ctx: RunContext) -> str:
+async def fail(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """Record the failure on the run (the user's message stays; nothing else is written)."""
-    failure = ctx.failure
-    error_class = getattr(failure, "error_class", None) if failure else None
-    ctx.failure_recorded = True
+    failure = state.failure
     try:
-        await ctx.env.store.finish_run(
+        await env.store.finish_run(
             RunEnd(
-                ctx.run_id,
+                state.run_id,
                 "failed",
-                ctx.state,
+                state.state,
                 None,
-                error_class,
-                str(failure) if failure else "the run ended in a failure state",
-                ctx.env.now(),
+                failure.error_class if failure else None,
+                failure.message if failure else "the run ended in a failure state",
+                env.now(),
             )
         )
     except FlowError as exc:
         log.error("could not record the failed run: %s", exc)
-    return ""
+    return Step("", state)
 
 
 HANDLERS: dict[str, Handler] = {

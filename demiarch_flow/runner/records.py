@@ -5,7 +5,8 @@ just listeners. ``kind`` says what the record is about:
 
 * ``transition`` — the machine moved (from_state --event--> to_state);
 * ``attempt`` — a Request attempt ended (status, error class, latency);
-* ``wait`` — Backoff is about to sleep ``wait_s`` seconds before retry ``attempt``;
+* ``wait`` — the runner is about to sleep ``wait_s`` seconds before retry ``attempt``
+  (``wait_source`` says why);
 * ``fallback`` — the chain moves from ``model`` to ``next_model``;
 * ``cooldown`` — ``model`` starts cooling for ``wait_s`` seconds (``event="started"``), or a
   Request skipped it because it is cooling (``event="skipped"``);
@@ -16,9 +17,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal, Protocol
 
+from ..errors import ErrorClass
+
 RecordKind = Literal["transition", "attempt", "wait", "fallback", "cooldown", "finished"]
+
+
+class WaitSource(StrEnum):
+    """Why the runner sleeps."""
+
+    BACKOFF = "backoff"
+    """The retry schedule (``initial_delay_s · backoff_rate^(n−1)``, maybe jittered)."""
+    RETRY_AFTER = "retry_after"
+    """The server's ``Retry-After`` / ``retry-after-ms``."""
+    COOLDOWN = "cooldown"
+    """The shared cooldown of the last model of the chain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +50,14 @@ class FlowRecord:
     model: str | None = None
     attempt: int | None = None
     """Attempt number on the current model, 1-based."""
-    error_class: str | None = None
+    error_class: ErrorClass | None = None
     status: int | None = None
     wait_s: float | None = None
+    wait_source: WaitSource | None = None
     latency_ms: int | None = None
     next_model: str | None = None
     message: str | None = None
+    """Human-readable detail (never parsed: every fact a renderer needs has a typed field)."""
     run_status: str | None = None
 
 

@@ -46,6 +46,16 @@ class NewRun:
     """How many earlier messages to return as history."""
     at: datetime
     title: str
+    state: str = "LoadContext"
+    """The state the run row says it is in (the workflow's initial state)."""
+    state_json: JsonState | None = None
+    """The run's first checkpoint."""
+    definition: str = ""
+    """The workflow file's text, stored once per ``workflow_sha256``."""
+    owner: str | None = None
+    """The process running it (``host:pid:start``), for telling a live run from a stale one."""
+    resumed: bool = False
+    """LoadContext runs again for a resumed run: what it stored before is read back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +107,106 @@ class JournalEntry:
     error_class: str | None
     wait_s: float | None
     at: datetime
+    wait_source: str | None = None
+    """Why it waited: ``backoff``, ``retry_after`` or ``cooldown``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One row of ``run_attempts``: a request that was (about to be) sent.
+
+    Written before the request leaves, so that after a crash every request that may have been
+    billed is known; completed when the answer (or its failure) is known.
+    """
+
+    run_id: str
+    number: int
+    """1-based over the whole run."""
+    model: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    status: int | None = None
+    error_class: str | None = None
+    generation_id: str | None = None
+    latency_ms: int | None = None
+
+
+class JsonState(Protocol):
+    """A run state as the store sees it: something that turns itself into JSON text. The store
+    serialises only the checkpoint it actually writes (the latest of a run), off the event loop."""
+
+    def to_json(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a run stands, as the store keeps it: the run state and the journal rows of the
+    transitions that led there."""
+
+    run_id: str
+    current_state: str
+    model: str | None
+    state: JsonState
+    entries: tuple[JournalEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    """The reply a run saved: its message and usage row."""
+
+    message_id: str
+    content: str
+    model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: Decimal
+    cost_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """Everything known about one run: its row, its checkpoint, its attempts and its reply."""
+
+    run_id: str
+    workflow: str
+    workflow_sha256: str
+    definition: str | None
+    """The workflow text it started with (``None`` for runs of the first release)."""
+    conversation_id: str | None
+    status: RunStatus
+    current_state: str | None
+    model: str | None
+    error_class: str | None
+    error_message: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    state_json: str | None
+    owner: str | None
+    heartbeat_at: datetime | None
+    resume_count: int
+    attempts: tuple[AttemptRow, ...]
+    reply: StoredReply | None
+    cost_usd: Decimal
+    """Everything booked in ``llm_usage`` for this run (the reply and billed lost attempts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BilledAttempt:
+    """A generation that was billed but whose answer never reached the database (found when a
+    run is resumed): booked in ``llm_usage`` with no message, so spend is never lost."""
+
+    usage_id: str
+    run_id: str
+    conversation_id: str
+    project_id: str | None
+    model: str
+    generation_id: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: Decimal
+    cost_source: str
+    attempt: int
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +227,43 @@ class Store(Protocol):
         """Create the conversation if new, store the user message and the run row, and
         return the history. Raises ``UnknownConversation`` or ``PersistenceError``."""
 
-    async def append_events(
-        self, entries: tuple[JournalEntry, ...], *, durable: bool = False
-    ) -> None:
-        """Append journal rows. A store may queue them for its next commit; with
-        ``durable=True`` it returns only once they (and rows queued before them) are committed."""
+    async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
+        """Record where a run stands and append its journal rows. ``durable=False`` may queue
+        them for the next commit; ``durable=True`` returns once they (and everything queued
+        before) are committed."""
 
-    async def save_reply(self, reply: Reply, end: RunEnd) -> str:
-        """Store message + usage and mark the run succeeded, in one transaction. Idempotent
-        per run: a second reply for the same ``run_id`` stores nothing and returns the first
-        one's message id (the run is still finished); the same ``generation_id`` on two runs
-        is two replies. Returns the id of the stored assistant message."""
+    async def attempt_started(self, attempt: AttemptRow) -> None:
+        """Record that a request is about to be sent; returns once that (and everything
+        queued before, the run's checkpoints included) is committed."""
 
-    async def finish_run(self, end: RunEnd) -> None:
-        """Mark the run failed or cancelled (nothing else is written)."""
+    async def attempt_ended(self, attempt: AttemptRow) -> None:
+        """Complete an attempt's row (may be queued for the next commit)."""
+
+    async def save_reply(
+        self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
+    ) -> str:
+        """Store message + usage and mark the run succeeded (with its last checkpoint, if
+        given), in one transaction; a run stores at most one reply (a second save returns the
+        first's message id). Returns the id of the stored assistant message."""
+
+    async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
+        """Mark the run failed or cancelled (with its last checkpoint, if given), committing
+        whatever the store had queued."""
+
+    async def heartbeat(self, owner: str, at: datetime) -> None:
+        """Say that every running run of ``owner`` is alive at ``at``."""
+
+    async def reopen_run(self, checkpoint: Checkpoint, owner: str | None, at: datetime) -> None:
+        """Mark a run running again under ``owner`` (one more resume), with its new checkpoint
+        and the journal row of the resume, in one transaction."""
+
+    async def book_billed(self, billed: BilledAttempt) -> None:
+        """Book a billed attempt that has no reply (idempotent per run and generation)."""
+
+    async def load_run(self, run_id: str) -> StoredRun | None:
+        """The run with its checkpoint, attempts and reply; ``None`` if there is none."""
+
+    async def list_runs(
+        self, *, status: RunStatus | None, since: datetime | None, limit: int
+    ) -> list[StoredRun]:
+        """The latest runs first (attempts and reply included; ``definition`` left out)."""

@@ -1,15 +1,33 @@
 """An in-memory :class:`~demiarch_flow.store.base.Store`: ``simulate``, tests and benchmarks.
 
-It follows the same contract as the SQL store (the contract suite runs on both), including
-one reply per run (not per ``generation_id``) and the unknown-conversation error.
+It follows the same contract as the SQL store (the contract suite runs on both, through the
+interface's own read methods), including one reply per run, the unknown-conversation error and
+resumable runs. Checkpoints keep the state object itself: nothing is serialised until read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from ..errors import UnknownConversation
-from .base import BeganRun, JournalEntry, NewRun, Reply, RunEnd, StoredMessage
+from .base import (
+    AttemptRow,
+    BeganRun,
+    BilledAttempt,
+    Checkpoint,
+    JournalEntry,
+    JsonState,
+    NewRun,
+    Reply,
+    RunEnd,
+    RunStatus,
+    StoredMessage,
+    StoredReply,
+    StoredRun,
+)
 
 
 @dataclass
@@ -18,20 +36,54 @@ class MemoryStore:
     """conversation id → title."""
     messages: list[StoredMessage] = field(default_factory=list)
     usage: list[Reply] = field(default_factory=list)
-    runs: dict[str, dict[str, object]] = field(default_factory=dict)
+    billed: list[BilledAttempt] = field(default_factory=list)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """run id → its row, as a dict named like the ``workflow_runs`` columns."""
     events: list[JournalEntry] = field(default_factory=list)
+    attempts: dict[tuple[str, int], AttemptRow] = field(default_factory=dict)
+    definitions: dict[str, str] = field(default_factory=dict)
     _by_conversation: dict[str, list[StoredMessage]] = field(default_factory=dict, repr=False)
 
     def _add(self, message: StoredMessage) -> None:
         self.messages.append(message)
         self._by_conversation.setdefault(message.conversation_id, []).append(message)
 
+    def _new_row(self, run: NewRun, conversation_id: str | None) -> dict[str, Any]:
+        return {
+            "workflow": run.workflow,
+            "workflow_sha256": run.workflow_sha256,
+            "conversation_id": conversation_id,
+            "status": "running",
+            "current_state": run.state,
+            "model": None,
+            "error_class": None,
+            "error_message": None,
+            "started_at": run.at,
+            "finished_at": None,
+            "state": run.state_json,
+            "owner": run.owner,
+            "heartbeat_at": run.at if run.owner else None,
+            "resume_count": 0,
+        }
+
     async def begin_run(self, run: NewRun) -> BeganRun:
+        if run.definition:
+            self.definitions.setdefault(run.workflow_sha256, run.definition)
+        if run.resumed:
+            mine = [m for m in self.messages if m.run_id == run.run_id and m.role == "user"]
+            if mine:
+                earlier = [
+                    m
+                    for m in self._by_conversation[mine[0].conversation_id]
+                    if m.created_at < mine[0].created_at
+                ]
+                history = tuple(earlier[-run.context_messages :]) if run.context_messages else ()
+                return BeganRun(mine[0].conversation_id, False, history, mine[0].created_at)
         created = run.conversation_id is None
         conv = run.create_with_id if created else run.conversation_id
         assert conv is not None
         if not created and conv not in self.conversations:
-            self.runs[run.run_id] = {"workflow": run.workflow, "conversation_id": None}
+            self.runs[run.run_id] = self._new_row(run, None)
             raise UnknownConversation(conv)
         if created:
             self.conversations[conv] = run.title
@@ -40,23 +92,27 @@ class MemoryStore:
         self._add(
             StoredMessage(run.user_message_id, conv, "user", run.content, None, run.at, run.run_id)
         )
-        self.runs[run.run_id] = {
-            "workflow": run.workflow,
-            "conversation_id": conv,
-            "status": "running",
-            "started_at": run.at,
-        }
+        self.runs[run.run_id] = self._new_row(run, conv)
         return BeganRun(conv, created, history, run.at)
 
-    async def append_events(
-        self, entries: tuple[JournalEntry, ...], *, durable: bool = False
-    ) -> None:
-        self.events.extend(entries)
+    async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
+        self.runs.setdefault(checkpoint.run_id, {}).update(
+            current_state=checkpoint.current_state, model=checkpoint.model, state=checkpoint.state
+        )
+        self.events.extend(checkpoint.entries)
 
-    async def save_reply(self, reply: Reply, end: RunEnd) -> str:
+    async def attempt_started(self, attempt: AttemptRow) -> None:
+        self.attempts[(attempt.run_id, attempt.number)] = attempt
+
+    async def attempt_ended(self, attempt: AttemptRow) -> None:
+        self.attempts[(attempt.run_id, attempt.number)] = attempt
+
+    async def save_reply(
+        self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
+    ) -> str:
         for row in self.usage:
-            if row.run_id == reply.run_id:  # one reply per run: keep the first
-                await self.finish_run(end)
+            if row.run_id == reply.run_id:  # one reply per run
+                await self.finish_run(end, checkpoint)
                 return row.message_id
         self._add(
             StoredMessage(
@@ -65,10 +121,12 @@ class MemoryStore:
             )
         )  # fmt: skip
         self.usage.append(reply)
-        await self.finish_run(end)
+        await self.finish_run(end, checkpoint)
         return reply.message_id
 
-    async def finish_run(self, end: RunEnd) -> None:
+    async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
+        if checkpoint is not None:
+            await self.checkpoint(checkpoint, durable=True)
         self.runs.setdefault(end.run_id, {}).update(
             status=end.status,
             current_state=end.current_state,
@@ -78,12 +136,90 @@ class MemoryStore:
             finished_at=end.finished_at,
         )
 
+    async def heartbeat(self, owner: str, at: datetime) -> None:
+        for row in self.runs.values():
+            if row.get("owner") == owner and row.get("status") == "running":
+                row["heartbeat_at"] = at
+
+    async def reopen_run(self, checkpoint: Checkpoint, owner: str | None, at: datetime) -> None:
+        row = self.runs[checkpoint.run_id]
+        row.update(
+            status="running", current_state=checkpoint.current_state, model=checkpoint.model,
+            state=checkpoint.state, owner=owner, heartbeat_at=at,
+            resume_count=row.get("resume_count", 0) + 1, error_class=None,
+            error_message=None, finished_at=None,
+        )  # fmt: skip
+        self.events.extend(checkpoint.entries)
+
+    async def book_billed(self, billed: BilledAttempt) -> None:
+        if not any(
+            b.run_id == billed.run_id and b.generation_id == billed.generation_id
+            for b in self.billed
+        ):
+            self.billed.append(billed)
+
+    async def load_run(self, run_id: str) -> StoredRun | None:
+        row = self.runs.get(run_id)
+        return None if row is None else self._stored(run_id, row, with_definition=True)
+
+    async def list_runs(
+        self, *, status: RunStatus | None, since: datetime | None, limit: int
+    ) -> list[StoredRun]:
+        rows = [
+            self._stored(run_id, row)
+            for run_id, row in self.runs.items()
+            if (status is None or row.get("status") == status)
+            and (since is None or row["started_at"] >= since)
+        ]
+        rows.sort(key=lambda r: r.started_at, reverse=True)
+        return rows[:limit]
+
+    def _stored(self, run_id: str, row: dict[str, Any], with_definition: bool = False) -> StoredRun:
+        reply = next((u for u in self.usage if u.run_id == run_id), None)
+        cost = sum((u.cost_usd for u in self.usage if u.run_id == run_id), Decimal(0))
+        cost += sum((b.cost_usd for b in self.billed if b.run_id == run_id), Decimal(0))
+        state: JsonState | None = row.get("state")
+        sha = row.get("workflow_sha256", "")
+        return StoredRun(
+            run_id=run_id,
+            workflow=row.get("workflow", ""),
+            workflow_sha256=sha,
+            definition=self.definitions.get(sha) if with_definition else None,
+            conversation_id=row.get("conversation_id"),
+            status=row.get("status", "running"),
+            current_state=row.get("current_state"),
+            model=row.get("model"),
+            error_class=row.get("error_class"),
+            error_message=row.get("error_message"),
+            started_at=row["started_at"],
+            finished_at=row.get("finished_at"),
+            state_json=state.to_json() if state is not None else None,
+            owner=row.get("owner"),
+            heartbeat_at=row.get("heartbeat_at"),
+            resume_count=row.get("resume_count", 0),
+            attempts=tuple(
+                replace(a) for (rid, _), a in sorted(self.attempts.items()) if rid == run_id
+            ),
+            reply=None
+            if reply is None
+            else StoredReply(
+                reply.message_id,
+                reply.content,
+                reply.model,
+                reply.prompt_tokens,
+                reply.completion_tokens,
+                reply.cost_usd,
+                reply.cost_source,
+            ),
+            cost_usd=cost,
+        )
+
     async def count_rows(self) -> dict[str, int]:
         """Rows per table, named as in the SQL schema."""
         return {
             "conversations": len(self.conversations),
             "chat_messages": len(self.messages),
-            "llm_usage": len(self.usage),
+            "llm_usage": len(self.usage) + len(self.billed),
             "workflow_runs": len(self.runs),
             "run_events": len(self.events),
         }

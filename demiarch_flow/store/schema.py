@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
@@ -35,7 +35,7 @@ from .tables import Base
 if TYPE_CHECKING:
     from alembic.config import Config
 
-REVISIONS: tuple[str, ...] = ("0001", "0002")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
 """Every revision in ``migrations/versions``, oldest first (a test keeps the two in step)."""
 BASELINE = REVISIONS[0]
 """The revision that the first release's tables are (it had no ``alembic_version``)."""
@@ -87,8 +87,39 @@ def read_state(conn: Connection) -> SchemaState:
     return SchemaState(conn.dialect.name, revision, frozenset(names & set(Base.metadata.tables)))
 
 
-def check_layout(conn: Connection, where: str) -> None:
-    """Every table and column of the models exists in the database.
+#: The first release's tables and columns: what an unversioned database must hold to be
+#: adopted at :data:`BASELINE` (later revisions add to it; the models describe :data:`HEAD`).
+FIRST_RELEASE: Mapping[str, tuple[str, ...]] = {
+    "conversations": ("id", "project_id", "title", "created_at", "updated_at"),
+    "chat_messages": (
+        "id", "conversation_id", "project_id", "role", "content", "model", "token_count",
+        "run_id", "created_at",
+    ),
+    "llm_usage": (
+        "id", "conversation_id", "message_id", "run_id", "project_id", "model",
+        "requested_model", "generation_id", "prompt_tokens", "completion_tokens",
+        "total_tokens", "cached_tokens", "cost_usd", "cost_source", "latency_ms", "attempts",
+        "request_timestamp",
+    ),
+    "workflow_runs": (
+        "id", "workflow", "workflow_sha256", "conversation_id", "status", "current_state",
+        "model", "error_class", "error_message", "started_at", "finished_at",
+    ),
+    "run_events": (
+        "run_id", "seq", "from_state", "event", "to_state", "model", "attempt", "error_class",
+        "wait_s", "at",
+    ),
+}  # fmt: skip
+
+
+def _head_layout() -> dict[str, tuple[str, ...]]:
+    return {t.name: tuple(c.name for c in t.columns) for t in Base.metadata.sorted_tables}
+
+
+def check_layout(
+    conn: Connection, where: str, expected: Mapping[str, tuple[str, ...]] | None = None
+) -> None:
+    """Every table and column of ``expected`` (default: the models, i.e. head) exists.
 
     A column dropped by hand would otherwise surface only after a paid request (the reply
     cannot be stored) or not at all (journal rows silently lost); comparing the lists costs
@@ -99,24 +130,24 @@ def check_layout(conn: Connection, where: str) -> None:
     """
     inspector = inspect(conn)
     present = set(inspector.get_table_names())
-    for table in Base.metadata.sorted_tables:
-        if table.name not in present:
+    for name, columns in (expected or _head_layout()).items():
+        if name not in present:
             raise SchemaMismatch(
-                f"database {where} has no table {table.name}, which this release needs;"
+                f"database {where} has no table {name}, which this release needs;"
                 " restore it from a backup or point --db at another database",
                 head=HEAD,
-                table=table.name,
+                table=name,
             )
-        have = {column["name"] for column in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have:
+        have = {column["name"] for column in inspector.get_columns(name)}
+        for column in columns:
+            if column not in have:
                 raise SchemaMismatch(
-                    f"database {where}: table {table.name} has no column {column.name},"
+                    f"database {where}: table {name} has no column {column},"
                     " which this release needs; nothing was sent. Restore the column (or the"
                     " database from a backup), or point --db at another database",
                     head=HEAD,
-                    table=table.name,
-                    column=column.name,
+                    table=name,
+                    column=column,
                 )
 
 
@@ -150,7 +181,7 @@ def prepare(engine: Engine, *, create: bool = True, upgrade: bool = False) -> Sc
         if found.status != "head":
             _refuse(found, where, create=create, upgrade=upgrade)
             if found.status == "unversioned":
-                check_layout(conn, where)
+                check_layout(conn, where, FIRST_RELEASE)
             if found.status in ("unversioned", "behind"):
                 _backup_sqlite(engine, found.revision or BASELINE)
             _migrate(conn, found)
@@ -172,7 +203,7 @@ def upgrade_sql(engine: Engine) -> str:
         state = read_state(conn)
         _refuse(state, where, create=True, upgrade=True)
         if state.status == "unversioned":
-            check_layout(conn, where)
+            check_layout(conn, where, FIRST_RELEASE)
     if state.status == "head":
         return ""
     out = io.StringIO()

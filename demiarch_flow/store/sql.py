@@ -12,6 +12,7 @@ upgrades it, or refuses to run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +41,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from ..errors import PersistenceError, StoreUnavailable, UnknownConversation, redact
-from .base import BeganRun, JournalEntry, NewRun, Reply, RunEnd, StoredMessage
+from . import _runs
+from .base import (
+    AttemptRow,
+    BeganRun,
+    BilledAttempt,
+    Checkpoint,
+    NewRun,
+    Reply,
+    RunEnd,
+    RunStatus,
+    StoredMessage,
+    StoredRun,
+)
 from .schema import prepare
 from .tables import ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
 
@@ -160,6 +173,13 @@ class SqlStore:
         self._write_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
         self._queue: list[_Pending] = []
+        self._checkpoints: dict[str, _CheckpointOp] = {}
+        """The queued checkpoint of each run, merged in place: the latest state and every
+        journal row since the last commit (three moves between commits cost one UPDATE)."""
+        self._unconfirmed: dict[str, _Pending] = {}
+        """Runs whose first write is queued, not yet known to have committed."""
+        self._definitions: set[str] = set()
+        """Workflow texts known to be stored (by SHA-256)."""
 
     @classmethod
     def open_sync(cls, url: str, *, create: bool = True) -> SqlStore:
@@ -212,14 +232,20 @@ class SqlStore:
 
     async def _write(self, op: Callable[[Connection], T]) -> T:
         """Run ``op`` in the next group commit: whoever holds the writer lock runs every queued
-        write (journal rows included) in one transaction and one thread hop."""
+        write (checkpoints and journal rows included) in one transaction and one thread hop."""
         pending = _Pending(op)
         self._queue.append(pending)
         async with self._write_lock:
             if not pending.done:
-                batch, self._queue = self._queue, []
+                batch = self._take_queue()
                 await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
         return pending.result()  # type: ignore[no-any-return]
+
+    def _take_queue(self) -> list[_Pending]:
+        """Everything queued, in order (a run's checkpoint sits where it was first queued)."""
+        self._checkpoints = {}
+        batch, self._queue = self._queue, []
+        return batch
 
     def _commit(self, batch: list[_Pending]) -> None:
         """All of ``batch`` in one transaction; if any fails, each alone, so one bad write
@@ -241,8 +267,16 @@ class SqlStore:
         for p, value in zip(batch, values, strict=True):
             p.settle(value=value)
 
+    async def _read_conn(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` on a connection in a read transaction (after committing the queue)."""
+
+        def in_conn(session: Session) -> T:
+            return fn(session.connection())
+
+        return await self._read(in_conn)
+
     async def _read(self, fn: Callable[[Session], T]) -> T:
-        if self._queue:  # read your own writes: commit queued journal rows first
+        if self._queue:  # read your own writes: commit the queue first
             await self._write(_nothing)
         return await trio.to_thread.run_sync(
             functools.partial(self._in_session, fn), limiter=self._limiter
@@ -259,7 +293,7 @@ class SqlStore:
 
     def flush_sync(self) -> None:
         """Write any queued journal rows now (blocking); a failure is logged, not raised."""
-        batch, self._queue = self._queue, []
+        batch = self._take_queue()
         if batch:
             self._commit(batch)
             for p in batch:
@@ -271,41 +305,86 @@ class SqlStore:
     # ------------------------------------------------------------------ the Store interface
 
     async def begin_run(self, run: NewRun) -> BeganRun:
+        """Store the run, its definition and the user's message.
+
+        A new conversation needs nothing read back, so its write is only queued: it commits
+        with the run's first attempt record, before any request is sent (one round trip less
+        per run). A write that failed there surfaces from that call.
+        """
+        define = run.workflow_sha256 not in self._definitions and bool(run.definition)
+        op = functools.partial(_begin_run, run=run, define=define)
+        self._definitions.add(run.workflow_sha256)
+        if run.conversation_id is None and not run.resumed:
+            pending = _Pending(op)
+            self._queue.append(pending)
+            self._unconfirmed[run.run_id] = pending
+            return BeganRun(run.create_with_id, True, (), run.at)
         try:
-            return await self._write(functools.partial(_begin_run, run=run))
+            return await self._write(op)
         except UnknownConversation:
             # Still record the run (without a conversation), so its failure is auditable.
             await self._write(functools.partial(_add_run, run=run, conversation_id=None))
             raise
 
-    async def append_events(
-        self, entries: tuple[JournalEntry, ...], *, durable: bool = False
-    ) -> None:
-        """Queue journal rows; they are committed with the next write (or :meth:`close`).
+    def _confirm(self, run_id: str) -> None:
+        """Raise the error of ``run_id``'s queued first write, if it failed."""
+        pending = self._unconfirmed.pop(run_id, None)
+        if pending is not None and pending.done:
+            pending.result()
 
-        ``durable=True`` joins the next group commit instead and returns once it is done, so
-        the rows survive a crash; under load that commit is shared with other runs' writes.
-        """
-        op = functools.partial(_append_events, entries=entries)
-        if durable:
-            await self._write(op)
-            return
-        self._queue.append(_Pending(op))
-        if len(self._queue) > 256:
+    async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
+        queued = self._checkpoints.get(checkpoint.run_id)
+        if queued is not None:
+            queued.merge(checkpoint)
+        else:
+            op = _CheckpointOp(checkpoint)
+            self._checkpoints[checkpoint.run_id] = op
+            self._queue.append(_Pending(op))
+        if durable or len(self._queue) > 256:
             await self._write(_nothing)
+            self._confirm(checkpoint.run_id)
 
-    async def save_reply(self, reply: Reply, end: RunEnd) -> str:
+    async def attempt_started(self, attempt: AttemptRow) -> None:
         try:
-            return await self._write(functools.partial(_save_reply, reply=reply, end=end))
-        except PersistenceError:
-            # This run's reply was stored before (unique index on run_id): keep that one.
-            existing = await self._write(functools.partial(_existing_reply, end=end))
-            if existing is None:
-                raise
-            return existing
+            await self._write(functools.partial(_runs.insert_attempt, attempt=attempt))
+        finally:
+            self._confirm(attempt.run_id)
 
-    async def finish_run(self, end: RunEnd) -> None:
-        await self._write(functools.partial(_finish, end=end))
+    async def attempt_ended(self, attempt: AttemptRow) -> None:
+        self._queue.append(_Pending(functools.partial(_runs.end_attempt, attempt=attempt)))
+
+    async def heartbeat(self, owner: str, at: datetime) -> None:
+        await self._write(functools.partial(_runs.heartbeat, owner=owner, at=at))
+
+    async def reopen_run(self, checkpoint: Checkpoint, owner: str | None, at: datetime) -> None:
+        await self._write(functools.partial(_runs.reopen, cp=checkpoint, owner=owner, at=at))
+
+    async def book_billed(self, billed: BilledAttempt) -> None:
+        await self._write(functools.partial(_runs.book_billed, billed=billed))
+
+    async def load_run(self, run_id: str) -> StoredRun | None:
+        runs = await self._read_conn(
+            functools.partial(_runs.load_runs, run_id=run_id, with_definition=True)
+        )
+        return runs[0] if runs else None
+
+    async def list_runs(
+        self, *, status: RunStatus | None, since: datetime | None, limit: int
+    ) -> list[StoredRun]:
+        return await self._read_conn(
+            functools.partial(_runs.load_runs, status=status, since=since, limit=limit)
+        )
+
+    async def save_reply(
+        self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
+    ) -> str:
+        return await self._write(
+            functools.partial(_save_reply, reply=reply, end=end, cp=checkpoint)
+        )
+
+    async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
+        await self._write(functools.partial(_finish, end=end, cp=checkpoint))
+        self._confirm(end.run_id)
 
     # ------------------------------------------------------------------ recovery (``recover``)
 
@@ -432,6 +511,21 @@ class SqlStore:
 # ---------------------------------------------------------------------- transactions
 
 
+class _CheckpointOp:
+    """A queued checkpoint write; later checkpoints of the same run merge into it."""
+
+    __slots__ = ("cp",)
+
+    def __init__(self, cp: Checkpoint) -> None:
+        self.cp = cp
+
+    def merge(self, later: Checkpoint) -> None:
+        self.cp = dataclasses.replace(later, entries=(*self.cp.entries, *later.entries))
+
+    def __call__(self, conn: Connection) -> None:
+        _runs.checkpoint(conn, self.cp)
+
+
 class _Pending:
     """One queued write and, once committed, its outcome."""
 
@@ -505,10 +599,18 @@ _FINISH = (
         error_message=bindparam("b_message"), finished_at=bindparam("b_at"),
     )
 )  # fmt: skip
-_USAGE_OF_RUN = select(_USAGE.c.message_id).where(_USAGE.c.run_id == bindparam("b_run"))
+_REPLY_OF_RUN = select(_USAGE.c.message_id).where(
+    _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.outcome == "reply"
+)
 
 
-def _begin_run(conn: Connection, run: NewRun) -> BeganRun:
+def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
+    if define:
+        _runs.store_definition(conn, run.workflow_sha256, run.workflow, run.definition, run.at)
+    if run.resumed:
+        began = _began_already(conn, run)
+        if began is not None:
+            return began
     created = run.conversation_id is None
     conv_id = run.create_with_id if created else run.conversation_id
     assert conv_id is not None
@@ -546,32 +648,44 @@ def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None
         _INS_RUN,
         {"id": run.run_id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
          "conversation_id": conversation_id, "status": "running",
-         "current_state": "LoadContext", "model": None, "error_class": None,
-         "error_message": None, "started_at": run.at, "finished_at": None},
+         "current_state": run.state, "model": None, "error_class": None,
+         "error_message": None, "started_at": run.at, "finished_at": None,
+         "state_json": run.state_json.to_json() if run.state_json else None,
+         "owner": run.owner, "heartbeat_at": run.at if run.owner else None,
+         "resume_count": 0},
     )  # fmt: skip
 
 
-def _append_events(conn: Connection, entries: tuple[JournalEntry, ...]) -> None:
-    conn.execute(
-        _INS_EVENT,
-        [
-            {"run_id": e.run_id, "seq": e.seq, "from_state": e.from_state, "event": e.event,
-             "to_state": e.to_state, "model": e.model, "attempt": e.attempt,
-             "error_class": e.error_class, "wait_s": e.wait_s, "at": e.at}
-            for e in entries
-        ],
-    )  # fmt: skip
+def _began_already(conn: Connection, run: NewRun) -> BeganRun | None:
+    """A resumed LoadContext: the run's message is stored already; read back what it got."""
+    user = conn.execute(
+        select(_MSG.c.conversation_id, _MSG.c.created_at).where(
+            _MSG.c.run_id == run.run_id, _MSG.c.role == "user"
+        )
+    ).first()
+    if user is None:
+        return None
+    conv_id, at = user
+    history: list[StoredMessage] = []
+    if run.context_messages > 0:
+        rows = conn.execute(
+            select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content,
+                   _MSG.c.model, _MSG.c.created_at, _MSG.c.run_id, _MSG.c.token_count)
+            .where(_MSG.c.conversation_id == conv_id, _MSG.c.created_at < at)
+            .order_by(_MSG.c.created_at.desc())
+            .limit(run.context_messages)
+        ).all()  # fmt: skip
+        history = [StoredMessage(*r) for r in reversed(rows)]
+    return BeganRun(conv_id, False, tuple(history), at)
 
 
-def _existing_reply(conn: Connection, end: RunEnd) -> str | None:
-    """The message id of the reply already stored for ``end``'s run (finishing the run)."""
-    existing = conn.execute(_USAGE_OF_RUN, {"b_run": end.run_id}).scalar()
+def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | None) -> str:
+    """The reply, its usage and the run's end (with its last checkpoint), once per run: a run
+    saved already keeps its first reply (whatever generation ids the endpoint reuses)."""
+    existing = conn.execute(_REPLY_OF_RUN, {"b_run": reply.run_id}).scalar()
     if existing is not None:
-        _finish(conn, end)
-    return existing
-
-
-def _save_reply(conn: Connection, reply: Reply, end: RunEnd) -> str:
+        _finish(conn, end, cp)
+        return str(existing)
     conn.execute(
         _INS_MSG,
         {"id": reply.message_id, "conversation_id": reply.conversation_id,
@@ -592,29 +706,31 @@ def _save_reply(conn: Connection, reply: Reply, end: RunEnd) -> str:
          "request_timestamp": reply.request_timestamp},
     )  # fmt: skip
     conn.execute(_TOUCH_CONV, {"b_id": reply.conversation_id, "b_at": reply.created_at})
-    _finish(conn, end)
+    _finish(conn, end, cp)
     return reply.message_id
 
 
 ImportResult = Literal["imported", "present", "no_conversation"]
-_REPLY_OF_RUN = select(_MSG.c.id).where(
+_ASSISTANT_OF_RUN = select(_MSG.c.id).where(
     _MSG.c.run_id == bindparam("b_run"), _MSG.c.role == "assistant"
 )
 _RUN_STATE = select(_RUN.c.current_state).where(_RUN.c.id == bindparam("b_id"))
 
 
 def _import_reply(conn: Connection, reply: Reply, final_state: str | None) -> ImportResult:
-    if conn.execute(_REPLY_OF_RUN, {"b_run": reply.run_id}).first() is not None:
+    if conn.execute(_ASSISTANT_OF_RUN, {"b_run": reply.run_id}).first() is not None:
         return "present"
     if conn.execute(_CONV_EXISTS, {"b_id": reply.conversation_id}).first() is None:
         return "no_conversation"
     state = final_state or conn.execute(_RUN_STATE, {"b_id": reply.run_id}).scalar() or ""
     end = RunEnd(reply.run_id, "succeeded", state, reply.model, None, None, reply.request_timestamp)
-    _save_reply(conn, reply, end)
+    _save_reply(conn, reply, end, None)
     return "imported"
 
 
-def _finish(conn: Connection, end: RunEnd) -> None:
+def _finish(conn: Connection, end: RunEnd, cp: Checkpoint | None = None) -> None:
+    if cp is not None:
+        _runs.checkpoint(conn, cp)
     conn.execute(
         _FINISH,
         {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,

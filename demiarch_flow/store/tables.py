@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -120,13 +121,22 @@ class LlmUsage(Base):
         CheckConstraint(
             "cost_source IN ('provider', 'price_table', 'unknown')", name="cost_source"
         ),
+        CheckConstraint("outcome IN ('reply', 'billed', 'interrupted')", name="outcome"),
+        Index(
+            "uq_llm_usage_reply_run_id",
+            "run_id",
+            unique=True,
+            sqlite_where=text("outcome = 'reply'"),
+            postgresql_where=text("outcome = 'reply'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
-    message_id: Mapped[str] = mapped_column(ForeignKey("chat_messages.id"))
-    run_id: Mapped[str | None] = mapped_column(String(36), index=True, unique=True)
-    """One reply per run (a unique index): storing a run's reply twice keeps the first."""
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("chat_messages.id"))
+    """``None`` for a generation that was billed but produced no stored reply."""
+    run_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    """At most one ``reply`` row per run (a partial unique index): a second save keeps the first."""
     project_id: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(200))
     requested_model: Mapped[str] = mapped_column(String(200))
@@ -141,6 +151,9 @@ class LlmUsage(Base):
     latency_ms: Mapped[int] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer)
     request_timestamp: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[str] = mapped_column(String(16), default="reply", server_default="reply")
+    """``reply``: the run's answer; ``billed``: a lost attempt booked on resume;
+    ``interrupted``: a stream that broke after it was billed."""
 
 
 class WorkflowRun(Base):
@@ -160,6 +173,23 @@ class WorkflowRun(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    state_json: Mapped[str | None] = mapped_column(Text)
+    """The run's last checkpoint (``RunState.to_json``)."""
+    owner: Mapped[str | None] = mapped_column(String(200))
+    """``host:pid:start`` of the process running it."""
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resume_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class WorkflowDefinition(Base):
+    """Each workflow text a run started with, once per SHA-256 (a run is resumed under it)."""
+
+    __tablename__ = "workflow_definitions"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class RunEvent(Base):
@@ -175,3 +205,21 @@ class RunEvent(Base):
     error_class: Mapped[str | None] = mapped_column(String(32))
     wait_s: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+    wait_source: Mapped[str | None] = mapped_column(String(16))
+    """Why the run waited before this transition: backoff, retry_after or cooldown."""
+
+
+class RunAttempt(Base):
+    """Every request a run sent (or was about to send): written before it leaves."""
+
+    __tablename__ = "run_attempts"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("workflow_runs.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    model: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[int | None] = mapped_column(Integer)
+    error_class: Mapped[str | None] = mapped_column(String(32))
+    generation_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)

@@ -37,7 +37,7 @@ def test_sigkill_after_waits_and_a_fallback_keeps_the_journal(
     cli: Cli, simulator: Callable[[str], SimThread]
 ) -> None:
     """Killed (SIGKILL) while haiku hangs after three waits on sonnet and a fallback: every
-    transition up to the last wait is in the database."""
+    transition before the hanging request is in the database, and so is that request."""
     sim = simulator(f"{SONNET}=429,429,429,429;{HAIKU}=hang")
     proc = _start(cli, "run", FAST, "-m", "kill me", "--base-url", sim.url)
     _wait_for_requests(sim, 5)  # 4 on sonnet, then haiku hangs (5 s timeout in fast.yaml)
@@ -53,7 +53,20 @@ def test_sigkill_after_waits_and_a_fallback_keeps_the_journal(
         (4, "Request", "retryable", "Backoff"),
         (5, "Backoff", "retry", "Request"),
         (6, "Request", "retryable", "Backoff"),
+        (7, "Backoff", "retry", "Request"),
+        (8, "Request", "retryable", "Backoff"),
+        (9, "Backoff", "exhausted", "Fallback"),
+        (10, "Fallback", "next_model", "Request"),
     ]
+    attempts = cli.rows("select number, model, status, ended_at from run_attempts order by number")
+    assert [(n, m, s) for n, m, s, _ in attempts] == [
+        (1, SONNET, 429),
+        (2, SONNET, 429),
+        (3, SONNET, 429),
+        (4, SONNET, 429),
+        (5, HAIKU, None),
+    ]
+    assert attempts[-1][3] is None  # sent, never answered: a resume knows it may be billed
 
 
 def test_sigterm_during_a_run_records_it_cancelled(

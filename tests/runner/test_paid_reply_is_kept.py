@@ -51,7 +51,7 @@ async def test_absurd_token_counts_are_stored_as_unknown(autojump_clock: object)
 class ExplodingStore(MemoryStore):
     """A store whose save_reply fails with an error that is not a FlowError (a bug)."""
 
-    async def save_reply(self, reply: Reply, end: RunEnd) -> str:
+    async def save_reply(self, reply: Reply, end: RunEnd, checkpoint: Any = None) -> str:
         raise RuntimeError("unexpected driver failure")
 
 

@@ -11,7 +11,7 @@ import trio
 from sqlalchemy import select
 
 from demiarch_flow.definition import Workflow, parse_workflow
-from demiarch_flow.runner import JournalListener, RunOutcome, RunRequest, run_workflow
+from demiarch_flow.runner import RunOutcome, RunRequest, run_workflow
 from demiarch_flow.store import MemoryStore, Reply, RunEnd
 from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.store.tables import ChatMessage, LlmUsage, WorkflowRun
@@ -41,7 +41,7 @@ async def _run(
     wf: Workflow = WF,
     conversation: str | None = None,
 ) -> RunOutcome:
-    env = make_env(fake, store=store, listeners=[JournalListener(store)], now=ticking_clock())
+    env = make_env(fake, store=store, now=ticking_clock())
     return await run_workflow(wf, RunRequest(message, conversation_id=conversation), env)
 
 
@@ -159,11 +159,9 @@ def _reply(run_id: str, conv: str, gen: str | None, cost: str = "0.000123456") -
 
 
 async def _status(store: Any, run_id: str) -> str:
-    if isinstance(store, SqlStore):
-        run, _ = await store.run_journal(run_id)
-        assert run is not None
-        return run.status
-    return str(store.runs[run_id]["status"])
+    run = await store.load_run(run_id)
+    assert run is not None
+    return str(run.status)
 
 
 async def test_persist_is_idempotent_per_run(any_store: Any, autojump_clock: object) -> None:
@@ -269,9 +267,7 @@ async def test_role_check_constraint(sql_store: SqlStore, autojump_clock: object
 async def test_200_concurrent_runs(sql_store: SqlStore, autojump_clock: object) -> None:
     """200 runs at once on one database: every row present, no lock errors."""
     fake = FakeOpenRouter(f"{SONNET}=500,ok,500,ok")
-    env = make_env(
-        fake, store=sql_store, listeners=[JournalListener(sql_store)], now=ticking_clock()
-    )
+    env = make_env(fake, store=sql_store, now=ticking_clock())
     outcomes: list[RunOutcome] = []
 
     async def one(i: int) -> None:
@@ -304,6 +300,13 @@ def test_memory_store_is_a_store() -> None:
     """MemoryStore provides every method of the interface."""
     from demiarch_flow.store import Store
 
-    for name in ("begin_run", "append_events", "save_reply", "finish_run"):
+    for name in (
+        "begin_run",
+        "checkpoint",
+        "attempt_started",
+        "attempt_ended",
+        "save_reply",
+        "finish_run",
+    ):
         assert callable(getattr(MemoryStore(), name))
         assert hasattr(Store, name)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from demiarch_flow.client import ApiKey, OpenRouterClient
 from demiarch_flow.definition import parse_workflow
 from demiarch_flow.pricing import PriceTable, write_synced_table
-from demiarch_flow.runner import JournalListener, RunRequest, run_workflow
+from demiarch_flow.runner import RunRequest, run_workflow
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.testing import FAKE_BASE_URL, FakeOpenRouter, make_env
@@ -136,21 +136,29 @@ async def test_failing_session_writes_the_recovery_file(
     store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}")
     calls = {"n": 0}
 
-    def failing_save(session: Any, reply: Any, end: Any) -> str:
+    def failing_save(session: Any, reply: Any, end: Any, cp: Any = None) -> str:
         calls["n"] += 1
         raise OperationalError("INSERT INTO chat_messages", {}, Exception("disk I/O error"))
 
     monkeypatch.setattr(sql, "_save_reply", failing_save)
+    tries = {"n": 0}
+    save_reply = store.save_reply
+
+    async def counted(reply: Any, end: Any, checkpoint: Any = None) -> str:
+        tries["n"] += 1
+        return await save_reply(reply, end, checkpoint)
+
+    monkeypatch.setattr(store, "save_reply", counted)
     env = make_env(
         FakeOpenRouter(),
         store=store,
-        listeners=[JournalListener(store)],
         recovery_dir=store.recovery_dir,
     )
     out = await run_workflow(WF, RunRequest("keep my answer"), env)
     assert out.status == "failed"
     assert out.error_class == "persistence"
-    assert calls["n"] == 3
+    assert tries["n"] == 3  # persist_tries
+    assert calls["n"] >= 3  # a failing group commit is retried write by write
     recovery = tmp_path / "recovery.jsonl"
     assert str(recovery) in str(out.error)
     row = json.loads(recovery.read_text().splitlines()[0])

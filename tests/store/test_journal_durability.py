@@ -1,5 +1,5 @@
-"""The run journal is committed before every Backoff wait and when a run ends, at one group
-commit per run end (shared between concurrent runs)."""
+"""The run journal is committed before every Backoff wait and when a run ends, riding on commits
+that happen anyway (the first attempt record, the reply), shared between concurrent runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import trio
 from sqlalchemy import func, select
 
 from demiarch_flow.definition import parse_workflow
-from demiarch_flow.runner import FlowRecord, JournalListener, RunRequest, run_workflow
+from demiarch_flow.runner import FlowRecord, RunRequest, run_workflow
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.store.tables import RunEvent
@@ -54,7 +54,7 @@ async def test_transitions_are_committed_before_each_wait(
     """Three waits and a fallback: at each wait every transition so far is in the database."""
     probe = Probe(sql_store)
     fake = FakeOpenRouter(f"{SONNET}=500,500,500,500;{HAIKU}=500,ok")
-    env = make_env(fake, store=sql_store, listeners=[JournalListener(sql_store), probe])
+    env = make_env(fake, store=sql_store, listeners=[probe])
     out = await run_workflow(WF, RunRequest("hi"), env)
     assert out.status == "succeeded"
     assert len(probe.at_waits) == 4
@@ -69,7 +69,6 @@ async def test_the_journal_is_committed_when_a_run_ends(
     env = make_env(
         FakeOpenRouter(f"{SONNET}=401;*=slow:60"),
         store=sql_store,
-        listeners=[JournalListener(sql_store)],
     )
     failed = await run_workflow(WF, RunRequest("fails"), env)
     assert failed.status == "failed"
@@ -87,11 +86,12 @@ async def test_the_journal_is_committed_when_a_run_ends(
     assert committed_events(sql_store, cancelled) == 1  # LoadContext --loaded--> Request
 
 
-async def test_a_run_without_waits_costs_three_commits(
+async def test_a_run_without_waits_costs_two_commits(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, autojump_clock: object
 ) -> None:
-    """begin_run, save_reply and the journal at the end: three commits, none left for close;
-    concurrent runs share their commits (group commit)."""
+    """The run, its message, its first checkpoint and its attempt record in one commit before
+    the request; the reply, the run's end, its last checkpoint and journal rows in the second;
+    none left for close; concurrent runs share their commits (group commit)."""
     store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}")
     commits: list[int] = []
     real = store._commit
@@ -101,26 +101,26 @@ async def test_a_run_without_waits_costs_three_commits(
         real(batch)
 
     monkeypatch.setattr(store, "_commit", counting)
-    env = make_env(FakeOpenRouter(), store=store, listeners=[JournalListener(store)])
+    env = make_env(FakeOpenRouter(), store=store)
     out = await run_workflow(WF, RunRequest("hi"), env)
     assert out.status == "succeeded"
-    assert commits == [1, 1, 1]
+    assert len(commits) == 2
     assert committed_events(store, out.run_id) == 3
 
     commits.clear()
     async with trio.open_nursery() as nursery:
         for i in range(20):
             nursery.start_soon(run_workflow, WF, RunRequest(f"m{i}"), env)
-    assert len(commits) < 20 * 3
+    assert len(commits) < 20 * 2
     assert committed_events(store) == 21 * 3
     commits.clear()
     store.close()
     assert commits == []
 
 
-async def test_memory_store_accepts_durable_appends() -> None:
-    """The in-memory store takes the same call (everything it holds is already 'durable')."""
+async def test_memory_store_keeps_the_journal() -> None:
+    """The in-memory store gets the same journal rows (everything it holds is 'durable')."""
     store = MemoryStore()
-    env = make_env(store=store, listeners=[JournalListener(store)])
+    env = make_env(store=store)
     out = await run_workflow(WF, RunRequest("hi"), env)
     assert len(store.events) == len(out.transitions) == 3

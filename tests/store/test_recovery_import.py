@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from demiarch_flow.definition import parse_workflow
-from demiarch_flow.runner import JournalListener, RunOutcome, RunRequest, run_workflow
+from demiarch_flow.runner import RunOutcome, RunRequest, run_workflow
 from demiarch_flow.runner.recovery import (
     BadLine,
     MalformedRow,
@@ -47,7 +47,6 @@ async def fail_to_persist(
         env = make_env(
             FakeOpenRouter(f"{SONNET}=500"),
             store=store,
-            listeners=[JournalListener(store)],
             recovery_dir=str(folder),
         )
         out = await run_workflow(WF, RunRequest(message, project_id="p1"), env)

@@ -1,0 +1,244 @@
+"""SQL of a run's life after it began: checkpoints, attempts, heartbeats, resumes and reads.
+
+Each function runs inside a transaction the caller owns (``SqlStore``'s group commit), on a
+``Connection``; statements are built once with bind parameters, as in ``sql.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
+
+from .base import (
+    AttemptRow,
+    BilledAttempt,
+    Checkpoint,
+    JournalEntry,
+    RunStatus,
+    StoredReply,
+    StoredRun,
+)
+from .tables import ChatMessage, LlmUsage, RunAttempt, RunEvent, WorkflowDefinition, WorkflowRun
+
+_RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
+_EVENT: Table = RunEvent.__table__  # type: ignore[assignment]
+_ATTEMPT: Table = RunAttempt.__table__  # type: ignore[assignment]
+_DEFINITION: Table = WorkflowDefinition.__table__  # type: ignore[assignment]
+_USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
+_MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
+
+_INS_EVENT = insert(_EVENT)
+_INS_ATTEMPT = insert(_ATTEMPT)
+_INS_DEFINITION = insert(_DEFINITION)
+_INS_USAGE = insert(_USAGE)
+_DEFINITION_EXISTS = select(_DEFINITION.c.sha256).where(_DEFINITION.c.sha256 == bindparam("b_sha"))
+_END_ATTEMPT = (
+    update(_ATTEMPT)
+    .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
+    .values(
+        ended_at=bindparam("b_ended"), status=bindparam("b_status"),
+        error_class=bindparam("b_class"), generation_id=bindparam("b_gen"),
+        latency_ms=bindparam("b_latency"),
+    )
+)  # fmt: skip
+_CHECKPOINT = (
+    update(_RUN)
+    .where(_RUN.c.id == bindparam("b_id"))
+    .values(
+        current_state=bindparam("b_state"), model=bindparam("b_model"),
+        state_json=bindparam("b_json"),
+    )
+)  # fmt: skip
+_HEARTBEAT = (
+    update(_RUN)
+    .where(_RUN.c.owner == bindparam("b_owner"), _RUN.c.status == "running")
+    .values(heartbeat_at=bindparam("b_at"))
+)
+_REOPEN = (
+    update(_RUN)
+    .where(_RUN.c.id == bindparam("b_id"))
+    .values(
+        status="running", current_state=bindparam("b_state"), model=bindparam("b_model"),
+        state_json=bindparam("b_json"), owner=bindparam("b_owner"),
+        heartbeat_at=bindparam("b_at"), resume_count=_RUN.c.resume_count + 1,
+        error_class=None, error_message=None, finished_at=None,
+    )
+)  # fmt: skip
+_BILLED_EXISTS = select(_USAGE.c.id).where(
+    _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.generation_id == bindparam("b_gen")
+)
+
+
+def append_events(conn: Connection, entries: Sequence[JournalEntry]) -> None:
+    conn.execute(
+        _INS_EVENT,
+        [
+            {"run_id": e.run_id, "seq": e.seq, "from_state": e.from_state, "event": e.event,
+             "to_state": e.to_state, "model": e.model, "attempt": e.attempt,
+             "error_class": e.error_class, "wait_s": e.wait_s, "at": e.at,
+             "wait_source": e.wait_source}
+            for e in entries
+        ],
+    )  # fmt: skip
+
+
+def store_definition(conn: Connection, sha256: str, name: str, text: str, at: datetime) -> None:
+    """Keep a workflow's text once per SHA-256."""
+    if conn.execute(_DEFINITION_EXISTS, {"b_sha": sha256}).first() is None:
+        conn.execute(
+            _INS_DEFINITION, {"sha256": sha256, "name": name, "text": text, "created_at": at}
+        )
+
+
+def checkpoint(conn: Connection, cp: Checkpoint) -> None:
+    conn.execute(
+        _CHECKPOINT,
+        {"b_id": cp.run_id, "b_state": cp.current_state, "b_model": cp.model,
+         "b_json": cp.state.to_json()},
+    )  # fmt: skip
+    if cp.entries:
+        append_events(conn, cp.entries)
+
+
+def insert_attempt(conn: Connection, attempt: AttemptRow) -> None:
+    conn.execute(
+        _INS_ATTEMPT,
+        {"run_id": attempt.run_id, "number": attempt.number, "model": attempt.model,
+         "started_at": attempt.started_at, "ended_at": None, "status": None,
+         "error_class": None, "generation_id": None, "latency_ms": None},
+    )  # fmt: skip
+
+
+def end_attempt(conn: Connection, attempt: AttemptRow) -> None:
+    conn.execute(
+        _END_ATTEMPT,
+        {"b_run": attempt.run_id, "b_number": attempt.number, "b_ended": attempt.ended_at,
+         "b_status": attempt.status, "b_class": attempt.error_class,
+         "b_gen": attempt.generation_id, "b_latency": attempt.latency_ms},
+    )  # fmt: skip
+
+
+def heartbeat(conn: Connection, owner: str, at: datetime) -> None:
+    conn.execute(_HEARTBEAT, {"b_owner": owner, "b_at": at})
+
+
+def reopen(conn: Connection, cp: Checkpoint, owner: str | None, at: datetime) -> None:
+    conn.execute(
+        _REOPEN,
+        {"b_id": cp.run_id, "b_state": cp.current_state, "b_model": cp.model,
+         "b_json": cp.state.to_json(), "b_owner": owner, "b_at": at},
+    )  # fmt: skip
+    if cp.entries:
+        append_events(conn, cp.entries)
+
+
+def book_billed(conn: Connection, billed: BilledAttempt) -> None:
+    if conn.execute(
+        _BILLED_EXISTS, {"b_run": billed.run_id, "b_gen": billed.generation_id}
+    ).first():
+        return
+    prompt, completion = billed.prompt_tokens or 0, billed.completion_tokens or 0
+    conn.execute(
+        _INS_USAGE,
+        {"id": billed.usage_id, "conversation_id": billed.conversation_id, "message_id": None,
+         "outcome": "billed", "run_id": billed.run_id, "project_id": billed.project_id,
+         "model": billed.model, "requested_model": billed.model,
+         "generation_id": billed.generation_id, "prompt_tokens": prompt,
+         "completion_tokens": completion, "total_tokens": prompt + completion,
+         "cached_tokens": 0, "cost_usd": billed.cost_usd, "cost_source": billed.cost_source,
+         "latency_ms": 0, "attempts": billed.attempt, "request_timestamp": billed.at},
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------- reads
+
+
+def load_runs(
+    conn: Connection,
+    *,
+    run_id: str | None = None,
+    status: RunStatus | None = None,
+    since: datetime | None = None,
+    limit: int = 1,
+    with_definition: bool = False,
+) -> list[StoredRun]:
+    """Runs (newest first) with their attempts, reply and booked cost."""
+    query = select(_RUN).order_by(_RUN.c.started_at.desc()).limit(limit)
+    if run_id is not None:
+        query = query.where(_RUN.c.id == run_id)
+    if status is not None:
+        query = query.where(_RUN.c.status == status)
+    if since is not None:
+        query = query.where(_RUN.c.started_at >= since)
+    rows = conn.execute(query).all()
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    attempts: dict[str, list[AttemptRow]] = {}
+    for a in conn.execute(
+        select(_ATTEMPT).where(_ATTEMPT.c.run_id.in_(ids)).order_by(_ATTEMPT.c.number)
+    ):
+        attempts.setdefault(a.run_id, []).append(
+            AttemptRow(a.run_id, a.number, a.model, a.started_at, a.ended_at, a.status,
+                       a.error_class, a.generation_id, a.latency_ms)
+        )  # fmt: skip
+    replies: dict[str, StoredReply] = {}
+    for u in conn.execute(
+        select(_USAGE, _MSG.c.content)
+        .join(_MSG, _MSG.c.id == _USAGE.c.message_id)
+        .where(_USAGE.c.run_id.in_(ids), _USAGE.c.outcome == "reply")
+    ):
+        replies[u.run_id] = StoredReply(
+            u.message_id, u.content, u.model, u.prompt_tokens, u.completion_tokens,
+            u.cost_usd, u.cost_source,
+        )  # fmt: skip
+    costs: dict[str, Decimal] = {}
+    for run, cost in conn.execute(
+        select(_USAGE.c.run_id, _USAGE.c.cost_usd).where(_USAGE.c.run_id.in_(ids))
+    ):  # summed here: SQLite keeps amounts as text, and SUM would make them floats
+        costs[run] = costs.get(run, Decimal(0)) + _usd(cost)
+    definitions: dict[str, str] = {}
+    if with_definition:
+        shas = {r.workflow_sha256 for r in rows}
+        definitions = {
+            sha: text
+            for sha, text in conn.execute(
+                select(_DEFINITION.c.sha256, _DEFINITION.c.text).where(
+                    _DEFINITION.c.sha256.in_(shas)
+                )
+            )
+        }
+    out = []
+    for r in rows:
+        out.append(
+            StoredRun(
+                run_id=r.id,
+                workflow=r.workflow,
+                workflow_sha256=r.workflow_sha256,
+                definition=definitions.get(r.workflow_sha256),
+                conversation_id=r.conversation_id,
+                status=r.status,
+                current_state=r.current_state,
+                model=r.model,
+                error_class=r.error_class,
+                error_message=r.error_message,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                state_json=r.state_json,
+                owner=r.owner,
+                heartbeat_at=r.heartbeat_at,
+                resume_count=r.resume_count or 0,
+                attempts=tuple(attempts.get(r.id, ())),
+                reply=replies.get(r.id),
+                cost_usd=costs.get(r.id, Decimal(0)),
+            )
+        )
+    return out
+
+
+def _usd(value: Any) -> Decimal:
+    return Decimal(0) if value is None else Decimal(str(value))
