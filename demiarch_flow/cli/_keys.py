@@ -7,7 +7,7 @@ import getpass
 import sys
 
 from ..client import ApiKey, OpenRouterClient
-from ..errors import SecretsError
+from ..errors import SecretsError, UnusableKey
 from ..keys import delete_key, key_status, resolve_key, store_key
 from ..paths import prices_path
 from ..pricing import write_synced_table
@@ -45,11 +45,13 @@ def cmd_key_delete(_args: argparse.Namespace) -> int:
 
 def cmd_models_sync(args: argparse.Namespace) -> int:
     """Refresh the local price table from ``GET {base_url}/models`` (no key needed)."""
+    base = resolve_base_url(args.base_url)
     try:
         key = resolve_key()
+    except UnusableKey:
+        raise
     except SecretsError:
         key = ApiKey("", "none")
-    base = resolve_base_url(args.base_url)
 
     async def main() -> int:
         async with http_client(4) as http:

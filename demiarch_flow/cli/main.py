@@ -204,7 +204,7 @@ def _report(exc: Exception, *, debug: bool) -> int:
         text = "".join(traceback.format_exception(exc))
         print(redact(text, os.environ.get("OPENROUTER_API_KEY")), file=sys.stderr, end="")
     if isinstance(exc, FlowError):
-        print(f"demiarch-flow: {exc}", file=sys.stderr)
+        print(f"demiarch-flow: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     print(
         f"demiarch-flow: internal error: {type(exc).__name__}: "
