@@ -74,9 +74,10 @@ def test_model_option_accepts_200_characters() -> None:
     assert check_model_option(None) is None
 
 
-def test_conversation_option_refuses_nul_and_surrogates() -> None:
-    """--conversation with a NUL would fail inside PostgreSQL; it is an input error instead."""
-    for bad in ("a\x00", "a\udcff"):
+def test_conversation_option_refuses_nul_surrogates_and_empty() -> None:
+    """--conversation with a NUL would fail inside PostgreSQL, an empty one would record a failed
+    run: both are input errors instead."""
+    for bad in ("a\x00", "a\udcff", "", "  "):
         with pytest.raises(UsageError, match="--conversation"):
             check_conversation_option(bad)
     assert check_conversation_option("ok-id") == "ok-id"

@@ -132,7 +132,7 @@ def _open_input(name: str) -> BinaryIO:
     path = Path(name)
     if path.is_dir():
         raise UsageError(f"{name}: is a folder, not an input file")
-    if not path.is_file():
+    if not path.exists():  # a pipe or /dev/stdin is fine
         raise UsageError(f"{name}: no such input file")
     try:
         return path.open("rb")

@@ -129,10 +129,14 @@ def check_conversation_option(conversation: str | None) -> str | None:
     """``--conversation``, checked before the database is asked about it.
 
     Raises:
-        UsageError: the id is not valid UTF-8 or holds a NUL character.
+        UsageError: the id is empty, not valid UTF-8 or holds a NUL character.
     """
-    if conversation is not None and (problem := text_problem(conversation)):
+    if conversation is None:
+        return None
+    if problem := text_problem(conversation):
         raise UsageError(f"--conversation: {problem}")
+    if not conversation.strip():
+        raise UsageError("--conversation is empty: give an id, or leave it out to start one")
     return conversation
 
 

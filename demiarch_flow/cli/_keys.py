@@ -16,10 +16,12 @@ from ._common import http_client, resolve_base_url, run_trio
 
 def cmd_key_set(_args: argparse.Namespace) -> int:
     """Read the key from a hidden prompt (or stdin when piped) — never from argv."""
+    # Piped: bytes, decoded leniently; a bad byte becomes U+FFFD, which store_key refuses
+    # (exit 3) without echoing any part of the key, as a decoding error would.
     value = (
         getpass.getpass("OpenRouter API key (input hidden): ")
         if sys.stdin.isatty()
-        else sys.stdin.readline()
+        else sys.stdin.buffer.readline().decode("utf-8", "replace")
     )
     store_key(value)
     print(
