@@ -12,6 +12,7 @@ without parsing text::
     ├── UsageError                       2   bad command-line input (empty message, bad flag)
     ├── EnvironmentProblem               3   the machine is not set up for the call
     │   ├── SecretsError                     no API key / unusable keyring
+    │   │   └── UnusableKey                      the key cannot be sent in a header
     │   └── StoreUnavailable                 database URL cannot be opened
     │       └── SchemaMismatch                   its tables are not what this release needs
     ├── ProviderError                    1   one failed attempt at OpenRouter (has .error_class)
@@ -37,12 +38,34 @@ from enum import StrEnum
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
 _KEYLIKE = re.compile(r"sk-or-[A-Za-z0-9_\-]{4,}")
 
+MIN_SECRET_LENGTH = 8
+"""Shorter values are not registered: replacing a one-letter key would garble every message."""
+
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str) -> bool:
+    """Make every later :func:`redact` call remove ``value``, wherever it appears, in this process.
+
+    The key is registered where it becomes known (when it is resolved, and by the client that
+    sends it), so a key of any shape that a server echoes back is cleaned from error messages,
+    logs and the database alike, not only keys that look like ``sk-or-…``.
+
+    Returns:
+        ``False`` (nothing registered) when ``value`` is shorter than
+        :data:`MIN_SECRET_LENGTH`; such a key still works, it is only not searched for.
+    """
+    if len(value) < MIN_SECRET_LENGTH:
+        return False
+    _SECRETS.add(value)
+    return True
+
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Remove API keys from ``text``: the given secrets, bearer tokens and OpenRouter-style keys."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
+    """Remove API keys from ``text``: the registered secrets, the given ones, bearer tokens and
+    OpenRouter-style keys."""
+    for secret in sorted(_SECRETS.union(s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
     text = _BEARER.sub(r"\1[redacted]", text)
     return _KEYLIKE.sub("[redacted]", text)
 
@@ -176,6 +199,10 @@ class EnvironmentProblem(FlowError):
 
 class SecretsError(EnvironmentProblem):
     """No API key could be found, or the keyring cannot be used."""
+
+
+class UnusableKey(SecretsError):
+    """The API key holds characters an HTTP header cannot carry (a newline, non-ASCII)."""
 
 
 class StoreUnavailable(EnvironmentProblem):

@@ -39,6 +39,12 @@ _ITEM = re.compile(
     r"(?:@(?P<ra>[^*]+))?(?:\*(?P<rep>\d*))?$"
 )
 _WORDS = {"ok", "inflight", "error200", "html", "truncated", "nochoices", "reset", "hang", "slow"}
+_HEADER_SAFE = re.compile(r"[!-~]+")
+MAX_REPEAT = 10_000
+"""The largest ``ITEM*N``: a script stands for a test, not for billions of requests."""
+MAX_STEPS = 100_000
+"""The most outcomes one model's list may hold (``ITEM*`` repeats without a list)."""
+_MAX_DATE_OFFSET_S = 10_000_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +78,56 @@ def parse_item(text: str) -> tuple[Fault, int | None]:
             " inflight@S, error200, html, truncated, nochoices, reset, hang or slow:S"
         )
     rep = m["rep"]
+    if rep and (len(rep) > 9 or int(rep) > MAX_REPEAT):
+        raise UsageError(
+            f"bad fault {text.strip()!r}: a repetition count is at most {MAX_REPEAT:,}"
+            " (ITEM* repeats an item forever)"
+        )
     count = None if rep == "" else int(rep) if rep else 1
+    _check_retry_after(text, m["ra"])
     if m["status"]:
+        if not 200 <= int(m["status"]) <= 599:
+            raise UsageError(f"bad fault {text.strip()!r}: a status is from 200 to 599")
         fault = Fault("status", int(m["status"]), m["inner"], m["ra"])
     elif m["word"] == "slow":
-        fault = Fault("slow", delay_s=float(m["arg"] or 1))
+        fault = Fault("slow", delay_s=_seconds(text, m["arg"] or "1"))
     elif m["word"] == "inflight":
         fault = Fault("inflight", 402, retry_after=m["ra"] or "1")
     else:
         fault = Fault(m["word"], retry_after=m["ra"])
     return fault, count
+
+
+def _seconds(item: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(
+            f"bad fault {item.strip()!r}: {text!r} is not a number of seconds"
+        ) from None
+    if not 0 <= value <= _MAX_DATE_OFFSET_S:
+        raise UsageError(f"bad fault {item.strip()!r}: seconds must be from 0 to 10,000,000")
+    return value
+
+
+def _check_retry_after(item: str, value: str | None) -> None:
+    """``@…`` goes into a header as it is: it must be sendable, and ``date+S`` a number.
+    (``@junk`` stays allowed: an unparsable value is a fault worth scripting.)"""
+    if value is None:
+        return
+    if not _HEADER_SAFE.fullmatch(value):
+        raise UsageError(
+            f"bad fault {item.strip()!r}: the Retry-After value must be printable ASCII"
+        )
+    if value.startswith("date+"):
+        try:
+            offset = float(value[5:])
+        except ValueError:
+            offset = float("nan")
+        if not abs(offset) <= _MAX_DATE_OFFSET_S:
+            raise UsageError(
+                f"bad fault {item.strip()!r}: date+S takes a number of seconds (at most 10,000,000)"
+            )
 
 
 @dataclass(frozen=True)
@@ -111,6 +157,11 @@ class FaultScript:
                     forever[model.strip()] = fault
                     break
                 seq.extend([fault] * count)
+                if len(seq) > MAX_STEPS:
+                    raise UsageError(
+                        f"bad fault script part for {model.strip()!r}: more than {MAX_STEPS:,}"
+                        " outcomes (ITEM* repeats an item forever)"
+                    )
             steps[model.strip()] = tuple(seq)
         return cls(steps, forever)
 

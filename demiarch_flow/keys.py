@@ -12,7 +12,8 @@ import os
 from collections.abc import Mapping
 
 from .client import ApiKey
-from .errors import SecretsError
+from .client.openrouter import key_problem
+from .errors import MIN_SECRET_LENGTH, SecretsError, UnusableKey, register_secret
 
 SERVICE = "demiarch-flow"
 USERNAME = "openrouter"
@@ -50,13 +51,24 @@ def resolve_key(environ: Mapping[str, str] | None = None) -> ApiKey:
     env = os.environ if environ is None else environ
     value = env.get(ENV_VAR, "").strip()
     if value:
-        return ApiKey(value, "environment")
+        return _usable(ApiKey(value, "environment"))
     stored = _keyring_get()
     if stored:
-        return ApiKey(stored, "keyring")
+        return _usable(ApiKey(stored, "keyring"))
     raise SecretsError(
         f"no API key: {ENV_VAR} is not set and the OS keyring holds none. {_HOW_TO_FIX}"
     )
+
+
+def _usable(key: ApiKey) -> ApiKey:
+    """Check that the key can be sent at all, and register it so that :func:`redact` removes
+    it from every message from now on, whatever its shape (keys shorter than
+    :data:`~demiarch_flow.errors.MIN_SECRET_LENGTH` work but are not searched for)."""
+    if problem := key_problem(key.value):
+        where = ENV_VAR if key.source == "environment" else "the key stored in the OS keyring"
+        raise UnusableKey(f"{problem}: fix {where} (`demiarch-flow key status` says which is used)")
+    register_secret(key.value)
+    return key
 
 
 def store_key(value: str) -> None:
@@ -71,6 +83,8 @@ def store_key(value: str) -> None:
     value = value.strip()
     if not value:
         raise SecretsError("no key given: nothing was stored")
+    if problem := key_problem(value):
+        raise UnusableKey(f"{problem}: nothing was stored")
     try:
         keyring.set_password(SERVICE, USERNAME, value)
     except NoKeyringError:
@@ -107,12 +121,31 @@ def delete_key() -> bool:
 def key_status(environ: Mapping[str, str] | None = None) -> str:
     """One sentence saying where the key would come from, never the key itself."""
     env = os.environ if environ is None else environ
-    if env.get(ENV_VAR, "").strip():
-        return f"using the key from the {ENV_VAR} environment variable (it takes precedence over the keyring)"
+    value = env.get(ENV_VAR, "").strip()
+    if value:
+        return (
+            f"using the key from the {ENV_VAR} environment variable (it takes precedence over"
+            " the keyring)" + _note(value)
+        )
     try:
         stored = _keyring_get()
     except SecretsError as exc:
         return str(exc)
     if stored:
-        return f"using the key stored in the OS keyring (service {SERVICE!r}, user {USERNAME!r})"
+        return (
+            f"using the key stored in the OS keyring (service {SERVICE!r}, user {USERNAME!r})"
+            + _note(stored)
+        )
     return f"no key: {ENV_VAR} is not set and the OS keyring holds none. {_HOW_TO_FIX}"
+
+
+def _note(value: str) -> str:
+    """What is wrong with a key that is there, in words that never show it."""
+    if problem := key_problem(value):
+        return f"; but {problem}"
+    if len(value) < MIN_SECRET_LENGTH:
+        return (
+            f"; note: it is shorter than {MIN_SECRET_LENGTH} characters, so it is not removed"
+            " from messages that might echo it (OpenRouter keys are much longer)"
+        )
+    return ""

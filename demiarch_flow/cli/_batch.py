@@ -18,17 +18,20 @@ import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import trio
 
-from ..errors import Terminated, UsageError
+from ..errors import EnvironmentProblem, Terminated, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome
 from ._common import (
+    decode_input,
+    model_problem,
     open_world,
     resolve_base_url,
     setup_logging,
+    text_problem,
     unwrapped_errors,
     workflow_from,
 )
@@ -48,12 +51,16 @@ def parse_line(text: str, line: int) -> BatchItem:
     """One JSONL input line → :class:`BatchItem`.
 
     Raises:
-        UsageError: the line is not a JSON object with a non-empty string ``message``.
+        UsageError: the line is not a JSON object with a non-empty string ``message``, or one
+            of its strings cannot be sent and stored (a lone surrogate, a NUL, a model name
+            the database cannot hold).
     """
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting too deep
+        raise UsageError(f"not JSON that can be read ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise UsageError("not a JSON object")
     message = doc.get("message")
@@ -65,7 +72,17 @@ def parse_line(text: str, line: int) -> BatchItem:
     raw_id = doc.get("id", line)
     if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
         raise UsageError("'id' must be a string or a number")
-    return BatchItem(line, str(raw_id), message, doc.get("conversation_id"), doc.get("model"))
+    item = BatchItem(line, str(raw_id), message, doc.get("conversation_id"), doc.get("model"))
+    for name, value in (
+        ("message", message),
+        ("id", item.id),
+        ("conversation_id", item.conversation_id),
+    ):
+        if value is not None and (problem := text_problem(value)):
+            raise UsageError(f"{name!r} cannot be used: {problem}")
+    if item.model is not None and (problem := model_problem(item.model)):
+        raise UsageError(f"'model' cannot be used: {problem}")
+    return item
 
 
 @dataclass
@@ -106,19 +123,80 @@ async def _progress(tally: Tally, stream: TextIO) -> None:
             print(f"batch: {tally.line()}", file=stream, flush=True)
 
 
+def _open_input(name: str) -> BinaryIO:
+    """The input file, opened as bytes: each line is decoded alone, so one bad byte spoils one
+    line and not the batch.
+
+    Raises:
+        UsageError: it is missing, a directory, or cannot be read.
+    """
+    path = Path(name)
+    if path.is_dir():
+        raise UsageError(f"{name}: is a folder, not an input file")
+    if not path.exists():  # a pipe or /dev/stdin is fine
+        raise UsageError(f"{name}: no such input file")
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _open_out(name: str | None) -> TextIO:
+    """``--out``, opened before any request so a bad path costs nothing.
+
+    Raises:
+        EnvironmentProblem: the file cannot be created or written.
+    """
+    if not name:
+        return sys.stdout
+    try:
+        return open(name, "w", encoding="utf-8")
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"--out {name}: cannot be written ({exc.strerror or exc}); nothing was sent"
+        ) from None
+
+
+class _SeenIds:
+    """Input ids already given to a run, so a duplicate is a bad line instead of a lost reply."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, int] = {}
+
+    def claim(self, item: BatchItem) -> None:
+        """Raises: UsageError: another line already has this id (explicit or its line number)."""
+        first = self._lines.setdefault(item.id, item.line)
+        if first != item.line:
+            raise UsageError(f"id {item.id!r} already used by line {first}")
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
-    path = Path(args.input)
-    if not path.is_file():
-        raise UsageError(f"{args.input}: no such input file")
+    if args.max_in_flight < 0:
+        raise UsageError("--max-in-flight must be at least 1 (or 0 for the default)")
+    base_url = resolve_base_url(args.base_url)
     wf = workflow_from(args.workflow)
     key = resolve_key()
+    fh = _open_input(args.input)
+    try:
+        out = _open_out(args.out)
+    except EnvironmentProblem:
+        fh.close()
+        raise
     setup_logging(quiet=True, debug=args.debug)
     in_flight_cap = args.max_in_flight or min(args.concurrency, 32)
     tally = Tally()
-    out: TextIO = sys.stdout if not args.out else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+    seen = _SeenIds()
     interrupted = terminated = False
+
+    def bad_line(number: int, exc: UsageError) -> None:
+        tally.bad_lines += 1
+        print(
+            f"\ndemiarch-flow: {args.input}:{number}: skipped: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def run_one(world: Any, item: BatchItem, slots: trio.Semaphore) -> None:
         tally.in_flight[item.id] = item.line
@@ -143,7 +221,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         nonlocal interrupted, terminated
         world_cm = open_world(
             db=args.db,
-            base_url=resolve_base_url(args.base_url),
+            base_url=base_url,
             key=key,
             listeners=(tally,),
             max_in_flight=in_flight_cap,
@@ -175,35 +253,31 @@ def cmd_batch(args: argparse.Namespace) -> int:
             slots = trio.Semaphore(args.concurrency)
             with runs_scope:
                 async with trio.open_nursery() as runs:
-                    with path.open(encoding="utf-8") as fh:
-                        for number, text in enumerate(fh, 1):
-                            tally.next_line = number
-                            if not text.strip():
-                                continue
-                            await slots.acquire()
-                            if tally.stop_reading:
-                                slots.release()
-                                break
-                            try:
-                                item = parse_line(text, number)
-                            except UsageError as exc:
-                                slots.release()
-                                tally.bad_lines += 1
-                                print(
-                                    f"\ndemiarch-flow: {args.input}:{number}: skipped: {exc}",
-                                    file=sys.stderr,
-                                    flush=True,
-                                )
-                                continue
-                            runs.start_soon(run_one, world, item, slots)
-                        else:
-                            tally.next_line = 0
+                    for number, raw in enumerate(fh, 1):
+                        tally.next_line = number
+                        if not raw.strip():
+                            continue
+                        await slots.acquire()
+                        if tally.stop_reading:
+                            slots.release()
+                            break
+                        try:
+                            item = parse_line(decode_input(raw, "the line"), number)
+                            seen.claim(item)
+                        except UsageError as exc:
+                            slots.release()
+                            bad_line(number, exc)
+                            continue
+                        runs.start_soon(run_one, world, item, slots)
+                    else:
+                        tally.next_line = 0
             outer.cancel_scope.cancel()
 
     try:
         with unwrapped_errors():
             trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
     finally:
+        fh.close()
         if out is not sys.stdout:
             out.close()
         else:

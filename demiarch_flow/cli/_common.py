@@ -19,9 +19,9 @@ import trio
 
 from .._resources import default_workflow_path
 from ..client import DEFAULT_BASE_URL, ApiKey, OpenRouterClient
-from ..client.openrouter import DEFAULT_APP_TITLE, DEFAULT_APP_URL
-from ..definition import Workflow, load_workflow
-from ..errors import Terminated, UsageError
+from ..client.openrouter import DEFAULT_APP_TITLE, DEFAULT_APP_URL, base_url_problem
+from ..definition import Workflow, check_model_name, load_workflow
+from ..errors import Terminated, UsageError, redact
 from ..paths import database_url, prices_path
 from ..pricing import PriceTable
 from ..runner import Listener, RunEnv
@@ -42,7 +42,7 @@ def style(text: str, code: str, stream: TextIO = sys.stderr) -> str:
 class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         level = "warning" if record.levelno == logging.WARNING else record.levelname.lower()
-        text = f"demiarch-flow: {level}: {record.getMessage()}"
+        text = f"demiarch-flow: {level}: {redact(record.getMessage())}"
         # stderr may have been closed (a host program, or a test, replaced it).
         with contextlib.suppress(ValueError):
             print(style(text, "33") if record.levelno >= logging.WARNING else text, file=sys.stderr)
@@ -57,7 +57,20 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
 
 
 def resolve_base_url(flag: str | None) -> str:
-    return flag or os.environ.get("OPENROUTER_BASE_URL") or DEFAULT_BASE_URL
+    """The API base from ``--base-url``, ``$OPENROUTER_BASE_URL`` or the default.
+
+    Raises:
+        UsageError: it is not an http(s) URL with a host (checked before anything is opened).
+    """
+    env = os.environ.get("OPENROUTER_BASE_URL")
+    url = flag or env or DEFAULT_BASE_URL
+    if problem := base_url_problem(url):
+        source = "--base-url" if flag else "OPENROUTER_BASE_URL" if env else "the base URL"
+        raise UsageError(
+            f"{source} {redact(url)!r} cannot be used: {problem}"
+            " (expected e.g. https://openrouter.ai/api/v1)"
+        )
+    return url
 
 
 def workflow_from(arg: str | None) -> Workflow:
@@ -65,15 +78,90 @@ def workflow_from(arg: str | None) -> Workflow:
     return load_workflow(arg if arg else default_workflow_path())
 
 
+def model_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a model name (also not valid UTF-8), or ``None``."""
+    return text_problem(name) or check_model_name(name)
+
+
+def check_model_option(name: str | None, option: str = "--model") -> str | None:
+    """``--model``, checked before any request: a paid call must not fail at Persist.
+
+    Raises:
+        UsageError: the name breaks the model-name rule.
+    """
+    if name is not None and (problem := model_problem(name)):
+        raise UsageError(f"{option} {name[:60]!r}{'…' if len(name) > 60 else ''}: {problem}")
+    return name
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be sent and stored, or ``None``: lone surrogates (invalid UTF-8 that
+    Python let through from argv or JSON escapes) cannot be encoded, and PostgreSQL cannot store
+    a NUL character (SQLite can, so both backends refuse it here, before the run begins)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8"
+    if "\x00" in text:
+        return "it contains a NUL character (\\0), which cannot be stored"
+    return None
+
+
+def check_conversation_option(conversation: str | None) -> str | None:
+    """``--conversation``, checked before the database is asked about it.
+
+    Raises:
+        UsageError: the id is empty, not valid UTF-8 or holds a NUL character.
+    """
+    if conversation is None:
+        return None
+    if problem := text_problem(conversation):
+        raise UsageError(f"--conversation: {problem}")
+    if not conversation.strip():
+        raise UsageError("--conversation is empty: give an id, or leave it out to start one")
+    return conversation
+
+
+def decode_input(data: bytes, what: str) -> str:
+    """``data`` as UTF-8 text.
+
+    Raises:
+        UsageError: it is not valid UTF-8 (the message names ``what`` and the byte offset).
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{what} is not valid UTF-8 (byte {exc.start}: {data[exc.start : exc.end]!r})"
+        ) from None
+
+
+def check_message(text: str, what: str = "the message") -> str:
+    """A user message that can be sent and stored: non-empty, valid UTF-8, no NUL.
+
+    Raises:
+        UsageError: it is empty, or :func:`text_problem` finds something.
+    """
+    if problem := text_problem(text):
+        raise UsageError(f"{what} cannot be used: {problem}")
+    if not text.strip():
+        raise UsageError(f"{what} is empty: pass -m TEXT with some text")
+    return text
+
+
 def read_message(flag: str | None, stdin: TextIO = sys.stdin) -> str:
-    """The user message from ``-m`` or stdin; an empty one is an input error."""
+    """The user message from ``-m`` or stdin (read as bytes and decoded as UTF-8, so a bad byte
+    is an input error and not a crash).
+
+    Raises:
+        UsageError: no message, an empty one, invalid UTF-8 or a NUL character.
+    """
     if flag is None:
         if stdin.isatty():
             raise UsageError("no message: pass -m TEXT or pipe the message on stdin")
-        flag = stdin.read()
-    if not flag.strip():
-        raise UsageError("the message is empty: pass -m TEXT with some text")
-    return flag
+        raw = getattr(stdin, "buffer", None)
+        flag = decode_input(raw.read(), "the message on stdin") if raw else stdin.read()
+    return check_message(flag)
 
 
 def http_client(max_in_flight: int = 100) -> httpx.AsyncClient:

@@ -7,7 +7,7 @@ import getpass
 import sys
 
 from ..client import ApiKey, OpenRouterClient
-from ..errors import SecretsError
+from ..errors import SecretsError, UnusableKey
 from ..keys import delete_key, key_status, resolve_key, store_key
 from ..paths import prices_path
 from ..pricing import SyncReport, write_synced_table
@@ -16,10 +16,12 @@ from ._common import http_client, resolve_base_url, run_trio
 
 def cmd_key_set(_args: argparse.Namespace) -> int:
     """Read the key from a hidden prompt (or stdin when piped) — never from argv."""
+    # Piped: bytes, decoded leniently; a bad byte becomes U+FFFD, which store_key refuses
+    # (exit 3) without echoing any part of the key, as a decoding error would.
     value = (
         getpass.getpass("OpenRouter API key (input hidden): ")
         if sys.stdin.isatty()
-        else sys.stdin.readline()
+        else sys.stdin.buffer.readline().decode("utf-8", "replace")
     )
     store_key(value)
     print(
@@ -45,11 +47,13 @@ def cmd_key_delete(_args: argparse.Namespace) -> int:
 
 def cmd_models_sync(args: argparse.Namespace) -> int:
     """Refresh the local price table from ``GET {base_url}/models`` (no key needed)."""
+    base = resolve_base_url(args.base_url)
     try:
         key = resolve_key()
+    except UnusableKey:
+        raise
     except SecretsError:
         key = ApiKey("", "none")
-    base = resolve_base_url(args.base_url)
 
     async def main() -> SyncReport:
         async with http_client(4) as http:

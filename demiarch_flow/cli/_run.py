@@ -8,11 +8,15 @@ import sys
 from typing import TextIO
 
 from ..definition import Workflow
-from ..errors import RunFailed
+from ..errors import RunFailed, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflow
 from ._common import (
     World,
+    check_conversation_option,
+    check_message,
+    check_model_option,
+    decode_input,
     open_world,
     read_message,
     resolve_base_url,
@@ -78,11 +82,22 @@ def _announce_conversation(outcome: RunOutcome, asked: str | None) -> None:
         )
 
 
+_KEY_REFUSED = frozenset({401, 403})
+
+
+def key_hint(outcome: RunOutcome) -> str | None:
+    """The hint to check the key, when any attempt was refused with 401 or 403 (even if the run
+    then failed for another reason, e.g. every model of the chain failing)."""
+    if any(a.status in _KEY_REFUSED for a in outcome.attempts):
+        return _HINTS["auth"]
+    return None
+
+
 def _fail_message(outcome: RunOutcome) -> str:
     cls = outcome.error_class or "failed"
-    hint = _HINTS.get(cls)
+    hints = [h for h in (_HINTS.get(cls), key_hint(outcome)) if h]
     text = f"run {outcome.run_id} {outcome.status}: {outcome.error or 'no reply'}"
-    return text + (f". Next: {hint}." if hint else "")
+    return text + (f". Next: {'; '.join(dict.fromkeys(hints))}." if hints else "")
 
 
 async def turn(
@@ -96,15 +111,16 @@ async def turn(
 
 def cmd_run(args: argparse.Namespace) -> int:
     message = read_message(args.message)
+    check_model_option(args.model)
+    check_conversation_option(args.conversation)
+    base_url = resolve_base_url(args.base_url)
     wf = workflow_from(args.workflow)
     key = resolve_key()
     setup_logging(quiet=args.quiet, debug=args.debug)
     listeners = () if args.quiet or args.json else (Progress(),)
 
     async def main() -> RunOutcome:
-        async with open_world(
-            db=args.db, base_url=resolve_base_url(args.base_url), key=key, listeners=listeners
-        ) as world:
+        async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
             return await turn(world, wf, message, args.conversation, args.model)
 
     outcome = run_trio(main)
@@ -116,6 +132,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _announce_conversation(outcome, args.conversation)
     if not outcome.succeeded:
         if args.json:
+            if hint := key_hint(outcome):
+                text = f"run {outcome.run_id} {outcome.status}. Next: {hint}."
+                print(f"demiarch-flow: {text}", file=sys.stderr)
             return 1
         raise RunFailed(
             _fail_message(outcome), run_id=outcome.run_id, error_class=outcome.error_class
@@ -124,6 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    check_model_option(args.model)
+    check_conversation_option(args.conversation)
+    base_url = resolve_base_url(args.base_url)
     wf = workflow_from(args.workflow)
     key = resolve_key()
     setup_logging(quiet=args.quiet, debug=args.debug)
@@ -136,17 +158,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         nonlocal conversation
-        async with open_world(
-            db=args.db, base_url=resolve_base_url(args.base_url), key=key, listeners=listeners
-        ) as world:
+        async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
             while True:
                 try:
                     text = await _ask("you> ")
+                    if text.strip() in ("/exit", "/quit"):
+                        return 0
+                    if not text.strip():
+                        continue
+                    check_message(text, "that line")
                 except EOFError:
                     return 0
-                if text.strip() in ("/exit", "/quit"):
-                    return 0
-                if not text.strip():
+                except UsageError as exc:
+                    print(f"demiarch-flow: {exc}; nothing was sent", file=sys.stderr)
                     continue
                 outcome = await turn(world, wf, text, conversation, args.model)
                 if outcome.conversation_id and conversation is None:
@@ -167,9 +191,11 @@ async def _ask(prompt: str) -> str:
 
     def read() -> str:
         print(prompt, end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        # Bytes, decoded line by line: a bad byte spoils its own line, not the session.
+        raw = getattr(sys.stdin, "buffer", None)
+        line = decode_input(raw.readline(), "that line") if raw else sys.stdin.readline()
         if not line:
             raise EOFError
-        return line.rstrip("\n")
+        return line.rstrip("\n").removesuffix("\r")
 
     return await trio.to_thread.run_sync(read, abandon_on_cancel=True)

@@ -17,7 +17,7 @@ from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflo
 from ..runner.context import utc_now
 from ..store import MemoryStore, Store
 from ..testing import FakeOpenRouter, make_env
-from ._common import setup_logging, workflow_from
+from ._common import check_message, check_model_option, setup_logging, workflow_from
 
 _WHY = {
     WaitSource.BACKOFF: "backoff",
@@ -97,6 +97,8 @@ def simulate(
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    message = check_message(args.message)
+    check_model_option(args.model)
     wf = workflow_from(args.workflow)
     script = FaultScript.parse(args.faults)
     setup_logging(quiet=True)
@@ -107,7 +109,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         store = SqlStore.open_sync(database_url(args.db))
     try:
-        outcome, timeline, fake = simulate(wf, script, args.message, args.model, args.seed, store)
+        outcome, timeline, fake = simulate(wf, script, message, args.model, args.seed, store)
     finally:
         if store is not None:
             store.close()

@@ -28,6 +28,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"demiarch-flow: error: {message}\n(see '{self.prog} --help')\n")
 
 
+MAX_LIMIT = 1_000_000_000
+
+
+def _limit(text: str) -> int:
+    """``--limit``: an integer the database can take (the lower bound is the command's)."""
+    value = int(text)
+    if value > MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text} is more than {MAX_LIMIT:,}")
+    return value
+
+
+def _utf8(text: str) -> str:
+    """An id given on the command line: Python lets undecodable bytes through as lone
+    surrogates, which no database driver can send."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("it is not valid UTF-8") from None
+    return text
+
+
 def _db(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
@@ -139,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="simserver:cmd_simulator")
 
     p = sub.add_parser("history", help="messages of a conversation (or the latest ones)")
-    p.add_argument("--conversation", metavar="ID")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--conversation", metavar="ID", type=_utf8)
+    p.add_argument("--limit", type=_limit, default=20)
     p.add_argument("--json", action="store_true")
     _db(p)
     p.set_defaults(handler="report:cmd_history")
@@ -148,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="inspect runs")
     runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
     q = runs.add_parser("show", help="the journal of one run")
-    q.add_argument("run_id", metavar="RUN_ID")
+    q.add_argument("run_id", metavar="RUN_ID", type=_utf8)
     q.add_argument("--json", action="store_true")
     _db(q)
     q.set_defaults(handler="report:cmd_runs_show")
@@ -228,7 +249,7 @@ def _report(exc: Exception, *, debug: bool) -> int:
         text = "".join(traceback.format_exception(exc))
         print(redact(text, os.environ.get("OPENROUTER_API_KEY")), file=sys.stderr, end="")
     if isinstance(exc, FlowError):
-        print(f"demiarch-flow: {exc}", file=sys.stderr)
+        print(f"demiarch-flow: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     print(
         f"demiarch-flow: internal error: {type(exc).__name__}: "

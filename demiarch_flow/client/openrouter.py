@@ -11,15 +11,17 @@ are mapped here, at the boundary. The key lives in an :class:`ApiKey`, whose rep
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
 
 from ..backoff import parse_retry_after
-from ..errors import ProviderError, redact
+from ..errors import ProviderError, UnusableKey, UsageError, redact, register_secret
 from .classify import Completion, parse_completion
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
@@ -36,6 +38,40 @@ class ApiKey:
 
     def __str__(self) -> str:
         return f"<API key from {self.source}>"
+
+
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+KEY_NOT_SENDABLE = "the API key contains characters that cannot be sent in an HTTP header"
+
+
+def key_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as a bearer token (a newline, a non-ASCII character), or
+    ``None``. httpx would raise an encoding error or send nothing, after the run began."""
+    if _HEADER_SAFE.fullmatch(value):
+        return None
+    return f"{KEY_NOT_SENDABLE} (only printable ASCII can be; check for a stray newline)"
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an API base, or ``None``: only ``http``/``https`` with a host.
+
+    Checked before anything is opened, so that ``ftp://…`` is not retried as a network error
+    and ``http://[::1/api`` does not fail deep inside httpx.
+    """
+    if not url or not _HEADER_SAFE.fullmatch(url) or " " in url:
+        return "it contains spaces or characters that cannot appear in a URL"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        return f"it is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "only http:// and https:// URLs can be used"
+    if not host:
+        return "it has no host name"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +94,10 @@ class OpenRouterClient:
         base_url: API base, e.g. ``https://openrouter.ai/api/v1``.
         app_url, app_title: attribution headers (``HTTP-Referer``, ``X-OpenRouter-Title``).
         limiter: optional cap on HTTP requests in flight, shared across runs.
+
+    Raises:
+        UsageError: ``base_url`` is not an http(s) URL with a host.
+        UnusableKey: the key cannot be sent in an HTTP header.
     """
 
     def __init__(
@@ -70,6 +110,11 @@ class OpenRouterClient:
         app_title: str = DEFAULT_APP_TITLE,
         limiter: trio.CapacityLimiter | None = None,
     ) -> None:
+        if problem := base_url_problem(base_url):
+            raise UsageError(f"base URL {redact(base_url)!r} cannot be used: {problem}")
+        if problem := key_problem(key.value):
+            raise UnusableKey(problem)
+        register_secret(key.value)
         self._http = http
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._key = key
