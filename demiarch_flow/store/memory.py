@@ -43,6 +43,8 @@ class MemoryStore:
     attempts: dict[tuple[str, int], AttemptRow] = field(default_factory=dict)
     definitions: dict[str, str] = field(default_factory=dict)
     _by_conversation: dict[str, list[StoredMessage]] = field(default_factory=dict, repr=False)
+    _reply_of: dict[str, str] = field(default_factory=dict, repr=False)
+    """run id → the message id of its reply (one reply per run, found without a scan)."""
 
     def _add(self, message: StoredMessage) -> None:
         self.messages.append(message)
@@ -110,10 +112,10 @@ class MemoryStore:
     async def save_reply(
         self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
     ) -> str:
-        for row in self.usage:
-            if row.run_id == reply.run_id:  # one reply per run
-                await self.finish_run(end, checkpoint)
-                return row.message_id
+        saved = self._reply_of.get(reply.run_id)
+        if saved is not None:  # one reply per run
+            await self.finish_run(end, checkpoint)
+            return saved
         self._add(
             StoredMessage(
                 reply.message_id, reply.conversation_id, "assistant", reply.content,
@@ -121,6 +123,7 @@ class MemoryStore:
             )
         )  # fmt: skip
         self.usage.append(reply)
+        self._reply_of[reply.run_id] = reply.message_id
         await self.finish_run(end, checkpoint)
         return reply.message_id
 
