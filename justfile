@@ -18,9 +18,9 @@ lint:
 demo: setup
     .venv/bin/demiarch-flow demo
 
-# benchmarks against raw httpx on the same loopback simulator
-bench: setup
-    .venv/bin/python bench/run.py
+# every figure in the README's Performance section, against raw httpx (`--quick`, `--repeat N`)
+bench *ARGS: setup
+    .venv/bin/python bench/run.py {{ARGS}}
 
 # the same, plus the openai SDK and LiteLLM measured from a separate venv (.peers-venv)
 bench-peers: setup
