@@ -110,11 +110,14 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
             " before it began); start a new run instead"
         )
     state = RunState.from_json(run.state_json)
-    if state.conversation_id is None or run.conversation_id is None:
+    if run.conversation_id is None:
         raise NotResumable(
             f"run {run_id} never stored its message ({run.error_class or 'no conversation'});"
             " start a new run instead"
         )
+    # LoadContext's own commit carries the checkpoint taken before it ran: a run killed
+    # before its next commit has the conversation on its row only.
+    state = dataclasses.replace(state, conversation_id=run.conversation_id)
     wf = workflow or _stored_workflow(run)
     point = resume_point(wf, state)
     now = env.now()
