@@ -100,6 +100,8 @@ class ErrorClass(StrEnum):
     """Ctrl-C, SIGTERM or an outer cancel scope."""
     INTERNAL = "internal"
     """A bug: an exception nobody expected."""
+    UNRECORDED = "unrecorded"
+    """A request was sent but its outcome never recorded (the process died); found on resume."""
 
 
 class FlowError(Exception):

@@ -332,3 +332,41 @@ def models_listing(prices: PriceTable) -> dict[str, Any]:
             for model, p in sorted(prices.prices.items())
         ]
     }
+
+
+class GenerationLedger:
+    """The generations a fake provider billed, answered as ``GET /generation?id=…`` does.
+
+    Keeps each success body as it was sent (nothing is parsed on the hot path) and reads the
+    cost and tokens back only when asked; the oldest entries go beyond ``limit``.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._bodies: dict[str, bytes] = {}
+
+    def note(self, generation_id: str, rendered: Rendered) -> None:
+        """Remember ``rendered`` if it is a billed answer."""
+        if rendered.status == 200 and rendered.headers.get("X-Generation-Id") == generation_id:
+            if len(self._bodies) >= self.limit:
+                del self._bodies[next(iter(self._bodies))]
+            self._bodies[generation_id] = rendered.body
+
+    def answer(self, generation_id: str) -> Rendered:
+        body = self._bodies.get(generation_id)
+        headers = {"Content-Type": "application/json"}
+        if body is None:
+            return Rendered(404, headers, _error(404, f"Generation {generation_id} not found"))
+        doc = json.loads(body)
+        usage = doc.get("usage") or {}
+        record = {
+            "id": generation_id,
+            "model": doc.get("model"),
+            "total_cost": usage.get("cost"),
+            "tokens_prompt": usage.get("prompt_tokens"),
+            "tokens_completion": usage.get("completion_tokens"),
+            "provider_name": doc.get("provider"),
+            "streamed": False,
+            "cancelled": False,
+        }
+        return Rendered(200, headers, json.dumps({"data": record}).encode())

@@ -16,11 +16,19 @@ import socket
 import struct
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 import h11
 import trio
 
-from .faults import FaultCursor, FaultScript, models_listing, new_generation_id, render
+from .faults import (
+    FaultCursor,
+    FaultScript,
+    GenerationLedger,
+    models_listing,
+    new_generation_id,
+    render,
+)
 from .pricing import PriceTable
 
 LOOPBACK = "127.0.0.1"
@@ -54,6 +62,8 @@ class Simulator:
         self.last_messages: list[Any] = []
         self.last_headers: dict[str, str] = {}
         self._models_body = json.dumps(models_listing(self.prices)).encode()
+        self.ledger = GenerationLedger()
+        """What ``GET /generation`` answers: the generations this simulator billed."""
 
     async def serve(
         self, port: int = 0, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -88,6 +98,11 @@ class Simulator:
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
         if method == "GET" and path.endswith("/models"):
             await _send(stream, conn, 200, {"Content-Type": "application/json"}, self._models_body)
+            return True
+        if method == "GET" and path.endswith("/generation"):
+            query = parse_qs(request.target.decode("latin-1").partition("?")[2])
+            found = self.ledger.answer((query.get("id") or [""])[0])
+            await _send(stream, conn, found.status, found.headers, found.body)
             return True
         if method != "POST" or not path.endswith("/chat/completions"):
             await _send(
@@ -136,6 +151,7 @@ class Simulator:
         if fault.kind == "slow":
             await trio.sleep(fault.delay_s)
         out = render(fault, model, messages, self.prices, generation_id, datetime.now(UTC))
+        self.ledger.note(generation_id, out)
         await _send(stream, conn, out.status, out.headers, out.body)
         return True
 

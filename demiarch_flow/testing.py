@@ -28,7 +28,14 @@ import trio
 
 from .client import ApiKey, OpenRouterClient
 from .definition import Workflow, machine_class
-from .faults import FaultCursor, FaultScript, models_listing, new_generation_id, render
+from .faults import (
+    FaultCursor,
+    FaultScript,
+    GenerationLedger,
+    models_listing,
+    new_generation_id,
+    render,
+)
 from .pricing import PriceTable
 from .runner.context import RunEnv, RunRequest
 from .runner.engine import advance, initial_state
@@ -64,6 +71,8 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         self.cursor = FaultCursor(parsed)
         self.prices = prices or PriceTable.load()
         self.requests: list[SeenRequest] = []
+        self.ledger = GenerationLedger()
+        """What ``GET /generation`` answers: the generations this fake billed."""
 
     @property
     def models_called(self) -> list[str]:
@@ -77,6 +86,9 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         path = request.url.path
         if request.method == "GET" and path.endswith("/models"):
             return httpx.Response(200, json=models_listing(self.prices))
+        if request.method == "GET" and path.endswith("/generation"):
+            found = self.ledger.answer(request.url.params.get("id", ""))
+            return httpx.Response(found.status, headers=found.headers, content=found.body)
         body = json.loads(await request.aread() or b"{}")
         model = str(body.get("model", ""))
         self.requests.append(SeenRequest(model, dict(request.headers), body, trio.current_time()))
@@ -92,6 +104,7 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
             fault, model, body.get("messages", []), self.prices, generation_id,
             datetime.now(UTC),
         )  # fmt: skip
+        self.ledger.note(generation_id, out)
         return httpx.Response(out.status, headers=out.headers, content=out.body)
 
 

@@ -25,6 +25,8 @@ from ..errors import Terminated, UsageError, redact
 from ..paths import database_url, prices_path
 from ..pricing import PriceTable
 from ..runner import Listener, RunEnv
+from ..runner.context import utc_now
+from ..runner.owner import keep_alive, this_process
 from ..store.sql import SqlStore
 
 T = TypeVar("T")
@@ -203,14 +205,21 @@ async def open_world(
                 app_title=os.environ.get("DEMIARCH_FLOW_APP_TITLE") or DEFAULT_APP_TITLE,
                 limiter=trio.CapacityLimiter(max_in_flight),
             )
+            owner = this_process(utc_now()).token
             env = RunEnv(
                 client=client,
                 store=store,
                 prices=PriceTable.load(prices_path()),
                 listeners=listeners,
                 recovery_dir=store.recovery_dir,
+                owner=owner,
             )
-            yield World(store, http, env)
+            async with trio.open_nursery() as nursery:
+                # One heartbeat for every run of this process: a run left 'running' by a
+                # process that died is then recognisable as stale.
+                nursery.start_soon(keep_alive, store, owner, utc_now)
+                yield World(store, http, env)
+                nursery.cancel_scope.cancel()
     finally:
         store.close()
 

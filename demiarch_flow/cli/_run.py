@@ -123,15 +123,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
             return await turn(world, wf, message, args.conversation, args.model)
 
-    outcome = run_trio(main)
-    if args.json:
+    return report_outcome(
+        run_trio(main), json_out=args.json, quiet=args.quiet, asked=args.conversation
+    )
+
+
+def report_outcome(outcome: RunOutcome, *, json_out: bool, quiet: bool, asked: str | None) -> int:
+    """Print a run's outcome as ``run`` does (the reply, or ``--json``) and give its exit code.
+
+    Raises:
+        RunFailed: the run failed (without ``--json``): one paragraph with what to do next.
+    """
+    if json_out:
         print(json.dumps(outcome.to_json(), ensure_ascii=False))
     elif outcome.succeeded and outcome.content is not None:
         print(outcome.content)
-    if not args.quiet:
-        _announce_conversation(outcome, args.conversation)
+    if not quiet:
+        _announce_conversation(outcome, asked)
     if not outcome.succeeded:
-        if args.json:
+        if json_out:
             if hint := key_hint(outcome):
                 text = f"run {outcome.run_id} {outcome.status}. Next: {hint}."
                 print(f"demiarch-flow: {text}", file=sys.stderr)

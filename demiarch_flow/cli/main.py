@@ -173,6 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     _db(q)
     q.set_defaults(handler="report:cmd_runs_show")
+    q = runs.add_parser("list", help="one row per run, newest first")
+    q.add_argument(
+        "--status", choices=["running", "stale", "failed", "cancelled", "succeeded"],
+        help="only runs with this status (stale: running, but its process is gone)",
+    )  # fmt: skip
+    q.add_argument("--since", metavar="DATE", help="only runs started on or after this date")
+    q.add_argument("--limit", type=_limit, default=20)
+    q.add_argument("--json", action="store_true")
+    _db(q)
+    q.set_defaults(handler="runs:cmd_runs_list")
+    q = runs.add_parser(
+        "resume", help="continue a failed, cancelled or stale run from its last checkpoint"
+    )
+    q.add_argument("run_id", metavar="RUN_ID", type=_utf8)
+    q.add_argument(
+        "--workflow", metavar="FILE", help="resume under this definition instead of the stored one"
+    )
+    q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _db(q)
+    _base_url(q)
+    q.set_defaults(handler="runs:cmd_runs_resume")
 
     p = sub.add_parser("usage", help="spend and tokens from llm_usage")
     p.add_argument("--since", metavar="DATE", help="only calls on or after this date (YYYY-MM-DD)")

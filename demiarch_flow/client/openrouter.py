@@ -22,7 +22,7 @@ import trio
 
 from ..backoff import parse_retry_after
 from ..errors import ProviderError, UnusableKey, UsageError, redact, register_secret
-from .classify import Completion, parse_completion
+from .classify import Completion, Generation, parse_completion, parse_generation
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_APP_URL = "https://github.com/demiarch/demiarch-flow"
@@ -213,6 +213,23 @@ class OpenRouterClient:
                 status=response.status_code,
             )  # fmt: skip
         return [d for d in data if isinstance(d, dict)]
+
+    async def generation(self, generation_id: str, *, timeout_s: float = 10.0) -> Generation | None:
+        """``GET /generation?id=…``: what OpenRouter billed for one generation, or ``None``
+        while it does not know it (the record appears a little after the last byte) or the
+        answer is unusable. Never raises for provider or network failures: the caller retries.
+        """
+        try:
+            with trio.move_on_after(timeout_s):
+                response = await self._http.get(
+                    f"{self.base_url}/generation",
+                    params={"id": generation_id},
+                    headers=self._headers,
+                )
+                return parse_generation(response.status_code, response.content)
+        except (httpx.HTTPError, OSError):
+            return None
+        return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -183,7 +183,10 @@ async def advance(
         wait_source=step.wait.source if step.wait else None,
     )  # fmt: skip
     if step.journaled is None:
-        await env.store.checkpoint(checkpoint(after, (entry,)), durable=False)
+        # A paid-for answer not stored yet is made durable at once: after a crash before
+        # Persist commits, resume stores it instead of paying for the request again.
+        paid = after.completion is not None and after.saved_message_id is None
+        await env.store.checkpoint(checkpoint(after, (entry,)), durable=paid)
     await emit(env, (rec,))
     return step, after, rec
 

@@ -59,6 +59,12 @@ async def load_context(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     request). Emits ``loaded``, or ``failed`` (unknown conversation, database error).
     """
     user = state.messages[-1].content
+    at = env.now()
+    # The next state's first request rides on this commit (one less before it is sent).
+    onward = wf.state(state.state).target("loaded")
+    first = None
+    if onward is not None and wf.state(onward).action == "request":
+        first = AttemptRow(state.run_id, state.total_attempts + 1, state.model, at)
     try:
         began = await env.store.begin_run(
             NewRun(
@@ -71,13 +77,14 @@ async def load_context(state: RunState, env: RunEnv, wf: Workflow) -> Step:
                 user_message_id=new_id(),
                 content=user,
                 context_messages=wf.request.context_messages,
-                at=env.now(),
+                at=at,
                 title=_title(user),
                 state=state.state,
                 state_json=state,
                 definition=wf.text,
                 owner=env.owner,
                 resumed=state.resume_count > 0,
+                first_attempt=first,
             )
         )
     except FlowError as exc:
@@ -90,6 +97,7 @@ async def load_context(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         conversation_id=began.conversation_id,
         user_message_at=began.user_message_at,
         messages=tuple(messages),
+        recorded_attempt=first.number if first else state.recorded_attempt,
     )
     return Step("loaded", loaded)
 
@@ -104,16 +112,17 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """
     model = state.model
     if wf.cooldown is not None:
-        skipped = _skip_cooling(state, env, model)
+        skipped = await _skip_cooling(state, env, model)
         if skipped is not None:
             return skipped
     number = state.total_attempts + 1
     started_at = env.now()
-    try:
-        await env.store.attempt_started(AttemptRow(state.run_id, number, model, started_at))
-    except FlowError as exc:
-        # Nothing was sent: the run fails before it could cost anything.
-        return Step("fatal", state.failed(ErrorInfo.of(exc)))
+    if number != state.recorded_attempt:
+        try:
+            await env.store.attempt_started(AttemptRow(state.run_id, number, model, started_at))
+        except FlowError as exc:
+            # Nothing was sent: the run fails before it could cost anything.
+            return Step("fatal", state.failed(ErrorInfo.of(exc)))
     client = env.client
     payload = client.build_payload(
         model,
@@ -190,7 +199,7 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     return Step("fatal", tried.failed(error), (attempt_record,))
 
 
-def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None:
+async def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None:
     """A cooling model is not asked: Fallback (or, on the last model, Backoff waits it out).
 
     Returns the step, or ``None`` when the model may be asked.
@@ -203,6 +212,13 @@ def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None:
         model=model, retry_after_s=left,
     )  # fmt: skip
     error = ErrorInfo.of(err)
+    if state.recorded_attempt == state.total_attempts + 1:
+        # LoadContext recorded this request; it is not sent after all.
+        now = env.now()
+        await env.store.attempt_ended(
+            AttemptRow(state.run_id, state.recorded_attempt, model, now, now, None, "cooling")
+        )
+        state = dataclasses.replace(state, recorded_attempt=0)
     known = dict(state.last_errors)
     skipped = dataclasses.replace(
         state,

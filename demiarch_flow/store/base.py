@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Literal, Protocol
 
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
+ImportResult = Literal["imported", "present", "no_conversation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,9 @@ class NewRun:
     """The process running it (``host:pid:start``), for telling a live run from a stale one."""
     resumed: bool = False
     """LoadContext runs again for a resumed run: what it stored before is read back."""
+    first_attempt: AttemptRow | None = None
+    """The run's next request, recorded in the same transaction (it rides on this commit
+    instead of costing one of its own before the request is sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +263,10 @@ class Store(Protocol):
 
     async def book_billed(self, billed: BilledAttempt) -> None:
         """Book a billed attempt that has no reply (idempotent per run and generation)."""
+
+    async def import_reply(self, reply: Reply, final_state: str | None) -> ImportResult:
+        """Store a reply read back from the recovery file, unless its run has one: the run is
+        marked succeeded (in ``final_state``, if known). ``no_conversation``: nothing written."""
 
     async def load_run(self, run_id: str) -> StoredRun | None:
         """The run with its checkpoint, attempts and reply; ``None`` if there is none."""

@@ -18,6 +18,7 @@ from .base import (
     BeganRun,
     BilledAttempt,
     Checkpoint,
+    ImportResult,
     JournalEntry,
     JsonState,
     NewRun,
@@ -80,6 +81,8 @@ class MemoryStore:
                     if m.created_at < mine[0].created_at
                 ]
                 history = tuple(earlier[-run.context_messages :]) if run.context_messages else ()
+                if run.first_attempt is not None:
+                    await self.attempt_started(run.first_attempt)
                 return BeganRun(mine[0].conversation_id, False, history, mine[0].created_at)
         created = run.conversation_id is None
         conv = run.create_with_id if created else run.conversation_id
@@ -95,6 +98,8 @@ class MemoryStore:
             StoredMessage(run.user_message_id, conv, "user", run.content, None, run.at, run.run_id)
         )
         self.runs[run.run_id] = self._new_row(run, conv)
+        if run.first_attempt is not None:
+            await self.attempt_started(run.first_attempt)
         return BeganRun(conv, created, history, run.at)
 
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
@@ -160,6 +165,17 @@ class MemoryStore:
             for b in self.billed
         ):
             self.billed.append(billed)
+
+    async def import_reply(self, reply: Reply, final_state: str | None) -> ImportResult:
+        if any(u.run_id == reply.run_id for u in self.usage):
+            return "present"
+        if reply.conversation_id not in self.conversations:
+            return "no_conversation"
+        row = self.runs.get(reply.run_id, {})
+        state = final_state or row.get("current_state") or ""
+        end = RunEnd(reply.run_id, "succeeded", state, reply.model, None, None, reply.created_at)
+        await self.save_reply(reply, end)
+        return "imported"
 
     async def load_run(self, run_id: str) -> StoredRun | None:
         row = self.runs.get(run_id)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import trio
 from sqlalchemy import (
@@ -47,6 +47,7 @@ from .base import (
     BeganRun,
     BilledAttempt,
     Checkpoint,
+    ImportResult,
     NewRun,
     Reply,
     RunEnd,
@@ -176,8 +177,6 @@ class SqlStore:
         self._checkpoints: dict[str, _CheckpointOp] = {}
         """The queued checkpoint of each run, merged in place: the latest state and every
         journal row since the last commit (three moves between commits cost one UPDATE)."""
-        self._unconfirmed: dict[str, _Pending] = {}
-        """Runs whose first write is queued, not yet known to have committed."""
         self._definitions: set[str] = set()
         """Workflow texts known to be stored (by SHA-256)."""
 
@@ -305,32 +304,17 @@ class SqlStore:
     # ------------------------------------------------------------------ the Store interface
 
     async def begin_run(self, run: NewRun) -> BeganRun:
-        """Store the run, its definition and the user's message.
-
-        A new conversation needs nothing read back, so its write is only queued: it commits
-        with the run's first attempt record, before any request is sent (one round trip less
-        per run). A write that failed there surfaces from that call.
-        """
+        """Store the run, its definition, the user's message and the first attempt record, in
+        one transaction that has committed when this returns."""
         define = run.workflow_sha256 not in self._definitions and bool(run.definition)
-        op = functools.partial(_begin_run, run=run, define=define)
-        self._definitions.add(run.workflow_sha256)
-        if run.conversation_id is None and not run.resumed:
-            pending = _Pending(op)
-            self._queue.append(pending)
-            self._unconfirmed[run.run_id] = pending
-            return BeganRun(run.create_with_id, True, (), run.at)
         try:
-            return await self._write(op)
+            began = await self._write(functools.partial(_begin_run, run=run, define=define))
         except UnknownConversation:
             # Still record the run (without a conversation), so its failure is auditable.
             await self._write(functools.partial(_add_run, run=run, conversation_id=None))
             raise
-
-    def _confirm(self, run_id: str) -> None:
-        """Raise the error of ``run_id``'s queued first write, if it failed."""
-        pending = self._unconfirmed.pop(run_id, None)
-        if pending is not None and pending.done:
-            pending.result()
+        self._definitions.add(run.workflow_sha256)
+        return began
 
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
         queued = self._checkpoints.get(checkpoint.run_id)
@@ -342,13 +326,9 @@ class SqlStore:
             self._queue.append(_Pending(op))
         if durable or len(self._queue) > 256:
             await self._write(_nothing)
-            self._confirm(checkpoint.run_id)
 
     async def attempt_started(self, attempt: AttemptRow) -> None:
-        try:
-            await self._write(functools.partial(_runs.insert_attempt, attempt=attempt))
-        finally:
-            self._confirm(attempt.run_id)
+        await self._write(functools.partial(_runs.insert_attempt, attempt=attempt))
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
         self._queue.append(_Pending(functools.partial(_runs.end_attempt, attempt=attempt)))
@@ -384,7 +364,6 @@ class SqlStore:
 
     async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
         await self._write(functools.partial(_finish, end=end, cp=checkpoint))
-        self._confirm(end.run_id)
 
     # ------------------------------------------------------------------ recovery (``recover``)
 
@@ -610,6 +589,8 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
     if run.resumed:
         began = _began_already(conn, run)
         if began is not None:
+            if run.first_attempt is not None:
+                _runs.insert_attempt(conn, run.first_attempt)
             return began
     created = run.conversation_id is None
     conv_id = run.create_with_id if created else run.conversation_id
@@ -640,6 +621,8 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
          "run_id": run.run_id, "created_at": at},
     )  # fmt: skip
     _add_run(conn, run, conv_id)
+    if run.first_attempt is not None:  # after the run row it refers to
+        _runs.insert_attempt(conn, run.first_attempt)
     return BeganRun(conv_id, created, tuple(history), at)
 
 
@@ -710,7 +693,6 @@ def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | No
     return reply.message_id
 
 
-ImportResult = Literal["imported", "present", "no_conversation"]
 _ASSISTANT_OF_RUN = select(_MSG.c.id).where(
     _MSG.c.run_id == bindparam("b_run"), _MSG.c.role == "assistant"
 )

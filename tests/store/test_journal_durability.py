@@ -86,12 +86,13 @@ async def test_the_journal_is_committed_when_a_run_ends(
     assert committed_events(sql_store, cancelled) == 1  # LoadContext --loaded--> Request
 
 
-async def test_a_run_without_waits_costs_two_commits(
+async def test_a_run_without_waits_costs_three_commits(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, autojump_clock: object
 ) -> None:
     """The run, its message, its first checkpoint and its attempt record in one commit before
-    the request; the reply, the run's end, its last checkpoint and journal rows in the second;
-    none left for close; concurrent runs share their commits (group commit)."""
+    the request; the paid-for answer checkpointed as it arrives (a crash before Persist must
+    not pay for it again); the reply, the run's end, its last checkpoint and journal rows in
+    the third; none left for close; concurrent runs share their commits (group commit)."""
     store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}")
     commits: list[int] = []
     real = store._commit
@@ -104,14 +105,14 @@ async def test_a_run_without_waits_costs_two_commits(
     env = make_env(FakeOpenRouter(), store=store)
     out = await run_workflow(WF, RunRequest("hi"), env)
     assert out.status == "succeeded"
-    assert len(commits) == 2
+    assert len(commits) == 3
     assert committed_events(store, out.run_id) == 3
 
     commits.clear()
     async with trio.open_nursery() as nursery:
         for i in range(20):
             nursery.start_soon(run_workflow, WF, RunRequest(f"m{i}"), env)
-    assert len(commits) < 20 * 2
+    assert len(commits) < 20 * 3
     assert committed_events(store) == 21 * 3
     commits.clear()
     store.close()

@@ -1,0 +1,128 @@
+"""``runs list`` and ``runs resume``: every run at a glance, and continuing one that stopped."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+from ..definition import load_workflow
+from ..errors import UsageError
+from ..keys import resolve_key
+from ..paths import database_url
+from ..runner.context import utc_now
+from ..runner.owner import effective_status
+from ..runner.resume import Resumed, resume_run, saved_outcome
+from ..store.base import RunStatus, StoredRun
+from ..store.sql import SqlStore
+from ._common import (
+    check_conversation_option,
+    open_world,
+    resolve_base_url,
+    run_trio,
+    setup_logging,
+)
+from ._run import Progress, report_outcome
+from ._table import table
+
+#: ``--status`` values: the stored ones, and ``stale`` (running, but its process is gone).
+STATUSES = ("running", "stale", "failed", "cancelled", "succeeded")
+
+
+def _models(run: StoredRun) -> list[str]:
+    """The models the run asked, in the order it first asked them."""
+    seen: dict[str, None] = {}
+    for attempt in run.attempts:
+        seen.setdefault(attempt.model, None)
+    return list(seen)
+
+
+def _row(run: StoredRun, status: str) -> dict[str, object]:
+    """A ``runs list --json`` object."""
+    return {
+        "run_id": run.run_id,
+        "status": status,
+        "state": run.current_state,
+        "conversation_id": run.conversation_id,
+        "models": _models(run),
+        "attempts": len(run.attempts),
+        "cost_usd": str(run.cost_usd),
+        "started_at": run.started_at.isoformat(),
+        "resume_count": run.resume_count,
+    }
+
+
+def _since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        since = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not a date (use YYYY-MM-DD)") from None
+    return since if since.tzinfo else since.replace(tzinfo=UTC)
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    """One row per run, newest first; ``stale`` runs are running runs whose process is gone."""
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    since = _since(args.since)
+    # 'stale' is stored as 'running': read those and keep the ones whose owner is gone.
+    stored: RunStatus | None = "running" if args.status == "stale" else args.status
+    store = SqlStore.open_sync(database_url(args.db), create=False)
+    try:
+        limit = args.limit if args.status not in ("running", "stale") else max(args.limit, 10_000)
+        runs = run_trio(lambda: store.list_runs(status=stored, since=since, limit=limit))
+    finally:
+        store.close()
+    now = utc_now()
+    listed = [(r, effective_status(r, now)) for r in runs]
+    if args.status in ("running", "stale"):
+        listed = [(r, status) for r, status in listed if status == args.status][: args.limit]
+    if args.json:
+        print(json.dumps([_row(r, status) for r, status in listed], ensure_ascii=False))
+        return 0
+    if not listed:
+        print("no runs" + (f" with status {args.status}" if args.status else ""))
+        return 0
+    headers = ["run", "status", "state", "conversation", "models", "attempts", "cost USD",
+               "started (UTC)", "resumed"]  # fmt: skip
+    body = [
+        (r.run_id, status, r.current_state or "", r.conversation_id or "",
+         " → ".join(_models(r)), len(r.attempts), str(r.cost_usd),
+         r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.resume_count)
+        for r, status in listed
+    ]  # fmt: skip
+    print(table(headers, body, numeric=[5, 6, 8]))
+    return 0
+
+
+def cmd_runs_resume(args: argparse.Namespace) -> int:
+    """Continue a failed, cancelled or stale run from its last checkpoint (same run id)."""
+    check_conversation_option(args.run_id)
+    wf = load_workflow(args.workflow) if args.workflow else None
+    setup_logging(quiet=args.quiet, debug=args.debug)
+    store = SqlStore.open_sync(database_url(args.db), create=False)
+    try:
+        run = run_trio(lambda: store.load_run(args.run_id))
+    finally:
+        store.close()
+    if run is None:
+        raise UsageError(f"no run with id {args.run_id!r} in this database")
+    if run.reply is not None:  # nothing to do, and no key needed to say so
+        if not args.json:
+            print(f"run {run.run_id} already succeeded; nothing was sent", file=sys.stderr)
+        return report_outcome(saved_outcome(run), json_out=args.json, quiet=True, asked=None)
+    key = resolve_key()
+    base_url = resolve_base_url(args.base_url)
+    listeners = () if args.quiet or args.json else (Progress(),)
+
+    async def main() -> Resumed:
+        async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
+            return await resume_run(args.run_id, world.env, workflow=wf)
+
+    resumed = run_trio(main)
+    if resumed.recovered and not args.json:
+        print(f"run {args.run_id}: its reply was stored from the recovery file", file=sys.stderr)
+    return report_outcome(resumed.outcome, json_out=args.json, quiet=True, asked=None)

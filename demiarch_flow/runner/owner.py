@@ -1,0 +1,86 @@
+"""Who runs a run: the owning process, its heartbeat, and how a dead owner is recognised.
+
+Every run started by a process carries that process's token (``host:pid:start``) in
+``workflow_runs.owner``, and one task per process refreshes ``heartbeat_at`` of all its running
+runs every :data:`HEARTBEAT_S` seconds (one UPDATE for the whole process, not one per run). A run
+left ``running`` is *stale* when its heartbeat is older than :data:`STALE_AFTER_S`, or at once
+when its owner ran on this host and that process no longer exists. Only stale, failed and
+cancelled runs can be resumed: a live run is never taken over.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import trio
+
+from ..store.base import Store, StoredRun
+
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 30.0
+"""Six missed heartbeats: a live process under heavy load is not mistaken for a dead one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A process that runs runs."""
+
+    host: str
+    pid: int
+    started: int
+    """Start time (seconds since the epoch): a recycled pid is a different owner."""
+
+    @property
+    def token(self) -> str:
+        return f"{self.host}:{self.pid}:{self.started}"
+
+    @classmethod
+    def parse(cls, token: str) -> Owner | None:
+        host, _, rest = token.rpartition(":")
+        host, _, pid = host.rpartition(":")
+        try:
+            return cls(host, int(pid), int(rest))
+        except ValueError:
+            return None
+
+
+def this_process(now: datetime) -> Owner:
+    return Owner(socket.gethostname(), os.getpid(), int(now.timestamp()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
+
+
+def effective_status(
+    run: StoredRun, now: datetime, *, host: str | None = None, alive: Callable[[int], bool] = _alive
+) -> str:
+    """The run's status, with ``running`` turned into ``stale`` when its owner is gone."""
+    if run.status != "running":
+        return run.status
+    owner = Owner.parse(run.owner) if run.owner else None
+    here = owner is not None and owner.host == (host or socket.gethostname())
+    if here and owner is not None and owner.pid != os.getpid() and not alive(owner.pid):
+        return "stale"
+    beat = run.heartbeat_at or run.started_at
+    return "stale" if (now - beat).total_seconds() > STALE_AFTER_S else "running"
+
+
+async def keep_alive(store: Store, owner: str, now: Callable[[], datetime]) -> None:
+    """Refresh the heartbeat of every running run of ``owner`` until cancelled."""
+    while True:
+        await trio.sleep(HEARTBEAT_S)
+        try:
+            await store.heartbeat(owner, now())
+        except Exception:  # a missed beat is not worth failing runs for
+            continue

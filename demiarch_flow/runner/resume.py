@@ -1,0 +1,253 @@
+"""Resuming a run from its last checkpoint, without paying twice.
+
+Like a Step Functions redrive, a failed, cancelled or stale run goes on under the same run id,
+in the same conversation, from the state it stopped in (a failed run from the state that
+failed), with fresh per-model retry counters and ``resume_count`` one higher; the journal shows
+the resume as a transition. Nothing that was already paid for is paid for again:
+
+* a run that saved its reply is only reported;
+* a reply waiting in the recovery file is stored from there;
+* a request that was sent but never recorded (the process died) is looked up by its generation
+  id (``GET /generation``, retried a few times: the record appears late) and booked in
+  ``llm_usage`` as a billed attempt; without a generation id the journal says the earlier
+  attempt may have been billed, and the request is sent again;
+* a completion that was checkpointed but not stored is persisted without a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import trio
+
+from ..client.classify import Generation
+from ..definition import Workflow, parse_workflow
+from ..errors import DefinitionError, ErrorClass, UsageError
+from ..store.base import AttemptRow, BilledAttempt, Checkpoint, JournalEntry, StoredRun
+from .context import RunEnv, new_id
+from .engine import RunOutcome, drive
+from .owner import effective_status
+from .recovery import read_recovery, recovery_path
+from .state import RunState
+
+#: Waits between look-ups of a generation's cost (OpenRouter's record appears late).
+LOOKUP_WAITS_S = (0.5, 1.0, 2.0, 4.0)
+RESUMABLE = frozenset({"failed", "cancelled", "stale"})
+
+
+class NotResumable(UsageError):
+    """The run cannot be resumed (exit 2): it is running, unknown, or has no checkpoint."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """What ``runs resume`` did: the run's outcome, and whether anything ran again."""
+
+    outcome: RunOutcome
+    ran: bool
+    """``False``: the run had its reply already (stored, or recovered from the file)."""
+    recovered: bool = False
+
+
+def saved_outcome(run: StoredRun) -> RunOutcome:
+    """The outcome of a run whose reply is stored, as ``run --json`` reports it."""
+    reply = run.reply
+    assert reply is not None
+    state = RunState.from_json(run.state_json) if run.state_json else None
+    return RunOutcome(
+        run_id=run.run_id,
+        conversation_id=run.conversation_id,
+        status="succeeded",
+        final_state=run.current_state or "",
+        model=reply.model,
+        content=reply.content,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        cost_usd=reply.cost_usd,
+        cost_source=reply.cost_source,
+        attempts=state.attempts if state else (),
+        transitions=(),
+        error=None,
+        virtual_wait_s=0.0,
+        resume_count=run.resume_count,
+    )
+
+
+async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = None) -> Resumed:
+    """Continue run ``run_id`` from its last checkpoint (see the module doc).
+
+    Args:
+        workflow: run the rest under this definition instead of the stored one.
+
+    Raises:
+        NotResumable: no such run, it is still running, or it cannot be continued.
+    """
+    run = await env.store.load_run(run_id)
+    if run is None:
+        raise NotResumable(f"no run with id {run_id!r} in this database")
+    if run.reply is not None:
+        return Resumed(saved_outcome(run), ran=False)
+    status = effective_status(run, env.now())
+    if status == "running":
+        raise NotResumable(
+            f"run {run_id} is still running (owner {run.owner}, heartbeat"
+            f" {run.heartbeat_at.isoformat() if run.heartbeat_at else 'never'}); it becomes"
+            " resumable once its process is gone"
+        )
+    if await _recover_from_file(run, env):
+        again = await env.store.load_run(run_id)
+        assert again is not None
+        assert again.reply is not None
+        return Resumed(saved_outcome(again), ran=False, recovered=True)
+    if status not in RESUMABLE:
+        raise NotResumable(
+            f"run {run_id} is {status}; only failed, cancelled and stale runs resume"
+        )
+    if not run.state_json:
+        raise NotResumable(
+            f"run {run_id} has no checkpoint (it was written by an earlier release, or failed"
+            " before it began); start a new run instead"
+        )
+    state = RunState.from_json(run.state_json)
+    if run.conversation_id is None:
+        raise NotResumable(
+            f"run {run_id} never stored its message ({run.error_class or 'no conversation'});"
+            " start a new run instead"
+        )
+    # LoadContext's own commit carries the checkpoint taken before it ran: a run killed
+    # before its next commit has the conversation on its row only.
+    state = dataclasses.replace(state, conversation_id=run.conversation_id)
+    wf = workflow or _stored_workflow(run)
+    point = resume_point(wf, state)
+    now = env.now()
+    entries: list[JournalEntry] = []
+    seq = state.seq
+    for attempt in run.attempts:
+        if attempt.ended_at is not None:
+            continue
+        seq += 1
+        entries.append(await _settle_lost_attempt(env, run, state, attempt, seq))
+    seq += 1
+    entries.append(
+        JournalEntry(
+            run.run_id, seq, state.state, "resume", point, state.model, None, None, None, now
+        )
+    )
+    resumed = dataclasses.replace(
+        state,
+        state=point,
+        attempt=0,
+        retries=0,
+        # Attempt numbers go on after every request the run is known to have sent.
+        total_attempts=max([state.total_attempts, *(a.number for a in run.attempts)]),
+        recorded_attempt=0,
+        failure=None,
+        wait=None,
+        entered_by="resume",
+        came_from=state.state,
+        seq=seq,
+        resume_count=run.resume_count + 1,
+    )
+    await env.store.reopen_run(
+        Checkpoint(run.run_id, point, resumed.model, resumed, tuple(entries)), env.owner, now
+    )
+    return Resumed(await drive(wf, resumed, env, resumed=True), ran=True)
+
+
+def resume_point(wf: Workflow, state: RunState) -> str:
+    """The state a resumed run re-enters.
+
+    A run that stopped mid-way (cancelled, stale) goes on where it stood. A run that ended in a
+    final state goes back to the state that failed (``came_from``); when that was Backoff or
+    Fallback — the chain was used up — it re-enters the state they lead on to, on its last
+    model with fresh counters (a redrive of the failed step, not of the whole chain).
+    """
+    spec = wf.state(state.state) if state.state in wf.state_names else None
+    if spec is not None and not spec.final:
+        return state.state
+    back = state.came_from
+    if back is None or back not in wf.state_names:
+        raise NotResumable(
+            f"run {state.run_id} ended in {state.state} and its checkpoint does not say which"
+            " state failed"
+        )
+    action = wf.state(back).action
+    onward = {"backoff": "retry", "fallback": "next_model"}.get(action or "")
+    if onward is not None:
+        return wf.state(back).target(onward) or back
+    return back
+
+
+def _stored_workflow(run: StoredRun) -> Workflow:
+    if run.definition is None:
+        raise NotResumable(
+            f"run {run.run_id} has no stored definition (workflow {run.workflow!r}, sha256"
+            f" {run.workflow_sha256[:12]}): pass --workflow FILE to resume it under a file"
+        )
+    try:
+        return parse_workflow(run.definition, source=f"<definition of run {run.run_id}>")
+    except DefinitionError as exc:
+        raise NotResumable(
+            f"the stored definition of run {run.run_id} no longer validates: {exc}; pass"
+            " --workflow FILE"
+        ) from None
+
+
+async def _recover_from_file(run: StoredRun, env: RunEnv) -> bool:
+    """Store this run's reply from the recovery file, if it is there."""
+    path = recovery_path(env.recovery_dir)
+    if not path.is_file():
+        return False
+    entries, _bad = read_recovery(path)
+    for entry in reversed(entries):
+        if entry.reply.run_id == run.run_id:
+            result = await env.store.import_reply(entry.reply, entry.final_state)
+            return result in ("imported", "present")
+    return False
+
+
+async def _settle_lost_attempt(
+    env: RunEnv, run: StoredRun, state: RunState, attempt: AttemptRow, seq: int
+) -> JournalEntry:
+    """Book what a request that was sent but never recorded cost, and journal it."""
+    now = env.now()
+    event = "attempt_unrecorded"
+    if attempt.generation_id:
+        billed = await _look_up(env, attempt.generation_id)
+        if billed is not None:
+            assert run.conversation_id is not None
+            await env.store.book_billed(
+                BilledAttempt(
+                    usage_id=new_id(),
+                    run_id=run.run_id,
+                    conversation_id=run.conversation_id,
+                    project_id=state.project_id,
+                    model=billed.model or attempt.model,
+                    generation_id=attempt.generation_id,
+                    prompt_tokens=billed.prompt_tokens,
+                    completion_tokens=billed.completion_tokens,
+                    cost_usd=billed.total_cost,
+                    cost_source="provider",
+                    attempt=attempt.number,
+                    at=now,
+                )
+            )
+            event = "attempt_billed"
+    await env.store.attempt_ended(
+        dataclasses.replace(attempt, ended_at=now, error_class=ErrorClass.UNRECORDED)
+    )
+    return JournalEntry(
+        run.run_id, seq, state.state, event, state.state, attempt.model, attempt.number,
+        ErrorClass.UNRECORDED, None, now,
+    )  # fmt: skip
+
+
+async def _look_up(env: RunEnv, generation_id: str) -> Generation | None:
+    for wait in (0.0, *LOOKUP_WAITS_S):
+        if wait:
+            await trio.sleep(wait)
+        found = await env.client.generation(generation_id)
+        if found is not None:
+            return found
+    return None

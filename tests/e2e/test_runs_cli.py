@@ -1,0 +1,68 @@
+"""``runs list`` and ``runs resume`` through the real CLI: the listing's fields, ``--status
+stale``, and a live run refused (exit 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import FAST, Cli, SimThread
+from .test_crash_matrix import kill, run_child, start_run, wait_until
+
+pytestmark = pytest.mark.e2e
+
+KEYS = {
+    "run_id", "status", "state", "conversation_id", "models", "attempts", "cost_usd",
+    "started_at", "resume_count",
+}  # fmt: skip
+
+
+def test_runs_list_shows_stale_runs(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
+    """A succeeded run and one whose process was killed: both listed with the same fields;
+    ``--status stale`` finds only the killed one (stored as running), ``--status running``
+    neither."""
+    sim = simulator("")
+    done = cli("run", FAST, "-m", "fine", "--base-url", sim.url, "--json")
+    assert done.code == 0, done.stderr
+    run_child(cli, cli.db, sim, "loaded")
+    listed = cli("runs", "list", "--json")
+    assert listed.code == 0, listed.stderr
+    rows = listed.json()
+    assert [set(r) for r in rows] == [KEYS, KEYS]
+    by_id = {r["run_id"]: r for r in rows}
+    ok = by_id[done.json()["run_id"]]
+    assert (ok["status"], ok["state"], ok["attempts"], ok["resume_count"]) == (
+        "succeeded",
+        "Done",
+        1,
+        0,
+    )
+    assert ok["models"] == ["anthropic/claude-sonnet-4"]
+    assert float(ok["cost_usd"]) > 0
+    (stale_id,) = set(by_id) - {ok["run_id"]}
+    assert by_id[stale_id]["status"] == "stale"
+    stale = cli("runs", "list", "--status", "stale", "--json")
+    assert stale.code == 0, stale.stderr
+    assert [(r["run_id"], r["status"]) for r in stale.json()] == [(stale_id, "stale")]
+    assert cli("runs", "list", "--status", "running", "--json").json() == []
+
+
+def test_a_live_run_is_not_resumed(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
+    """``runs resume`` of a run whose process is alive (waiting on the provider): exit 2, one
+    paragraph, and nothing sent; an unknown id is exit 2 too."""
+    sim = simulator("*=hang*")
+    proc = start_run(cli, cli.db, sim, FAST)
+    try:
+        wait_until(lambda: sim.sim.chat_requests >= 1, "the hanging request")
+        ((run_id,),) = cli.rows("select id from workflow_runs")
+        refused = cli("runs", "resume", run_id, "--base-url", sim.url)
+        assert refused.code == 2
+        assert "still running" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert sim.sim.chat_requests == 1
+    finally:
+        kill(proc)
+    unknown = cli("runs", "resume", "no-such-run", "--base-url", sim.url)
+    assert unknown.code == 2
+    assert "no run with id" in unknown.stderr
