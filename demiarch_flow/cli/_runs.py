@@ -13,7 +13,7 @@ from ..keys import resolve_key
 from ..paths import database_url
 from ..runner.context import utc_now
 from ..runner.owner import effective_status
-from ..runner.resume import Resumed, resume_run, saved_outcome
+from ..runner.resume import NotResumable, Resumed, resume_run, saved_outcome
 from ..store.base import RunStatus, StoredRun
 from ..store.sql import SqlStore
 from ._common import (
@@ -114,6 +114,11 @@ def cmd_runs_resume(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"run {run.run_id} already succeeded; nothing was sent", file=sys.stderr)
         return report_outcome(saved_outcome(run), json_out=args.json, quiet=True, asked=None)
+    if effective_status(run, utc_now()) == "running":  # say so before asking for a key
+        raise NotResumable(
+            f"run {run.run_id} is still running (owner {run.owner}); it becomes resumable once"
+            " its process is gone"
+        )
     key = resolve_key()
     base_url = resolve_base_url(args.base_url)
     listeners = () if args.quiet or args.json else (Progress(),)

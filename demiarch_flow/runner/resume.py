@@ -149,9 +149,14 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
         seq=seq,
         resume_count=run.resume_count + 1,
     )
-    await env.store.reopen_run(
-        Checkpoint(run.run_id, point, resumed.model, resumed, tuple(entries)), env.owner, now
+    taken = await env.store.reopen_run(
+        Checkpoint(run.run_id, point, resumed.model, resumed, tuple(entries)),
+        env.owner,
+        now,
+        expect=(run.status, run.owner),
     )
+    if not taken:
+        raise NotResumable(f"run {run_id} was resumed by another process just now")
     return Resumed(await drive(wf, resumed, env, resumed=True), ran=True)
 
 

@@ -126,14 +126,28 @@ def heartbeat(conn: Connection, owner: str, at: datetime) -> None:
     conn.execute(_HEARTBEAT, {"b_owner": owner, "b_at": at})
 
 
-def reopen(conn: Connection, cp: Checkpoint, owner: str | None, at: datetime) -> None:
-    conn.execute(
-        _REOPEN,
+def reopen(
+    conn: Connection,
+    cp: Checkpoint,
+    owner: str | None,
+    at: datetime,
+    expect: tuple[RunStatus, str | None] | None = None,
+) -> bool:
+    statement = _REOPEN
+    if expect is not None:
+        statement = _REOPEN.where(
+            _RUN.c.status == expect[0], _RUN.c.owner.is_not_distinct_from(expect[1])
+        )
+    done = conn.execute(
+        statement,
         {"b_id": cp.run_id, "b_state": cp.current_state, "b_model": cp.model,
          "b_json": cp.state.to_json(), "b_owner": owner, "b_at": at},
     )  # fmt: skip
+    if done.rowcount != 1:
+        return False
     if cp.entries:
         append_events(conn, cp.entries)
+    return True
 
 
 def book_billed(conn: Connection, billed: BilledAttempt) -> None:

@@ -257,9 +257,18 @@ class Store(Protocol):
     async def heartbeat(self, owner: str, at: datetime) -> None:
         """Say that every running run of ``owner`` is alive at ``at``."""
 
-    async def reopen_run(self, checkpoint: Checkpoint, owner: str | None, at: datetime) -> None:
+    async def reopen_run(
+        self,
+        checkpoint: Checkpoint,
+        owner: str | None,
+        at: datetime,
+        *,
+        expect: tuple[RunStatus, str | None] | None = None,
+    ) -> bool:
         """Mark a run running again under ``owner`` (one more resume), with its new checkpoint
-        and the journal row of the resume, in one transaction."""
+        and the journal row of the resume, in one transaction. With ``expect`` (the status and
+        owner the caller saw), only if the run still has them: two processes resuming the same
+        run cannot both take it. Returns whether the run was reopened."""
 
     async def book_billed(self, billed: BilledAttempt) -> None:
         """Book a billed attempt that has no reply (idempotent per run and generation)."""

@@ -149,8 +149,17 @@ class MemoryStore:
             if row.get("owner") == owner and row.get("status") == "running":
                 row["heartbeat_at"] = at
 
-    async def reopen_run(self, checkpoint: Checkpoint, owner: str | None, at: datetime) -> None:
+    async def reopen_run(
+        self,
+        checkpoint: Checkpoint,
+        owner: str | None,
+        at: datetime,
+        *,
+        expect: tuple[RunStatus, str | None] | None = None,
+    ) -> bool:
         row = self.runs[checkpoint.run_id]
+        if expect is not None and (row.get("status"), row.get("owner")) != expect:
+            return False
         row.update(
             status="running", current_state=checkpoint.current_state, model=checkpoint.model,
             state=checkpoint.state, owner=owner, heartbeat_at=at,
@@ -158,6 +167,7 @@ class MemoryStore:
             error_message=None, finished_at=None,
         )  # fmt: skip
         self.events.extend(checkpoint.entries)
+        return True
 
     async def book_billed(self, billed: BilledAttempt) -> None:
         if not any(

@@ -336,8 +336,17 @@ class SqlStore:
     async def heartbeat(self, owner: str, at: datetime) -> None:
         await self._write(functools.partial(_runs.heartbeat, owner=owner, at=at))
 
-    async def reopen_run(self, checkpoint: Checkpoint, owner: str | None, at: datetime) -> None:
-        await self._write(functools.partial(_runs.reopen, cp=checkpoint, owner=owner, at=at))
+    async def reopen_run(
+        self,
+        checkpoint: Checkpoint,
+        owner: str | None,
+        at: datetime,
+        *,
+        expect: tuple[RunStatus, str | None] | None = None,
+    ) -> bool:
+        return await self._write(
+            functools.partial(_runs.reopen, cp=checkpoint, owner=owner, at=at, expect=expect)
+        )
 
     async def book_billed(self, billed: BilledAttempt) -> None:
         await self._write(functools.partial(_runs.book_billed, billed=billed))
