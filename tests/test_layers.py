@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def modules_after(code: str) -> set[str]:
     """The top-level and ``demiarch_flow.*`` modules loaded after running ``code``."""
@@ -39,6 +41,25 @@ def test_the_command_line_does_not_import_the_test_helpers() -> None:
     loaded = modules_after(code)
     assert "demiarch_flow.testing" not in loaded
     assert "demiarch_flow.fake" in loaded  # simulate's provider, from a non-test module
+
+
+@pytest.mark.parametrize("module", ["yaml", "jsonschema", "statemachine", "sqlalchemy"])
+def test_the_http_client_does_not_import_the_definition_or_the_store(module: str) -> None:
+    """``import demiarch_flow.client`` needs neither the YAML parser, the schema validator, the
+    state machine nor SQLAlchemy."""
+    loaded = modules_after("import demiarch_flow.client")
+    assert module not in loaded
+    assert "demiarch_flow.definition" not in loaded
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["yaml", "jsonschema", "statemachine", "demiarch_flow.runner", "demiarch_flow.definition"],
+)
+def test_the_store_does_not_import_the_runner_or_the_definition(module: str) -> None:
+    """``import demiarch_flow.store`` (and its SQL implementation) stay below the runner."""
+    loaded = modules_after("import demiarch_flow.store, demiarch_flow.store.sql")
+    assert module not in loaded
 
 
 def test_help_does_not_import_the_heavy_dependencies() -> None:

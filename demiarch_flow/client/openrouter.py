@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ..backoff import parse_retry_after
 from ..errors import ProviderError, UnusableKey, UsageError, redact, register_secret
 from .classify import Completion, parse_completion
+from .retry_after import parse_retry_after
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_APP_URL = "https://github.com/demiarch/demiarch-flow"
