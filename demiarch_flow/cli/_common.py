@@ -25,6 +25,7 @@ from ..errors import Terminated, UsageError, redact
 from ..paths import database_url, prices_path
 from ..pricing import PriceTable
 from ..runner import Listener, RunEnv
+from ..runner.recovery import recovery_dir_for
 from ..store.sql import SqlStore
 
 T = TypeVar("T")
@@ -192,7 +193,8 @@ async def open_world(
     """Open the database and the HTTP client; close both afterwards. The database is opened
     first, so a schema that does not fit (exit 3) is found before any request is sent, and
     Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`)."""
-    store = await SqlStore.open(database_url(db))
+    url = database_url(db)
+    store = await SqlStore.open(url)
     try:
         async with http_client(max_in_flight) as http:
             client = OpenRouterClient(
@@ -208,7 +210,7 @@ async def open_world(
                 store=store,
                 prices=PriceTable.load(prices_path()),
                 listeners=listeners,
-                recovery_dir=store.recovery_dir,
+                recovery_dir=recovery_dir_for(url),
             )
             yield World(store, http, env)
     finally:

@@ -30,7 +30,7 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True)
 class NewRun:
-    """Everything LoadContext writes at once: the run row and the user's message."""
+    """Everything the run's first state writes at once: the run row and the user's message."""
 
     run_id: str
     workflow: str
@@ -46,8 +46,9 @@ class NewRun:
     """How many earlier messages to return as history."""
     at: datetime
     title: str
-    state: str = "LoadContext"
-    """The state the run row says it is in (the workflow's initial state)."""
+    state: str
+    """The state the run row says it is in (the workflow's initial state; the store knows no
+    state names)."""
     state_json: JsonState | None = None
     """The run's first checkpoint."""
     definition: str = ""
@@ -55,7 +56,7 @@ class NewRun:
     owner: str | None = None
     """The process running it (``host:pid:start``), for telling a live run from a stale one."""
     resumed: bool = False
-    """LoadContext runs again for a resumed run: what it stored before is read back."""
+    """The first state runs again for a resumed run: what it stored before is read back."""
 
 
 @dataclass(frozen=True, slots=True)

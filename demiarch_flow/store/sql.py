@@ -220,14 +220,6 @@ class SqlStore:
         finally:
             self.engine.dispose()
 
-    @property
-    def recovery_dir(self) -> str | None:
-        """The folder of a SQLite database file (recovery files go beside it)."""
-        parsed = make_url(self.url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            return str(Path(str(parsed.database)).expanduser().resolve().parent)
-        return None
-
     # ------------------------------------------------------------------ plumbing
 
     async def _write(self, op: Callable[[Connection], T]) -> T:

@@ -187,9 +187,9 @@ async def test_same_generation_id_on_two_runs_stores_both_replies(
 ) -> None:
     """An endpoint that reuses a response id for another run (as caching proxies do): both
     runs succeed and each keeps its assistant message and usage row."""
-    import demiarch_flow.testing
+    import demiarch_flow.fake
 
-    monkeypatch.setattr(demiarch_flow.testing, "new_generation_id", lambda: "gen-sim-00000001")
+    monkeypatch.setattr(demiarch_flow.fake, "new_generation_id", lambda: "gen-sim-00000001")
     one = await _run(any_store, FakeOpenRouter(), "first")
     two = await _run(any_store, FakeOpenRouter(), "second")
     assert (one.status, two.status) == ("succeeded", "succeeded")
