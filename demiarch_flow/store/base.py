@@ -268,3 +268,10 @@ class Store(Protocol):
         self, *, status: RunStatus | None, since: datetime | None, limit: int
     ) -> list[StoredRun]:
         """The latest runs first (attempts and reply included; ``definition`` left out)."""
+
+    async def journal(self, run_id: str) -> tuple[JournalEntry, ...]:
+        """The run's transitions in order (``seq`` 1, 2, …); empty for an unknown run."""
+
+    async def count_rows(self) -> dict[str, int]:
+        """Rows per table, named as in the SQL schema (``conversations``, ``chat_messages``,
+        ``llm_usage``, ``workflow_runs``, ``run_events``): what ``demo`` and tests check."""

@@ -152,9 +152,9 @@ class MemoryStore:
         self.events.extend(checkpoint.entries)
 
     async def book_billed(self, billed: BilledAttempt) -> None:
+        booked: list[BilledAttempt | Reply] = [*self.billed, *self.usage]  # replies count too
         if not any(
-            b.run_id == billed.run_id and b.generation_id == billed.generation_id
-            for b in self.billed
+            b.run_id == billed.run_id and b.generation_id == billed.generation_id for b in booked
         ):
             self.billed.append(billed)
 
@@ -173,6 +173,9 @@ class MemoryStore:
         ]
         rows.sort(key=lambda r: r.started_at, reverse=True)
         return rows[:limit]
+
+    async def journal(self, run_id: str) -> tuple[JournalEntry, ...]:
+        return tuple(sorted((e for e in self.events if e.run_id == run_id), key=lambda e: e.seq))
 
     def _stored(self, run_id: str, row: dict[str, Any], with_definition: bool = False) -> StoredRun:
         reply = next((u for u in self.usage if u.run_id == run_id), None)

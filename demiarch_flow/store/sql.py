@@ -47,6 +47,7 @@ from .base import (
     BeganRun,
     BilledAttempt,
     Checkpoint,
+    JournalEntry,
     NewRun,
     Reply,
     RunEnd,
@@ -367,6 +368,9 @@ class SqlStore:
             functools.partial(_runs.load_runs, status=status, since=since, limit=limit)
         )
 
+    async def journal(self, run_id: str) -> tuple[JournalEntry, ...]:
+        return await self._read_conn(functools.partial(_runs.load_journal, run_id=run_id))
+
     async def save_reply(
         self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
     ) -> str:
@@ -448,16 +452,6 @@ class SqlStore:
                 .limit(limit)
             ).all()
             return [_stored(m) for m in reversed(rows)]
-
-        return await self._read(read)
-
-    async def run_journal(self, run_id: str) -> tuple[WorkflowRun | None, list[RunEvent]]:
-        def read(session: Session) -> tuple[WorkflowRun | None, list[RunEvent]]:
-            run = session.get(WorkflowRun, run_id)
-            events = session.scalars(
-                select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.seq)
-            ).all()
-            return run, list(events)
 
         return await self._read(read)
 

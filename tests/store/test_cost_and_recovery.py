@@ -167,7 +167,7 @@ async def test_failing_session_writes_the_recovery_file(
     assert row["run_id"] == out.run_id
     counts = await store.count_rows()
     assert (counts["chat_messages"], counts["llm_usage"], counts["workflow_runs"]) == (1, 0, 1)
-    run, _ = await store.run_journal(out.run_id)
+    run = await store.load_run(out.run_id)
     assert run is not None
     assert (run.status, run.error_class) == ("failed", "persistence")
     store.close()
