@@ -3,9 +3,12 @@ interpreter (``sys.modules`` after the import)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -66,3 +69,27 @@ def test_help_does_not_import_the_heavy_dependencies() -> None:
     """Building the parser (what ``--help`` does) loads no trio, httpx nor SQLAlchemy."""
     loaded = modules_after("from demiarch_flow.cli.main import build_parser\nbuild_parser()")
     assert not {"trio", "httpx", "sqlalchemy"} & loaded
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[Any]:
+    """(command words, handler default) of every leaf command of ``parser``."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser.get_default("handler")
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _commands(child, (*path, name))
+
+
+def test_every_command_names_a_handler_that_exists() -> None:
+    """Each leaf command of the parser carries a typed Command whose function imports and is
+    callable (a typo would otherwise surface only when a user runs that command)."""
+    from demiarch_flow.cli.main import Command, build_parser
+
+    found = dict(_commands(build_parser()))
+    assert ("run",) in found and ("db", "upgrade") in found and ("key", "set") in found
+    for words, command in found.items():
+        assert isinstance(command, Command), words
+        handler = command.load()
+        assert callable(handler), words
+        assert handler.__name__ == command.function
