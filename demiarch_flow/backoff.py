@@ -50,10 +50,6 @@ class WaitPlan:
     source: Literal["schedule", "retry_after", "none"]
     reason: str
 
-    @property
-    def exhausted(self) -> bool:
-        return self.delay_s is None
-
 
 def plan_wait(
     retry_number: int,

@@ -174,9 +174,9 @@ def http_client(max_in_flight: int = 100) -> httpx.AsyncClient:
 
 @dataclass
 class World:
-    """An open store and HTTP client, for the lifetime of one command."""
+    """An open store and HTTP client, for the lifetime of one command (the store is
+    ``env.store``)."""
 
-    store: SqlStore
     http: httpx.AsyncClient
     env: RunEnv
 
@@ -212,13 +212,9 @@ async def open_world(
                 listeners=listeners,
                 recovery_dir=recovery_dir_for(url),
             )
-            yield World(store, http, env)
+            yield World(http, env)
     finally:
         store.close()
-
-
-class Interrupted(Exception):
-    """Ctrl-C arrived; the work in progress was cancelled and recorded."""
 
 
 def run_trio(fn: Callable[[], Awaitable[T]]) -> T:

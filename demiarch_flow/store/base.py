@@ -62,7 +62,6 @@ class NewRun:
 @dataclass(frozen=True, slots=True)
 class BeganRun:
     conversation_id: str
-    created: bool
     history: tuple[StoredMessage, ...]
     """Earlier messages (the new one not counted), oldest first."""
     user_message_at: datetime | None = None

@@ -78,7 +78,7 @@ class MemoryStore:
                     if m.created_at < mine[0].created_at
                 ]
                 history = tuple(earlier[-run.context_messages :]) if run.context_messages else ()
-                return BeganRun(mine[0].conversation_id, False, history, mine[0].created_at)
+                return BeganRun(mine[0].conversation_id, history, mine[0].created_at)
         created = run.conversation_id is None
         conv = run.create_with_id if created else run.conversation_id
         assert conv is not None
@@ -93,7 +93,7 @@ class MemoryStore:
             StoredMessage(run.user_message_id, conv, "user", run.content, None, run.at, run.run_id)
         )
         self.runs[run.run_id] = self._new_row(run, conv)
-        return BeganRun(conv, created, history, run.at)
+        return BeganRun(conv, history, run.at)
 
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
         self.runs.setdefault(checkpoint.run_id, {}).update(

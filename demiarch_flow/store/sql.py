@@ -311,7 +311,7 @@ class SqlStore:
             pending = _Pending(op)
             self._queue.append(pending)
             self._unconfirmed[run.run_id] = pending
-            return BeganRun(run.create_with_id, True, (), run.at)
+            return BeganRun(run.create_with_id, (), run.at)
         try:
             return await self._write(op)
         except UnknownConversation:
@@ -626,7 +626,7 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
          "run_id": run.run_id, "created_at": at},
     )  # fmt: skip
     _add_run(conn, run, conv_id)
-    return BeganRun(conv_id, created, tuple(history), at)
+    return BeganRun(conv_id, tuple(history), at)
 
 
 def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None:
@@ -662,7 +662,7 @@ def _began_already(conn: Connection, run: NewRun) -> BeganRun | None:
             .limit(run.context_messages)
         ).all()  # fmt: skip
         history = [StoredMessage(*r) for r in reversed(rows)]
-    return BeganRun(conv_id, False, tuple(history), at)
+    return BeganRun(conv_id, tuple(history), at)
 
 
 def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | None) -> str:
