@@ -7,12 +7,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 import httpx
 import trio
@@ -21,12 +20,13 @@ from .._resources import default_workflow_path
 from ..client import DEFAULT_BASE_URL, ApiKey, OpenRouterClient
 from ..client.openrouter import DEFAULT_APP_TITLE, DEFAULT_APP_URL, base_url_problem
 from ..definition import Workflow, check_model_name, load_workflow
-from ..errors import Terminated, UsageError, redact
+from ..errors import UsageError, redact
 from ..paths import database_url, prices_path
 from ..pricing import PriceTable
 from ..runner import Listener, RunEnv
 from ..runner.recovery import recovery_dir_for
 from ..store.sql import SqlStore
+from ._signals import Signals
 
 T = TypeVar("T")
 
@@ -222,28 +222,31 @@ def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
     so a run is recorded as cancelled) and then raises :class:`KeyboardInterrupt` (exit 130)
     or :class:`~demiarch_flow.errors.Terminated` (exit 143)."""
 
-    async def main() -> Any:
-        received: list[int] = []
+    async def main() -> T:
+        signals = Signals()
         async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        received.append(signum)
-                        nursery.cancel_scope.cancel()
-                        return
+            def stop(_signum: int) -> bool:
+                nursery.cancel_scope.cancel()
+                return True
 
-            nursery.start_soon(watch)
+            nursery.start_soon(signals.watch, stop)
             result = await fn()
             nursery.cancel_scope.cancel()
-        if received == [signal.SIGTERM]:
-            raise Terminated("terminated by SIGTERM (work in progress was recorded as cancelled)")
-        if received:
-            raise KeyboardInterrupt
+        signals.raise_if_stopped(
+            "terminated by SIGTERM (work in progress was recorded as cancelled)"
+        )
         return result
 
+    return trio_run(main)
+
+
+def trio_run(main: Callable[[], Awaitable[T]]) -> T:
+    """``trio.run(main)`` with Ctrl-C delivered only at checkpoints (so cleanup is not torn
+    mid-write) and a lone error unwrapped from trio's exception groups; ``main`` handles
+    signals itself (see :mod:`demiarch_flow.cli._signals`)."""
     with unwrapped_errors():
-        return trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)  # type: ignore[no-any-return]
+        return trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
