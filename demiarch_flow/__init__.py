@@ -5,11 +5,14 @@ Architecture, outside in:
 * ``definition`` — YAML text → JSON Schema → frozen :class:`Workflow` → graph checks → a
   python-statemachine class (states and transitions only, no I/O).
 * ``runner`` — the trio runner: awaits the current state's handler, ``send()``s the outcome
-  event to the machine, reports each transition to listeners as a frozen record.
+  event to the machine, reports each transition to listeners as a frozen record;
+  ``backoff`` — the wait before a retry as a pure function.
 * ``client`` — the OpenRouter client over an injected ``httpx.AsyncClient`` and the pure
-  classification of every failure into one error class; ``policy`` — backoff as a pure function.
-* ``store`` — SQLAlchemy tables and a small store interface, used from trio through threads.
-* ``cli`` — the ``demiarch-flow`` command; ``sim`` — an OpenRouter-compatible simulator;
+  classification of every failure into one error class.
+* ``store`` — a small store interface; SQLAlchemy tables behind it, used from trio through
+  threads, and an in-memory store.
+* ``cli`` — the ``demiarch-flow`` command; ``faults`` — the fault script language, played by
+  ``simulator`` (an OpenRouter-compatible server) and ``fake`` (an httpx transport);
   ``testing`` — helpers for users to unit-test their own workflows.
 
 The public names are re-exported here and imported lazily, so ``demiarch-flow --help`` does not

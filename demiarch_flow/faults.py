@@ -1,5 +1,5 @@
 """Scripted provider behaviour: the fault language shared by ``simulate``, the bundled
-simulator server and :class:`demiarch_flow.testing.FakeOpenRouter`.
+simulator server and :class:`demiarch_flow.fake.FakeOpenRouter`.
 
 A script maps each model to the outcomes of its successive requests; once a model's list is used
 up it answers ``ok``. Syntax: ``MODEL=ITEM,ITEM,...;MODEL=...`` where an ITEM is

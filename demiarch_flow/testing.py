@@ -1,7 +1,8 @@
 """Helpers for testing workflows — ours and our users' — without a network or real waiting.
 
 * :class:`FakeOpenRouter` — an ``httpx`` transport that answers like OpenRouter from a fault
-  script (see :mod:`demiarch_flow.faults`) and records every request it receives.
+  script (see :mod:`demiarch_flow.faults`) and records every request it receives; it lives in
+  :mod:`demiarch_flow.fake` (``simulate`` uses it too) and is re-exported here.
 * :func:`make_env` — a :class:`~demiarch_flow.runner.RunEnv` around a fake provider and an
   in-memory store, with a seeded random source and a fixed wall clock.
 * :func:`state_for` — a :class:`~demiarch_flow.runner.RunState` positioned at any state.
@@ -16,7 +17,6 @@ fixture) so every Backoff wait takes no real time, and read waited time from
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,17 +26,8 @@ from typing import Any
 import httpx
 import trio
 
-from .client import ApiKey, OpenRouterClient
 from .definition import Workflow, machine_class
-from .faults import (
-    FaultCursor,
-    FaultScript,
-    GenerationLedger,
-    models_listing,
-    new_generation_id,
-    render,
-)
-from .pricing import PriceTable
+from .fake import FAKE_BASE_URL, FAKE_KEY, FakeOpenRouter, SeenRequest, fake_client
 from .runner.context import RunEnv, RunRequest
 from .runner.engine import advance, initial_state
 from .runner.records import FlowRecord
@@ -44,68 +35,18 @@ from .runner.state import RunState
 from .store.base import Store
 from .store.memory import MemoryStore
 
-FAKE_BASE_URL = "https://openrouter.test/api/v1"
-FAKE_KEY = "sk-or-test-0000000000000000"
-
-
-@dataclass(frozen=True, slots=True)
-class SeenRequest:
-    """A request the fake received: the model asked for, the headers, the JSON body, the time."""
-
-    model: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    at: float
-
-
-class FakeOpenRouter(httpx.AsyncBaseTransport):
-    """An OpenRouter stand-in as an httpx transport, scripted per model.
-
-    Args:
-        script: a fault script text or a parsed :class:`FaultScript` (empty: always ``ok``).
-        prices: the price table used for ``usage.cost`` in success bodies.
-    """
-
-    def __init__(self, script: str | FaultScript = "", prices: PriceTable | None = None) -> None:
-        parsed = FaultScript.parse(script) if isinstance(script, str) else script
-        self.cursor = FaultCursor(parsed)
-        self.prices = prices or PriceTable.load()
-        self.requests: list[SeenRequest] = []
-        self.ledger = GenerationLedger()
-        """What ``GET /generation`` answers: the generations this fake billed."""
-
-    @property
-    def models_called(self) -> list[str]:
-        """The model of every chat request, in order."""
-        return [r.model for r in self.requests]
-
-    def request_times(self) -> list[float]:
-        return [r.at for r in self.requests]
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if request.method == "GET" and path.endswith("/models"):
-            return httpx.Response(200, json=models_listing(self.prices))
-        if request.method == "GET" and path.endswith("/generation"):
-            found = self.ledger.answer(request.url.params.get("id", ""))
-            return httpx.Response(found.status, headers=found.headers, content=found.body)
-        body = json.loads(await request.aread() or b"{}")
-        model = str(body.get("model", ""))
-        self.requests.append(SeenRequest(model, dict(request.headers), body, trio.current_time()))
-        generation_id = new_generation_id()
-        fault = self.cursor.next(model)
-        if fault.kind == "reset":
-            raise httpx.ReadError("Connection reset by peer", request=request)
-        if fault.kind == "hang":
-            await trio.sleep_forever()
-        if fault.kind == "slow":
-            await trio.sleep(fault.delay_s)
-        out = render(
-            fault, model, body.get("messages", []), self.prices, generation_id,
-            datetime.now(UTC),
-        )  # fmt: skip
-        self.ledger.note(generation_id, out)
-        return httpx.Response(out.status, headers=out.headers, content=out.body)
+__all__ = [
+    "FAKE_BASE_URL",
+    "FAKE_KEY",
+    "FakeOpenRouter",
+    "RecordingListener",
+    "SeenRequest",
+    "StepResult",
+    "fixed_clock",
+    "make_env",
+    "run_state",
+    "state_for",
+]
 
 
 class RecordingListener:
@@ -138,10 +79,8 @@ def make_env(
     """A :class:`RunEnv` with a fake provider (a script or a transport), an in-memory store,
     ``random.Random(seed)`` and a fixed wall clock."""
     transport = FakeOpenRouter(provider) if isinstance(provider, str) else provider
-    http = httpx.AsyncClient(transport=transport)
-    client = OpenRouterClient(http, ApiKey(FAKE_KEY, "test"), base_url=FAKE_BASE_URL)
     return RunEnv(
-        client=client,
+        client=fake_client(transport),
         store=store if store is not None else MemoryStore(),
         rng=random.Random(seed),
         now=env.pop("now", fixed_clock()),

@@ -120,14 +120,14 @@ def test_plan_uses_hint_within_cap_and_gives_up_beyond() -> None:
     rng = random.Random(0)
     assert plan_wait(1, DEFAULT, 2.0, rng).delay_s == 2.0
     beyond = plan_wait(1, DEFAULT, 45.0, rng)
-    assert beyond.exhausted
+    assert beyond.delay_s is None
     assert beyond.reason == "retry_after_too_long"
 
 
 def test_plan_exhausted_after_max_retries() -> None:
     """Retry number max_retries + 1 is refused."""
     assert plan_wait(4, DEFAULT, None, random.Random(0)).reason == "retries_exhausted"
-    assert plan_wait(1, RetryPolicy(max_retries=0), None, random.Random(0)).exhausted
+    assert plan_wait(1, RetryPolicy(max_retries=0), None, random.Random(0)).delay_s is None
 
 
 def test_plan_ignores_hint_when_told() -> None:

@@ -15,27 +15,32 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 import trio
 
+from ..client import ApiKey
+from ..definition import Workflow
 from ..errors import EnvironmentProblem, Terminated, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome
 from ._common import (
+    World,
     decode_input,
     model_problem,
     open_world,
     resolve_base_url,
     setup_logging,
     text_problem,
-    unwrapped_errors,
+    trio_run,
     workflow_from,
 )
 from ._run import turn
+from ._signals import Signals
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,126 +176,177 @@ class _SeenIds:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    """Check the options and open the files, run every line, then report what happened."""
+    batch = _Batch.open(args)
+    try:
+        trio_run(batch.main)
+    finally:
+        batch.close()
+    return batch.summary()
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Raises: UsageError: ``--concurrency`` or ``--max-in-flight`` is out of range."""
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     if args.max_in_flight < 0:
         raise UsageError("--max-in-flight must be at least 1 (or 0 for the default)")
-    base_url = resolve_base_url(args.base_url)
-    wf = workflow_from(args.workflow)
-    key = resolve_key()
-    fh = _open_input(args.input)
-    try:
-        out = _open_out(args.out)
-    except EnvironmentProblem:
-        fh.close()
-        raise
-    setup_logging(quiet=True, debug=args.debug)
-    in_flight_cap = args.max_in_flight or min(args.concurrency, 32)
-    tally = Tally()
-    seen = _SeenIds()
-    interrupted = terminated = False
 
-    def bad_line(number: int, exc: UsageError) -> None:
-        tally.bad_lines += 1
-        print(
-            f"\ndemiarch-flow: {args.input}:{number}: skipped: {exc}",
-            file=sys.stderr,
-            flush=True,
-        )
 
-    async def run_one(world: Any, item: BatchItem, slots: trio.Semaphore) -> None:
-        tally.in_flight[item.id] = item.line
+def _numbered_lines(fh: BinaryIO, tally: Tally) -> Iterator[tuple[int, bytes]]:
+    """The input's non-blank lines with their numbers; ``tally.next_line`` says where reading
+    stopped (0 once the whole input was read)."""
+    for number, raw in enumerate(fh, 1):
+        tally.next_line = number
+        if raw.strip():
+            yield number, raw
+    tally.next_line = 0
+
+
+def read_item(raw: bytes, number: int, seen: _SeenIds) -> BatchItem:
+    """One input line, decoded, parsed and given its id.
+
+    Raises:
+        UsageError: the line is bad (not UTF-8, see :func:`parse_line`, or a repeated id).
+    """
+    item = parse_line(decode_input(raw, "the line"), number)
+    seen.claim(item)
+    return item
+
+
+@dataclass
+class _Batch:
+    """One ``batch`` command: its options, open files and counters, the runs, the summary."""
+
+    args: argparse.Namespace
+    wf: Workflow
+    key: ApiKey
+    base_url: str
+    fh: BinaryIO
+    out: TextIO
+    tally: Tally = field(default_factory=Tally)
+    seen: _SeenIds = field(default_factory=_SeenIds)
+    signals: Signals = field(default_factory=Signals)
+
+    @classmethod
+    def open(cls, args: argparse.Namespace) -> _Batch:
+        """Everything checked and opened before the first request (a bad option, workflow,
+        key, input or ``--out`` costs nothing)."""
+        _check_options(args)
+        base_url = resolve_base_url(args.base_url)
+        wf = workflow_from(args.workflow)
+        key = resolve_key()
+        fh = _open_input(args.input)
         try:
-            outcome: RunOutcome = await turn(
-                world, wf, item.message, item.conversation_id, item.model
-            )
-            doc = outcome.to_json()
-            doc["id"] = item.id
-            doc["line"] = item.line
-            out.write(json.dumps(doc, ensure_ascii=False) + "\n")
-            if outcome.succeeded:
-                tally.done += 1
-                tally.spend += outcome.cost_usd or 0
-            else:
-                tally.failed += 1
-            del tally.in_flight[item.id]
-        finally:
-            slots.release()
+            out = _open_out(args.out)
+        except EnvironmentProblem:
+            fh.close()
+            raise
+        setup_logging(quiet=True, debug=args.debug)
+        return cls(args, wf, key, base_url, fh, out)
 
-    async def main() -> None:
-        nonlocal interrupted, terminated
+    def close(self) -> None:
+        self.fh.close()
+        if self.out is not sys.stdout:
+            self.out.close()
+        else:
+            self.out.flush()
+
+    # ------------------------------------------------------------------ running
+
+    async def main(self) -> None:
+        """Start a run per good line (``--concurrency`` at a time) until the input ends or a
+        signal stops the reading; Ctrl-C twice or SIGTERM cancels the runs in flight."""
+        args, tally = self.args, self.tally
         world_cm = open_world(
             db=args.db,
-            base_url=base_url,
-            key=key,
+            base_url=self.base_url,
+            key=self.key,
             listeners=(tally,),
-            max_in_flight=in_flight_cap,
+            max_in_flight=args.max_in_flight or min(args.concurrency, 32),
         )
         async with world_cm as world, trio.open_nursery() as outer:
             runs_scope = trio.CancelScope()
 
-            async def watch() -> None:
-                nonlocal interrupted, terminated
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        interrupted = True
-                        if signum == signal.SIGTERM:
-                            terminated = tally.stop_reading = True
-                            runs_scope.cancel()
-                        elif not tally.stop_reading:
-                            tally.stop_reading = True
-                            print(
-                                "\nbatch: stopping — no new lines; Ctrl-C again cancels the runs in flight",
-                                file=sys.stderr,
-                                flush=True,
-                            )
-                        else:
-                            runs_scope.cancel()
+            def on_signal(signum: int) -> bool:
+                if signum == signal.SIGTERM:
+                    tally.stop_reading = True
+                    runs_scope.cancel()
+                elif not tally.stop_reading:
+                    tally.stop_reading = True
+                    print(
+                        "\nbatch: stopping — no new lines; Ctrl-C again cancels the runs in flight",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                else:
+                    runs_scope.cancel()
+                return False
 
-            outer.start_soon(watch)
+            outer.start_soon(self.signals.watch, on_signal)
             if not args.quiet:
                 outer.start_soon(_progress, tally, sys.stderr)
             slots = trio.Semaphore(args.concurrency)
             with runs_scope:
                 async with trio.open_nursery() as runs:
-                    for number, raw in enumerate(fh, 1):
-                        tally.next_line = number
-                        if not raw.strip():
-                            continue
+                    for number, raw in _numbered_lines(self.fh, tally):
                         await slots.acquire()
                         if tally.stop_reading:
                             slots.release()
                             break
                         try:
-                            item = parse_line(decode_input(raw, "the line"), number)
-                            seen.claim(item)
+                            item = read_item(raw, number, self.seen)
                         except UsageError as exc:
                             slots.release()
-                            bad_line(number, exc)
+                            self.bad_line(number, exc)
                             continue
-                        runs.start_soon(run_one, world, item, slots)
-                    else:
-                        tally.next_line = 0
+                        runs.start_soon(self.run_one, world, item, slots)
             outer.cancel_scope.cancel()
 
-    try:
-        with unwrapped_errors():
-            trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
-    finally:
-        fh.close()
-        if out is not sys.stdout:
-            out.close()
+    async def run_one(self, world: World, item: BatchItem, slots: trio.Semaphore) -> None:
+        self.tally.in_flight[item.id] = item.line
+        try:
+            outcome = await turn(world, self.wf, item.message, item.conversation_id, item.model)
+            self.write_result(item, outcome)
+            del self.tally.in_flight[item.id]
+        finally:
+            slots.release()
+
+    # ------------------------------------------------------------------ output
+
+    def bad_line(self, number: int, exc: UsageError) -> None:
+        self.tally.bad_lines += 1
+        print(
+            f"\ndemiarch-flow: {self.args.input}:{number}: skipped: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def write_result(self, item: BatchItem, outcome: RunOutcome) -> None:
+        """The run's ``--json`` object with the input's ``id`` and ``line``, one per line."""
+        doc = outcome.to_json()
+        doc["id"] = item.id
+        doc["line"] = item.line
+        self.out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        if outcome.succeeded:
+            self.tally.done += 1
+            self.tally.spend += outcome.cost_usd or 0
         else:
-            out.flush()
-    if not args.quiet:
-        print(f"\rbatch: {tally.line()}", file=sys.stderr)
-    if tally.in_flight:
-        ids = ", ".join(sorted(tally.in_flight, key=lambda i: tally.in_flight[i]))
-        print(f"batch: did not complete (cancelled, recorded as such): {ids}", file=sys.stderr)
-    if interrupted:
-        if tally.next_line:
-            print(f"batch: lines from {tally.next_line} on were not started", file=sys.stderr)
-        if terminated:
-            raise Terminated("batch terminated by SIGTERM (the runs in flight were cancelled)")
-        return 130
-    return 1 if tally.failed or tally.bad_lines else 0
+            self.tally.failed += 1
+
+    def summary(self) -> int:
+        """The final counts, the ids that did not complete and the lines not started; the exit
+        code (143 by raising :class:`~demiarch_flow.errors.Terminated`)."""
+        tally = self.tally
+        if not self.args.quiet:
+            print(f"\rbatch: {tally.line()}", file=sys.stderr)
+        if tally.in_flight:
+            ids = ", ".join(sorted(tally.in_flight, key=lambda i: tally.in_flight[i]))
+            print(f"batch: did not complete (cancelled, recorded as such): {ids}", file=sys.stderr)
+        if self.signals.interrupted:
+            if tally.next_line:
+                print(f"batch: lines from {tally.next_line} on were not started", file=sys.stderr)
+            if self.signals.terminated:
+                raise Terminated("batch terminated by SIGTERM (the runs in flight were cancelled)")
+            return 130
+        return 1 if tally.failed or tally.bad_lines else 0

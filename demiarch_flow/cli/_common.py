@@ -7,12 +7,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 import httpx
 import trio
@@ -21,13 +20,15 @@ from .._resources import default_workflow_path
 from ..client import DEFAULT_BASE_URL, ApiKey, OpenRouterClient
 from ..client.openrouter import DEFAULT_APP_TITLE, DEFAULT_APP_URL, base_url_problem
 from ..definition import Workflow, check_model_name, load_workflow
-from ..errors import Terminated, UsageError, redact
+from ..errors import UsageError, redact
 from ..paths import database_url, prices_path
 from ..pricing import PriceTable
 from ..runner import Listener, RunEnv
 from ..runner.context import utc_now
 from ..runner.owner import keep_alive, this_process
+from ..runner.recovery import recovery_dir_for
 from ..store.sql import SqlStore
+from ._signals import Signals
 
 T = TypeVar("T")
 
@@ -175,9 +176,9 @@ def http_client(max_in_flight: int = 100) -> httpx.AsyncClient:
 
 @dataclass
 class World:
-    """An open store and HTTP client, for the lifetime of one command."""
+    """An open store and HTTP client, for the lifetime of one command (the store is
+    ``env.store``)."""
 
-    store: SqlStore
     http: httpx.AsyncClient
     env: RunEnv
 
@@ -194,7 +195,8 @@ async def open_world(
     """Open the database and the HTTP client; close both afterwards. The database is opened
     first, so a schema that does not fit (exit 3) is found before any request is sent, and
     Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`)."""
-    store = await SqlStore.open(database_url(db))
+    url = database_url(db)
+    store = await SqlStore.open(url)
     try:
         async with http_client(max_in_flight) as http:
             client = OpenRouterClient(
@@ -211,21 +213,17 @@ async def open_world(
                 store=store,
                 prices=PriceTable.load(prices_path()),
                 listeners=listeners,
-                recovery_dir=store.recovery_dir,
+                recovery_dir=recovery_dir_for(url),
                 owner=owner,
             )
             async with trio.open_nursery() as nursery:
                 # One heartbeat for every run of this process: a run left 'running' by a
                 # process that died is then recognisable as stale.
                 nursery.start_soon(keep_alive, store, owner, utc_now)
-                yield World(store, http, env)
+                yield World(http, env)
                 nursery.cancel_scope.cancel()
     finally:
         store.close()
-
-
-class Interrupted(Exception):
-    """Ctrl-C arrived; the work in progress was cancelled and recorded."""
 
 
 def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
@@ -233,28 +231,31 @@ def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
     so a run is recorded as cancelled) and then raises :class:`KeyboardInterrupt` (exit 130)
     or :class:`~demiarch_flow.errors.Terminated` (exit 143)."""
 
-    async def main() -> Any:
-        received: list[int] = []
+    async def main() -> T:
+        signals = Signals()
         async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        received.append(signum)
-                        nursery.cancel_scope.cancel()
-                        return
+            def stop(_signum: int) -> bool:
+                nursery.cancel_scope.cancel()
+                return True
 
-            nursery.start_soon(watch)
+            nursery.start_soon(signals.watch, stop)
             result = await fn()
             nursery.cancel_scope.cancel()
-        if received == [signal.SIGTERM]:
-            raise Terminated("terminated by SIGTERM (work in progress was recorded as cancelled)")
-        if received:
-            raise KeyboardInterrupt
+        signals.raise_if_stopped(
+            "terminated by SIGTERM (work in progress was recorded as cancelled)"
+        )
         return result
 
+    return trio_run(main)
+
+
+def trio_run(main: Callable[[], Awaitable[T]]) -> T:
+    """``trio.run(main)`` with Ctrl-C delivered only at checkpoints (so cleanup is not torn
+    mid-write) and a lone error unwrapped from trio's exception groups; ``main`` handles
+    signals itself (see :mod:`demiarch_flow.cli._signals`)."""
     with unwrapped_errors():
-        return trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)  # type: ignore[no-any-return]
+        return trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -17,16 +17,17 @@ from pathlib import Path
 
 from ..errors import PersistenceError, UsageError
 from ..paths import database_url
-from ..runner.recovery import RecoveredReply, read_recovery, recovery_path
+from ..runner.recovery import RecoveredReply, read_recovery, recovery_file_for
 from ..store.sql import SqlStore
 from ._common import run_trio
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     """Import every entry that is not in the database yet; exit 1 if any line was bad."""
-    store = SqlStore.open_sync(database_url(args.db))
+    url = database_url(args.db)
+    store = SqlStore.open_sync(url)
     try:
-        path = Path(args.file) if args.file else recovery_path(store.recovery_dir)
+        path = Path(args.file) if args.file else recovery_file_for(url)
         if not path.is_file():
             if args.file:
                 raise UsageError(f"{args.file}: no such recovery file")
@@ -88,7 +89,7 @@ async def _import_all(store: SqlStore, entries: list[RecoveredReply]) -> list[st
 def warn_unimported(store: SqlStore) -> None:
     """One line on stderr when the recovery file beside ``store`` holds replies that are not
     in the database yet (what ``usage`` and ``history`` call; silent when there is no file)."""
-    path = recovery_path(store.recovery_dir)
+    path = recovery_file_for(store.url)
     if not path.is_file():
         return
     try:

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from ..errors import UsageError
 from ..paths import database_url
+from ..store.base import JournalEntry, StoredRun
 from ..store.sql import SqlStore
 from ._common import run_trio
 from ._recover import warn_unimported
@@ -89,24 +90,29 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     """The journal of one run: every transition with its time, model, attempt and wait."""
     store = _open(args.db)
     try:
-        run, events = run_trio(lambda: store.run_journal(args.run_id))
+
+        async def read() -> tuple[StoredRun | None, tuple[JournalEntry, ...]]:
+            return await store.load_run(args.run_id), await store.journal(args.run_id)
+
+        run, events = run_trio(read)
     finally:
         store.close()
     if run is None:
         raise UsageError(f"no run with id {args.run_id!r} in this database")
     if args.json:
         print(json.dumps({
-            "run_id": run.id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
+            "run_id": run.run_id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
             "conversation_id": run.conversation_id, "status": run.status,
             "current_state": run.current_state, "model": run.model,
             "error_class": run.error_class, "error_message": run.error_message,
             "started_at": run.started_at.isoformat(),
             "finished_at": run.finished_at.isoformat() if run.finished_at else None,
             "events": [{"seq": e.seq, "from": e.from_state, "event": e.event, "to": e.to_state, "model": e.model,
-                        "attempt": e.attempt, "error_class": e.error_class, "wait_s": e.wait_s, "at": e.at.isoformat()} for e in events],
+                        "attempt": e.attempt, "error_class": e.error_class, "wait_s": e.wait_s, "wait_source": e.wait_source,
+                        "at": e.at.isoformat()} for e in events],
         }))  # fmt: skip
         return 0
-    print(f"run {run.id} — workflow {run.workflow} ({run.workflow_sha256[:12]}), {run.status}")
+    print(f"run {run.run_id} — workflow {run.workflow} ({run.workflow_sha256[:12]}), {run.status}")
     print(
         f"conversation {run.conversation_id}, started {_when(run.started_at)}, finished {_when(run.finished_at)}"
     )

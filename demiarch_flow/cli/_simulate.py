@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from typing import Any
 
@@ -12,11 +13,11 @@ import trio
 import trio.testing
 
 from ..definition import Workflow
+from ..fake import FakeOpenRouter, fake_client
 from ..faults import FaultScript
-from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflow
+from ..runner import FlowRecord, RunEnv, RunOutcome, RunRequest, WaitSource, run_workflow
 from ..runner.context import utc_now
 from ..store import MemoryStore, Store
-from ..testing import FakeOpenRouter, make_env
 from ._common import check_message, check_model_option, setup_logging, workflow_from
 
 _WHY = {
@@ -82,13 +83,12 @@ def simulate(
     fake = FakeOpenRouter(script)
 
     async def main() -> RunOutcome:
-        listeners: list[Any] = [timeline]
-        env = make_env(
-            fake,
+        env = RunEnv(
+            client=fake_client(fake),
             store=store if store is not None else MemoryStore(),
-            seed=seed,
-            listeners=listeners,
+            rng=random.Random(seed),
             now=utc_now,
+            listeners=(timeline,),
         )
         return await run_workflow(wf, RunRequest(message, model=model), env)
 

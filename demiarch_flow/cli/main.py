@@ -14,7 +14,8 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from .. import __version__
 
@@ -26,6 +27,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_INPUT, f"demiarch-flow: error: {message}\n(see '{self.prog} --help')\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command's handler, named rather than imported so that ``--help`` loads nothing heavy:
+    ``function`` in ``demiarch_flow.cli._<module>``, taking the parsed arguments and returning
+    the exit code. A test loads every command the parser names."""
+
+    module: str
+    function: str
+
+    def load(self) -> Callable[[argparse.Namespace], int]:
+        """Import the command's module and return its handler."""
+        handler: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"demiarch_flow.cli._{self.module}"), self.function
+        )
+        return handler
 
 
 MAX_LIMIT = 1_000_000_000
@@ -82,7 +100,7 @@ def _turn_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser; each subcommand names its handler as ``module:function``."""
+    """The full argument parser; each subcommand names its handler as a :class:`Command`."""
     parser = _Parser(
         prog="demiarch-flow",
         description="Dependable, auditable LLM calls through OpenRouter, driven by a workflow file.",
@@ -95,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     _turn_options(p)
     p.add_argument("-m", "--message", help="the user message (default: read from stdin)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(handler="run:cmd_run")
+    p.set_defaults(handler=Command("run", "cmd_run"))
 
     p = sub.add_parser("chat", help="an interactive conversation (each turn is a run)")
     _turn_options(p)
-    p.set_defaults(handler="run:cmd_chat")
+    p.set_defaults(handler=Command("run", "cmd_chat"))
 
     p = sub.add_parser("batch", help="many chat turns at once from a JSONL file")
     p.add_argument(
@@ -120,16 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _db(p)
     _base_url(p)
-    p.set_defaults(handler="batch:cmd_batch")
+    p.set_defaults(handler=Command("batch", "cmd_batch"))
 
     p = sub.add_parser("validate", help="check workflow files without calling anything")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.set_defaults(handler="define:cmd_validate")
+    p.set_defaults(handler=Command("define", "cmd_validate"))
 
     p = sub.add_parser("graph", help="draw a workflow (Mermaid or Graphviz dot)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
-    p.set_defaults(handler="define:cmd_graph")
+    p.set_defaults(handler=Command("define", "cmd_graph"))
 
     p = sub.add_parser(
         "simulate", help="run a workflow against scripted faults in virtual time (no network)"
@@ -146,10 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for jitter (default 0)")
     p.add_argument("--json", action="store_true", help="print the timeline as JSON")
     p.add_argument("--db", metavar="URL", help="also write the run to this database")
-    p.set_defaults(handler="simulate:cmd_simulate")
+    p.set_defaults(handler=Command("simulate", "cmd_simulate"))
 
     p = sub.add_parser("demo", help="the whole thing against the bundled simulator (no key)")
-    p.set_defaults(handler="demo:cmd_demo")
+    p.set_defaults(handler=Command("demo", "cmd_demo"))
 
     p = sub.add_parser(
         "simulator", help="serve the bundled OpenRouter-compatible simulator on 127.0.0.1"
@@ -157,14 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     p.add_argument("--faults", default="", metavar="SCRIPT", help="fault script, as for simulate")
     p.add_argument("--latency", type=float, default=0.0, metavar="S", help="delay every answer")
-    p.set_defaults(handler="simserver:cmd_simulator")
+    p.set_defaults(handler=Command("simserver", "cmd_simulator"))
 
     p = sub.add_parser("history", help="messages of a conversation (or the latest ones)")
     p.add_argument("--conversation", metavar="ID", type=_utf8)
     p.add_argument("--limit", type=_limit, default=20)
     p.add_argument("--json", action="store_true")
     _db(p)
-    p.set_defaults(handler="report:cmd_history")
+    p.set_defaults(handler=Command("report", "cmd_history"))
 
     p = sub.add_parser("runs", help="inspect runs")
     runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
@@ -172,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_id", metavar="RUN_ID", type=_utf8)
     q.add_argument("--json", action="store_true")
     _db(q)
-    q.set_defaults(handler="report:cmd_runs_show")
+    q.set_defaults(handler=Command("report", "cmd_runs_show"))
     q = runs.add_parser("list", help="one row per run, newest first")
     q.add_argument(
         "--status", choices=["running", "stale", "failed", "cancelled", "succeeded"],
@@ -182,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=_limit, default=20)
     q.add_argument("--json", action="store_true")
     _db(q)
-    q.set_defaults(handler="runs:cmd_runs_list")
+    q.set_defaults(handler=Command("runs", "cmd_runs_list"))
     q = runs.add_parser(
         "resume", help="continue a failed, cancelled or stale run from its last checkpoint"
     )
@@ -194,14 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _db(q)
     _base_url(q)
-    q.set_defaults(handler="runs:cmd_runs_resume")
+    q.set_defaults(handler=Command("runs", "cmd_runs_resume"))
 
     p = sub.add_parser("usage", help="spend and tokens from llm_usage")
     p.add_argument("--since", metavar="DATE", help="only calls on or after this date (YYYY-MM-DD)")
     p.add_argument("--by", choices=["model", "day", "conversation"], default="model")
     p.add_argument("--json", action="store_true")
     _db(p)
-    p.set_defaults(handler="report:cmd_usage")
+    p.set_defaults(handler=Command("report", "cmd_usage"))
 
     p = sub.add_parser("db", help="the database schema: its revision, upgrades")
     dbs = p.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
@@ -210,11 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sql", action="store_true", help="print the SQL for a DBA instead of running it"
     )
     _db(q)
-    q.set_defaults(handler="db:cmd_db_upgrade")
+    q.set_defaults(handler=Command("db", "cmd_db_upgrade"))
     q = dbs.add_parser("current", help="the database's revision and whether it is current")
     q.add_argument("--json", action="store_true")
     _db(q)
-    q.set_defaults(handler="db:cmd_db_current")
+    q.set_defaults(handler=Command("db", "cmd_db_current"))
 
     p = sub.add_parser("recover", help="import the replies of recovery.jsonl into the database")
     p.add_argument(
@@ -224,22 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
         " data folder)",
     )
     _db(p)
-    p.set_defaults(handler="recover:cmd_recover")
+    p.set_defaults(handler=Command("recover", "cmd_recover"))
 
     p = sub.add_parser("key", help="store, check or delete the OpenRouter API key")
     keys = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", required=True)
     q = keys.add_parser("set", help="store the key in the OS keyring (hidden prompt or stdin)")
-    q.set_defaults(handler="keys:cmd_key_set")
+    q.set_defaults(handler=Command("keys", "cmd_key_set"))
     q = keys.add_parser("status", help="say where the key comes from (never prints it)")
-    q.set_defaults(handler="keys:cmd_key_status")
+    q.set_defaults(handler=Command("keys", "cmd_key_status"))
     q = keys.add_parser("delete", help="remove the key from the OS keyring")
-    q.set_defaults(handler="keys:cmd_key_delete")
+    q.set_defaults(handler=Command("keys", "cmd_key_delete"))
 
     p = sub.add_parser("models", help="model prices")
     models = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
     q = models.add_parser("sync", help="refresh the local price table from GET /models")
     _base_url(q)
-    q.set_defaults(handler="keys:cmd_models_sync")
+    q.set_defaults(handler=Command("keys", "cmd_models_sync"))
     return parser
 
 
@@ -247,14 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``demiarch-flow`` script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
+    command: Command | None = getattr(args, "handler", None)
+    if command is None:
         parser.print_help(sys.stderr)
         return EXIT_INPUT
-    module_name, func_name = args.handler.split(":")
     try:
-        module = importlib.import_module(f"demiarch_flow.cli._{module_name}")
-        code: int = getattr(module, func_name)(args)
-        return code
+        return command.load()(args)
     except KeyboardInterrupt:
         print("demiarch-flow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

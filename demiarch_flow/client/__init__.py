@@ -1,10 +1,10 @@
 """The OpenRouter client and the classification of its answers.
 
 Public: :class:`OpenRouterClient`, :class:`ApiKey`, :class:`Attempt`, :class:`Completion`,
-:func:`parse_completion`, :func:`class_for_status`, :data:`DEFAULT_BASE_URL`.
+:func:`parse_completion`, :data:`DEFAULT_BASE_URL`.
 """
 
-from .classify import Completion, class_for_status, parse_completion
+from .classify import Completion, parse_completion
 from .openrouter import DEFAULT_BASE_URL, ApiKey, Attempt, OpenRouterClient
 
 __all__ = [
@@ -13,6 +13,5 @@ __all__ = [
     "Attempt",
     "Completion",
     "OpenRouterClient",
-    "class_for_status",
     "parse_completion",
 ]

@@ -3,7 +3,7 @@
 The client never retries: retrying is the workflow's business (the Backoff and Fallback
 states), so every policy decision is visible in the YAML file and in the journal. The network
 sits behind httpx's transport seam, so tests pass ``httpx.MockTransport`` or
-:class:`demiarch_flow.testing.FakeOpenRouter` instead of patching. Failures of any kind come out
+:class:`demiarch_flow.fake.FakeOpenRouter` instead of patching. Failures of any kind come out
 as one :class:`~demiarch_flow.errors.ProviderError` with its error class; foreign exceptions
 are mapped here, at the boundary. The key lives in an :class:`ApiKey`, whose repr hides it.
 """
@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ..backoff import parse_retry_after
 from ..errors import ProviderError, UnusableKey, UsageError, redact, register_secret
 from .classify import Completion, Generation, parse_completion, parse_generation
+from .retry_after import parse_retry_after
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_APP_URL = "https://github.com/demiarch/demiarch-flow"

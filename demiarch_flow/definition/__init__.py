@@ -29,19 +29,15 @@ from .model import (
 )
 from .vocabulary import (
     ACTION_EVENTS,
-    ACTIONS,
     ALWAYS_FATAL,
-    ERROR_CLASSES,
     FALLBACK_CLASSES,
     PROVIDER_ERROR_CLASSES,
     RETRY_CLASSES,
 )
 
 __all__ = [
-    "ACTIONS",
     "ACTION_EVENTS",
     "ALWAYS_FATAL",
-    "ERROR_CLASSES",
     "FALLBACK_CLASSES",
     "MAX_FILE_BYTES",
     "MAX_MODEL_NAME",

@@ -2,7 +2,7 @@
 
 Raw dicts never reach the runner; these do. Each policy is a value with its own meaning
 documented per field (after Temporal's ``RetryPolicy``), and defaults here are the ones the
-schema documents, which ``tests/test_schema_model.py`` keeps in step.
+schema documents, which ``tests/definition/test_workflow.py`` keeps in step.
 """
 
 from __future__ import annotations

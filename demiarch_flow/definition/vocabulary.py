@@ -21,8 +21,6 @@ ACTION_EVENTS: Final = MappingProxyType(
     }
 )
 
-ACTIONS: Final = frozenset(ACTION_EVENTS)
-
 #: Edges that use up a bounded budget: a retry of the current model, or the next model of the
 #: chain. Every cycle of a valid workflow contains one, which is what makes every run end.
 CONSUMING_EDGES: Final = frozenset({("backoff", "retry"), ("fallback", "next_model")})
@@ -45,4 +43,3 @@ ALWAYS_FATAL: Final = frozenset({"auth", "payment_required"})
 
 RETRY_CLASSES: Final = PROVIDER_ERROR_CLASSES
 FALLBACK_CLASSES: Final = (*PROVIDER_ERROR_CLASSES, "retries_exhausted")
-ERROR_CLASSES: Final = FALLBACK_CLASSES

@@ -5,7 +5,7 @@ Public: :func:`run_workflow`, :func:`drive`, :func:`initial_state`, :class:`RunR
 :class:`Listener`, :data:`HANDLERS`.
 """
 
-from .context import RunEnv, RunRequest, model_chain
+from .context import RunEnv, RunRequest
 from .engine import RunOutcome, advance, drive, initial_state, run_workflow
 from .handlers import HANDLERS
 from .records import FlowRecord, Listener, WaitSource
@@ -27,6 +27,5 @@ __all__ = [
     "advance",
     "drive",
     "initial_state",
-    "model_chain",
     "run_workflow",
 ]

@@ -43,6 +43,22 @@ def recovery_path(folder: str | None) -> Path:
     return data_dir() / RECOVERY_FILE
 
 
+def recovery_dir_for(url: str) -> str | None:
+    """The folder of a SQLite database file, whose recovery file goes beside it; ``None`` for
+    any other database (its recovery file lives in the data folder)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return str(Path(str(parsed.database)).expanduser().resolve().parent)
+    return None
+
+
+def recovery_file_for(url: str) -> Path:
+    """Where the recovery file of the database at ``url`` is."""
+    return recovery_path(recovery_dir_for(url))
+
+
 def recovery_row(reply: Reply, final_state: str | None, error: Exception | None) -> dict[str, Any]:
     """``reply`` as a recovery row (JSON-ready)."""
     return {

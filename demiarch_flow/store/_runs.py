@@ -254,5 +254,15 @@ def load_runs(
     return out
 
 
+def load_journal(conn: Connection, run_id: str) -> tuple[JournalEntry, ...]:
+    """The run's journal rows in order."""
+    rows = conn.execute(select(_EVENT).where(_EVENT.c.run_id == run_id).order_by(_EVENT.c.seq))
+    return tuple(
+        JournalEntry(e.run_id, e.seq, e.from_state, e.event, e.to_state, e.model, e.attempt,
+                     e.error_class, e.wait_s, e.at, e.wait_source)
+        for e in rows
+    )  # fmt: skip
+
+
 def _usd(value: Any) -> Decimal:
     return Decimal(0) if value is None else Decimal(str(value))

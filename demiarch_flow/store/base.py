@@ -31,7 +31,7 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True)
 class NewRun:
-    """Everything LoadContext writes at once: the run row and the user's message."""
+    """Everything the run's first state writes at once: the run row and the user's message."""
 
     run_id: str
     workflow: str
@@ -47,8 +47,9 @@ class NewRun:
     """How many earlier messages to return as history."""
     at: datetime
     title: str
-    state: str = "LoadContext"
-    """The state the run row says it is in (the workflow's initial state)."""
+    state: str
+    """The state the run row says it is in (the workflow's initial state; the store knows no
+    state names)."""
     state_json: JsonState | None = None
     """The run's first checkpoint."""
     definition: str = ""
@@ -56,7 +57,7 @@ class NewRun:
     owner: str | None = None
     """The process running it (``host:pid:start``), for telling a live run from a stale one."""
     resumed: bool = False
-    """LoadContext runs again for a resumed run: what it stored before is read back."""
+    """The first state runs again for a resumed run: what it stored before is read back."""
     first_attempt: AttemptRow | None = None
     """The run's next request, recorded in the same transaction (it rides on this commit
     instead of costing one of its own before the request is sent)."""
@@ -65,7 +66,6 @@ class NewRun:
 @dataclass(frozen=True, slots=True)
 class BeganRun:
     conversation_id: str
-    created: bool
     history: tuple[StoredMessage, ...]
     """Earlier messages (the new one not counted), oldest first."""
     user_message_at: datetime | None = None
@@ -284,3 +284,10 @@ class Store(Protocol):
         self, *, status: RunStatus | None, since: datetime | None, limit: int
     ) -> list[StoredRun]:
         """The latest runs first (attempts and reply included; ``definition`` left out)."""
+
+    async def journal(self, run_id: str) -> tuple[JournalEntry, ...]:
+        """The run's transitions in order (``seq`` 1, 2, …); empty for an unknown run."""
+
+    async def count_rows(self) -> dict[str, int]:
+        """Rows per table, named as in the SQL schema (``conversations``, ``chat_messages``,
+        ``llm_usage``, ``workflow_runs``, ``run_events``): what ``demo`` and tests check."""

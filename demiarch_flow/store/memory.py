@@ -83,7 +83,7 @@ class MemoryStore:
                 history = tuple(earlier[-run.context_messages :]) if run.context_messages else ()
                 if run.first_attempt is not None:
                     await self.attempt_started(run.first_attempt)
-                return BeganRun(mine[0].conversation_id, False, history, mine[0].created_at)
+                return BeganRun(mine[0].conversation_id, history, mine[0].created_at)
         created = run.conversation_id is None
         conv = run.create_with_id if created else run.conversation_id
         assert conv is not None
@@ -100,7 +100,7 @@ class MemoryStore:
         self.runs[run.run_id] = self._new_row(run, conv)
         if run.first_attempt is not None:
             await self.attempt_started(run.first_attempt)
-        return BeganRun(conv, created, history, run.at)
+        return BeganRun(conv, history, run.at)
 
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
         self.runs.setdefault(checkpoint.run_id, {}).update(
@@ -170,9 +170,9 @@ class MemoryStore:
         return True
 
     async def book_billed(self, billed: BilledAttempt) -> None:
+        booked: list[BilledAttempt | Reply] = [*self.billed, *self.usage]  # replies count too
         if not any(
-            b.run_id == billed.run_id and b.generation_id == billed.generation_id
-            for b in self.billed
+            b.run_id == billed.run_id and b.generation_id == billed.generation_id for b in booked
         ):
             self.billed.append(billed)
 
@@ -202,6 +202,9 @@ class MemoryStore:
         ]
         rows.sort(key=lambda r: r.started_at, reverse=True)
         return rows[:limit]
+
+    async def journal(self, run_id: str) -> tuple[JournalEntry, ...]:
+        return tuple(sorted((e for e in self.events if e.run_id == run_id), key=lambda e: e.seq))
 
     def _stored(self, run_id: str, row: dict[str, Any], with_definition: bool = False) -> StoredRun:
         reply = next((u for u in self.usage if u.run_id == run_id), None)

@@ -48,6 +48,7 @@ from .base import (
     BilledAttempt,
     Checkpoint,
     ImportResult,
+    JournalEntry,
     NewRun,
     Reply,
     RunEnd,
@@ -219,14 +220,6 @@ class SqlStore:
         finally:
             self.engine.dispose()
 
-    @property
-    def recovery_dir(self) -> str | None:
-        """The folder of a SQLite database file (recovery files go beside it)."""
-        parsed = make_url(self.url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            return str(Path(str(parsed.database)).expanduser().resolve().parent)
-        return None
-
     # ------------------------------------------------------------------ plumbing
 
     async def _write(self, op: Callable[[Connection], T]) -> T:
@@ -364,6 +357,9 @@ class SqlStore:
             functools.partial(_runs.load_runs, status=status, since=since, limit=limit)
         )
 
+    async def journal(self, run_id: str) -> tuple[JournalEntry, ...]:
+        return await self._read_conn(functools.partial(_runs.load_journal, run_id=run_id))
+
     async def save_reply(
         self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
     ) -> str:
@@ -444,16 +440,6 @@ class SqlStore:
                 .limit(limit)
             ).all()
             return [_stored(m) for m in reversed(rows)]
-
-        return await self._read(read)
-
-    async def run_journal(self, run_id: str) -> tuple[WorkflowRun | None, list[RunEvent]]:
-        def read(session: Session) -> tuple[WorkflowRun | None, list[RunEvent]]:
-            run = session.get(WorkflowRun, run_id)
-            events = session.scalars(
-                select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.seq)
-            ).all()
-            return run, list(events)
 
         return await self._read(read)
 
@@ -632,7 +618,7 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
     _add_run(conn, run, conv_id)
     if run.first_attempt is not None:  # after the run row it refers to
         _runs.insert_attempt(conn, run.first_attempt)
-    return BeganRun(conv_id, created, tuple(history), at)
+    return BeganRun(conv_id, tuple(history), at)
 
 
 def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None:
@@ -668,7 +654,7 @@ def _began_already(conn: Connection, run: NewRun) -> BeganRun | None:
             .limit(run.context_messages)
         ).all()  # fmt: skip
         history = [StoredMessage(*r) for r in reversed(rows)]
-    return BeganRun(conv_id, False, tuple(history), at)
+    return BeganRun(conv_id, tuple(history), at)
 
 
 def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | None) -> str:

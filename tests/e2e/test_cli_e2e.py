@@ -93,6 +93,33 @@ def test_retry_then_success(cli: Cli, simulator: Callable[[str], SimThread]) -> 
     assert "waiting 0.0 s before attempt 2" in res.stderr
 
 
+def test_runs_show_json_names_every_field_and_the_wait_source(
+    cli: Cli, simulator: Callable[[str], SimThread]
+) -> None:
+    """runs show --json: the run's fields and each transition's, the wait's source included."""
+    sim = simulator(f"{SONNET}=500,ok")
+    run = cli("run", FAST, "-m", "hi", "--json", "--base-url", sim.url).json()
+    doc = cli("runs", "show", run["run_id"], "--json").json()
+    assert set(doc) == {
+        "run_id", "workflow", "workflow_sha256", "conversation_id", "status", "current_state",
+        "model", "error_class", "error_message", "started_at", "finished_at", "events",
+    }  # fmt: skip
+    assert (doc["run_id"], doc["status"], doc["workflow"]) == (
+        run["run_id"],
+        "succeeded",
+        "chat-fast",
+    )
+    events = doc["events"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert set(events[0]) == {
+        "seq", "from", "event", "to", "model", "attempt", "error_class", "wait_s",
+        "wait_source", "at",
+    }  # fmt: skip
+    retry = next(e for e in events if e["event"] == "retry")
+    assert (retry["wait_source"], retry["wait_s"] is not None) == ("backoff", True)
+    assert events[0]["wait_source"] is None
+
+
 def test_fallback_to_second_model(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
     """404 on the first model: the second answers; the warning names both."""
     sim = simulator(f"{SONNET}=404")

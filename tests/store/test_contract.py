@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,8 @@ from sqlalchemy import select
 
 from demiarch_flow.definition import Workflow, parse_workflow
 from demiarch_flow.runner import RunOutcome, RunRequest, run_workflow
-from demiarch_flow.store import MemoryStore, Reply, RunEnd
+from demiarch_flow.store import JournalEntry, MemoryStore, NewRun, Reply, RunEnd
+from demiarch_flow.store.base import AttemptRow, BilledAttempt, Checkpoint
 from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.store.tables import ChatMessage, LlmUsage, WorkflowRun
 from demiarch_flow.testing import FakeOpenRouter, make_env
@@ -76,18 +78,20 @@ async def test_failure_writes_user_message_failed_run_and_journal(
         "workflow_runs": 1,
         "run_events": len(out.transitions),
     }
-    if isinstance(any_store, SqlStore):
-        run, events = await any_store.run_journal(out.run_id)
-        assert run is not None
-        assert (run.status, run.error_class, run.current_state) == (
-            "failed",
-            "all_models_failed",
-            "Failed",
-        )
-        assert [e.seq for e in events] == list(range(1, len(events) + 1))
-        assert events[-1].to_state == "Failed"
-    else:
-        assert any_store.runs[out.run_id]["status"] == "failed"
+    run = await any_store.load_run(out.run_id)
+    assert run is not None
+    assert (run.status, run.error_class, run.current_state) == (
+        "failed",
+        "all_models_failed",
+        "Failed",
+    )
+    events = await any_store.journal(out.run_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [(e.from_state, e.event, e.to_state) for e in events] == [
+        (t.from_state, t.event, t.to_state) for t in out.transitions
+    ]
+    assert events[-1].to_state == "Failed"
+    assert await any_store.journal("no-such-run") == ()
 
 
 async def test_second_turn_carries_the_first_as_context(
@@ -187,30 +191,18 @@ async def test_same_generation_id_on_two_runs_stores_both_replies(
 ) -> None:
     """An endpoint that reuses a response id for another run (as caching proxies do): both
     runs succeed and each keeps its assistant message and usage row."""
-    import demiarch_flow.testing
+    import demiarch_flow.fake
 
-    monkeypatch.setattr(demiarch_flow.testing, "new_generation_id", lambda: "gen-sim-00000001")
+    monkeypatch.setattr(demiarch_flow.fake, "new_generation_id", lambda: "gen-sim-00000001")
     one = await _run(any_store, FakeOpenRouter(), "first")
     two = await _run(any_store, FakeOpenRouter(), "second")
     assert (one.status, two.status) == ("succeeded", "succeeded")
     counts = await any_store.count_rows()
     assert (counts["chat_messages"], counts["llm_usage"]) == (4, 2)
-    if isinstance(any_store, SqlStore):
-        with any_store.engine.connect() as conn:
-            rows = conn.execute(select(LlmUsage.run_id, LlmUsage.generation_id)).all()
-            replies = conn.execute(
-                select(ChatMessage.run_id).where(ChatMessage.role == "assistant")
-            ).all()
-        assert sorted(rows) == sorted(
-            [(one.run_id, "gen-sim-00000001"), (two.run_id, "gen-sim-00000001")]
-        )
-        assert sorted(r.run_id for r in replies) == sorted([one.run_id, two.run_id])
-    else:
-        assert [r.generation_id for r in any_store.usage] == ["gen-sim-00000001"] * 2
-        assert {m.run_id for m in any_store.messages if m.role == "assistant"} == {
-            one.run_id,
-            two.run_id,
-        }
+    for out in (one, two):
+        run = await any_store.load_run(out.run_id)
+        assert run.reply is not None and run.reply.content == out.content
+        assert [a.generation_id for a in run.attempts] == ["gen-sim-00000001"]
 
 
 async def test_cost_is_stored_exactly(sql_store: SqlStore, autojump_clock: object) -> None:
@@ -296,17 +288,173 @@ async def test_schema_creation_is_idempotent(tmp_path: Any) -> None:
     again.close()
 
 
-def test_memory_store_is_a_store() -> None:
-    """MemoryStore provides every method of the interface."""
+def test_both_stores_implement_every_method_of_the_interface() -> None:
+    """MemoryStore and SqlStore provide every method of the Store protocol, as coroutines."""
+    import inspect
+
     from demiarch_flow.store import Store
 
-    for name in (
-        "begin_run",
-        "checkpoint",
-        "attempt_started",
-        "attempt_ended",
-        "save_reply",
-        "finish_run",
-    ):
-        assert callable(getattr(MemoryStore(), name))
-        assert hasattr(Store, name)
+    names = [n for n, v in vars(Store).items() if inspect.iscoroutinefunction(v)]
+    assert {"load_run", "list_runs", "journal", "checkpoint", "reopen_run"} <= set(names)
+    for impl in (MemoryStore, SqlStore):
+        for name in names:
+            assert inspect.iscoroutinefunction(getattr(impl, name)), (impl.__name__, name)
+
+
+# ---------------------------------------------------------------------- the run-life methods
+# Driven directly through the interface and read back only through its read methods
+# (``load_run``, ``list_runs``, ``journal``). A SQL store commits queued writes at its next
+# durable write, so each test makes one before reading, as the runner does.
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _State:
+    """A checkpointed run state, as the store sees one."""
+
+    text: str
+
+    def to_json(self) -> str:
+        return self.text
+
+
+def _new_run(run_id: str, at: datetime = T0, owner: str | None = "host:1:0") -> NewRun:
+    return NewRun(
+        run_id=run_id, workflow="chat", workflow_sha256="a" * 64, conversation_id=None,
+        create_with_id=f"conv-{run_id}", project_id=None, user_message_id=f"msg-{run_id}",
+        content="hello", context_messages=10, at=at, title="hello", state="Start",
+        state_json=_State('{"state": "Start"}'), definition="name: chat\n", owner=owner,
+    )  # fmt: skip
+
+
+def _entry(run_id: str, seq: int, src: str, event: str, dst: str, **kw: Any) -> JournalEntry:
+    fields: dict[str, Any] = {"model": SONNET, "attempt": None, "error_class": None}
+    fields |= {"wait_s": None, "at": T0 + timedelta(seconds=seq)} | kw
+    return JournalEntry(run_id, seq, src, event, dst, **fields)
+
+
+def _cp(run_id: str, state: str, *entries: JournalEntry) -> Checkpoint:
+    return Checkpoint(run_id, state, SONNET, _State(f'{{"state": "{state}"}}'), entries)
+
+
+async def test_load_run_reads_back_a_begun_run(any_store: Any) -> None:
+    """load_run: the run as begun (state, first checkpoint, owner, definition); None if unknown."""
+    assert await any_store.load_run("nobody") is None
+    await any_store.begin_run(_new_run("r1"))
+    await any_store.checkpoint(_cp("r1", "Start"), durable=True)
+    run = await any_store.load_run("r1")
+    assert run is not None
+    assert (run.run_id, run.workflow, run.workflow_sha256, run.conversation_id) == (
+        "r1", "chat", "a" * 64, "conv-r1",
+    )  # fmt: skip
+    assert (run.status, run.current_state, run.owner, run.resume_count) == (
+        "running", "Start", "host:1:0", 0,
+    )  # fmt: skip
+    assert (run.started_at, run.heartbeat_at, run.finished_at) == (T0, T0, None)
+    assert run.definition == "name: chat\n"
+    assert run.state_json == '{"state": "Start"}'
+    assert (run.attempts, run.reply, run.cost_usd) == ((), None, Decimal(0))
+
+
+async def test_checkpoint_moves_the_run_and_appends_its_journal(any_store: Any) -> None:
+    """checkpoint: the latest state wins; every entry lands in the journal, in order."""
+    await any_store.begin_run(_new_run("r1"))
+    await any_store.checkpoint(_cp("r1", "Request", _entry("r1", 1, "Start", "go", "Request")),
+                               durable=False)  # fmt: skip
+    second = _entry("r1", 2, "Request", "retry", "Request", wait_s=1.5, wait_source="backoff")
+    await any_store.checkpoint(_cp("r1", "Backoff", second), durable=True)
+    run = await any_store.load_run("r1")
+    assert (run.current_state, run.model, run.state_json) == (
+        "Backoff", SONNET, '{"state": "Backoff"}',
+    )  # fmt: skip
+    journal = await any_store.journal("r1")
+    assert journal == (_entry("r1", 1, "Start", "go", "Request"), second)
+
+
+async def test_attempts_are_recorded_before_and_completed_after(any_store: Any) -> None:
+    """attempt_started makes the request (and the run) durable; attempt_ended completes it."""
+    await any_store.begin_run(_new_run("r1"))
+    started = AttemptRow("r1", 1, SONNET, T0)
+    await any_store.attempt_started(started)
+    run = await any_store.load_run("r1")
+    assert run is not None  # the run's queued first write rode on the attempt
+    assert run.attempts == (started,)
+    ended = AttemptRow("r1", 1, SONNET, T0, T0 + timedelta(seconds=2), 500, "server_error",
+                       "gen-1", 2000)  # fmt: skip
+    await any_store.attempt_ended(ended)
+    await any_store.attempt_started(AttemptRow("r1", 2, SONNET, T0 + timedelta(seconds=3)))
+    run = await any_store.load_run("r1")
+    assert run.attempts == (ended, AttemptRow("r1", 2, SONNET, T0 + timedelta(seconds=3)))
+
+
+async def test_book_billed_counts_once_per_generation(any_store: Any) -> None:
+    """book_billed: the spend joins the run's cost, once per generation (and never the
+    reply's own generation a second time)."""
+    await any_store.begin_run(_new_run("r1"))
+    await any_store.checkpoint(_cp("r1", "Start"), durable=True)
+    billed = BilledAttempt("u1", "r1", "conv-r1", None, SONNET, "gen-lost", 10, 5,
+                           Decimal("0.000100000"), "provider", 1, T0)  # fmt: skip
+    await any_store.book_billed(billed)
+    await any_store.book_billed(replace(billed, usage_id="u2"))
+    reply = _reply("r1", "conv-r1", "gen-kept")
+    await any_store.save_reply(reply, RunEnd("r1", "succeeded", "Done", SONNET, None, None, T0))
+    await any_store.book_billed(replace(billed, usage_id="u3", generation_id="gen-kept"))
+    run = await any_store.load_run("r1")
+    assert run.cost_usd == Decimal("0.000100000") + reply.cost_usd
+    assert run.reply is not None and run.reply.message_id == reply.message_id
+    assert (await any_store.count_rows())["llm_usage"] == 2
+
+
+async def test_heartbeat_touches_only_the_owners_running_runs(any_store: Any) -> None:
+    """heartbeat: every running run of the owner, no other owner's, no finished run."""
+    for run_id, owner in (("mine", "a"), ("done", "a"), ("theirs", "b")):
+        await any_store.begin_run(_new_run(run_id, owner=owner))
+    end = RunEnd("done", "failed", "Failed", None, "server_error", "boom", T0)
+    await any_store.finish_run(end, _cp("done", "Failed"))
+    later = T0 + timedelta(minutes=5)
+    await any_store.heartbeat("a", later)
+    beats = {r: (await any_store.load_run(r)).heartbeat_at for r in ("mine", "done", "theirs")}
+    assert beats == {"mine": later, "done": T0, "theirs": T0}
+
+
+async def test_reopen_run_makes_a_finished_run_running_again(any_store: Any) -> None:
+    """reopen_run: running under the new owner, one more resume, the error cleared, the
+    resume's journal row appended."""
+    await any_store.begin_run(_new_run("r1"))
+    first = _entry("r1", 1, "Start", "go", "Request")
+    await any_store.finish_run(
+        RunEnd("r1", "cancelled", "Request", SONNET, "cancelled", "Ctrl-C", T0),
+        _cp("r1", "Request", first),
+    )
+    later = T0 + timedelta(hours=1)
+    resume = _entry("r1", 2, "Request", "resumed", "Request")
+    await any_store.reopen_run(_cp("r1", "Request", resume), "host:2:0", later)
+    run = await any_store.load_run("r1")
+    assert (run.status, run.owner, run.heartbeat_at, run.resume_count) == (
+        "running", "host:2:0", later, 1,
+    )  # fmt: skip
+    assert (run.error_class, run.error_message, run.finished_at) == (None, None, None)
+    assert await any_store.journal("r1") == (first, resume)
+
+
+async def test_list_runs_newest_first_with_filters(any_store: Any) -> None:
+    """list_runs: newest first, filtered by status and start time, limited, no definition."""
+    for i in range(4):
+        await any_store.begin_run(_new_run(f"r{i}", at=T0 + timedelta(minutes=i)))
+    await any_store.finish_run(
+        RunEnd("r1", "failed", "Failed", None, "server_error", "boom", T0), _cp("r1", "Failed")
+    )
+    listed = await any_store.list_runs(status=None, since=None, limit=10)
+    assert [r.run_id for r in listed] == ["r3", "r2", "r1", "r0"]
+    assert all(r.definition is None for r in listed)
+    assert [r.run_id for r in await any_store.list_runs(status="failed", since=None, limit=10)] == [
+        "r1"
+    ]
+    since = T0 + timedelta(minutes=2)
+    assert [r.run_id for r in await any_store.list_runs(status=None, since=since, limit=10)] == [
+        "r3", "r2",
+    ]  # fmt: skip
+    assert [r.run_id for r in await any_store.list_runs(status="running", since=None, limit=2)] == [
+        "r3", "r2",
+    ]  # fmt: skip

@@ -16,6 +16,7 @@ from demiarch_flow.client import ApiKey, OpenRouterClient
 from demiarch_flow.definition import parse_workflow
 from demiarch_flow.pricing import PriceTable, write_synced_table
 from demiarch_flow.runner import RunRequest, run_workflow
+from demiarch_flow.runner.recovery import recovery_dir_for
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.testing import FAKE_BASE_URL, FakeOpenRouter, make_env
@@ -152,7 +153,7 @@ async def test_failing_session_writes_the_recovery_file(
     env = make_env(
         FakeOpenRouter(),
         store=store,
-        recovery_dir=store.recovery_dir,
+        recovery_dir=recovery_dir_for(store.url),
     )
     out = await run_workflow(WF, RunRequest("keep my answer"), env)
     assert out.status == "failed"
@@ -166,7 +167,7 @@ async def test_failing_session_writes_the_recovery_file(
     assert row["run_id"] == out.run_id
     counts = await store.count_rows()
     assert (counts["chat_messages"], counts["llm_usage"], counts["workflow_runs"]) == (1, 0, 1)
-    run, _ = await store.run_journal(out.run_id)
+    run = await store.load_run(out.run_id)
     assert run is not None
     assert (run.status, run.error_class) == ("failed", "persistence")
     store.close()

@@ -31,6 +31,7 @@ run = NewRun(
     run_id=str(uuid.uuid4()), workflow="chat", workflow_sha256="0" * 64, conversation_id=None,
     create_with_id=str(uuid.uuid4()), project_id=None, user_message_id=str(uuid.uuid4()),
     content=f"process {n}", context_messages=0, at=datetime.now(UTC), title=f"process {n}",
+    state="LoadContext",
 )
 trio.run(store.begin_run, run)
 store.close()

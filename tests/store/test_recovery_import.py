@@ -20,6 +20,8 @@ from demiarch_flow.runner.recovery import (
     MalformedRow,
     parse_row,
     read_recovery,
+    recovery_dir_for,
+    recovery_file_for,
     recovery_path,
 )
 from demiarch_flow.store.sql import SqlStore
@@ -31,6 +33,17 @@ from ..conftest import DEFAULT_WORKFLOW
 WF = parse_workflow(DEFAULT_WORKFLOW.read_text("utf-8"))
 SONNET = "anthropic/claude-sonnet-4"
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_the_recovery_file_of_a_database_url(tmp_path: Path) -> None:
+    """Beside a SQLite file; in the data folder for an in-memory or a server database (the
+    recovery module knows where the file lives, not the store)."""
+    db = tmp_path / "sub" / "flow.db"
+    assert recovery_dir_for(f"sqlite:///{db}") == str(db.parent.resolve())
+    assert recovery_file_for(f"sqlite:///{db}") == db.parent.resolve() / "recovery.jsonl"
+    for url in ("sqlite://", "sqlite:///:memory:", "postgresql+psycopg://u@h/db"):
+        assert recovery_dir_for(url) is None
+        assert recovery_file_for(url) == recovery_path(None)
 
 
 async def fail_to_persist(
