@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
 
     async def run() -> None:
         async with open_world(db=db, base_url=base_url, key=key) as world:
-            env = dataclasses.replace(world.env, store=KillingStore(world.store, point))
+            env = dataclasses.replace(world.env, store=KillingStore(world.env.store, point))
             await run_workflow(wf, RunRequest(message), env)
 
     run_trio(run)
