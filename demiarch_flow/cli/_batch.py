@@ -7,12 +7,19 @@ pool gets slower per request as more wait on it and a cold burst turns into pool
 Ctrl-C once stops reading new lines and lets the runs in flight finish; twice cancels them
 (each is recorded as cancelled). SIGTERM cancels them at once and exits 143. Either way the ids
 that did not complete are reported.
+
+``--resume`` picks a batch up where it stopped, from its ``--out`` file: an id that succeeded
+there is not requested again, a failed or cancelled one is resumed (same run id, see
+:mod:`demiarch_flow.runner.resume`), a missing one runs. New results go to ``OUT.partial`` as
+they come; at the end OUT is rewritten atomically with exactly one line per input id.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -28,6 +35,7 @@ from ..definition import Workflow
 from ..errors import EnvironmentProblem, Terminated, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome
+from ..runner.resume import NotResumable, resume_run
 from ._common import (
     World,
     decode_input,
@@ -146,20 +154,44 @@ def _open_input(name: str) -> BinaryIO:
         raise UsageError(f"{name}: cannot be read ({exc.strerror or exc})") from None
 
 
-def _open_out(name: str | None) -> TextIO:
-    """``--out``, opened before any request so a bad path costs nothing.
+def _open_out(name: str | None, *, resume: bool = False) -> TextIO:
+    """``--out`` (with ``--resume``: ``OUT.partial``, OUT itself is kept until the end), opened
+    before any request so a bad path costs nothing.
 
     Raises:
         EnvironmentProblem: the file cannot be created or written.
     """
     if not name:
         return sys.stdout
+    target = f"{name}.partial" if resume else name
     try:
-        return open(name, "w", encoding="utf-8")
+        return open(target, "w", encoding="utf-8")
     except OSError as exc:
         raise EnvironmentProblem(
-            f"--out {name}: cannot be written ({exc.strerror or exc}); nothing was sent"
+            f"--out {target}: cannot be written ({exc.strerror or exc}); nothing was sent"
         ) from None
+
+
+def read_results(name: str) -> dict[str, dict[str, object]]:
+    """An earlier batch's ``--out`` lines by input id (the last line of an id wins); a missing
+    file is an empty batch, an unreadable line is ignored (its id simply runs again).
+
+    Raises:
+        EnvironmentProblem: the file exists but cannot be read.
+    """
+    try:
+        text = Path(name).read_text("utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise EnvironmentProblem(f"--out {name}: cannot be read ({exc.strerror or exc})") from None
+    results: dict[str, dict[str, object]] = {}
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError, RecursionError):
+            doc = json.loads(line)
+            if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+                results[doc["id"]] = doc
+    return results
 
 
 class _SeenIds:
@@ -186,9 +218,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Raises: UsageError: ``--concurrency`` or ``--max-in-flight`` is out of range."""
+    """Raises: UsageError: ``--concurrency`` or ``--max-in-flight`` is out of range, or
+    ``--resume`` is given without ``--out``."""
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out FILE: the results of the earlier batch")
     if args.max_in_flight < 0:
         raise UsageError("--max-in-flight must be at least 1 (or 0 for the default)")
 
@@ -227,6 +262,12 @@ class _Batch:
     tally: Tally = field(default_factory=Tally)
     seen: _SeenIds = field(default_factory=_SeenIds)
     signals: Signals = field(default_factory=Signals)
+    earlier: dict[str, dict[str, object]] = field(default_factory=dict)
+    """``--resume``: the earlier batch's result lines by id."""
+    results: dict[str, str] = field(default_factory=dict)
+    """``--resume``: this batch's result line of each id (the earlier line when kept)."""
+    order: list[str] = field(default_factory=list)
+    """``--resume``: the input ids in input order."""
 
     @classmethod
     def open(cls, args: argparse.Namespace) -> _Batch:
@@ -236,14 +277,15 @@ class _Batch:
         base_url = resolve_base_url(args.base_url)
         wf = workflow_from(args.workflow)
         key = resolve_key()
+        earlier = read_results(args.out) if args.resume else {}
         fh = _open_input(args.input)
         try:
-            out = _open_out(args.out)
+            out = _open_out(args.out, resume=args.resume)
         except EnvironmentProblem:
             fh.close()
             raise
         setup_logging(quiet=True, debug=args.debug)
-        return cls(args, wf, key, base_url, fh, out)
+        return cls(args, wf, key, base_url, fh, out, earlier=earlier)
 
     def close(self) -> None:
         self.fh.close()
@@ -251,6 +293,32 @@ class _Batch:
             self.out.close()
         else:
             self.out.flush()
+        if self.args.resume:
+            self.rewrite_out()
+
+    def rewrite_out(self) -> None:
+        """OUT becomes exactly one line per input id, in input order: this batch's result, or
+        the earlier one for ids that did not run again (written aside, then renamed over OUT)."""
+        name = self.args.out
+        ids = list(self.order)
+        if self.tally.next_line:  # stopped before the end: keep what the rest had
+            read = set(ids)
+            ids += [i for i in self.earlier if i not in read]
+        lines = [
+            self.results[i]
+            if i in self.results
+            else json.dumps(self.earlier[i], ensure_ascii=False)
+            for i in ids
+            if i in self.results or i in self.earlier
+        ]
+        tmp = f"{name}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, name)
+        with contextlib.suppress(OSError):
+            os.remove(f"{name}.partial")
 
     # ------------------------------------------------------------------ running
 
@@ -300,13 +368,27 @@ class _Batch:
                             slots.release()
                             self.bad_line(number, exc)
                             continue
+                        self.order.append(item.id)
+                        if self.earlier.get(item.id, {}).get("status") == "succeeded":
+                            slots.release()  # done in the earlier batch: nothing is sent
+                            tally.done += 1
+                            continue
                         runs.start_soon(self.run_one, world, item, slots)
             outer.cancel_scope.cancel()
 
     async def run_one(self, world: World, item: BatchItem, slots: trio.Semaphore) -> None:
         self.tally.in_flight[item.id] = item.line
         try:
-            outcome = await turn(world, self.wf, item.message, item.conversation_id, item.model)
+            run_id = self.earlier.get(item.id, {}).get("run_id")
+            if isinstance(run_id, str):
+                try:
+                    outcome = (await resume_run(run_id, world.env)).outcome
+                except NotResumable as exc:  # keep the earlier line; say why
+                    self.bad_line(item.line, exc)
+                    del self.tally.in_flight[item.id]
+                    return
+            else:
+                outcome = await turn(world, self.wf, item.message, item.conversation_id, item.model)
             self.write_result(item, outcome)
             del self.tally.in_flight[item.id]
         finally:
@@ -327,7 +409,10 @@ class _Batch:
         doc = outcome.to_json()
         doc["id"] = item.id
         doc["line"] = item.line
-        self.out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        line = json.dumps(doc, ensure_ascii=False)
+        self.out.write(line + "\n")
+        if self.args.resume:
+            self.results[item.id] = line
         if outcome.succeeded:
             self.tally.done += 1
             self.tally.spend += outcome.cost_usd or 0

@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP requests in flight (default: min(concurrency, 32))",
     )
     p.add_argument("--out", metavar="FILE", help="write result lines here instead of stdout")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --out: skip ids that succeeded there, resume failed or cancelled ones, run"
+        " the missing ones; OUT then holds one line per input id (rewritten atomically)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _db(p)
     _base_url(p)
