@@ -90,6 +90,8 @@ class ErrorClass(StrEnum):
     MODEL_UNAVAILABLE = "model_unavailable"
     RETRIES_EXHAUSTED = "retries_exhausted"
     """Backoff gave the model up (its retries are used up, or the server asked too long a wait)."""
+    BUDGET_EXCEEDED = "budget_exceeded"
+    """The attempt's worst-case cost does not fit a budget window: nothing was sent."""
     COOLING = "cooling"
     """The model was skipped: the shared cooldown says it is failing for every run."""
     ALL_MODELS_FAILED = "all_models_failed"
