@@ -28,6 +28,7 @@ from ..definition import ALWAYS_FATAL, Workflow
 from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError
 from ..store.base import AttemptRow, Checkpoint, NewRun, Reply, RunEnd
 from .context import RunEnv, new_id
+from .limits import admit
 from .records import FlowRecord, RecordKind, WaitSource
 from .recovery import recovery_path, recovery_row
 from .state import AttemptInfo, ErrorInfo, Message, RunState, Step, Wait
@@ -107,6 +108,10 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         skipped = _skip_cooling(state, env, model)
         if skipped is not None:
             return skipped
+    gate = await admit(state, env, wf) if wf.limits is not None else None
+    if isinstance(gate, Step):
+        return gate
+    state = gate.state if gate is not None else state
     number = state.total_attempts + 1
     started_at = env.now()
     try:
@@ -121,7 +126,13 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         temperature=wf.request.temperature,
         max_tokens=wf.request.max_tokens,
     )
-    result = await client.complete(payload, timeout_s=wf.request.timeout_s)
+    try:
+        result = await client.complete(payload, timeout_s=wf.request.timeout_s)
+    finally:
+        if gate is not None:
+            gate.release()
+    if gate is not None:
+        await gate.settle(result)
     err = result.error
     generation_id = result.completion.generation_id if result.completion else None
     await env.store.attempt_ended(
