@@ -22,6 +22,7 @@ import trio
 
 from .faults import FaultCursor, FaultScript, models_listing, new_generation_id, render
 from .pricing import PriceTable
+from .simrate import SlidingWindowLimit
 
 LOOPBACK = "127.0.0.1"
 _MAX_BODY = 8 * 1024 * 1024
@@ -34,6 +35,7 @@ class Simulator:
         script: fault script text or parsed script (empty: every request succeeds).
         latency_s: a fixed delay added to every answer (0 for benchmarks).
         require_key: answer 401 to requests without a bearer token, as OpenRouter does.
+        rpm: a provider-side limit (429 past ``rpm`` requests in any 60 s), as OpenRouter's.
     """
 
     def __init__(
@@ -43,12 +45,15 @@ class Simulator:
         prices: PriceTable | None = None,
         latency_s: float = 0.0,
         require_key: bool = True,
+        rpm: int | None = None,
     ) -> None:
         parsed = FaultScript.parse(script) if isinstance(script, str) else script
         self.cursor = FaultCursor(parsed)
         self.prices = prices or PriceTable.load()
         self.latency_s = latency_s
         self.require_key = require_key
+        self.rate = SlidingWindowLimit(rpm) if rpm else None
+        """``rpm``: answer 429 (with Retry-After) past that many requests in any 60 s."""
         self.chat_requests = 0
         self.models_seen: list[str] = []
         self.last_messages: list[Any] = []
@@ -119,6 +124,13 @@ class Simulator:
                 {"Content-Type": "application/json"},
                 b'{"error": {"code": 400, "message": "Invalid JSON body"}}',
             )
+            return True
+        if self.rate is not None and (wait := self.rate.admit(trio.current_time())) is not None:
+            body = (
+                b'{"error": {"code": 429, "message": "Rate limit exceeded: requests per minute"}}'
+            )
+            headers = {"Content-Type": "application/json", "Retry-After": f"{max(wait, 0.001):.3f}"}
+            await _send(stream, conn, 429, headers, body)
             return True
         self.chat_requests += 1
         generation_id = new_generation_id()  # before any await: each answer has its own

@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     p.add_argument("--faults", default="", metavar="SCRIPT", help="fault script, as for simulate")
     p.add_argument("--latency", type=float, default=0.0, metavar="S", help="delay every answer")
+    p.add_argument("--rpm", type=int, default=None, help="answer 429 past N requests a minute")
     p.set_defaults(handler="simserver:cmd_simulator")
 
     p = sub.add_parser("history", help="messages of a conversation (or the latest ones)")
