@@ -15,6 +15,7 @@ import json
 import socket
 import struct
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import h11
@@ -55,6 +56,10 @@ class Simulator:
         self.rate = SlidingWindowLimit(rpm) if rpm else None
         """``rpm``: answer 429 (with Retry-After) past that many requests in any 60 s."""
         self.chat_requests = 0
+        self.arrivals: list[float] = []
+        """trio's clock at each chat request that was answered (not refused by ``rpm``)."""
+        self.spent_usd = Decimal(0)
+        """What the answers cost (``usage.cost``), as ``GET /key`` reports it."""
         self.models_seen: list[str] = []
         self.last_messages: list[Any] = []
         self.last_headers: dict[str, str] = {}
@@ -93,6 +98,13 @@ class Simulator:
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
         if method == "GET" and path.endswith("/models"):
             await _send(stream, conn, 200, {"Content-Type": "application/json"}, self._models_body)
+            return True
+        if method == "GET" and path.endswith("/key"):
+            spent = format(self.spent_usd, "f")
+            usage = {"label": "simulator", "limit": None, "limit_remaining": None,
+                     "usage": spent, "usage_daily": spent, "usage_monthly": spent}  # fmt: skip
+            body = json.dumps({"data": usage}).encode()
+            await _send(stream, conn, 200, {"Content-Type": "application/json"}, body)
             return True
         if method != "POST" or not path.endswith("/chat/completions"):
             await _send(
@@ -133,6 +145,7 @@ class Simulator:
             await _send(stream, conn, 429, headers, body)
             return True
         self.chat_requests += 1
+        self.arrivals.append(trio.current_time())
         generation_id = new_generation_id()  # before any await: each answer has its own
         self.models_seen.append(model)
         self.last_messages = list(messages)
@@ -148,8 +161,18 @@ class Simulator:
         if fault.kind == "slow":
             await trio.sleep(fault.delay_s)
         out = render(fault, model, messages, self.prices, generation_id, datetime.now(UTC))
+        if out.status == 200:
+            self.spent_usd += _billed(out.body)
         await _send(stream, conn, out.status, out.headers, out.body)
         return True
+
+
+def _billed(body: bytes) -> Decimal:
+    """The ``usage.cost`` of a success body (0 when it has none)."""
+    try:
+        return Decimal(str(json.loads(body)["usage"]["cost"]))
+    except (ValueError, KeyError, TypeError, ArithmeticError):
+        return Decimal(0)
 
 
 async def _read_request(

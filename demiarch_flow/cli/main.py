@@ -182,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     _db(p)
     p.set_defaults(handler="report:cmd_usage")
 
+    p = sub.add_parser("budget", help="budget windows: limit, spent, reserved, remaining")
+    p.add_argument("--workflow", metavar="FILE", help="whose limits (default: the bundled one)")
+    p.add_argument("--key", action="store_true", help="also ask OpenRouter (GET /key)")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+    _base_url(p)
+    p.set_defaults(handler="budget:cmd_budget")
+
     p = sub.add_parser("db", help="the database schema: its revision, upgrades")
     dbs = p.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
     q = dbs.add_parser("upgrade", help="create or upgrade the schema to this release's revision")
