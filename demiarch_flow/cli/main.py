@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for jitter (default 0)")
     p.add_argument("--json", action="store_true", help="print the timeline as JSON")
     p.add_argument("--db", metavar="URL", help="also write the run to this database")
+    p.add_argument(
+        "--batch", type=int, metavar="N", help="a batch of N runs: time, throttle, spend"
+    )
+    p.add_argument("--concurrency", type=int, default=8, help="runs at once with --batch")
     p.set_defaults(handler="simulate:cmd_simulate")
 
     p = sub.add_parser("demo", help="the whole thing against the bundled simulator (no key)")

@@ -10,6 +10,10 @@ neither an attempt nor a retry); then the budget reservation of the attempt's wo
 reservation that does not fit gives back a step with class ``budget_exceeded`` instead: fatal,
 or the next model when ``fallback.when`` lists it — and no request is sent.
 
+The slot comes before the reservation, so a run waiting for a slot holds no budget: reserving
+first would hold a batch's worst cases through its throttle waits and refuse runs the budget
+could still pay for (a refused run still used its slot; ``simulate --batch`` shows both).
+
 Why the wait is slept inside the handler and not as a ``Step.wait``: the machine only knows the
 workflow's own events, and a ``throttled`` self-transition is not in users' files; the journal
 row is written through the same checkpoint path as every transition, with its own ``seq``.
