@@ -140,3 +140,46 @@ async def test_429_with_retry_after_pauses_every_model_of_the_bucket(
         nursery.start_soon(run_workflow, wf, RunRequest("b", model=HAIKU), env)
     haiku = [r.at - start for r in fake.requests if r.model == HAIKU]
     assert haiku and haiku[0] >= 5.0
+
+
+def test_x_ratelimit_reset_is_a_wait_hint() -> None:
+    """OpenRouter's 429s carry X-RateLimit-Reset (ms epoch): the wait until then, when no
+    Retry-After is given (which wins)."""
+    from datetime import UTC, datetime
+
+    from demiarch_flow.backoff import parse_retry_after
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    reset = str(int(now.timestamp() * 1000) + 4500)
+    assert parse_retry_after({"X-RateLimit-Reset": reset}, now) == 4.5
+    assert parse_retry_after({"X-RateLimit-Reset": reset, "Retry-After": "2"}, now) == 2.0
+    assert parse_retry_after({"X-RateLimit-Reset": "0"}, now) is None
+
+
+async def test_429_with_x_ratelimit_reset_pauses_the_bucket(autojump_clock: object) -> None:
+    """A 429 whose only hint is X-RateLimit-Reset pauses every model of the bucket until then."""
+    import json
+    import time
+
+    import httpx
+
+    fake = FakeOpenRouter()
+    first = [True]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if first[0]:
+            first[0] = False
+            reset = str(int(time.time() * 1000) + 5000)
+            return httpx.Response(429, headers={"X-RateLimit-Reset": reset},
+                                  content=json.dumps({"error": {"code": 429, "message": "slow"}}))  # fmt: skip
+        return await fake.handle_async_request(request)
+
+    wf = with_limits('  rate:\n    "anthropic/*": {rpm: 6000}\n')
+    env = make_env(httpx.MockTransport(handler))
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_workflow, wf, RunRequest("a"), env)
+        await trio.sleep(1)
+        nursery.start_soon(run_workflow, wf, RunRequest("b", model=HAIKU), env)
+    haiku = [r.at - start for r in fake.requests if r.model == HAIKU]
+    assert haiku and haiku[0] >= 4.0
