@@ -222,3 +222,21 @@ def test_usage_error_class_for_missing_prices() -> None:
     with pytest.raises(UsageError) as info:
         check_budget_prices(bad)
     assert info.value.exit_code == 2
+
+
+def test_readme_limits_example_is_valid() -> None:
+    """The README's `limits` block parses, and means what its comments say."""
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text("utf-8")
+    block = readme.split("```yaml\nlimits:\n", 1)[1].split("```", 1)[0]
+    wf = with_limits(block)
+    assert wf.limits is not None
+    assert wf.limits.budget.daily_usd == Decimal("5.00")
+    openai = wf.limits.buckets_for(GPT4O)
+    assert [b.key for b in openai] == ["*", "openai/*"]
+    assert (openai[1].rpm, openai[1].tpm, openai[1].concurrency, openai[1].burst) == (
+        60,
+        200000,
+        8,
+        5,
+    )
+    assert [b.key for b in wf.limits.buckets_for(SONNET)] == ["*"]
