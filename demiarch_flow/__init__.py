@@ -45,6 +45,7 @@ _EXPORTS = {
     "AllModelsFailed": "errors",
     "PersistenceError": "errors",
     "RunFailed": "errors",
+    "BudgetExceeded": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .errors import (
         AllModelsFailed,
+        BudgetExceeded,
         DefinitionError,
         EnvironmentProblem,
         FlowError,
