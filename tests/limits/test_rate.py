@@ -183,3 +183,16 @@ async def test_429_with_x_ratelimit_reset_pauses_the_bucket(autojump_clock: obje
         nursery.start_soon(run_workflow, wf, RunRequest("b", model=HAIKU), env)
     haiku = [r.at - start for r in fake.requests if r.model == HAIKU]
     assert haiku and haiku[0] >= 4.0
+
+
+async def test_live_progress_names_a_throttle_wait(autojump_clock: object) -> None:
+    """`run`'s progress lines (and `simulate`'s timeline) know the throttle wait source."""
+    import io
+
+    from demiarch_flow.cli._run import Progress
+
+    stream = io.StringIO()
+    wf = with_limits('  rate:\n    "*": {rpm: 60}\n')
+    env = make_env(FakeOpenRouter(), listeners=[Progress(stream)])
+    await _batch(wf, env, 2, 2)
+    assert "(rate limit: waiting for a slot)" in stream.getvalue()
