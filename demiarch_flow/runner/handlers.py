@@ -118,6 +118,8 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         await env.store.attempt_started(AttemptRow(state.run_id, number, model, started_at))
     except FlowError as exc:
         # Nothing was sent: the run fails before it could cost anything.
+        if gate is not None:
+            gate.release()  # its reservation goes with the failed run
         return Step("fatal", state.failed(ErrorInfo.of(exc)))
     client = env.client
     payload = client.build_payload(

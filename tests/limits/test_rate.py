@@ -196,3 +196,26 @@ async def test_live_progress_names_a_throttle_wait(autojump_clock: object) -> No
     env = make_env(FakeOpenRouter(), listeners=[Progress(stream)])
     await _batch(wf, env, 2, 2)
     assert "(rate limit: waiting for a slot)" in stream.getvalue()
+
+
+async def test_a_failed_attempt_record_gives_its_permit_back(autojump_clock: object) -> None:
+    """When the attempt cannot be recorded (database down) the run fails before sending, and
+    the bucket's concurrency permit is given back for the next run."""
+    from demiarch_flow.errors import PersistenceError
+
+    class Broken(MemoryStore):
+        fail = True
+
+        async def attempt_started(self, attempt):  # type: ignore[no-untyped-def]
+            if self.fail:
+                self.fail = False
+                raise PersistenceError("database is down")
+            await super().attempt_started(attempt)
+
+    wf = with_limits('  rate:\n    "*": {concurrency: 1}\n')
+    fake = FakeOpenRouter()
+    env = make_env(fake, store=Broken())
+    first = await run_workflow(wf, RunRequest("a"), env)
+    assert first.status == "failed"
+    with trio.fail_after(5):
+        assert (await run_workflow(wf, RunRequest("b"), env)).succeeded
