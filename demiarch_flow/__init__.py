@@ -48,6 +48,7 @@ _EXPORTS = {
     "AllModelsFailed": "errors",
     "PersistenceError": "errors",
     "RunFailed": "errors",
+    "BudgetExceeded": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -65,6 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .errors import (
         AllModelsFailed,
+        BudgetExceeded,
         DefinitionError,
         EnvironmentProblem,
         FlowError,

@@ -21,6 +21,7 @@ without parsing text::
     ├── PersistenceError                 1   a database write failed after its retries
     ├── RunError                         1   a run's failure as read back from its checkpoint
     ├── RunFailed                        1   a run ended in a final failure state
+    ├── BudgetExceeded                   1   an attempt's worst case does not fit a budget
     └── Terminated                     143   SIGTERM: the work in progress was cancelled
 
 Errors carry their context as attributes (file, line, field, model, status, attempt) so that
@@ -90,6 +91,8 @@ class ErrorClass(StrEnum):
     MODEL_UNAVAILABLE = "model_unavailable"
     RETRIES_EXHAUSTED = "retries_exhausted"
     """Backoff gave the model up (its retries are used up, or the server asked too long a wait)."""
+    BUDGET_EXCEEDED = "budget_exceeded"
+    """The attempt's worst-case cost does not fit a budget window: nothing was sent."""
     COOLING = "cooling"
     """The model was skipped: the shared cooldown says it is failing for every run."""
     ALL_MODELS_FAILED = "all_models_failed"
@@ -318,6 +321,36 @@ class RunFailed(FlowError):
         super().__init__(message)
         self.run_id = run_id
         self.error_class = error_class
+
+
+class BudgetExceeded(FlowError):
+    """An attempt's worst-case cost does not fit a budget window; no request was sent.
+
+    Attributes:
+        window: ``run``, ``day`` or ``month``.
+        spent_usd, reserved_usd, limit_usd, estimate_usd: the window's books and the estimate.
+        model: the model the attempt would have asked.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        window: str,
+        spent_usd: object = None,
+        reserved_usd: object = None,
+        limit_usd: object = None,
+        estimate_usd: object = None,
+        model: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.error_class = ErrorClass.BUDGET_EXCEEDED
+        self.window = window
+        self.spent_usd = spent_usd
+        self.reserved_usd = reserved_usd
+        self.limit_usd = limit_usd
+        self.estimate_usd = estimate_usd
+        self.model = model
 
 
 class Terminated(FlowError):

@@ -66,6 +66,16 @@ class Price:
 
     prompt: Decimal
     completion: Decimal
+    max_completion_tokens: int | None = None
+    """The model's largest completion, when known: the worst case a budget reserves for
+    when a workflow sets no ``request.max_tokens``."""
+
+
+def _token_count(entry: Mapping[str, Any]) -> int | None:
+    value = entry.get("max_completion_tokens")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TOKENS:
+        return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +100,7 @@ class PriceTable:
             prompt = to_usd(entry.get("prompt"), MAX_PRICE_PER_MILLION_USD)
             completion = to_usd(entry.get("completion"), MAX_PRICE_PER_MILLION_USD)
             if prompt is not None and completion is not None:
-                prices[model] = Price(prompt, completion)
+                prices[model] = Price(prompt, completion, _token_count(entry))
         return cls(prices)
 
     @classmethod
@@ -168,6 +178,10 @@ def _listing_table(models: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any],
             "prompt": format((prompt * MILLION).normalize(), "f"),
             "completion": format((completion * MILLION).normalize(), "f"),
         }
+        top = entry.get("top_provider")
+        cap = top.get("max_completion_tokens") if isinstance(top, Mapping) else None
+        if _token_count({"max_completion_tokens": cap}) is not None:
+            out[model_id]["max_completion_tokens"] = cap
     return out, skipped
 
 

@@ -15,6 +15,7 @@ import json
 import socket
 import struct
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -30,6 +31,7 @@ from .faults import (
     render,
 )
 from .pricing import PriceTable
+from .simrate import SlidingWindowLimit
 
 LOOPBACK = "127.0.0.1"
 _MAX_BODY = 8 * 1024 * 1024
@@ -42,6 +44,7 @@ class Simulator:
         script: fault script text or parsed script (empty: every request succeeds).
         latency_s: a fixed delay added to every answer (0 for benchmarks).
         require_key: answer 401 to requests without a bearer token, as OpenRouter does.
+        rpm: a provider-side limit (429 past ``rpm`` requests in any 60 s), as OpenRouter's.
     """
 
     def __init__(
@@ -51,13 +54,20 @@ class Simulator:
         prices: PriceTable | None = None,
         latency_s: float = 0.0,
         require_key: bool = True,
+        rpm: int | None = None,
     ) -> None:
         parsed = FaultScript.parse(script) if isinstance(script, str) else script
         self.cursor = FaultCursor(parsed)
         self.prices = prices or PriceTable.load()
         self.latency_s = latency_s
         self.require_key = require_key
+        self.rate = SlidingWindowLimit(rpm) if rpm else None
+        """``rpm``: answer 429 (with Retry-After) past that many requests in any 60 s."""
         self.chat_requests = 0
+        self.arrivals: list[float] = []
+        """trio's clock at each chat request that was answered (not refused by ``rpm``)."""
+        self.spent_usd = Decimal(0)
+        """What the answers cost (``usage.cost``), as ``GET /key`` reports it."""
         self.models_seen: list[str] = []
         self.last_messages: list[Any] = []
         self.last_headers: dict[str, str] = {}
@@ -104,6 +114,13 @@ class Simulator:
             found = self.ledger.answer((query.get("id") or [""])[0])
             await _send(stream, conn, found.status, found.headers, found.body)
             return True
+        if method == "GET" and path.endswith("/key"):
+            spent = format(self.spent_usd, "f")
+            usage = {"label": "simulator", "limit": None, "limit_remaining": None,
+                     "usage": spent, "usage_daily": spent, "usage_monthly": spent}  # fmt: skip
+            body = json.dumps({"data": usage}).encode()
+            await _send(stream, conn, 200, {"Content-Type": "application/json"}, body)
+            return True
         if method != "POST" or not path.endswith("/chat/completions"):
             await _send(
                 stream,
@@ -135,7 +152,15 @@ class Simulator:
                 b'{"error": {"code": 400, "message": "Invalid JSON body"}}',
             )
             return True
+        if self.rate is not None and (wait := self.rate.admit(trio.current_time())) is not None:
+            body = (
+                b'{"error": {"code": 429, "message": "Rate limit exceeded: requests per minute"}}'
+            )
+            headers = {"Content-Type": "application/json", "Retry-After": f"{max(wait, 0.001):.3f}"}
+            await _send(stream, conn, 429, headers, body)
+            return True
         self.chat_requests += 1
+        self.arrivals.append(trio.current_time())
         generation_id = new_generation_id()  # before any await: each answer has its own
         self.models_seen.append(model)
         self.last_messages = list(messages)
@@ -152,8 +177,18 @@ class Simulator:
             await trio.sleep(fault.delay_s)
         out = render(fault, model, messages, self.prices, generation_id, datetime.now(UTC))
         self.ledger.note(generation_id, out)
+        if out.status == 200:
+            self.spent_usd += _billed(out.body)
         await _send(stream, conn, out.status, out.headers, out.body)
         return True
+
+
+def _billed(body: bytes) -> Decimal:
+    """The ``usage.cost`` of a success body (0 when it has none)."""
+    try:
+        return Decimal(str(json.loads(body)["usage"]["cost"]))
+    except (ValueError, KeyError, TypeError, ArithmeticError):
+        return Decimal(0)
 
 
 async def _read_request(

@@ -25,8 +25,10 @@ from ..paths import database_url, prices_path
 from ..pricing import PriceTable
 from ..runner import Listener, RunEnv
 from ..runner.context import utc_now
+from ..runner.limits import Limiter
 from ..runner.owner import keep_alive, this_process
 from ..runner.recovery import recovery_dir_for
+from ..store.limits import SqlLedger
 from ..store.sql import SqlStore
 from ._signals import Signals
 
@@ -77,8 +79,27 @@ def resolve_base_url(flag: str | None) -> str:
 
 
 def workflow_from(arg: str | None) -> Workflow:
-    """The named workflow file, or the bundled default."""
-    return load_workflow(arg if arg else default_workflow_path())
+    """The named workflow file, or the bundled default (its budget checked against the price
+    table: see :func:`check_budget_prices`)."""
+    wf = load_workflow(arg if arg else default_workflow_path())
+    check_budget_prices(wf)
+    return wf
+
+
+def check_budget_prices(wf: Workflow) -> None:
+    """A budget needs a price for each model it applies to: it never guesses zero.
+
+    Raises:
+        UsageError: a model of the chain has no price, or no known largest completion while
+            ``request.max_tokens`` is unset (exit 2, before anything is sent).
+    """
+    if wf.limits is None or not wf.limits.budget.any:
+        return
+    from ..runner.budget import price_problems
+
+    problems = price_problems(wf, PriceTable.load(prices_path()))
+    if problems:
+        raise UsageError(f"{wf.source}: limits.budget cannot be enforced: " + "; ".join(problems))
 
 
 def model_problem(name: str) -> str | None:
@@ -215,6 +236,7 @@ async def open_world(
                 listeners=listeners,
                 recovery_dir=recovery_dir_for(url),
                 owner=owner,
+                limits=Limiter(SqlLedger(store.engine)),
             )
             async with trio.open_nursery() as nursery:
                 # One heartbeat for every run of this process: a run left 'running' by a

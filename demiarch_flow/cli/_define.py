@@ -7,7 +7,7 @@ import sys
 
 from ..definition import load_workflow
 from ..definition.render import to_dot, to_mermaid
-from ..errors import DefinitionError
+from ..errors import DefinitionError, UsageError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -16,7 +16,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             wf = load_workflow(name)
-        except DefinitionError as exc:
+            if wf.limits is not None:
+                from ._common import check_budget_prices
+
+                check_budget_prices(wf)
+        except (DefinitionError, UsageError) as exc:
             failed += 1
             print(f"demiarch-flow: {exc}", file=sys.stderr)
             continue

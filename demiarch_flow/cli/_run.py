@@ -39,6 +39,7 @@ _WHY = {
     WaitSource.BACKOFF: "backoff",
     WaitSource.RETRY_AFTER: "Retry-After from the server",
     WaitSource.COOLDOWN: "the model is cooling down",
+    WaitSource.THROTTLE: "rate limit: waiting for a slot",
 }
 
 

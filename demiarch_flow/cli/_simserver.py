@@ -21,7 +21,9 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         )
     if not math.isfinite(args.latency) or args.latency < 0:
         raise UsageError(f"--latency {args.latency}: give a number of seconds, 0 or more")
-    sim = Simulator(FaultScript.parse(args.faults), latency_s=args.latency)
+    if args.rpm is not None and args.rpm < 1:
+        raise UsageError(f"--rpm {args.rpm}: give a number of requests per minute, 1 or more")
+    sim = Simulator(FaultScript.parse(args.faults), latency_s=args.latency, rpm=args.rpm)
 
     async def main() -> int:
         async with trio.open_nursery() as nursery:

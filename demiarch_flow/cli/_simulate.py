@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from ..definition import Workflow
+from ..errors import UsageError
 from ..fake import FakeOpenRouter, fake_client
 from ..faults import FaultScript
 from ..runner import FlowRecord, RunEnv, RunOutcome, RunRequest, WaitSource, run_workflow
@@ -24,6 +25,7 @@ _WHY = {
     WaitSource.BACKOFF: "backoff",
     WaitSource.RETRY_AFTER: "Retry-After",
     WaitSource.COOLDOWN: "cooldown",
+    WaitSource.THROTTLE: "rate limit",
 }
 
 
@@ -49,8 +51,9 @@ class Timeline:
                 out.append(f"{t}  Request   {r.model} attempt {r.attempt} → {result}")
             elif r.kind == "wait":
                 why = _WHY[r.wait_source or WaitSource.BACKOFF]
+                state = "Request" if r.wait_source is WaitSource.THROTTLE else "Backoff"
                 out.append(
-                    f"{t}  Backoff   wait {r.wait_s:.1f} s ({why}) before attempt {r.attempt}"
+                    f"{t}  {state:<9} wait {r.wait_s:.1f} s ({why}) before attempt {r.attempt}"
                 )
             elif (
                 r.kind == "transition"
@@ -102,6 +105,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     wf = workflow_from(args.workflow)
     script = FaultScript.parse(args.faults)
     setup_logging(quiet=True)
+    if args.batch is not None:
+        from ._simbatch import print_plan, simulate_batch
+
+        if args.batch < 1 or args.concurrency < 1:
+            raise UsageError("--batch and --concurrency must be at least 1")
+        plan = simulate_batch(wf, script, message, args.batch, args.concurrency, args.seed)
+        print_plan(plan, args.json)
+        return 0 if plan.succeeded == plan.runs else 1
     store = None
     if args.db:
         from ..paths import database_url

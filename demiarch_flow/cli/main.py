@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for jitter (default 0)")
     p.add_argument("--json", action="store_true", help="print the timeline as JSON")
     p.add_argument("--db", metavar="URL", help="also write the run to this database")
+    p.add_argument(
+        "--batch", type=int, metavar="N", help="a batch of N runs: time, throttle, spend"
+    )
+    p.add_argument("--concurrency", type=int, default=8, help="runs at once with --batch")
     p.set_defaults(handler=Command("simulate", "cmd_simulate"))
 
     p = sub.add_parser("demo", help="the whole thing against the bundled simulator (no key)")
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     p.add_argument("--faults", default="", metavar="SCRIPT", help="fault script, as for simulate")
     p.add_argument("--latency", type=float, default=0.0, metavar="S", help="delay every answer")
+    p.add_argument("--rpm", type=int, default=None, help="answer 429 past N requests a minute")
     p.set_defaults(handler=Command("simserver", "cmd_simulator"))
 
     p = sub.add_parser("history", help="messages of a conversation (or the latest ones)")
@@ -226,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _db(p)
     p.set_defaults(handler=Command("report", "cmd_usage"))
+
+    p = sub.add_parser("budget", help="budget windows: limit, spent, reserved, remaining")
+    p.add_argument("--workflow", metavar="FILE", help="whose limits (default: the bundled one)")
+    p.add_argument("--key", action="store_true", help="also ask OpenRouter (GET /key)")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+    _base_url(p)
+    p.set_defaults(handler=Command("budget", "cmd_budget"))
 
     p = sub.add_parser("db", help="the database schema: its revision, upgrades")
     dbs = p.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)

@@ -21,7 +21,8 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
     """The server's wait hint in seconds, or ``None`` when there is no usable one.
 
     ``retry-after-ms`` (milliseconds) wins over ``Retry-After`` (seconds or an HTTP date) when
-    it is usable; an unusable one does not hide a good ``Retry-After``. A hint of zero, a
+    it is usable; an unusable one does not hide a good ``Retry-After``; without either,
+    ``X-RateLimit-Reset`` (an epoch in ms, on OpenRouter's own 429s) gives the wait. A hint of zero, a
     negative one, a date that has passed, an unparsable, non-finite or implausibly large value
     is ignored, so the schedule applies: a server saying "retry now" must not turn the retry
     policy into a burst of back-to-back requests. A header sent twice (``3, 5`` once joined)
@@ -39,7 +40,20 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
         if seconds is not None:
             return seconds
     current = now or datetime.now(UTC)
-    return _longest(values.get("retry-after", []), lambda raw: _seconds_or_date(raw, current))
+    hint = _longest(values.get("retry-after", []), lambda raw: _seconds_or_date(raw, current))
+    if hint is not None:
+        return hint
+    # OpenRouter's own 429s: X-RateLimit-Reset, the moment the window resets (ms epoch)
+    return _longest(values.get("x-ratelimit-reset", []), lambda raw: _reset_in(raw, current))
+
+
+def _reset_in(raw: str, now: datetime) -> float | None:
+    """Seconds until an ``X-RateLimit-Reset`` epoch (milliseconds; seconds if it is small)."""
+    epoch = _number(raw)
+    if epoch is None:
+        return None
+    seconds = epoch / 1000.0 if epoch > 1e11 else epoch
+    return seconds - now.timestamp()
 
 
 #: Delay-seconds, with OpenRouter's fractional form allowed; no sign, exponent, ``nan`` or

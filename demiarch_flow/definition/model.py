@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .limits import LimitsPolicy, build_limits
+
 
 @dataclass(frozen=True, slots=True)
 class RequestSettings:
@@ -98,6 +100,8 @@ class Workflow:
     request: RequestSettings = RequestSettings()
     cooldown: CooldownPolicy | None = None
     """``None``: no shared cooldown (each run decides alone)."""
+    limits: LimitsPolicy | None = None
+    """``None``: no budgets and no rate buckets (nothing is reserved or paced)."""
     version: int = 1
     description: str = ""
     system: str | None = None
@@ -175,6 +179,7 @@ def build_workflow(doc: dict[str, Any], *, source: str, sha256: str, text: str =
         )
         if "cooldown" in doc
         else None,
+        limits=build_limits(doc.get("limits")),
         initial=doc["initial"],
         states=states,
         source=source,

@@ -42,4 +42,4 @@ PROVIDER_ERROR_CLASSES: Final = (
 ALWAYS_FATAL: Final = frozenset({"auth", "payment_required"})
 
 RETRY_CLASSES: Final = PROVIDER_ERROR_CLASSES
-FALLBACK_CLASSES: Final = (*PROVIDER_ERROR_CLASSES, "retries_exhausted")
+FALLBACK_CLASSES: Final = (*PROVIDER_ERROR_CLASSES, "retries_exhausted", "budget_exceeded")

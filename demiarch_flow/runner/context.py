@@ -18,6 +18,7 @@ from ..definition import Workflow
 from ..pricing import PriceTable
 from ..store.base import Store
 from .cooldown import CooldownRegistry
+from .limits import Limiter
 from .records import Listener
 
 
@@ -58,6 +59,9 @@ class RunEnv:
     owner: str | None = None
     """This process as the owner of the runs it starts (``host:pid:start``); ``None`` for
     runs nobody will resume (``simulate``, tests)."""
+    limits: Limiter = field(default_factory=Limiter)
+    """Budgets and rate buckets (only consulted when the workflow has ``limits``): in this
+    process by default; ``Limiter(SqlLedger(engine))`` shares them through the database."""
 
 
 def model_chain(workflow: Workflow, override: str | None) -> tuple[str, ...]:

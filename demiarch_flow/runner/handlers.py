@@ -28,6 +28,7 @@ from ..definition import ALWAYS_FATAL, Workflow
 from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError
 from ..store.base import AttemptRow, Checkpoint, NewRun, Reply, RunEnd
 from .context import RunEnv, new_id
+from .limits import admit
 from .records import FlowRecord, RecordKind, WaitSource
 from .recovery import recovery_path, recovery_row
 from .state import AttemptInfo, ErrorInfo, Message, RunState, Step, Wait
@@ -115,6 +116,11 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         skipped = await _skip_cooling(state, env, model)
         if skipped is not None:
             return skipped
+    gate = await admit(state, env, wf) if wf.limits is not None else None
+    if isinstance(gate, Step):  # refused by a budget: nothing is sent
+        await _not_sent(gate.state, env, model, ErrorClass.BUDGET_EXCEEDED)
+        return dataclasses.replace(gate, state=dataclasses.replace(gate.state, recorded_attempt=0))
+    state = gate.state if gate is not None else state
     number = state.total_attempts + 1
     started_at = env.now()
     if number != state.recorded_attempt:
@@ -122,6 +128,8 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
             await env.store.attempt_started(AttemptRow(state.run_id, number, model, started_at))
         except FlowError as exc:
             # Nothing was sent: the run fails before it could cost anything.
+            if gate is not None:
+                gate.release()  # its reservation goes with the failed run
             return Step("fatal", state.failed(ErrorInfo.of(exc)))
     client = env.client
     payload = client.build_payload(
@@ -130,7 +138,13 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         temperature=wf.request.temperature,
         max_tokens=wf.request.max_tokens,
     )
-    result = await client.complete(payload, timeout_s=wf.request.timeout_s)
+    try:
+        result = await client.complete(payload, timeout_s=wf.request.timeout_s)
+    finally:
+        if gate is not None:
+            gate.release()
+    if gate is not None:
+        await gate.settle(result)
     err = result.error
     generation_id = result.completion.generation_id if result.completion else None
     await env.store.attempt_ended(
@@ -199,6 +213,16 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     return Step("fatal", tried.failed(error), (attempt_record,))
 
 
+async def _not_sent(state: RunState, env: RunEnv, model: str, why: ErrorClass) -> None:
+    """Close the record of a request that LoadContext recorded ahead and that is not sent
+    after all (a cooling model, a budget), so a resume does not take it for a lost one."""
+    if state.recorded_attempt == state.total_attempts + 1:
+        now = env.now()
+        await env.store.attempt_ended(
+            AttemptRow(state.run_id, state.recorded_attempt, model, now, now, None, why)
+        )
+
+
 async def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None:
     """A cooling model is not asked: Fallback (or, on the last model, Backoff waits it out).
 
@@ -212,13 +236,8 @@ async def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None
         model=model, retry_after_s=left,
     )  # fmt: skip
     error = ErrorInfo.of(err)
-    if state.recorded_attempt == state.total_attempts + 1:
-        # LoadContext recorded this request; it is not sent after all.
-        now = env.now()
-        await env.store.attempt_ended(
-            AttemptRow(state.run_id, state.recorded_attempt, model, now, now, None, "cooling")
-        )
-        state = dataclasses.replace(state, recorded_attempt=0)
+    await _not_sent(state, env, model, ErrorClass.COOLING)
+    state = dataclasses.replace(state, recorded_attempt=0)
     known = dict(state.last_errors)
     skipped = dataclasses.replace(
         state,

@@ -34,6 +34,8 @@ class WaitSource(StrEnum):
     """The server's ``Retry-After`` / ``retry-after-ms``."""
     COOLDOWN = "cooldown"
     """The shared cooldown of the last model of the chain."""
+    THROTTLE = "throttle"
+    """A rate bucket of ``limits.rate``: the next slot of the bucket is not yet due."""
 
 
 @dataclass(frozen=True, slots=True)

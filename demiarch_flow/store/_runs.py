@@ -80,7 +80,7 @@ def append_events(conn: Connection, entries: Sequence[JournalEntry]) -> None:
             {"run_id": e.run_id, "seq": e.seq, "from_state": e.from_state, "event": e.event,
              "to_state": e.to_state, "model": e.model, "attempt": e.attempt,
              "error_class": e.error_class, "wait_s": e.wait_s, "at": e.at,
-             "wait_source": e.wait_source}
+             "wait_source": e.wait_source, "bucket": e.bucket}
             for e in entries
         ],
     )  # fmt: skip

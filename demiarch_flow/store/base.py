@@ -113,6 +113,8 @@ class JournalEntry:
     at: datetime
     wait_source: str | None = None
     """Why it waited: ``backoff``, ``retry_after`` or ``cooldown``."""
+    bucket: str | None = None
+    """The rate bucket a ``throttled`` row waited for (its key in ``limits.rate``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,7 +206,9 @@ class RunEvent(Base):
     wait_s: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     wait_source: Mapped[str | None] = mapped_column(String(16))
-    """Why the run waited before this transition: backoff, retry_after or cooldown."""
+    """Why the run waited before this transition: backoff, retry_after, cooldown or throttle."""
+    bucket: Mapped[str | None] = mapped_column(String(200))
+    """The rate bucket a ``throttled`` row waited for."""
 
 
 class RunAttempt(Base):
@@ -223,3 +225,39 @@ class RunAttempt(Base):
     error_class: Mapped[str | None] = mapped_column(String(32))
     generation_id: Mapped[str | None] = mapped_column(String(200), index=True)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
+
+
+class BudgetReservation(Base):
+    """The worst-case cost of an attempt in flight, held until its real cost is booked.
+
+    Written in a serialised transaction, so that spent + reserved + a new estimate never
+    passes a budget, whatever the number of processes. Replaced by the real cost when the
+    attempt ends (and deleted once the run has ended: its cost is in ``llm_usage`` then), or
+    deleted when nothing was billed; one left by a dead process expires at ``expires_at``.
+    """
+
+    __tablename__ = "budget_reservations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(200))
+    amount_usd: Mapped[Decimal] = mapped_column(USD)
+    settled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """0: the worst-case estimate; 1: the attempt's real cost."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class RateBucketRow(Base):
+    """A shared rate bucket's GCRA state, on the database's clock (seconds since the epoch)."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    """Theoretical arrival time of the next request."""
+    tat_tokens: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    """When the tokens of the requests so far have drained (``tpm``)."""
+    paused_until: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    """No request before this (a 429's Retry-After)."""

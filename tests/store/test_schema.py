@@ -198,7 +198,10 @@ async def test_upgrade_downgrade_upgrade_keeps_rows(url: str) -> None:
     await one_run(url)
     counts = await count_rows(url)
     assert all(counts.values())
-    assert all((await count_rows(url, Base.metadata.tables)).values())
+    # budget_reservations and rate_buckets hold live state of runs with limits only
+    live = {"budget_reservations", "rate_buckets"}
+    tables = {n: t for n, t in Base.metadata.tables.items() if n not in live}
+    assert all((await count_rows(url, tables)).values())
     migrate(url, BASELINE, down=True)
     assert revision_of(url) == BASELINE
     assert await count_rows(url) == counts

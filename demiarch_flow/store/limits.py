@@ -1,0 +1,389 @@
+"""Where budgets and shared rate buckets keep their state: the :class:`Ledger` interface, its
+SQL implementation (every process on one database shares it) and an in-memory one.
+
+A budget holds because each reservation is written in a *serialised* transaction — SQLite:
+``BEGIN IMMEDIATE`` (one writer at a time, the others wait on the busy timeout); PostgreSQL: a
+transaction-level advisory lock — that first reads what every window has spent (the sum of
+``llm_usage`` since the window began: a new day starts at zero by construction) and reserved,
+and inserts the new reservation only if ``spent + reserved + estimate <= limit`` holds for every
+window at once. A rate bucket is one row, updated under ``BEGIN IMMEDIATE`` or ``SELECT … FOR
+UPDATE``, and timed by the database's clock (the wall clock inside the immediate transaction on
+SQLite, ``clock_timestamp()`` on PostgreSQL), so processes on several machines share one clock.
+
+The memory ledger (``simulate``, tests, ``scope: process`` buckets) keeps the same books in the
+process and times buckets by trio's clock, so ``MockClock`` drives them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal, Protocol, TypeVar
+
+import trio
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import PersistenceError, redact
+from ..gcra import BucketRule, BucketState, correct, pause, take
+from ..pricing import NANO
+from .tables import BudgetReservation, LlmUsage, RateBucketRow, WorkflowRun
+
+T = TypeVar("T")
+WindowName = Literal["run", "day", "month"]
+_LOCK_KEY = 0x64656D6961726369  # the advisory lock of budget reservations ("demiarci")
+_ZERO = Decimal(0).quantize(NANO)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWindow:
+    """One budget window: its limit, and since when spend counts (``None`` for ``run``)."""
+
+    name: WindowName
+    limit_usd: Decimal
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUse:
+    """A window's books: its limit, what was spent in it and what is reserved now."""
+
+    window: WindowName
+    limit_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+
+    @property
+    def remaining_usd(self) -> Decimal:
+        return max(self.limit_usd - self.spent_usd - self.reserved_usd, _ZERO)
+
+    def to_json(self) -> dict[str, str]:
+        """The ``budget --json`` object (amounts as decimal strings, like ``cost_usd``)."""
+        return {
+            "window": self.window,
+            "limit_usd": str(self.limit_usd.quantize(NANO)),
+            "spent_usd": str(self.spent_usd.quantize(NANO)),
+            "reserved_usd": str(self.reserved_usd.quantize(NANO)),
+            "remaining_usd": str(self.remaining_usd.quantize(NANO)),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The worst-case cost of one attempt, held while it is in flight."""
+
+    id: str
+    run_id: str
+    attempt: int
+    model: str
+    amount_usd: Decimal
+    at: datetime
+    expires_at: datetime
+
+
+class Ledger(Protocol):
+    """Budget reservations and rate buckets, atomically (see the module docstring)."""
+
+    async def reserve(
+        self, reservation: Reservation, windows: Sequence[BudgetWindow]
+    ) -> WindowUse | None:
+        """Insert ``reservation`` if it fits every window; else return the first window it
+        does not fit (its books before this estimate), and insert nothing."""
+
+    async def settle(
+        self, reservation_id: str, amount_usd: Decimal | None, expires_at: datetime
+    ) -> None:
+        """Replace a reservation by the real cost (``None``: nothing was billed, release it)."""
+
+    async def window_use(
+        self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None
+    ) -> list[WindowUse]:
+        """Each window's books (``run`` needs ``run_id``)."""
+
+    async def take(self, rules: Sequence[BucketRule], tokens: int) -> tuple[float, str | None]:
+        """Take the next slot of every bucket; returns the seconds to wait for it and the
+        bucket that made it wait."""
+
+    async def correct(self, rules: Sequence[BucketRule], delta_tokens: int) -> None:
+        """Move the token schedules by the real tokens minus the estimate."""
+
+    async def pause(self, rules: Sequence[BucketRule], seconds: float) -> None:
+        """No request of these buckets for ``seconds`` (a 429's Retry-After)."""
+
+
+# ---------------------------------------------------------------------- in memory
+
+
+class MemoryLedger:
+    """The books of one process (buckets on trio's clock)."""
+
+    def __init__(self) -> None:
+        self._reservations: dict[str, tuple[Reservation, bool]] = {}
+        """id → (reservation, settled): a settled one is spend (there is no ``llm_usage``)."""
+        self._buckets: dict[str, BucketState] = {}
+
+    def _use(self, window: BudgetWindow, now: datetime, run_id: str | None) -> WindowUse:
+        spent = reserved = _ZERO
+        for r, settled in self._reservations.values():
+            if window.name == "run" and r.run_id != run_id:
+                continue
+            if settled:
+                if window.since is None or r.at >= window.since:
+                    spent += r.amount_usd
+            elif r.expires_at >= now:
+                reserved += r.amount_usd
+        return WindowUse(window.name, window.limit_usd, spent, reserved)
+
+    async def reserve(
+        self, reservation: Reservation, windows: Sequence[BudgetWindow]
+    ) -> WindowUse | None:
+        for window in windows:
+            use = self._use(window, reservation.at, reservation.run_id)
+            if use.spent_usd + use.reserved_usd + reservation.amount_usd > use.limit_usd:
+                return use
+        self._reservations[reservation.id] = (reservation, False)
+        return None
+
+    async def settle(
+        self, reservation_id: str, amount_usd: Decimal | None, expires_at: datetime
+    ) -> None:
+        held = self._reservations.pop(reservation_id, None)
+        if held is not None and amount_usd is not None:
+            self._reservations[reservation_id] = (replace(held[0], amount_usd=amount_usd), True)
+
+    async def window_use(
+        self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None
+    ) -> list[WindowUse]:
+        return [self._use(w, now, run_id) for w in windows]
+
+    def _states(self, rules: Sequence[BucketRule]) -> list[tuple[BucketRule, BucketState]]:
+        return [(r, self._buckets.get(r.key, BucketState())) for r in rules]
+
+    async def take(self, rules: Sequence[BucketRule], tokens: int) -> tuple[float, str | None]:
+        now = trio.current_time()
+        slot = take(self._states(rules), now, tokens)
+        self._buckets.update({r.key: s for r, s in zip(rules, slot.states, strict=True)})
+        return slot.start - now, slot.blocking
+
+    async def correct(self, rules: Sequence[BucketRule], delta_tokens: int) -> None:
+        for rule, state in self._states(rules):
+            self._buckets[rule.key] = correct(rule, state, delta_tokens)
+
+    async def pause(self, rules: Sequence[BucketRule], seconds: float) -> None:
+        until = trio.current_time() + seconds
+        for rule, state in self._states(rules):
+            self._buckets[rule.key] = pause(state, until)
+
+
+# ---------------------------------------------------------------------- SQL
+
+_RES: Table = BudgetReservation.__table__  # type: ignore[assignment]
+_USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
+_RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
+_BUCKET: Table = RateBucketRow.__table__  # type: ignore[assignment]
+
+
+class SqlLedger:
+    """The books in the database, shared by every process that opens it.
+
+    Args:
+        engine: the store's engine (``SqlStore.engine``).
+        clock: the wall clock of SQLite's bucket schedule, read inside the immediate
+            transaction (PostgreSQL uses ``clock_timestamp()``).
+    """
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._lock = trio.Lock()
+        """One ledger transaction at a time in this process (they serialise in the database
+        anyway; waiting here keeps this process's threads off the busy timeout)."""
+
+    async def _run(self, fn: Callable[[Connection], T]) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(functools.partial(self._serialised, fn))
+
+    def _serialised(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            with self._transaction() as conn:
+                return fn(conn)
+        except SQLAlchemyError as exc:
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise PersistenceError(
+                f"budget or rate bookkeeping failed: {redact(first[0] if first else '')[:300]}"
+            ) from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            if conn.dialect.name != "sqlite":
+                with conn.begin():
+                    yield conn
+                return
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+
+    # -- budgets
+
+    async def reserve(
+        self, reservation: Reservation, windows: Sequence[BudgetWindow]
+    ) -> WindowUse | None:
+        return await self._run(functools.partial(_reserve, r=reservation, windows=windows))
+
+    async def settle(
+        self, reservation_id: str, amount_usd: Decimal | None, expires_at: datetime
+    ) -> None:
+        def op(conn: Connection) -> None:
+            if amount_usd is None:
+                conn.execute(delete(_RES).where(_RES.c.id == reservation_id))
+            else:
+                conn.execute(
+                    update(_RES)
+                    .where(_RES.c.id == reservation_id)
+                    .values(amount_usd=amount_usd, settled=1, expires_at=expires_at)
+                )
+
+        await self._run(op)
+
+    async def window_use(
+        self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None
+    ) -> list[WindowUse]:
+        def op(conn: Connection) -> list[WindowUse]:
+            _clean(conn, now)
+            return [_use(conn, w, run_id) for w in windows]
+
+        return await self._run(op)
+
+    # -- rate buckets
+
+    def _now(self, conn: Connection) -> float:
+        if conn.dialect.name == "postgresql":
+            return float(
+                conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one()
+            )
+        return self.clock()
+
+    def _lock_rows(
+        self, conn: Connection, rules: Sequence[BucketRule]
+    ) -> list[tuple[BucketRule, BucketState]]:
+        keys = sorted({r.key for r in rules})
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(_BUCKET).on_conflict_do_nothing(), [{"key": k} for k in keys])
+            query = select(_BUCKET).where(_BUCKET.c.key.in_(keys)).order_by(_BUCKET.c.key)
+            rows = {r.key: r for r in conn.execute(query.with_for_update())}
+        else:
+            rows = {r.key: r for r in conn.execute(select(_BUCKET).where(_BUCKET.c.key.in_(keys)))}
+            missing = [k for k in keys if k not in rows]
+            if missing:
+                conn.execute(insert(_BUCKET), [{"key": k, "tat": 0.0, "tat_tokens": 0.0,
+                                                "paused_until": 0.0} for k in missing])  # fmt: skip
+        return [
+            (r, BucketState(rows[r.key].tat, rows[r.key].tat_tokens, rows[r.key].paused_until)
+             if r.key in rows else BucketState())
+            for r in rules
+        ]  # fmt: skip
+
+    @staticmethod
+    def _store(
+        conn: Connection, rules: Sequence[BucketRule], states: Sequence[BucketState]
+    ) -> None:
+        for rule, state in zip(rules, states, strict=True):
+            conn.execute(
+                update(_BUCKET)
+                .where(_BUCKET.c.key == rule.key)
+                .values(tat=state.tat, tat_tokens=state.tat_tokens,
+                        paused_until=state.paused_until)
+            )  # fmt: skip
+
+    async def take(self, rules: Sequence[BucketRule], tokens: int) -> tuple[float, str | None]:
+        def op(conn: Connection) -> tuple[float, str | None]:
+            held = self._lock_rows(conn, rules)
+            now = self._now(conn)
+            slot = take(held, now, tokens)
+            self._store(conn, rules, slot.states)
+            return slot.start - now, slot.blocking
+
+        return await self._run(op)
+
+    async def correct(self, rules: Sequence[BucketRule], delta_tokens: int) -> None:
+        def op(conn: Connection) -> None:
+            held = self._lock_rows(conn, rules)
+            self._store(conn, rules, [correct(r, s, delta_tokens) for r, s in held])
+
+        await self._run(op)
+
+    async def pause(self, rules: Sequence[BucketRule], seconds: float) -> None:
+        def op(conn: Connection) -> None:
+            held = self._lock_rows(conn, rules)
+            until = self._now(conn) + seconds
+            self._store(conn, rules, [pause(s, until) for _, s in held])
+
+        await self._run(op)
+
+
+def _clean(conn: Connection, now: datetime) -> None:
+    """Drop reservations that expired (their process died) or whose run has ended (its cost
+    is in ``llm_usage`` now, or it was never billed)."""
+    ended = select(_RUN.c.id).where(_RUN.c.status != "running")
+    conn.execute(delete(_RES).where(or_(_RES.c.expires_at < now, _RES.c.run_id.in_(ended))))
+
+
+def _sum(conn: Connection, column: ColumnElement[Decimal], *where: ColumnElement[bool]) -> Decimal:
+    """An exact sum of a USD column (SQLite keeps amounts as text: summed here)."""
+    if conn.dialect.name == "sqlite":
+        return sum(conn.execute(select(column).where(*where)).scalars(), _ZERO)
+    total = conn.execute(select(func.sum(column)).where(*where)).scalar()
+    return _ZERO if total is None else Decimal(total).quantize(NANO)
+
+
+def _use(conn: Connection, window: BudgetWindow, run_id: str | None) -> WindowUse:
+    if window.name == "run":
+        spent = _sum(conn, _USAGE.c.cost_usd, _USAGE.c.run_id == run_id)
+        reserved = _sum(conn, _RES.c.amount_usd, _RES.c.run_id == run_id)
+    else:
+        spent = _sum(conn, _USAGE.c.cost_usd, _USAGE.c.request_timestamp >= window.since)
+        reserved = _sum(conn, _RES.c.amount_usd, _RES.c.id.is_not(None))
+    return WindowUse(window.name, window.limit_usd, spent, reserved)
+
+
+def _reserve(conn: Connection, r: Reservation, windows: Sequence[BudgetWindow]) -> WindowUse | None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    _clean(conn, r.at)
+    for window in windows:
+        use = _use(conn, window, r.run_id)
+        if use.spent_usd + use.reserved_usd + r.amount_usd > use.limit_usd:
+            return use
+    conn.execute(
+        insert(_RES),
+        {"id": r.id, "run_id": r.run_id, "attempt": r.attempt, "model": r.model,
+         "amount_usd": r.amount_usd, "settled": 0, "created_at": r.at,
+         "expires_at": r.expires_at},
+    )  # fmt: skip
+    return None
