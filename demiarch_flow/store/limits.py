@@ -16,10 +16,9 @@ process and times buckets by trio's clock, so ``MockClock`` drives them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -44,6 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import PersistenceError, redact
 from ..gcra import BucketRule, BucketState, correct, pause, take
 from ..pricing import NANO
+from ._tx import serialised
 from .tables import BudgetReservation, LlmUsage, RateBucketRow, WorkflowRun
 
 T = TypeVar("T")
@@ -222,30 +222,13 @@ class SqlLedger:
 
     def _serialised(self, fn: Callable[[Connection], T]) -> T:
         try:
-            with self._transaction() as conn:
+            with serialised(self.engine) as conn:
                 return fn(conn)
         except SQLAlchemyError as exc:
             first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             raise PersistenceError(
                 f"budget or rate bookkeeping failed: {redact(first[0] if first else '')[:300]}"
             ) from None
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            if conn.dialect.name != "sqlite":
-                with conn.begin():
-                    yield conn
-                return
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.exec_driver_sql("ROLLBACK")
-                raise
-            conn.exec_driver_sql("COMMIT")
 
     # -- budgets
 

@@ -19,10 +19,9 @@ is every open but the first, this reads one row and the column lists and never i
 
 from __future__ import annotations
 
-import contextlib
 import io
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Literal, TextIO
 from sqlalchemy import Connection, Engine, inspect, text
 
 from ..errors import SchemaMismatch
+from ._tx import serialised
 from .tables import Base
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def prepare(engine: Engine, *, create: bool = True, upgrade: bool = False) -> Sc
             return state
     upgrade = upgrade or engine.dialect.name == "sqlite"
     _refuse(state, where, create=create, upgrade=upgrade)
-    with _serialised(engine) as conn:
+    with serialised(engine, sqlite_begin="EXCLUSIVE", advisory_lock=_LOCK_KEY) as conn:
         found = read_state(conn)  # another process may have got there while we waited
         if found.status != "head":
             _refuse(found, where, create=create, upgrade=upgrade)
@@ -264,29 +264,6 @@ def _refuse(state: SchemaState, where: str, *, create: bool, upgrade: bool) -> N
             revision=state.revision,
             head=HEAD,
         )
-
-
-@contextlib.contextmanager
-def _serialised(engine: Engine) -> Iterator[Connection]:
-    """One connection in a transaction that no other process can hold at the same time."""
-    with engine.connect() as conn:
-        if conn.dialect.name != "sqlite":
-            with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-                yield conn
-            return
-        # pysqlite never begins a transaction before DDL; take the write lock ourselves (the
-        # busy timeout makes the others wait for it rather than fail).
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.exec_driver_sql("BEGIN EXCLUSIVE")
-        try:
-            yield conn
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.exec_driver_sql("ROLLBACK")
-            raise
-        conn.exec_driver_sql("COMMIT")
 
 
 def _backup_sqlite(engine: Engine, revision: str) -> Path | None:
