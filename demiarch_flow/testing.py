@@ -26,9 +26,19 @@ from typing import Any
 import httpx
 import trio
 
+from .answers import Frame, GenerationLog, generation_record, stream_plan, wants_stream
 from .client import ApiKey, OpenRouterClient
 from .definition import Workflow, machine_class
-from .faults import FaultCursor, FaultScript, models_listing, new_generation_id, render
+from .faults import (
+    STREAMED,
+    FaultCursor,
+    FaultScript,
+    blocking_kind,
+    models_listing,
+    new_generation_id,
+    render,
+    stream_break,
+)
 from .pricing import PriceTable
 from .runner.context import RunEnv, RunRequest
 from .runner.engine import advance, initial_state
@@ -57,13 +67,25 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
     Args:
         script: a fault script text or a parsed :class:`FaultScript` (empty: always ``ok``).
         prices: the price table used for ``usage.cost`` in success bodies.
+        read_size: a streamed body is handed to the client in reads of this many bytes (small
+            values cut multi-byte characters in two, as a network does); 0: one read a frame.
     """
 
-    def __init__(self, script: str | FaultScript = "", prices: PriceTable | None = None) -> None:
+    def __init__(
+        self,
+        script: str | FaultScript = "",
+        prices: PriceTable | None = None,
+        *,
+        read_size: int = 0,
+    ) -> None:
         parsed = FaultScript.parse(script) if isinstance(script, str) else script
         self.cursor = FaultCursor(parsed)
         self.prices = prices or PriceTable.load()
         self.requests: list[SeenRequest] = []
+        self.generations = GenerationLog()
+        self.read_size = read_size
+        self.closed_streams = 0
+        """Streams the client closed before their end (Ctrl-C, a clock)."""
 
     @property
     def models_called(self) -> list[str]:
@@ -77,11 +99,34 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         path = request.url.path
         if request.method == "GET" and path.endswith("/models"):
             return httpx.Response(200, json=models_listing(self.prices))
+        if request.method == "GET" and path.endswith("/generation"):
+            found = self.generations.lookup(request.url.params.get("id", ""))
+            if found is None:
+                return httpx.Response(404, json={"error": {"code": 404, "message": "Not found"}})
+            return httpx.Response(200, json=found)
         body = json.loads(await request.aread() or b"{}")
         model = str(body.get("model", ""))
         self.requests.append(SeenRequest(model, dict(request.headers), body, trio.current_time()))
         generation_id = new_generation_id()
         fault = self.cursor.next(model)
+        messages = body.get("messages", [])
+        if wants_stream(body) and fault.kind in STREAMED:
+            if fault.kind == "slow":
+                await trio.sleep(fault.delay_s)
+            plan = stream_plan(
+                model, messages, self.prices, generation_id, datetime.now(UTC),
+                stream_break(fault), fault.count if fault.kind == "chunks" else None,
+            )  # fmt: skip
+            self.generations.add(
+                generation_id,
+                generation_record(model, messages, self.prices, generation_id, plan.text),
+            )
+            return httpx.Response(
+                200,
+                headers={"Content-Type": "text/event-stream", "X-Generation-Id": generation_id},
+                stream=_Played(self, plan.frames, request),
+            )
+        fault = dataclasses.replace(fault, kind=blocking_kind(fault))
         if fault.kind == "reset":
             raise httpx.ReadError("Connection reset by peer", request=request)
         if fault.kind == "hang":
@@ -93,6 +138,37 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
             datetime.now(UTC),
         )  # fmt: skip
         return httpx.Response(out.status, headers=out.headers, content=out.body)
+
+
+class _Played(httpx.AsyncByteStream):
+    """A stream plan played as an httpx response body (trio's clock for its pauses)."""
+
+    def __init__(self, fake: FakeOpenRouter, frames: list[Frame], request: httpx.Request) -> None:
+        self._fake = fake
+        self._frames = frames
+        self._request = request
+        self._finished = False
+
+    async def __aiter__(self) -> Any:
+        size = self._fake.read_size
+        for frame in self._frames:
+            if frame.kind == "data":
+                if size:
+                    for i in range(0, len(frame.data), size):
+                        yield frame.data[i : i + size]
+                else:
+                    yield frame.data
+            elif frame.kind == "sleep":
+                await trio.sleep(frame.seconds)
+            elif frame.kind == "reset":
+                raise httpx.ReadError("Connection reset by peer", request=self._request)
+            else:
+                await trio.sleep_forever()
+        self._finished = True
+
+    async def aclose(self) -> None:
+        if not self._finished:
+            self._fake.closed_streams += 1
 
 
 class RecordingListener:
