@@ -141,30 +141,41 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
 
 
 class _Played(httpx.AsyncByteStream):
-    """A stream plan played as an httpx response body (trio's clock for its pauses)."""
+    """A stream plan played as an httpx response body (trio's clock for its pauses).
+
+    An iterator object rather than an async generator: httpx iterates a body without
+    ``aclosing``, and a generator left half-read would be finalised by the garbage collector.
+    """
 
     def __init__(self, fake: FakeOpenRouter, frames: list[Frame], request: httpx.Request) -> None:
         self._fake = fake
-        self._frames = frames
         self._request = request
+        self._size = fake.read_size
+        self._frames = iter(frames)
+        self._pending: list[bytes] = []
         self._finished = False
 
-    async def __aiter__(self) -> Any:
-        size = self._fake.read_size
-        for frame in self._frames:
+    def __aiter__(self) -> _Played:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._pending:
+            frame = next(self._frames, None)
+            if frame is None:
+                self._finished = True
+                raise StopAsyncIteration
             if frame.kind == "data":
-                if size:
-                    for i in range(0, len(frame.data), size):
-                        yield frame.data[i : i + size]
-                else:
-                    yield frame.data
+                data, size = frame.data, self._size
+                self._pending = (
+                    [data[i : i + size] for i in range(0, len(data), size)] if size else [data]
+                )
             elif frame.kind == "sleep":
                 await trio.sleep(frame.seconds)
             elif frame.kind == "reset":
                 raise httpx.ReadError("Connection reset by peer", request=self._request)
             else:
                 await trio.sleep_forever()
-        self._finished = True
+        return self._pending.pop(0)
 
     async def aclose(self) -> None:
         if not self._finished:

@@ -94,6 +94,8 @@ class Attempt:
     """A streamed attempt: from sending until the first content token."""
     cause: ErrorClass | None = None
     """A ``stream_interrupted`` attempt: what broke it (``server_error``, ``timeout``, …)."""
+    streamed: bool = False
+    """The answer came as an event stream (a server may answer a streamed request whole)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,8 @@ class OpenRouterClient:
             "HTTP-Referer": app_url,
             "X-OpenRouter-Title": app_title,
         }
+
+        self._stream_headers = {**self._headers, "Accept-Encoding": "identity"}
 
     def __repr__(self) -> str:
         return f"OpenRouterClient(base_url={self.base_url!r}, key={self._key})"
@@ -249,7 +253,7 @@ class OpenRouterClient:
                 async with (
                     slot,
                     self._http.stream(
-                        "POST", self._url, content=content, headers=self._headers
+                        "POST", self._url, content=content, headers=self._stream_headers
                     ) as response,
                 ):
                     status = response.status_code
@@ -259,29 +263,44 @@ class OpenRouterClient:
                         # An error before the stream began, or a server that answered whole.
                         outcome = parse_completion(status, await response.aread(), model, hint)
                     else:
-                        async for data in response.aiter_bytes():
-                            deltas = reader.feed(data)
-                            if not reported and reader.generation_id is not None:
-                                reported = True
-                                if on_generation is not None:
-                                    await on_generation(reader.generation_id)
-                            if deltas:
-                                if first_at is None:
-                                    first_at = trio.current_time()
-                                if on_delta is not None:
-                                    for text in deltas:
-                                        await on_delta(text)
-                            if first_at is not None:
-                                scope.deadline = min(overall, trio.current_time() + idle_timeout_s)
-                            if reader.ended:
-                                break
-                        else:
+                        # The body's own iterator, held so that it is closed however the loop
+                        # ends (httpx's aiter_* generators would be left to the GC). Streams
+                        # are asked for uncompressed (Accept-Encoding: identity), so the raw
+                        # bytes are the text.
+                        body_stream = response.stream
+                        assert isinstance(body_stream, httpx.AsyncByteStream)
+                        reads = body_stream.__aiter__()
+                        try:
+                            async for data in reads:
+                                deltas = reader.feed(data)
+                                if deltas:
+                                    if first_at is None:
+                                        first_at = trio.current_time()
+                                    if on_delta is not None:
+                                        for text in deltas:
+                                            await on_delta(text)
+                                if not reported and reader.generation_id is not None:
+                                    reported = True
+                                    if on_generation is not None:
+                                        await on_generation(reader.generation_id)
+                                if first_at is not None:
+                                    scope.deadline = min(
+                                        overall, trio.current_time() + idle_timeout_s
+                                    )
+                                if reader.ended:
+                                    break
+                        finally:
+                            with trio.CancelScope(shield=True):
+                                await _aclose(reads)
+                        if not reader.ended:
                             for text in reader.close():
                                 first_at = first_at or trio.current_time()
                                 if on_delta is not None:
                                     await on_delta(text)
-                        outcome = reader.outcome(status, hint)
-            if scope.cancelled_caught:
+                        reader.ended = True
+            if reader.ended and status == 200 and outcome is None:
+                outcome = reader.outcome(status, hint)
+            elif scope.cancelled_caught:
                 now = trio.current_time()
                 if first_at is None:
                     what = "first token" if first_wait < timeout_s else "answer"
@@ -306,9 +325,15 @@ class OpenRouterClient:
         latency_ms = round((trio.current_time() - started) * 1000)
         first_ms = round((first_at - started) * 1000) if first_at is not None else None
         if isinstance(outcome, Completion):
-            return Attempt(model, outcome, None, latency_ms, status, first_token_ms=first_ms)
+            return Attempt(
+                model, outcome, None, latency_ms, status, first_token_ms=first_ms,
+                streamed=reader.ended,
+            )  # fmt: skip
         partial = reader.completion(None) if reader.started or reader.usage else None
-        return Attempt(model, None, outcome, latency_ms, status, partial, first_ms, reader.cause)
+        return Attempt(
+            model, None, outcome, latency_ms, status, partial, first_ms, reader.cause,
+            streamed=reader.ended or reader.started,
+        )  # fmt: skip
 
     @staticmethod
     def _broken(
@@ -383,6 +408,12 @@ class OpenRouterClient:
                 status=response.status_code,
             )  # fmt: skip
         return [d for d in data if isinstance(d, dict)]
+
+
+async def _aclose(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -353,6 +353,9 @@ class SqlStore:
     async def attempt_ended(self, attempt: AttemptRow) -> None:
         self._queue.append(_Pending(functools.partial(_runs.end_attempt, attempt=attempt)))
 
+    async def attempt_progress(self, attempt: AttemptRow) -> None:
+        await self._write(functools.partial(_runs.attempt_progress, attempt=attempt))
+
     async def heartbeat(self, owner: str, at: datetime) -> None:
         await self._write(functools.partial(_runs.heartbeat, owner=owner, at=at))
 
