@@ -70,10 +70,9 @@ def test_json_output_has_the_documented_fields(
             "wait_s": None,
             "latency_ms": doc["attempts"][0]["latency_ms"],
             "partial_chars": None,
-            "first_token_ms": doc["attempts"][0]["first_token_ms"],
+            "first_token_ms": None,  # fast.yaml does not stream
         }
     ]
-    assert isinstance(doc["attempts"][0]["first_token_ms"], int)  # chat.yaml streams
     assert [t["event"] for t in doc["transitions"]] == ["loaded", "succeeded", "saved"]
     assert doc["cost_usd"] is not None
 
