@@ -27,6 +27,7 @@ import trio
 from ..backoff import plan_wait
 from ..client import Attempt, Completion
 from ..definition import ALWAYS_FATAL, Workflow
+from ..definition.model import RequestSettings
 from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError
 from ..store.base import AttemptRow, BilledAttempt, Checkpoint, NewRun, Reply, RunEnd
 from .context import RunEnv, new_id
@@ -236,28 +237,47 @@ async def _stream(
 
     req = wf.request
     try:
-        async with trio.open_nursery() as nursery:
-            # The generation id is committed beside the stream, not in its way (nor on its
-            # clocks).
+        return await _stream_beside(env, req, payload, on_delta, progress, generation, parts, row)
+    except BaseExceptionGroup as group:
+        # The nursery wraps what its body raised; the engine expects the bare Cancelled (or
+        # error), as a blocking attempt would raise it.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
-            async def on_generation(generation_id: str) -> None:
-                generation.append(generation_id)
-                nursery.start_soon(progress, generation_id)
 
+async def _stream_beside(
+    env: RunEnv,
+    req: RequestSettings,
+    payload: dict[str, Any],
+    on_delta: Callable[[str], Awaitable[None]],
+    progress: Callable[[str], Awaitable[None]],
+    generation: list[str],
+    parts: list[str],
+    row: AttemptRow,
+) -> Attempt:
+    async with trio.open_nursery() as nursery:
+        # The generation id is committed beside the stream, not in its way (nor on its clocks).
+
+        async def on_generation(generation_id: str) -> None:
+            generation.append(generation_id)
+            nursery.start_soon(progress, generation_id)
+
+        try:
             return await env.client.stream(
                 payload, timeout_s=req.timeout_s, first_token_timeout_s=req.first_token_timeout_s,
                 idle_timeout_s=req.idle_timeout_s, on_delta=on_delta, on_generation=on_generation,
             )  # fmt: skip
-    except trio.Cancelled:
-        with trio.CancelScope(shield=True), contextlib.suppress(FlowError):
-            await env.store.attempt_ended(
-                dataclasses.replace(
-                    row, ended_at=env.now(), error_class=ErrorClass.CANCELLED,
-                    generation_id=generation[0] if generation else None,
-                    partial_text="".join(parts) if parts else None,
-                )
-            )  # fmt: skip
-        raise
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), contextlib.suppress(FlowError):
+                await env.store.attempt_ended(
+                    dataclasses.replace(
+                        row, ended_at=env.now(), error_class=ErrorClass.CANCELLED,
+                        generation_id=generation[0] if generation else None,
+                        partial_text="".join(parts) if parts else None,
+                    )
+                )  # fmt: skip
+            raise
 
 
 async def _looked_up(env: RunEnv, done: Completion) -> Completion:
