@@ -232,7 +232,8 @@ async def _stream(
                 await listener.on_record(rec)
 
     async def progress(generation_id: str) -> None:
-        with contextlib.suppress(FlowError):  # the stream matters more than this note
+        # Shielded: one short commit, and the only handle on what a cancelled stream cost.
+        with trio.CancelScope(shield=True), contextlib.suppress(FlowError):
             await env.store.attempt_progress(dataclasses.replace(row, generation_id=generation_id))
 
     req = wf.request
@@ -241,7 +242,8 @@ async def _stream(
     except BaseExceptionGroup as group:
         # The nursery wraps what its body raised; the engine expects the bare Cancelled (or
         # error), as a blocking attempt would raise it.
-        if len(group.exceptions) == 1:
+        cancels = [e for e in group.exceptions if isinstance(e, trio.Cancelled)]
+        if len(group.exceptions) == 1 or len(cancels) == len(group.exceptions):
             raise group.exceptions[0] from None
         raise
 

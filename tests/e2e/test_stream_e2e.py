@@ -101,3 +101,20 @@ def test_ctrl_c_mid_stream_exits_130_and_keeps_the_partial_text(
     assert partial and partial.startswith("[simulated") and error_class == "cancelled"
     assert generation and generation.startswith("gen-sim-")
     assert cli.rows("select count(*) from chat_messages where role = 'assistant'") == [(0,)]
+
+
+def test_usage_and_runs_show_report_interrupted_streams(
+    cli: Cli, simulator: Callable[[str], SimThread]
+) -> None:
+    """usage shows interrupted spend apart; runs show --json carries the partial text."""
+    sim = simulator(f"{SONNET}=cut:2")
+    doc = cli("run", "-m", "hi", "--json", "--base-url", sim.url).json()
+    usage = json.loads(cli("usage", "--json").stdout)
+    (row,) = usage["rows"]
+    assert row["calls"] == 2 and row["interrupted_calls"] == 1
+    assert usage["interrupted_cost_usd"] == row["interrupted_cost_usd"] != "0"
+    assert "of which interrupted streams" in cli("usage").stdout
+    shown = json.loads(cli("runs", "show", doc["run_id"], "--json").stdout)
+    first = shown["attempts"][0]
+    assert first["partial_text"] == f"[simulated {SONNET}] "
+    assert first["partial_chars"] == doc["attempts"][0]["partial_chars"]
