@@ -102,6 +102,8 @@ class StreamedText:
                 self.out.flush()
             elif r.error_class is None and self._written:
                 self.shown = True
+                self.out.write("\n")  # the reply is complete: end its line
+                self.out.flush()
             if r.error_class is not None and not r.partial_chars and self._written:
                 self._written = 0
         elif r.kind == "transition" and self._broken is not None:
@@ -216,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif jsonl is not None:
         jsonl.emit({"type": "result", **outcome.to_json()})
     elif text is not None and text.shown:
-        print(flush=True)  # the reply is on stdout already; end its line
+        pass  # the reply is on stdout already
     elif outcome.succeeded and outcome.content is not None:
         print(outcome.content)
     if not args.quiet:
@@ -271,7 +273,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     conversation = outcome.conversation_id
                     print(f"(conversation {conversation})", file=sys.stderr)
                 if outcome.succeeded and text.shown:
-                    print(f"\n({outcome.model})\n", flush=True)
+                    print(f"({outcome.model})\n", flush=True)
                 elif outcome.succeeded:
                     print(f"{outcome.model}> {outcome.content}\n")
                 else:
