@@ -82,9 +82,13 @@ class StreamedText:
     breaks, a marker on stderr says so before the next attempt starts (the text shown so far
     is not the reply, and is not saved as one)."""
 
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    def __init__(
+        self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, *, prefix: bool = False
+    ) -> None:
         self.out = out
         self.err = err
+        self.prefix = prefix
+        """Start each attempt's text with ``MODEL> `` (``chat``)."""
         self.shown = False
         """The reply that succeeded was shown as it arrived."""
         self._written = 0
@@ -92,6 +96,8 @@ class StreamedText:
 
     async def on_record(self, r: FlowRecord) -> None:
         if r.kind == "delta" and r.text:
+            if self.prefix and not self._written:
+                self.out.write(f"{r.model}> ")
             self.out.write(r.text)
             self.out.flush()
             self._written += len(r.text)
@@ -104,6 +110,7 @@ class StreamedText:
                 self.shown = True
                 self.out.write("\n")  # the reply is complete: end its line
                 self.out.flush()
+                self._written = 0
             if r.error_class is not None and not r.partial_chars and self._written:
                 self._written = 0
         elif r.kind == "transition" and self._broken is not None:
@@ -242,7 +249,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     wf = workflow_from(args.workflow)
     key = resolve_key()
     setup_logging(quiet=args.quiet, debug=args.debug)
-    text = StreamedText()
+    text = StreamedText(prefix=True)
     listeners: tuple[Listener, ...] = (text,) if args.quiet else (text, Progress())
     stream = True if args.stream is None else args.stream  # chat streams by default
     conversation: str | None = args.conversation
@@ -273,7 +280,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     conversation = outcome.conversation_id
                     print(f"(conversation {conversation})", file=sys.stderr)
                 if outcome.succeeded and text.shown:
-                    print(f"({outcome.model})\n", flush=True)
+                    print(flush=True)
                 elif outcome.succeeded:
                     print(f"{outcome.model}> {outcome.content}\n")
                 else:
