@@ -27,3 +27,7 @@ bench-peers: setup
     test -x .peers-venv/bin/python || python3 -m venv .peers-venv
     .peers-venv/bin/pip install --quiet openai litellm httpx
     .venv/bin/python bench/run.py --peers .peers-venv/bin/python
+
+# streaming: time to first token, CPU per chunk and memory against raw httpx (same simulator)
+bench-stream: setup
+    .venv/bin/python bench/stream.py

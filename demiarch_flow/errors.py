@@ -89,6 +89,9 @@ class ErrorClass(StrEnum):
     PAYMENT_REQUIRED = "payment_required"
     FORBIDDEN = "forbidden"
     MODEL_UNAVAILABLE = "model_unavailable"
+    STREAM_INTERRUPTED = "stream_interrupted"
+    """A streamed reply broke after its first token (error chunk, reset, idle timeout, a body
+    that ended without ``finish_reason``): the partial text is never the reply."""
     RETRIES_EXHAUSTED = "retries_exhausted"
     """Backoff gave the model up (its retries are used up, or the server asked too long a wait)."""
     BUDGET_EXCEEDED = "budget_exceeded"

@@ -13,6 +13,14 @@ up it answers ``ok``. Syntax: ``MODEL=ITEM,ITEM,...;MODEL=...`` where an ITEM is
 * ``html`` / ``truncated`` / ``nochoices`` — broken 200 answers;
 * ``reset`` — the connection is dropped; ``hang`` — no answer at all (the client times out);
 * ``slow:S`` — answers ``ok`` after S seconds;
+* streams (a request with ``"stream": true``): ``cut:N`` — an ``error`` chunk
+  (``finish_reason: "error"``) after N content chunks; ``ratecut:N`` — the same as a mid-stream
+  429; ``drop:N`` — the connection is reset after N chunks; ``stall:N`` — nothing more after N
+  chunks; ``end:N`` — the body ends after N chunks with neither ``finish_reason`` nor
+  ``[DONE]``; ``slowfirst:S`` — keep-alive comments for S seconds before the first token;
+  ``pause:S`` — keep-alive comments for S seconds after the first token; ``chunks:N`` — a reply
+  of N chunks. A blocking request meets their nearest blocking kin (``reset``, ``hang``,
+  ``error200``, ``truncated``, ``slow``, ``ok``);
 * ``ITEM*N`` repeats an item N times; ``ITEM*`` repeats it forever.
 
 A model absent from the script always answers ``ok``; ``*=...`` sets the script of every model
@@ -31,14 +39,22 @@ from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 
+from .answers import StreamBreak, completion_body
 from .errors import UsageError
 from .pricing import PriceTable
+
+__all__ = ["completion_body"]  # re-exported: it lived here first
 
 _ITEM = re.compile(
     r"^(?:(?P<status>\d{3})(?::(?P<inner>\w+))?|(?P<word>[a-z][a-z0-9]*)(?::(?P<arg>[\d.]+))?)"
     r"(?:@(?P<ra>[^*]+))?(?:\*(?P<rep>\d*))?$"
 )
-_WORDS = {"ok", "inflight", "error200", "html", "truncated", "nochoices", "reset", "hang", "slow"}
+_STREAM_COUNTED = {"cut", "ratecut", "drop", "stall", "end", "chunks"}
+_STREAM_TIMED = {"slowfirst", "pause"}
+_WORDS = {
+    "ok", "inflight", "error200", "html", "truncated", "nochoices", "reset", "hang", "slow",
+    *_STREAM_COUNTED, *_STREAM_TIMED,
+}  # fmt: skip
 _HEADER_SAFE = re.compile(r"[!-~]+")
 MAX_REPEAT = 10_000
 """The largest ``ITEM*N``: a script stands for a test, not for billions of requests."""
@@ -57,6 +73,8 @@ class Fault:
     inner: str | None = None
     retry_after: str | None = None
     delay_s: float = 0.0
+    count: int = 0
+    """N of the stream faults (``cut:N`` …)."""
 
     def label(self) -> str:
         if self.kind == "status":
@@ -75,7 +93,9 @@ def parse_item(text: str) -> tuple[Fault, int | None]:
     if not m or (m["word"] and m["word"] not in _WORDS):
         raise UsageError(
             f"bad fault {text.strip()!r}: expected ok, a status like 429 or 429@2, 400:502,"
-            " inflight@S, error200, html, truncated, nochoices, reset, hang or slow:S"
+            " inflight@S, error200, html, truncated, nochoices, reset, hang, slow:S, or a"
+            " stream fault: cut:N, ratecut:N, drop:N, stall:N, end:N, chunks:N, slowfirst:S,"
+            " pause:S"
         )
     rep = m["rep"]
     if rep and (len(rep) > 9 or int(rep) > MAX_REPEAT):
@@ -91,6 +111,13 @@ def parse_item(text: str) -> tuple[Fault, int | None]:
         fault = Fault("status", int(m["status"]), m["inner"], m["ra"])
     elif m["word"] == "slow":
         fault = Fault("slow", delay_s=_seconds(text, m["arg"] or "1"))
+    elif m["word"] in _STREAM_TIMED:
+        fault = Fault(m["word"], delay_s=_seconds(text, m["arg"] or "1"))
+    elif m["word"] in _STREAM_COUNTED:
+        arg = m["arg"] or "1"
+        if not arg.isdigit() or len(arg) > 6:
+            raise UsageError(f"bad fault {text.strip()!r}: N is a whole number up to 999,999")
+        fault = Fault(m["word"], count=int(arg))
     elif m["word"] == "inflight":
         fault = Fault("inflight", 402, retry_after=m["ra"] or "1")
     else:
@@ -201,10 +228,6 @@ def _retry_headers(value: str | None, now: datetime) -> dict[str, str]:
     return {"Retry-After": value}
 
 
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)
-
-
 def new_generation_id() -> str:
     """A generation id no other response of any fake provider, in any process, shares.
 
@@ -212,41 +235,6 @@ def new_generation_id() -> str:
     two answers with one id would lose one of them.
     """
     return f"gen-sim-{uuid.uuid4().hex}"
-
-
-def completion_body(
-    model: str, messages: list[Any], prices: PriceTable, generation_id: str, now: datetime
-) -> dict[str, Any]:
-    """A realistic OpenRouter success body (token counts derived from the text)."""
-    last = next((m.get("content", "") for m in reversed(messages) if isinstance(m, Mapping)), "")
-    content = f"[simulated {model}] You said: {str(last)[:200]}"
-    prompt = sum(_tokens(str(m.get("content", ""))) for m in messages if isinstance(m, Mapping))
-    completion = _tokens(content)
-    cost = prices.cost(model, prompt, completion, None)
-    usd = cost.usd if cost.source == "price_table" else Decimal("0.000001")
-    return {
-        "id": generation_id,
-        "object": "chat.completion",
-        "created": int(now.timestamp()),
-        "model": model,
-        "provider": "Simulator",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "stop",
-                "native_finish_reason": "end_turn",
-                "message": {"role": "assistant", "content": content},
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-            "cost": float(usd),
-        },
-    }
 
 
 _MESSAGES = {
@@ -287,7 +275,7 @@ def render(
     """
     headers = {"Content-Type": "application/json"}
     headers.update(_retry_headers(fault.retry_after, now))
-    if fault.kind in ("ok", "slow"):
+    if fault.kind in ("ok", "slow", "slowfirst", "pause", "chunks"):
         body = completion_body(model, messages, prices, generation_id, now)
         headers["X-Generation-Id"] = body["id"]
         return Rendered(200, headers, json.dumps(body).encode())
@@ -302,16 +290,40 @@ def render(
         meta = {"limit_source": "openrouter_in_flight_budget"}
         msg = "This request would exceed your available credits given your in-flight requests."
         return Rendered(402, headers, _error(402, msg, meta))
-    if fault.kind == "error200":
+    if fault.kind in ("error200", "cut", "ratecut"):
         return Rendered(200, headers, _error(500, "Internal Server Error"))
     if fault.kind == "html":
         headers["Content-Type"] = "text/html"
         return Rendered(200, headers, b"<html><body>502 Bad Gateway</body></html>")
-    if fault.kind == "truncated":
+    if fault.kind in ("truncated", "end"):
         return Rendered(200, headers, b'{"id": "gen-x", "choices": [{"message": {"con')
     if fault.kind == "nochoices":
         return Rendered(200, headers, b'{"id": "gen-x", "object": "chat.completion"}')
     raise ValueError(f"{fault.kind} has no HTTP rendering")
+
+
+def blocking_kind(fault: Fault) -> str:
+    """What a stream fault does to a blocking request: its nearest blocking kin."""
+    return {"drop": "reset", "stall": "hang", "slowfirst": "slow", "pause": "slow"}.get(
+        fault.kind, fault.kind
+    )
+
+
+def stream_break(fault: Fault) -> StreamBreak:
+    """How a scripted fault shapes a streamed success (a plain ``ok``: no break)."""
+    hows = {"cut": "error", "ratecut": "rate_limit", "drop": "reset", "stall": "stall",
+            "end": "end"}  # fmt: skip
+    if fault.kind in hows:
+        return StreamBreak(after=fault.count, how=hows[fault.kind])  # type: ignore[arg-type]
+    if fault.kind == "slowfirst":
+        return StreamBreak(first_delay_s=fault.delay_s)
+    if fault.kind == "pause":
+        return StreamBreak(pause_s=fault.delay_s)
+    return StreamBreak()
+
+
+STREAMED = frozenset({"ok", "slow", "chunks", *_STREAM_COUNTED, *_STREAM_TIMED})
+"""Fault kinds a streamed request answers with a stream (the rest answer as blocking)."""
 
 
 def models_listing(prices: PriceTable) -> dict[str, Any]:
@@ -332,41 +344,3 @@ def models_listing(prices: PriceTable) -> dict[str, Any]:
             for model, p in sorted(prices.prices.items())
         ]
     }
-
-
-class GenerationLedger:
-    """The generations a fake provider billed, answered as ``GET /generation?id=…`` does.
-
-    Keeps each success body as it was sent (nothing is parsed on the hot path) and reads the
-    cost and tokens back only when asked; the oldest entries go beyond ``limit``.
-    """
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self.limit = limit
-        self._bodies: dict[str, bytes] = {}
-
-    def note(self, generation_id: str, rendered: Rendered) -> None:
-        """Remember ``rendered`` if it is a billed answer."""
-        if rendered.status == 200 and rendered.headers.get("X-Generation-Id") == generation_id:
-            if len(self._bodies) >= self.limit:
-                del self._bodies[next(iter(self._bodies))]
-            self._bodies[generation_id] = rendered.body
-
-    def answer(self, generation_id: str) -> Rendered:
-        body = self._bodies.get(generation_id)
-        headers = {"Content-Type": "application/json"}
-        if body is None:
-            return Rendered(404, headers, _error(404, f"Generation {generation_id} not found"))
-        doc = json.loads(body)
-        usage = doc.get("usage") or {}
-        record = {
-            "id": generation_id,
-            "model": doc.get("model"),
-            "total_cost": usage.get("cost"),
-            "tokens_prompt": usage.get("prompt_tokens"),
-            "tokens_completion": usage.get("completion_tokens"),
-            "provider_name": doc.get("provider"),
-            "streamed": False,
-            "cancelled": False,
-        }
-        return Rendered(200, headers, json.dumps({"data": record}).encode())

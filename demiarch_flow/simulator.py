@@ -11,24 +11,28 @@ Run it alone with ``demiarch-flow simulator --port 8765 --faults '…'``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import struct
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs
 
 import h11
 import trio
 
+from .answers import GenerationLog, generation_record, stream_plan, wants_stream
 from .faults import (
+    STREAMED,
+    Fault,
     FaultCursor,
     FaultScript,
-    GenerationLedger,
+    blocking_kind,
     models_listing,
     new_generation_id,
     render,
+    stream_break,
 )
 from .pricing import PriceTable
 from .simrate import SlidingWindowLimit
@@ -72,8 +76,7 @@ class Simulator:
         self.last_messages: list[Any] = []
         self.last_headers: dict[str, str] = {}
         self._models_body = json.dumps(models_listing(self.prices)).encode()
-        self.ledger = GenerationLedger()
-        """What ``GET /generation`` answers: the generations this simulator billed."""
+        self.generations = GenerationLog()
 
     async def serve(
         self, port: int = 0, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -103,16 +106,25 @@ class Simulator:
     async def _respond(
         self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, body: bytes
     ) -> bool:
-        path = request.target.decode("latin-1").split("?", 1)[0].rstrip("/")
+        target = request.target.decode("latin-1")
+        path = target.split("?", 1)[0].rstrip("/")
         method = request.method.decode()
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
         if method == "GET" and path.endswith("/models"):
             await _send(stream, conn, 200, {"Content-Type": "application/json"}, self._models_body)
             return True
         if method == "GET" and path.endswith("/generation"):
-            query = parse_qs(request.target.decode("latin-1").partition("?")[2])
-            found = self.ledger.answer((query.get("id") or [""])[0])
-            await _send(stream, conn, found.status, found.headers, found.body)
+            query = target.partition("?")[2]
+            ids = [v for k, _, v in (p.partition("=") for p in query.split("&")) if k == "id"]
+            found = self.generations.lookup(ids[0] if ids else "")
+            if found is None:
+                not_found = b'{"error": {"code": 404, "message": "Generation not found"}}'
+                await _send(stream, conn, 404, {"Content-Type": "application/json"}, not_found)
+            else:
+                await _send(
+                    stream, conn, 200, {"Content-Type": "application/json"},
+                    json.dumps(found).encode(),
+                )  # fmt: skip
             return True
         if method == "GET" and path.endswith("/key"):
             spent = format(self.spent_usd, "f")
@@ -168,6 +180,9 @@ class Simulator:
         fault = self.cursor.next(model)
         if self.latency_s:
             await trio.sleep(self.latency_s)
+        if wants_stream(payload) and fault.kind in STREAMED:
+            return await self._stream(stream, conn, fault, model, messages, generation_id)
+        fault = dataclasses.replace(fault, kind=blocking_kind(fault))
         if fault.kind == "reset":
             _reset(stream)
             return False
@@ -176,10 +191,44 @@ class Simulator:
         if fault.kind == "slow":
             await trio.sleep(fault.delay_s)
         out = render(fault, model, messages, self.prices, generation_id, datetime.now(UTC))
-        self.ledger.note(generation_id, out)
         if out.status == 200:
             self.spent_usd += _billed(out.body)
         await _send(stream, conn, out.status, out.headers, out.body)
+        return True
+
+    async def _stream(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        fault: Fault,
+        model: str,
+        messages: list[Any],
+        generation_id: str,
+    ) -> bool:
+        """Play a stream plan: each frame is sent as it comes (chunked encoding)."""
+        if fault.kind == "slow":
+            await trio.sleep(fault.delay_s)
+        plan = stream_plan(
+            model, messages, self.prices, generation_id, datetime.now(UTC),
+            stream_break(fault), fault.count if fault.kind == "chunks" else None,
+        )  # fmt: skip
+        self.generations.add(
+            generation_id, generation_record(model, messages, self.prices, generation_id, plan.text)
+        )
+        head = [("Content-Type", "text/event-stream"), ("X-Generation-Id", generation_id),
+                ("Transfer-Encoding", "chunked")]  # fmt: skip
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=head)) or b"")
+        for frame in plan.frames:
+            if frame.kind == "data":
+                await stream.send_all(conn.send(h11.Data(data=frame.data)) or b"")
+            elif frame.kind == "sleep":
+                await trio.sleep(frame.seconds)
+            elif frame.kind == "reset":
+                _reset(stream)
+                return False
+            else:
+                await trio.sleep_forever()
+        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
         return True
 
 

@@ -74,3 +74,14 @@ def test_graph_mermaid(capsys: pytest.CaptureFixture[str]) -> None:
     """graph prints Mermaid by default."""
     assert main(["graph", str(DEFAULT_WORKFLOW)]) == 0
     assert capsys.readouterr().out.startswith("stateDiagram-v2")
+
+
+def test_simulate_shows_first_tokens_and_interruptions(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stream cut after two chunks, then a slow first token: the timeline shows both (the
+    bundled chat.yaml streams)."""
+    code = main(["simulate", "--faults", "anthropic/claude-sonnet-4=cut:2,slowfirst:4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "attempt 1 → HTTP 200 stream_interrupted after " in out
+    assert "characters (server_error) (first token at 0.0 s)" in out
+    assert "attempt 2 → ok (first token at 4.0 s)" in out

@@ -95,11 +95,19 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             return await store.load_run(args.run_id), await store.journal(args.run_id)
 
         run, events = run_trio(read)
+        stored = run
     finally:
         store.close()
     if run is None:
         raise UsageError(f"no run with id {args.run_id!r} in this database")
     if args.json:
+        attempts = [
+            {"number": a.number, "model": a.model, "status": a.status, "error_class": a.error_class,
+             "generation_id": a.generation_id, "latency_ms": a.latency_ms,
+             "partial_chars": len(a.partial_text) if a.partial_text is not None else None,
+             "partial_text": a.partial_text}
+            for a in (stored.attempts if stored else ())
+        ]  # fmt: skip
         print(json.dumps({
             "run_id": run.run_id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
             "conversation_id": run.conversation_id, "status": run.status,
@@ -110,6 +118,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             "events": [{"seq": e.seq, "from": e.from_state, "event": e.event, "to": e.to_state, "model": e.model,
                         "attempt": e.attempt, "error_class": e.error_class, "wait_s": e.wait_s, "wait_source": e.wait_source,
                         "at": e.at.isoformat()} for e in events],
+            "attempts": attempts,
         }))  # fmt: skip
         return 0
     print(f"run {run.run_id} — workflow {run.workflow} ({run.workflow_sha256[:12]}), {run.status}")
@@ -159,6 +168,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     finally:
         store.close()
     total = sum((r.cost_usd for r in rows), Decimal(0))
+    interrupted = sum((r.interrupted_usd for r in rows), Decimal(0))
     if args.json:
         print(
             json.dumps(
@@ -171,10 +181,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
                             "prompt_tokens": r.prompt_tokens,
                             "completion_tokens": r.completion_tokens,
                             "cost_usd": str(r.cost_usd),
+                            "interrupted_calls": r.interrupted_calls,
+                            "interrupted_cost_usd": str(r.interrupted_usd),
                         }
                         for r in rows
                     ],
                     "total_cost_usd": str(total),
+                    "interrupted_cost_usd": str(interrupted),
                 }
             )
         )
@@ -201,4 +214,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
             numeric=[1, 2, 3, 4],
         )
     )
+    if interrupted or any(r.interrupted_calls for r in rows):
+        calls = sum(r.interrupted_calls for r in rows)
+        print(
+            f"of which interrupted streams (billed, no reply): {calls} call"
+            f"{'s' if calls != 1 else ''}, {interrupted:.6f} USD"
+        )
     return 0

@@ -11,6 +11,7 @@ from ..definition import Workflow
 from ..errors import RunFailed, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflow
+from ..runner.records import Listener
 from ._common import (
     World,
     check_conversation_option,
@@ -74,6 +75,90 @@ class Progress:
             print(style(line, "2", self.stream), file=self.stream, flush=True)
 
 
+_NEXT = {"retryable": "retrying", "model_failed": "falling back", "fatal": "giving up"}
+
+
+class StreamedText:
+    """Writes a streamed reply to stdout as it arrives, chunk by chunk, flushed; when a stream
+    breaks, a marker on stderr says so before the next attempt starts (the text shown so far
+    is not the reply, and is not saved as one)."""
+
+    def __init__(
+        self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, *, prefix: bool = False
+    ) -> None:
+        self.out = out
+        self.err = err
+        self.prefix = prefix
+        """Start each attempt's text with ``MODEL> `` (``chat``)."""
+        self.shown = False
+        """The reply that succeeded was shown as it arrived."""
+        self._written = 0
+        self._broken: FlowRecord | None = None
+
+    async def on_record(self, r: FlowRecord) -> None:
+        if r.kind == "delta" and r.text:
+            if self.prefix and not self._written:
+                self.out.write(f"{r.model}> ")
+            self.out.write(r.text)
+            self.out.flush()
+            self._written += len(r.text)
+        elif r.kind == "attempt":
+            if r.partial_chars is not None:
+                self._broken = r
+                self.out.write("\n")  # end the broken text's line before any progress line
+                self.out.flush()
+            elif r.error_class is None and self._written:
+                self.shown = True
+                self.out.write("\n")  # the reply is complete: end its line
+                self.out.flush()
+                self._written = 0
+            if r.error_class is not None and not r.partial_chars and self._written:
+                self._written = 0
+        elif r.kind == "transition" and self._broken is not None:
+            broken, self._broken = self._broken, None
+            self._written = 0
+            next_step = _NEXT.get(r.event or "", r.event or "")
+            line = (
+                f"— interrupted after {broken.partial_chars} characters"
+                f" ({broken.cause or broken.error_class}); {next_step}"
+            )
+            print(style(line, "2", self.err), file=self.err, flush=True)
+
+
+class JsonLines:
+    """``run --jsonl``: one JSON object per line as things happen, for an editor or a web UI."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+
+    def emit(self, doc: dict[str, object]) -> None:
+        self.out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+    async def on_record(self, r: FlowRecord) -> None:
+        if r.kind == "delta":
+            self.emit({"type": "delta", "text": r.text})
+        elif r.kind == "attempt":
+            self.emit(
+                {
+                    "type": "attempt", "model": r.model, "attempt": r.attempt,
+                    "outcome": "ok" if r.error_class is None else "error",
+                    "error_class": r.error_class, "status": r.status,
+                    "latency_ms": r.latency_ms, "partial_chars": r.partial_chars,
+                    "first_token_ms": r.first_token_ms, "cause": r.cause,
+                    "message": r.message,
+                }
+            )  # fmt: skip
+        elif r.kind == "transition":
+            self.emit(
+                {
+                    "type": "transition", "from": r.from_state, "event": r.event,
+                    "to": r.to_state, "model": r.model, "attempt": r.attempt,
+                    "error_class": r.error_class, "wait_s": r.wait_s, "at": r.wall.isoformat(),
+                }
+            )  # fmt: skip
+
+
 def _announce_conversation(outcome: RunOutcome, asked: str | None) -> None:
     if outcome.conversation_id and not asked:
         print(
@@ -102,11 +187,18 @@ def _fail_message(outcome: RunOutcome) -> str:
 
 
 async def turn(
-    world: World, wf: Workflow, message: str, conversation: str | None, model: str | None
+    world: World,
+    wf: Workflow,
+    message: str,
+    conversation: str | None,
+    model: str | None,
+    stream: bool | None = None,
 ) -> RunOutcome:
     """One chat turn through the workflow (what ``run``, ``chat`` and ``demo`` call)."""
     return await run_workflow(
-        wf, RunRequest(message, conversation_id=conversation, model=model), world.env
+        wf,
+        RunRequest(message, conversation_id=conversation, model=model, stream=stream),
+        world.env,
     )
 
 
@@ -118,34 +210,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     wf = workflow_from(args.workflow)
     key = resolve_key()
     setup_logging(quiet=args.quiet, debug=args.debug)
-    listeners = () if args.quiet or args.json else (Progress(),)
+    jsonl = JsonLines() if args.jsonl else None
+    text = None if args.json or args.jsonl else StreamedText()
+    listeners: tuple[Listener, ...] = tuple(x for x in (jsonl, text) if x is not None)
+    if not (args.quiet or args.json or args.jsonl):
+        listeners += (Progress(),)  # after the text: a broken stream's line is ended first
 
     async def main() -> RunOutcome:
         async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
-            return await turn(world, wf, message, args.conversation, args.model)
+            return await turn(world, wf, message, args.conversation, args.model, args.stream)
 
     return report_outcome(
-        run_trio(main), json_out=args.json, quiet=args.quiet, asked=args.conversation
+        run_trio(main),
+        json_out=args.json,
+        quiet=args.quiet,
+        asked=args.conversation,
+        jsonl=jsonl,
+        text=text,
     )
 
 
-def report_outcome(outcome: RunOutcome, *, json_out: bool, quiet: bool, asked: str | None) -> int:
-    """Print a run's outcome as ``run`` does (the reply, or ``--json``) and give its exit code.
+def report_outcome(
+    outcome: RunOutcome,
+    *,
+    json_out: bool,
+    quiet: bool,
+    asked: str | None,
+    jsonl: JsonLines | None = None,
+    text: StreamedText | None = None,
+) -> int:
+    """Print a run's outcome as ``run`` does (the reply unless it was streamed already,
+    ``--json``, or ``--jsonl``'s last event) and give its exit code.
 
     Raises:
-        RunFailed: the run failed (without ``--json``): one paragraph with what to do next.
+        RunFailed: the run failed (without ``--json``/``--jsonl``): one paragraph with what to
+            do next.
     """
     if json_out:
         print(json.dumps(outcome.to_json(), ensure_ascii=False))
+    elif jsonl is not None:
+        jsonl.emit({"type": "result", **outcome.to_json()})
+    elif text is not None and text.shown:
+        pass  # the reply is on stdout already
     elif outcome.succeeded and outcome.content is not None:
         print(outcome.content)
     if not quiet:
         _announce_conversation(outcome, asked)
     if not outcome.succeeded:
-        if json_out:
+        if json_out or jsonl is not None:
             if hint := key_hint(outcome):
-                text = f"run {outcome.run_id} {outcome.status}. Next: {hint}."
-                print(f"demiarch-flow: {text}", file=sys.stderr)
+                note = f"run {outcome.run_id} {outcome.status}. Next: {hint}."
+                print(f"demiarch-flow: {note}", file=sys.stderr)
             return 1
         raise RunFailed(
             _fail_message(outcome), run_id=outcome.run_id, error_class=outcome.error_class
@@ -160,7 +275,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     wf = workflow_from(args.workflow)
     key = resolve_key()
     setup_logging(quiet=args.quiet, debug=args.debug)
-    listeners = () if args.quiet else (Progress(),)
+    text = StreamedText(prefix=True)
+    listeners: tuple[Listener, ...] = (text,) if args.quiet else (text, Progress())
+    stream = True if args.stream is None else args.stream  # chat streams by default
     conversation: str | None = args.conversation
     print(
         f"demiarch-flow chat — workflow {wf.name!r}, models {' → '.join(wf.models)}. Type /exit to leave.",
@@ -172,22 +289,25 @@ def cmd_chat(args: argparse.Namespace) -> int:
         async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
             while True:
                 try:
-                    text = await _ask("you> ")
-                    if text.strip() in ("/exit", "/quit"):
+                    line = await _ask("you> ")
+                    if line.strip() in ("/exit", "/quit"):
                         return 0
-                    if not text.strip():
+                    if not line.strip():
                         continue
-                    check_message(text, "that line")
+                    check_message(line, "that line")
                 except EOFError:
                     return 0
                 except UsageError as exc:
                     print(f"demiarch-flow: {exc}; nothing was sent", file=sys.stderr)
                     continue
-                outcome = await turn(world, wf, text, conversation, args.model)
+                text.shown = False
+                outcome = await turn(world, wf, line, conversation, args.model, stream)
                 if outcome.conversation_id and conversation is None:
                     conversation = outcome.conversation_id
                     print(f"(conversation {conversation})", file=sys.stderr)
-                if outcome.succeeded:
+                if outcome.succeeded and text.shown:
+                    print(flush=True)
+                elif outcome.succeeded:
                     print(f"{outcome.model}> {outcome.content}\n")
                 else:
                     print(f"demiarch-flow: {_fail_message(outcome)}", file=sys.stderr)
@@ -201,6 +321,8 @@ async def _ask(prompt: str) -> str:
     import trio
 
     def read() -> str:
+        if _line_editing():
+            return input(prompt)  # readline: line editing and history (EOFError at the end)
         print(prompt, end="", file=sys.stderr, flush=True)
         # Bytes, decoded line by line: a bad byte spoils its own line, not the session.
         raw = getattr(sys.stdin, "buffer", None)
@@ -210,3 +332,15 @@ async def _ask(prompt: str) -> str:
         return line.rstrip("\n").removesuffix("\r")
 
     return await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+
+
+def _line_editing() -> bool:
+    """Whether ``input()`` gets line editing and history: an interactive terminal on a
+    platform with the standard library's ``readline``."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    try:
+        import readline  # noqa: F401 -- importing it is what turns line editing on
+    except ImportError:
+        return False
+    return True

@@ -48,7 +48,14 @@ class Timeline:
                     if not r.error_class
                     else f"{'HTTP ' + str(r.status) + ' ' if r.status is not None else ''}{r.error_class}"
                 )
-                out.append(f"{t}  Request   {r.model} attempt {r.attempt} → {result}")
+                if r.partial_chars is not None:
+                    result += f" after {r.partial_chars} characters ({r.cause})"
+                first = (
+                    f" (first token at {r.first_token_ms / 1000:.1f} s)"
+                    if r.first_token_ms is not None
+                    else ""
+                )
+                out.append(f"{t}  Request   {r.model} attempt {r.attempt} → {result}{first}")
             elif r.kind == "wait":
                 why = _WHY[r.wait_source or WaitSource.BACKOFF]
                 state = "Request" if r.wait_source is WaitSource.THROTTLE else "Backoff"

@@ -95,6 +95,14 @@ def _turn_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conversation", metavar="ID", help="continue this conversation")
     p.add_argument("--model", metavar="M", help="replace the first model of the chain")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    streaming = p.add_mutually_exclusive_group()
+    streaming.add_argument(
+        "--stream", dest="stream", action="store_true", default=None,
+        help="stream the reply as it arrives (overrides the workflow's request.stream)",
+    )  # fmt: skip
+    streaming.add_argument(
+        "--no-stream", dest="stream", action="store_false", help="wait for the whole reply"
+    )
     _db(p)
     _base_url(p)
 
@@ -112,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="one chat turn through the workflow")
     _turn_options(p)
     p.add_argument("-m", "--message", help="the user message (default: read from stdin)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    output.add_argument(
+        "--jsonl", action="store_true",
+        help="print one JSON event per line as things happen (delta, attempt, transition, result)",
+    )  # fmt: skip
     p.set_defaults(handler=Command("run", "cmd_run"))
 
     p = sub.add_parser("chat", help="an interactive conversation (each turn is a run)")

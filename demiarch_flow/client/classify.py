@@ -198,38 +198,3 @@ def parse_completion(
 def _choices(payload: Any) -> list[Any]:
     choices = payload.get("choices") if isinstance(payload, Mapping) else None
     return list(choices) if isinstance(choices, list) else []
-
-
-@dataclass(frozen=True, slots=True)
-class Generation:
-    """What ``GET /generation`` says a generation cost (OpenRouter's own record of it)."""
-
-    generation_id: str
-    model: str | None
-    total_cost: Decimal
-    prompt_tokens: int | None
-    completion_tokens: int | None
-
-
-def parse_generation(status: int, body: bytes) -> Generation | None:
-    """A ``GET /generation`` answer, or ``None`` when it is not (yet) a usable record."""
-    if status != 200:
-        return None
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    data = payload.get("data") if isinstance(payload, Mapping) else None
-    if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
-        return None
-    cost = to_usd(data.get("total_cost"))
-    if cost is None:
-        return None
-    model = data.get("model")
-    return Generation(
-        generation_id=data["id"],
-        model=model if isinstance(model, str) and len(model) <= 200 else None,
-        total_cost=cost,
-        prompt_tokens=_count(data.get("tokens_prompt")),
-        completion_tokens=_count(data.get("tokens_completion")),
-    )

@@ -10,19 +10,23 @@ are mapped here, at the boundary. The key lives in an :class:`ApiKey`, whose rep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import trio
 
-from ..errors import ProviderError, UnusableKey, UsageError, redact, register_secret
-from .classify import Completion, Generation, parse_completion, parse_generation
+from ..errors import ErrorClass, ProviderError, UnusableKey, UsageError, redact, register_secret
+from ..pricing import to_usd
+from .classify import Completion, parse_completion
 from .retry_after import parse_retry_after
+from .streaming import StreamReader
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_APP_URL = "https://github.com/demiarch/demiarch-flow"
@@ -83,6 +87,28 @@ class Attempt:
     error: ProviderError | None
     latency_ms: int
     status: int | None
+    partial: Completion | None = None
+    """A streamed attempt that broke after its first token: the text that arrived (never the
+    reply), its generation id and usage, if the stream gave them."""
+    first_token_ms: int | None = None
+    """A streamed attempt: from sending until the first content token."""
+    cause: ErrorClass | None = None
+    """A ``stream_interrupted`` attempt: what broke it (``server_error``, ``timeout``, …)."""
+    streamed: bool = False
+    """The answer came as an event stream (a server may answer a streamed request whole)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationCost:
+    """What ``GET /generation`` says a generation cost."""
+
+    cost_usd: Decimal | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+OnDelta = Callable[[str], Awaitable[None]]
+OnGeneration = Callable[[str], Awaitable[None]]
 
 
 class OpenRouterClient:
@@ -126,6 +152,8 @@ class OpenRouterClient:
             "HTTP-Referer": app_url,
             "X-OpenRouter-Title": app_title,
         }
+
+        self._stream_headers = {**self._headers, "Accept-Encoding": "identity"}
 
     def __repr__(self) -> str:
         return f"OpenRouterClient(base_url={self.base_url!r}, key={self._key})"
@@ -182,6 +210,173 @@ class OpenRouterClient:
             return Attempt(model, None, outcome, latency_ms, status)
         return Attempt(model, outcome, None, latency_ms, status)
 
+    async def stream(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        first_token_timeout_s: float | None = None,
+        idle_timeout_s: float = 30.0,
+        on_delta: OnDelta | None = None,
+        on_generation: OnGeneration | None = None,
+    ) -> Attempt:
+        """Make one streamed attempt; never raises for provider or network failures.
+
+        Three clocks, all trio's (so ``MockClock`` sees them): ``first_token_timeout_s`` from
+        sending until the first content delta, then ``idle_timeout_s`` between any two reads
+        (keep-alive comments count), and ``timeout_s`` over the whole attempt. Before the
+        first token every failure is classified as for :meth:`complete`; after it, any break
+        is ``stream_interrupted`` and the text so far comes back as ``Attempt.partial``.
+
+        Args:
+            on_delta: awaited with each piece of content, as it arrives.
+            on_generation: awaited once with the generation id, as soon as a chunk names it.
+
+        Cancellation (Ctrl-C) propagates; leaving the ``async with`` closes the connection at
+        once, which stops generation (and billing) at the providers that support it.
+        """
+        model = str(payload.get("model", ""))
+        body = {**payload, "stream": True}
+        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        started = trio.current_time()
+        overall = started + timeout_s
+        first_wait = min(first_token_timeout_s or timeout_s, timeout_s)
+        reader = StreamReader(model)
+        status: int | None = None
+        hint: float | None = None
+        first_at: float | None = None
+        reported = False
+        outcome: Completion | ProviderError | None = None
+        slot = self._limiter if self._limiter is not None else contextlib.nullcontext()
+        try:
+            with trio.CancelScope(deadline=started + first_wait) as scope:
+                async with (
+                    slot,
+                    self._http.stream(
+                        "POST", self._url, content=content, headers=self._stream_headers
+                    ) as response,
+                ):
+                    status = response.status_code
+                    hint = parse_retry_after(response.headers)
+                    kind = response.headers.get("content-type", "")
+                    if status != 200 or "text/event-stream" not in kind:
+                        # An error before the stream began, or a server that answered whole.
+                        outcome = parse_completion(status, await response.aread(), model, hint)
+                    else:
+                        # The body's own iterator, held so that it is closed however the loop
+                        # ends (httpx's aiter_* generators would be left to the GC). Streams
+                        # are asked for uncompressed (Accept-Encoding: identity), so the raw
+                        # bytes are the text.
+                        body_stream = response.stream
+                        assert isinstance(body_stream, httpx.AsyncByteStream)
+                        reads = body_stream.__aiter__()
+                        try:
+                            async for data in reads:
+                                deltas = reader.feed(data)
+                                if deltas:
+                                    if first_at is None:
+                                        first_at = trio.current_time()
+                                    if on_delta is not None:
+                                        for text in deltas:
+                                            await on_delta(text)
+                                if not reported and reader.generation_id is not None:
+                                    reported = True
+                                    if on_generation is not None:
+                                        await on_generation(reader.generation_id)
+                                if first_at is not None:
+                                    scope.deadline = min(
+                                        overall, trio.current_time() + idle_timeout_s
+                                    )
+                                if reader.ended:
+                                    break
+                        finally:
+                            with trio.CancelScope(shield=True):
+                                await _aclose(reads)
+                        if not reader.ended:
+                            for text in reader.close():
+                                first_at = first_at or trio.current_time()
+                                if on_delta is not None:
+                                    await on_delta(text)
+                        reader.ended = True
+            if reader.ended and status == 200 and outcome is None:
+                outcome = reader.outcome(status, hint)
+            elif scope.cancelled_caught:
+                now = trio.current_time()
+                if first_at is None:
+                    what = "first token" if first_wait < timeout_s else "answer"
+                    outcome = ProviderError(
+                        "timeout", f"no {what} within {first_wait:g} s", model=model, status=status
+                    )
+                elif now >= overall:
+                    outcome = reader.broken(
+                        "timeout", f"the attempt's {timeout_s:g} s ran out", status
+                    )
+                else:
+                    outcome = reader.broken(
+                        "timeout", f"nothing arrived for {idle_timeout_s:g} s", status
+                    )
+        except httpx.TimeoutException as exc:
+            outcome = self._broken(reader, "timeout", exc, model, status)
+        except httpx.DecodingError as exc:
+            outcome = self._broken(reader, "server_error", exc, model, status)
+        except (httpx.TransportError, OSError) as exc:
+            outcome = self._broken(reader, "network_error", exc, model, status)
+        assert outcome is not None
+        latency_ms = round((trio.current_time() - started) * 1000)
+        first_ms = round((first_at - started) * 1000) if first_at is not None else None
+        if isinstance(outcome, Completion):
+            return Attempt(
+                model, outcome, None, latency_ms, status, first_token_ms=first_ms,
+                streamed=reader.ended,
+            )  # fmt: skip
+        partial = reader.completion(None) if reader.started or reader.usage else None
+        return Attempt(
+            model, None, outcome, latency_ms, status, partial, first_ms, reader.cause,
+            streamed=reader.ended or reader.started,
+        )  # fmt: skip
+
+    @staticmethod
+    def _broken(
+        reader: StreamReader, cls: str, exc: BaseException, model: str, status: int | None
+    ) -> ProviderError:
+        if reader.started:
+            return reader.broken(cls, _describe(exc), status)
+        return ProviderError(cls, _describe(exc), model=model, status=status)
+
+    async def generation_cost(
+        self, generation_id: str, *, tries: int = 4, first_delay_s: float = 0.5
+    ) -> GenerationCost | None:
+        """``GET /generation?id=…``: what a generation cost, or ``None`` if it cannot be learnt.
+
+        The record appears late (often a 404 half a second after the last byte), so the look-up
+        is retried ``tries`` times, doubling the wait from ``first_delay_s`` (trio's clock).
+        """
+        delay = first_delay_s
+        for i in range(tries):
+            try:
+                with trio.move_on_after(30):
+                    response = await self._http.get(
+                        f"{self.base_url}/generation",
+                        params={"id": generation_id},
+                        headers=self._headers,
+                    )
+                    if response.status_code == 200:
+                        data = response.json().get("data")
+                        if isinstance(data, dict):
+                            return GenerationCost(
+                                to_usd(data.get("total_cost")),
+                                _int_or_none(data.get("tokens_prompt")),
+                                _int_or_none(data.get("tokens_completion")),
+                            )
+                    elif response.status_code != 404:
+                        return None
+            except (httpx.HTTPError, OSError, ValueError, AttributeError, RecursionError):
+                pass
+            if i + 1 < tries:
+                await trio.sleep(delay)
+                delay *= 2
+        return None
+
     async def _post(self, content: bytes) -> httpx.Response:
         # The attempt's deadline is trio's (move_on_after above), one clock for real runs and
         # MockClock alike; the httpx client's own timeout is only a backstop.
@@ -214,22 +409,17 @@ class OpenRouterClient:
             )  # fmt: skip
         return [d for d in data if isinstance(d, dict)]
 
-    async def generation(self, generation_id: str, *, timeout_s: float = 10.0) -> Generation | None:
-        """``GET /generation?id=…``: what OpenRouter billed for one generation, or ``None``
-        while it does not know it (the record appears a little after the last byte) or the
-        answer is unusable. Never raises for provider or network failures: the caller retries.
-        """
-        try:
-            with trio.move_on_after(timeout_s):
-                response = await self._http.get(
-                    f"{self.base_url}/generation",
-                    params={"id": generation_id},
-                    headers=self._headers,
-                )
-                return parse_generation(response.status_code, response.content)
-        except (httpx.HTTPError, OSError):
-            return None
-        return None
+
+async def _aclose(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def _describe(exc: BaseException) -> str:

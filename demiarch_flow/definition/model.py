@@ -25,6 +25,12 @@ class RequestSettings:
     """Sampling temperature, omitted from the request when unset."""
     max_tokens: int | None = None
     """Completion token limit, omitted from the request when unset."""
+    stream: bool = False
+    """Stream the reply (SSE); ``run --stream`` / ``--no-stream`` override it per run."""
+    first_token_timeout_s: float | None = None
+    """Streaming: from sending until the first content token (``None``: ``timeout_s``)."""
+    idle_timeout_s: float = 30.0
+    """Streaming: the longest silence between two bytes after the first token."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +163,9 @@ def build_workflow(doc: dict[str, Any], *, source: str, sha256: str, text: str =
             context_messages=int(req.get("context_messages", defaults_q.context_messages)),
             temperature=req.get("temperature"),
             max_tokens=req.get("max_tokens"),
+            stream=bool(req.get("stream", defaults_q.stream)),
+            first_token_timeout_s=_opt_float(req.get("first_token_timeout_s")),
+            idle_timeout_s=float(req.get("idle_timeout_s", defaults_q.idle_timeout_s)),
         ),
         retry=RetryPolicy(
             max_retries=int(retry["max_retries"]),
@@ -186,3 +195,7 @@ def build_workflow(doc: dict[str, Any], *, source: str, sha256: str, text: str =
         sha256=sha256,
         text=text,
     )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)

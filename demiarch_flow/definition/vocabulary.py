@@ -36,6 +36,7 @@ PROVIDER_ERROR_CLASSES: Final = (
     "payment_required",
     "forbidden",
     "model_unavailable",
+    "stream_interrupted",
 )
 
 #: Classes that are fatal whatever the policy says: the same key is used for every model.

@@ -39,6 +39,8 @@ class RunRequest:
     model: str | None = None
     """Replaces the first model of the chain."""
     project_id: str | None = None
+    stream: bool | None = None
+    """Stream the reply (``None``: as the workflow's ``request.stream`` says)."""
 
 
 @dataclass(frozen=True)

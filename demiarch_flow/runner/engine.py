@@ -88,6 +88,8 @@ class RunOutcome:
                     "status": a.status,
                     "wait_s": a.wait_s,
                     "latency_ms": a.latency_ms,
+                    "partial_chars": a.partial_chars,
+                    "first_token_ms": a.first_token_ms,
                 }
                 for a in self.attempts
             ],
@@ -118,6 +120,7 @@ def initial_state(workflow: Workflow, request: RunRequest, run_id: str | None = 
         project_id=request.project_id,
         conversation_id=request.conversation_id,
         messages=(Message("user", request.message),),
+        stream=request.stream,
     )
 
 

@@ -11,6 +11,7 @@ write through the store, Request calls the provider after recording that it is a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,9 +25,11 @@ from typing import Any
 import trio
 
 from ..backoff import plan_wait
+from ..client import Attempt, Completion
 from ..definition import ALWAYS_FATAL, Workflow
+from ..definition.model import RequestSettings
 from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError
-from ..store.base import AttemptRow, Checkpoint, NewRun, Reply, RunEnd
+from ..store.base import AttemptRow, BilledAttempt, Checkpoint, NewRun, Reply, RunEnd
 from .context import RunEnv, new_id
 from .limits import admit
 from .records import FlowRecord, RecordKind, WaitSource
@@ -138,25 +141,34 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         temperature=wf.request.temperature,
         max_tokens=wf.request.max_tokens,
     )
+    row = AttemptRow(state.run_id, number, model, started_at)
+    streamed = wf.request.stream if state.stream is None else state.stream
     try:
-        result = await client.complete(payload, timeout_s=wf.request.timeout_s)
+        if streamed:
+            result = await _stream(state, env, wf, payload, row)
+        else:
+            result = await client.complete(payload, timeout_s=wf.request.timeout_s)
     finally:
         if gate is not None:
             gate.release()
     if gate is not None:
         await gate.settle(result)
     err = result.error
-    generation_id = result.completion.generation_id if result.completion else None
+    partial = result.partial
+    generation_id = (result.completion or partial or _NO_ANSWER).generation_id
     await env.store.attempt_ended(
         dataclasses.replace(
-            AttemptRow(state.run_id, number, model, started_at),
+            row,
             ended_at=env.now(),
             status=result.status,
             error_class=err.error_class if err else None,
             generation_id=generation_id,
             latency_ms=result.latency_ms,
+            partial_text=partial.content if partial is not None else None,
         )
     )
+    if partial is not None and err is not None:
+        await _book_interrupted(state, env, row, partial, result.latency_ms)
     info = AttemptInfo(
         number=number,
         model=model,
@@ -166,11 +178,14 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         wait_s=None,
         latency_ms=result.latency_ms,
         generation_id=generation_id,
+        partial_chars=len(partial.content) if partial is not None and err else None,
+        first_token_ms=result.first_token_ms,
     )
     attempt_record = record(
         env, state, "attempt", model=model, attempt=state.attempt + 1, status=result.status,
         error_class=info.error_class, latency_ms=result.latency_ms,
-        message=err.detail if err else None,
+        message=err.detail if err else None, partial_chars=info.partial_chars,
+        cause=result.cause, first_token_ms=result.first_token_ms,
     )  # fmt: skip
     tried = dataclasses.replace(
         state,
@@ -181,7 +196,10 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     if err is None:
         if wf.cooldown is not None:
             env.cooldowns.success(model)
-        done = dataclasses.replace(tried, completion=result.completion)
+        completion = result.completion
+        if result.streamed and completion is not None and completion.cost_usd is None:
+            completion = await _looked_up(env, completion)
+        done = dataclasses.replace(tried, completion=completion)
         return Step("succeeded", done, (attempt_record,))
     error = ErrorInfo.of(err)
     tried = tried.with_error(error)
@@ -221,6 +239,127 @@ async def _not_sent(state: RunState, env: RunEnv, model: str, why: ErrorClass) -
         await env.store.attempt_ended(
             AttemptRow(state.run_id, state.recorded_attempt, model, now, now, None, why)
         )
+
+
+_NO_ANSWER = Completion("", "", None, None, None, None, None, None, None)
+
+
+async def _stream(
+    state: RunState, env: RunEnv, wf: Workflow, payload: dict[str, Any], row: AttemptRow
+) -> Attempt:
+    """A streamed attempt: each piece of text goes to the listeners as a ``delta`` record as it
+    arrives, and the generation id to the store (durably) as soon as a chunk names it.
+
+    Ctrl-C (any cancellation) closes the connection at once; the text received so far is kept
+    with the attempt, under a shield, before the cancellation goes on.
+    """
+    parts: list[str] = []
+    listeners = env.listeners
+    generation: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        parts.append(text)
+        if listeners:
+            rec = record(env, state, "delta", model=row.model, text=text)
+            for listener in listeners:
+                await listener.on_record(rec)
+
+    async def progress(generation_id: str) -> None:
+        # Shielded: one short commit, and the only handle on what a cancelled stream cost.
+        with trio.CancelScope(shield=True), contextlib.suppress(FlowError):
+            await env.store.attempt_progress(dataclasses.replace(row, generation_id=generation_id))
+
+    req = wf.request
+    try:
+        return await _stream_beside(env, req, payload, on_delta, progress, generation, parts, row)
+    except BaseExceptionGroup as group:
+        # The nursery wraps what its body raised; the engine expects the bare Cancelled (or
+        # error), as a blocking attempt would raise it.
+        cancels = [e for e in group.exceptions if isinstance(e, trio.Cancelled)]
+        if len(group.exceptions) == 1 or len(cancels) == len(group.exceptions):
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _stream_beside(
+    env: RunEnv,
+    req: RequestSettings,
+    payload: dict[str, Any],
+    on_delta: Callable[[str], Awaitable[None]],
+    progress: Callable[[str], Awaitable[None]],
+    generation: list[str],
+    parts: list[str],
+    row: AttemptRow,
+) -> Attempt:
+    async with trio.open_nursery() as nursery:
+        # The generation id is committed beside the stream, not in its way (nor on its clocks).
+
+        async def on_generation(generation_id: str) -> None:
+            generation.append(generation_id)
+            nursery.start_soon(progress, generation_id)
+
+        try:
+            return await env.client.stream(
+                payload, timeout_s=req.timeout_s, first_token_timeout_s=req.first_token_timeout_s,
+                idle_timeout_s=req.idle_timeout_s, on_delta=on_delta, on_generation=on_generation,
+            )  # fmt: skip
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), contextlib.suppress(FlowError):
+                await env.store.attempt_ended(
+                    dataclasses.replace(
+                        row, ended_at=env.now(), error_class=ErrorClass.CANCELLED,
+                        generation_id=generation[0] if generation else None,
+                        partial_text="".join(parts) if parts else None,
+                    )
+                )  # fmt: skip
+            raise
+
+
+async def _looked_up(env: RunEnv, done: Completion) -> Completion:
+    """A streamed reply without ``usage.cost``: its cost from ``GET /generation``, if known."""
+    if done.generation_id is None:
+        return done
+    found = await env.client.generation_cost(done.generation_id)
+    if found is None or found.cost_usd is None:
+        return done
+    return dataclasses.replace(
+        done,
+        cost_usd=found.cost_usd,
+        prompt_tokens=done.prompt_tokens if done.prompt_tokens is not None else found.prompt_tokens,
+        completion_tokens=done.completion_tokens
+        if done.completion_tokens is not None
+        else found.completion_tokens,
+    )
+
+
+async def _book_interrupted(
+    state: RunState, env: RunEnv, row: AttemptRow, partial: Completion, latency_ms: int
+) -> None:
+    """Book an interrupted (billed) stream in ``llm_usage`` with no message: its cost from the
+    usage chunk, else ``GET /generation``, else the price table over what was received."""
+    if state.conversation_id is None:
+        return
+    partial = await _looked_up(env, partial)
+    prompt, completion = partial.prompt_tokens, partial.completion_tokens
+    if prompt is None:
+        prompt = sum(len(m.content) for m in state.messages) // 4
+    if completion is None:
+        completion = max(1, len(partial.content) // 4)
+    cost = env.prices.cost(partial.model, prompt, completion, partial.cost_usd, row.model)
+    try:
+        await env.store.book_billed(
+            BilledAttempt(
+                usage_id=new_id(), run_id=state.run_id, conversation_id=state.conversation_id,
+                project_id=state.project_id, model=partial.model,
+                generation_id=partial.generation_id or f"interrupted-{state.run_id}-{row.number}",
+                prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost.usd,
+                cost_source=cost.source, attempt=row.number, at=env.now(),
+                outcome="interrupted",
+            )
+        )  # fmt: skip
+    except FlowError as exc:
+        log.error("could not book the interrupted attempt %s of run %s: %s",
+                  row.number, state.run_id, exc)  # fmt: skip
 
 
 async def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None:

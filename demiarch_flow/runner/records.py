@@ -10,6 +10,8 @@ just listeners. ``kind`` says what the record is about:
 * ``fallback`` — the chain moves from ``model`` to ``next_model``;
 * ``cooldown`` — ``model`` starts cooling for ``wait_s`` seconds (``event="started"``), or a
   Request skipped it because it is cooling (``event="skipped"``);
+* ``delta`` — a piece of a streamed reply arrived (``text``); it is not the reply until the
+  attempt ends ``ok`` (an ``attempt`` record with ``partial_chars`` says it was not);
 * ``finished`` — the run reached a final state (``status`` says how it ended).
 """
 
@@ -22,7 +24,7 @@ from typing import Literal, Protocol
 
 from ..errors import ErrorClass
 
-RecordKind = Literal["transition", "attempt", "wait", "fallback", "cooldown", "finished"]
+RecordKind = Literal["transition", "attempt", "wait", "fallback", "cooldown", "finished", "delta"]
 
 
 class WaitSource(StrEnum):
@@ -61,6 +63,14 @@ class FlowRecord:
     message: str | None = None
     """Human-readable detail (never parsed: every fact a renderer needs has a typed field)."""
     run_status: str | None = None
+    text: str | None = None
+    """A ``delta``'s piece of text."""
+    partial_chars: int | None = None
+    """An ``attempt`` whose stream broke: the characters received (shown, never saved)."""
+    cause: ErrorClass | None = None
+    """A ``stream_interrupted`` attempt: what broke the stream."""
+    first_token_ms: int | None = None
+    """A streamed ``attempt``: from sending until the first token."""
 
 
 class Listener(Protocol):

@@ -19,9 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import trio
-
-from ..client.classify import Generation
+from ..client.openrouter import GenerationCost
 from ..definition import Workflow, parse_workflow
 from ..errors import DefinitionError, ErrorClass, UsageError
 from ..store.base import AttemptRow, BilledAttempt, Checkpoint, JournalEntry, StoredRun
@@ -31,8 +29,8 @@ from .owner import effective_status
 from .recovery import read_recovery, recovery_path
 from .state import RunState
 
-#: Waits between look-ups of a generation's cost (OpenRouter's record appears late).
-LOOKUP_WAITS_S = (0.5, 1.0, 2.0, 4.0)
+#: Look-ups of a generation's cost (0.5 s, then doubling: OpenRouter's record appears late).
+LOOKUP_TRIES = 5
 RESUMABLE = frozenset({"failed", "cancelled", "stale"})
 
 
@@ -220,7 +218,7 @@ async def _settle_lost_attempt(
     event = "attempt_unrecorded"
     if attempt.generation_id:
         billed = await _look_up(env, attempt.generation_id)
-        if billed is not None:
+        if billed is not None and billed.cost_usd is not None:
             assert run.conversation_id is not None
             await env.store.book_billed(
                 BilledAttempt(
@@ -228,11 +226,11 @@ async def _settle_lost_attempt(
                     run_id=run.run_id,
                     conversation_id=run.conversation_id,
                     project_id=state.project_id,
-                    model=billed.model or attempt.model,
+                    model=attempt.model,
                     generation_id=attempt.generation_id,
                     prompt_tokens=billed.prompt_tokens,
                     completion_tokens=billed.completion_tokens,
-                    cost_usd=billed.total_cost,
+                    cost_usd=billed.cost_usd,
                     cost_source="provider",
                     attempt=attempt.number,
                     at=now,
@@ -248,11 +246,7 @@ async def _settle_lost_attempt(
     )  # fmt: skip
 
 
-async def _look_up(env: RunEnv, generation_id: str) -> Generation | None:
-    for wait in (0.0, *LOOKUP_WAITS_S):
-        if wait:
-            await trio.sleep(wait)
-        found = await env.client.generation(generation_id)
-        if found is not None:
-            return found
-    return None
+async def _look_up(env: RunEnv, generation_id: str) -> GenerationCost | None:
+    """What OpenRouter billed for the generation (retried: the record appears late)."""
+    found = await env.client.generation_cost(generation_id, tries=LOOKUP_TRIES)
+    return found if found is not None and found.cost_usd is not None else None

@@ -89,6 +89,9 @@ class AttemptInfo:
     """The wait that followed this attempt, if Backoff waited."""
     latency_ms: int
     generation_id: str | None = None
+    partial_chars: int | None = None
+    """A streamed attempt that broke: the characters received (the text is in run_attempts)."""
+    first_token_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,9 @@ class RunState:
     seq: int = 0
     """Journal rows written for this run so far."""
     resume_count: int = 0
+    stream: bool | None = None
+    """Stream this run's replies (``run --stream`` / ``--no-stream``); ``None``: the workflow's
+    ``request.stream``."""
 
     @property
     def model(self) -> str:
@@ -233,6 +239,7 @@ def _attempt(doc: dict[str, Any]) -> AttemptInfo:
     return AttemptInfo(
         doc["number"], doc["model"], doc["outcome"], _opt(doc.get("error_class"), ErrorClass),
         doc.get("status"), doc.get("wait_s"), doc["latency_ms"], doc.get("generation_id"),
+        doc.get("partial_chars"), doc.get("first_token_ms"),
     )  # fmt: skip
 
 
@@ -263,4 +270,5 @@ def _decode_state(doc: dict[str, Any]) -> RunState:
         attempts=tuple(_attempt(a) for a in doc.get("attempts", ())),
         seq=doc.get("seq", 0),
         resume_count=doc.get("resume_count", 0),
+        stream=doc.get("stream"),
     )

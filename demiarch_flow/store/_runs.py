@@ -42,9 +42,14 @@ _END_ATTEMPT = (
     .values(
         ended_at=bindparam("b_ended"), status=bindparam("b_status"),
         error_class=bindparam("b_class"), generation_id=bindparam("b_gen"),
-        latency_ms=bindparam("b_latency"),
+        latency_ms=bindparam("b_latency"), partial_text=bindparam("b_partial"),
     )
 )  # fmt: skip
+_PROGRESS_ATTEMPT = (
+    update(_ATTEMPT)
+    .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
+    .values(generation_id=bindparam("b_gen"))
+)
 _CHECKPOINT = (
     update(_RUN)
     .where(_RUN.c.id == bindparam("b_id"))
@@ -109,7 +114,8 @@ def insert_attempt(conn: Connection, attempt: AttemptRow) -> None:
         _INS_ATTEMPT,
         {"run_id": attempt.run_id, "number": attempt.number, "model": attempt.model,
          "started_at": attempt.started_at, "ended_at": None, "status": None,
-         "error_class": None, "generation_id": None, "latency_ms": None},
+         "error_class": None, "generation_id": None, "latency_ms": None,
+         "partial_text": None},
     )  # fmt: skip
 
 
@@ -118,8 +124,16 @@ def end_attempt(conn: Connection, attempt: AttemptRow) -> None:
         _END_ATTEMPT,
         {"b_run": attempt.run_id, "b_number": attempt.number, "b_ended": attempt.ended_at,
          "b_status": attempt.status, "b_class": attempt.error_class,
-         "b_gen": attempt.generation_id, "b_latency": attempt.latency_ms},
+         "b_gen": attempt.generation_id, "b_latency": attempt.latency_ms,
+         "b_partial": attempt.partial_text},
     )  # fmt: skip
+
+
+def attempt_progress(conn: Connection, attempt: AttemptRow) -> None:
+    conn.execute(
+        _PROGRESS_ATTEMPT,
+        {"b_run": attempt.run_id, "b_number": attempt.number, "b_gen": attempt.generation_id},
+    )
 
 
 def heartbeat(conn: Connection, owner: str, at: datetime) -> None:
@@ -159,7 +173,7 @@ def book_billed(conn: Connection, billed: BilledAttempt) -> None:
     conn.execute(
         _INS_USAGE,
         {"id": billed.usage_id, "conversation_id": billed.conversation_id, "message_id": None,
-         "outcome": "billed", "run_id": billed.run_id, "project_id": billed.project_id,
+         "outcome": billed.outcome, "run_id": billed.run_id, "project_id": billed.project_id,
          "model": billed.model, "requested_model": billed.model,
          "generation_id": billed.generation_id, "prompt_tokens": prompt,
          "completion_tokens": completion, "total_tokens": prompt + completion,
@@ -198,7 +212,7 @@ def load_runs(
     ):
         attempts.setdefault(a.run_id, []).append(
             AttemptRow(a.run_id, a.number, a.model, a.started_at, a.ended_at, a.status,
-                       a.error_class, a.generation_id, a.latency_ms)
+                       a.error_class, a.generation_id, a.latency_ms, a.partial_text)
         )  # fmt: skip
     replies: dict[str, StoredReply] = {}
     for u in conn.execute(

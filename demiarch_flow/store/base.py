@@ -135,6 +135,9 @@ class AttemptRow:
     error_class: str | None = None
     generation_id: str | None = None
     latency_ms: int | None = None
+    partial_text: str | None = None
+    """A streamed attempt that broke or was cancelled: the text it had received (never the
+    reply)."""
 
 
 class JsonState(Protocol):
@@ -213,6 +216,8 @@ class BilledAttempt:
     cost_source: str
     attempt: int
     at: datetime
+    outcome: Literal["billed", "interrupted"] = "billed"
+    """``interrupted``: a streamed attempt that broke after its first token, booked at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +249,10 @@ class Store(Protocol):
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
         """Complete an attempt's row (may be queued for the next commit)."""
+
+    async def attempt_progress(self, attempt: AttemptRow) -> None:
+        """Record an attempt's generation id while it is still streaming; returns once it is
+        committed (a crash mid-stream still leaves the only handle on what it cost)."""
 
     async def save_reply(
         self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None

@@ -114,6 +114,12 @@ class MemoryStore:
     async def attempt_ended(self, attempt: AttemptRow) -> None:
         self.attempts[(attempt.run_id, attempt.number)] = attempt
 
+    async def attempt_progress(self, attempt: AttemptRow) -> None:
+        row = self.attempts[(attempt.run_id, attempt.number)]
+        self.attempts[attempt.run_id, attempt.number] = replace(
+            row, generation_id=attempt.generation_id
+        )
+
     async def save_reply(
         self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
     ) -> str:

@@ -159,6 +159,9 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal
+    interrupted_calls: int = 0
+    interrupted_usd: Decimal = Decimal(0)
+    """Of ``cost_usd``: streams that broke after their first token (billed, no reply)."""
 
 
 class SqlStore:
@@ -326,6 +329,9 @@ class SqlStore:
     async def attempt_ended(self, attempt: AttemptRow) -> None:
         self._queue.append(_Pending(functools.partial(_runs.end_attempt, attempt=attempt)))
 
+    async def attempt_progress(self, attempt: AttemptRow) -> None:
+        await self._write(functools.partial(_runs.attempt_progress, attempt=attempt))
+
     async def heartbeat(self, owner: str, at: datetime) -> None:
         await self._write(functools.partial(_runs.heartbeat, owner=owner, at=at))
 
@@ -458,15 +464,19 @@ class SqlStore:
                     key = row.conversation_id
                 else:
                     key = row.model
-                acc = groups.setdefault(key, [0, 0, 0, Decimal(0)])
+                acc = groups.setdefault(key, [0, 0, 0, Decimal(0), 0, Decimal(0)])
                 acc[0] += 1
                 acc[1] += row.prompt_tokens
                 acc[2] += row.completion_tokens
                 acc[3] += row.cost_usd
+                if row.outcome == "interrupted":
+                    acc[4] += 1
+                    acc[5] += row.cost_usd
             return [
-                UsageRow(k, int(v[0]), int(v[1]), int(v[2]), Decimal(v[3]))
+                UsageRow(k, int(v[0]), int(v[1]), int(v[2]), Decimal(v[3]), int(v[4]),
+                         Decimal(v[5]))
                 for k, v in sorted(groups.items())
-            ]
+            ]  # fmt: skip
 
         return await self._read(read)
 

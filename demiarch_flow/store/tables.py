@@ -225,6 +225,8 @@ class RunAttempt(Base):
     error_class: Mapped[str | None] = mapped_column(String(32))
     generation_id: Mapped[str | None] = mapped_column(String(200), index=True)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
+    partial_text: Mapped[str | None] = mapped_column(Text)
+    """What a streamed attempt had received when it broke (never the reply)."""
 
 
 class BudgetReservation(Base):

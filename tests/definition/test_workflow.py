@@ -36,7 +36,13 @@ def test_default_workflow_parses_to_the_documented_policy() -> None:
         "anthropic/claude-3.5-haiku",
         "openai/gpt-4o",
     )
-    assert wf.request == RequestSettings(timeout_s=120, context_messages=50)
+    assert wf.request == RequestSettings(
+        timeout_s=120,
+        context_messages=50,
+        stream=True,
+        first_token_timeout_s=30,
+        idle_timeout_s=20,
+    )
     assert wf.retry == RetryPolicy(
         max_retries=3,
         initial_delay_s=1,
@@ -44,7 +50,9 @@ def test_default_workflow_parses_to_the_documented_policy() -> None:
         max_delay_s=30,
         jitter="none",
         respect_retry_after=True,
-        when=frozenset({"rate_limited", "timeout", "server_error", "network_error"}),
+        when=frozenset(
+            {"rate_limited", "timeout", "server_error", "network_error", "stream_interrupted"}
+        ),
     )
     assert wf.fallback == FallbackPolicy(
         when=frozenset({"retries_exhausted", "model_unavailable", "bad_request", "forbidden"})

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import trio
 
-from demiarch_flow.client.classify import parse_generation
+from demiarch_flow.answers import generation_record
 from demiarch_flow.definition import Workflow
 from demiarch_flow.errors import PersistenceError
-from demiarch_flow.faults import OK, new_generation_id, render
+from demiarch_flow.faults import new_generation_id
+from demiarch_flow.pricing import to_usd
 from demiarch_flow.runner import RunEnv, RunRequest, RunState, run_workflow
 from demiarch_flow.runner.owner import effective_status, this_process
 from demiarch_flow.runner.resume import NotResumable, resume_point, resume_run
@@ -214,17 +215,19 @@ async def test_a_lost_attempt_with_a_known_generation_is_booked_then_sent_again(
     fake, store = FakeOpenRouter(f"{SONNET}=401"), MemoryStore()
     run_id = await start(fake, store)
     gen = new_generation_id()
-    fake.ledger.note(gen, render(OK, SONNET, [], fake.prices, gen, T0))
-    known = parse_generation(200, fake.ledger.answer(gen).body)
-    assert known is not None and known.total_cost > 0
+    record = generation_record(SONNET, [], fake.prices, gen, "an answer that never arrived")
+    fake.generations.add(gen, record)
+    cost = to_usd(record["data"]["total_cost"])
+    assert cost is not None
+    assert cost > 0
     store.attempts[(run_id, 1)] = AttemptRow(run_id, 1, SONNET, T0, generation_id=gen)
     crashed(store, run_id, "elsewhere:1:1", T0)
     resumed = await resume_run(run_id, env_of(fake, store, now=fixed_clock(T0 + timedelta(1))))
     assert resumed.outcome.status == "succeeded"
     (billed,) = store.billed
-    assert (billed.generation_id, billed.cost_usd, billed.attempt) == (gen, known.total_cost, 1)
+    assert (billed.generation_id, billed.cost_usd, billed.attempt) == (gen, cost, 1)
     run = await loaded(store, run_id)
-    assert run.cost_usd == known.total_cost + store.usage[0].cost_usd
+    assert run.cost_usd == cost + store.usage[0].cost_usd
     assert [a.ended_at is not None for a in run.attempts] == [True, True]
     assert [a.number for a in run.attempts] == [1, 2]
     assert ("Failed", "attempt_billed", "Failed") in journal(store, run_id)

@@ -74,7 +74,7 @@ async def test_the_journal_is_committed_when_a_run_ends(
     assert failed.status == "failed"
     assert committed_events(sql_store, failed.run_id) == len(failed.transitions)
 
-    ok = await run_workflow(WF, RunRequest("ok", model=HAIKU), env)
+    ok = await run_workflow(WF, RunRequest("ok", model=HAIKU, stream=False), env)
     assert ok.status == "succeeded"
     assert committed_events(sql_store, ok.run_id) == len(ok.transitions) == 3
 
@@ -103,17 +103,22 @@ async def test_a_run_without_waits_costs_three_commits(
 
     monkeypatch.setattr(store, "_commit", counting)
     env = make_env(FakeOpenRouter(), store=store)
-    out = await run_workflow(WF, RunRequest("hi"), env)
+    out = await run_workflow(WF, RunRequest("hi", stream=False), env)
     assert out.status == "succeeded"
     assert len(commits) == 3
     assert committed_events(store, out.run_id) == 3
 
+    commits.clear()  # a stream adds one: its generation id, as soon as the first chunk names it
+    out = await run_workflow(WF, RunRequest("hi", stream=True), env)
+    assert len(commits) == 3
+    assert (await store.load_run(out.run_id)).attempts[0].generation_id  # type: ignore[union-attr]
+
     commits.clear()
     async with trio.open_nursery() as nursery:
         for i in range(20):
-            nursery.start_soon(run_workflow, WF, RunRequest(f"m{i}"), env)
+            nursery.start_soon(run_workflow, WF, RunRequest(f"m{i}", stream=False), env)
     assert len(commits) < 20 * 3
-    assert committed_events(store) == 21 * 3
+    assert committed_events(store) == 22 * 3
     commits.clear()
     store.close()
     assert commits == []

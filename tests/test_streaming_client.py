@@ -1,0 +1,174 @@
+"""OpenRouterClient.stream: every failure before and after the first token, the three clocks
+(MockClock: no real waiting), split characters, keep-alives, and the generation look-up."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+from demiarch_flow.client import ApiKey, OpenRouterClient
+from demiarch_flow.client.streaming import StreamReader
+from demiarch_flow.errors import ErrorClass
+from demiarch_flow.testing import FAKE_BASE_URL, FAKE_KEY, FakeOpenRouter
+
+M = "anthropic/claude-sonnet-4"
+MESSAGES = [{"role": "user", "content": "héllo 日本語 wörld 🎉"}]
+WHOLE = f"[simulated {M}] You said: héllo 日本語 wörld 🎉"
+
+
+def client(fake: httpx.AsyncBaseTransport) -> OpenRouterClient:
+    return OpenRouterClient(
+        httpx.AsyncClient(transport=fake), ApiKey(FAKE_KEY), base_url=FAKE_BASE_URL
+    )
+
+
+async def attempt(script: str, *, read_size: int = 0, **clocks: float) -> tuple[object, list[str]]:
+    fake = FakeOpenRouter(f"{M}={script}" if script else "", read_size=read_size)
+    got: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        got.append(text)
+
+    c = client(fake)
+    settings = {"timeout_s": 120.0, "first_token_timeout_s": 10.0, "idle_timeout_s": 5.0}
+    settings.update(clocks)
+    result = await c.stream(c.build_payload(M, MESSAGES), on_delta=on_delta, **settings)  # type: ignore[arg-type]
+    return result, got
+
+
+async def test_a_stream_arrives_in_pieces_and_ends_as_the_whole_reply(
+    autojump_clock: object,
+) -> None:
+    """Deltas reach on_delta as they come; the completion carries the text and the usage."""
+    result, got = await attempt("")
+    assert result.error is None  # type: ignore[attr-defined]
+    done = result.completion  # type: ignore[attr-defined]
+    assert len(got) > 3 and "".join(got) == done.content == WHOLE
+    assert done.cost_usd is not None and done.completion_tokens and done.finish_reason == "stop"
+    assert done.generation_id.startswith("gen-sim-")
+    assert result.streamed and result.first_token_ms == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("read_size", [1, 2, 3, 5, 7])
+async def test_a_character_split_across_reads_is_reassembled(
+    read_size: int, autojump_clock: object
+) -> None:
+    """Reads of 1..7 bytes cut é, 日 and 🎉 in two: the text is whole, never U+FFFD."""
+    result, got = await attempt("", read_size=read_size)
+    assert "".join(got) == result.completion.content == WHOLE  # type: ignore[attr-defined]
+    assert "\ufffd" not in WHOLE
+
+
+@pytest.mark.parametrize(
+    ("script", "error_class"),
+    [
+        ("500", ErrorClass.SERVER_ERROR),
+        ("429@3", ErrorClass.RATE_LIMITED),
+        ("401", ErrorClass.AUTH),
+        ("404", ErrorClass.MODEL_UNAVAILABLE),
+        ("reset", ErrorClass.NETWORK_ERROR),
+        ("cut:0", ErrorClass.SERVER_ERROR),  # an error chunk before any content
+        ("ratecut:0", ErrorClass.RATE_LIMITED),
+        ("drop:0", ErrorClass.NETWORK_ERROR),
+        ("end:0", ErrorClass.SERVER_ERROR),
+    ],
+)
+async def test_before_the_first_token_failures_are_classified_as_blocking(
+    script: str, error_class: ErrorClass, autojump_clock: object
+) -> None:
+    """An HTTP error, an error chunk or a reset before any content: the blocking class, no
+    partial text."""
+    result, got = await attempt(script)
+    assert got == []
+    assert result.error.error_class is error_class  # type: ignore[attr-defined]
+    assert result.partial is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("script", "cause"),
+    [
+        ("cut:3", ErrorClass.SERVER_ERROR),
+        ("ratecut:3", ErrorClass.RATE_LIMITED),
+        ("drop:3", ErrorClass.NETWORK_ERROR),
+        ("stall:3", ErrorClass.TIMEOUT),
+        ("end:3", ErrorClass.SERVER_ERROR),
+    ],
+)
+async def test_after_the_first_token_a_break_is_stream_interrupted(
+    script: str, cause: ErrorClass, autojump_clock: object
+) -> None:
+    """An error chunk, a reset, the idle clock or a body without finish_reason/[DONE] after
+    text arrived: ``stream_interrupted``, with the text so far kept apart as the partial."""
+    result, got = await attempt(script)
+    err = result.error  # type: ignore[attr-defined]
+    assert err.error_class is ErrorClass.STREAM_INTERRUPTED
+    assert result.cause is cause  # type: ignore[attr-defined]
+    assert result.completion is None  # type: ignore[attr-defined]
+    partial = result.partial  # type: ignore[attr-defined]
+    assert partial.content == "".join(got) and len(got) == 3
+    assert partial.generation_id is not None
+    assert f"interrupted after {len(partial.content)} characters" in err.detail
+
+
+async def test_the_first_token_clock(autojump_clock: object) -> None:
+    """A first token later than first_token_timeout_s is a ``timeout`` (keep-alives do not
+    stop that clock); in time, it is fine."""
+    start = trio.current_time()
+    late, _ = await attempt("slowfirst:12", first_token_timeout_s=10)
+    assert late.error.error_class is ErrorClass.TIMEOUT  # type: ignore[attr-defined]
+    assert "first token within 10 s" in late.error.detail  # type: ignore[attr-defined]
+    assert trio.current_time() - start == pytest.approx(10)
+    ok, _ = await attempt("slowfirst:8", first_token_timeout_s=10)
+    assert ok.error is None and ok.first_token_ms == 8000  # type: ignore[attr-defined]
+
+
+async def test_the_idle_clock_counts_keepalives_as_bytes(autojump_clock: object) -> None:
+    """After the first token, keep-alive comments (one a second) keep a slow stream alive
+    however long it pauses; a silent stall is interrupted after idle_timeout_s."""
+    ok, _ = await attempt("pause:30", idle_timeout_s=2)
+    assert ok.error is None  # type: ignore[attr-defined]
+    start = trio.current_time()
+    stalled, _ = await attempt("stall:2", idle_timeout_s=2)
+    assert stalled.error.error_class is ErrorClass.STREAM_INTERRUPTED  # type: ignore[attr-defined]
+    assert stalled.cause is ErrorClass.TIMEOUT  # type: ignore[attr-defined]
+    assert trio.current_time() - start == pytest.approx(2)
+
+
+async def test_the_whole_attempt_clock(autojump_clock: object) -> None:
+    """timeout_s bounds the whole attempt, even a stream that keeps sending keep-alives."""
+    start = trio.current_time()
+    result, _ = await attempt("pause:100", timeout_s=20, idle_timeout_s=5)
+    assert result.error.error_class is ErrorClass.STREAM_INTERRUPTED  # type: ignore[attr-defined]
+    assert "20 s ran out" in result.error.detail  # type: ignore[attr-defined]
+    assert trio.current_time() - start == pytest.approx(20)
+
+
+async def test_the_generation_cost_is_looked_up_until_it_appears(autojump_clock: object) -> None:
+    """GET /generation 404s at first (the record appears late): the look-up retries."""
+    fake = FakeOpenRouter(f"{M}=cut:2")
+    c = client(fake)
+    result = await c.stream(c.build_payload(M, MESSAGES), timeout_s=60)
+    found = await c.generation_cost(result.partial.generation_id)  # type: ignore[union-attr]
+    assert found is not None and found.cost_usd is not None and found.completion_tokens
+    assert await c.generation_cost("gen-unknown", tries=3) is None
+
+
+def test_reader_accepts_a_finish_without_done_and_counts_usage_once() -> None:
+    """A body that ends after finish_reason without [DONE] is complete; a usage chunk seen
+    twice is counted once; comments and CRLF line ends are understood."""
+    reader = StreamReader(M)
+    body = (
+        b": OPENROUTER PROCESSING\r\n\r\n"
+        b'data: {"id":"gen-1","choices":[{"delta":{"content":"Hi"}}]}\r\n\r\n'
+        b'data: {"id":"gen-1","choices":[{"delta":{},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":1,"cost":0.5}}\n\n'
+        b'data: {"id":"gen-1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,'
+        b'"cost":0.5}}\n\n'
+    )
+    assert reader.feed(body) == ["Hi"]
+    reader.close()
+    done = reader.outcome(200, None)
+    assert not isinstance(done, Exception)
+    assert done.content == "Hi" and str(done.cost_usd) == "0.500000000"
+    assert done.generation_id == "gen-1"
