@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -74,11 +76,26 @@ def safe_url(url: str) -> str:
         return redact(url)
 
 
+#: How long a new connection waits for another process's lock (busy timeout, WAL switch).
+_SQLITE_WAIT_S = 30.0
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={int(_SQLITE_WAIT_S * 1000)}")
+    # Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is
+    # locked" at once (no busy wait) while another process holds one — as when many
+    # processes create the same database together. Wait for it here instead.
+    deadline = time.monotonic() + _SQLITE_WAIT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 

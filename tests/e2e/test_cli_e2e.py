@@ -105,6 +105,7 @@ def test_runs_show_json_names_every_field_and_the_wait_source(
     assert set(doc) == {
         "run_id", "workflow", "workflow_sha256", "conversation_id", "status", "current_state",
         "model", "error_class", "error_message", "started_at", "finished_at", "events",
+        "attempts",
     }  # fmt: skip
     assert (doc["run_id"], doc["status"], doc["workflow"]) == (
         run["run_id"],

@@ -77,7 +77,7 @@ def test_two_processes_share_one_rpm(
     procs = [_batch(cli, sim, wf, name, 30, db) for name in ("a", "b")]
     for proc in procs:
         out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+        assert proc.returncode == 0, (err, out[-2000:])
         assert all(json.loads(line)["status"] == "succeeded" for line in out.splitlines())
     arrivals = sorted(sim.sim.arrivals)
     assert len(arrivals) == 60

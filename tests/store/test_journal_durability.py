@@ -110,7 +110,7 @@ async def test_a_run_without_waits_costs_three_commits(
 
     commits.clear()  # a stream adds one: its generation id, as soon as the first chunk names it
     out = await run_workflow(WF, RunRequest("hi", stream=True), env)
-    assert len(commits) == 3
+    assert len(commits) == 4
     assert (await store.load_run(out.run_id)).attempts[0].generation_id  # type: ignore[union-attr]
 
     commits.clear()
