@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .base import (
     AttemptRow,
@@ -92,11 +93,17 @@ def append_events(conn: Connection, entries: Sequence[JournalEntry]) -> None:
 
 
 def store_definition(conn: Connection, sha256: str, name: str, text: str, at: datetime) -> None:
-    """Keep a workflow's text once per SHA-256."""
-    if conn.execute(_DEFINITION_EXISTS, {"b_sha": sha256}).first() is None:
-        conn.execute(
-            _INS_DEFINITION, {"sha256": sha256, "name": name, "text": text, "created_at": at}
-        )
+    """Keep a workflow's text once per SHA-256 (processes starting together may both try:
+    the second insert is a no-op, not a duplicate-key error)."""
+    if conn.execute(_DEFINITION_EXISTS, {"b_sha": sha256}).first() is not None:
+        return
+    dialect = conn.dialect.name
+    row = {"sha256": sha256, "name": name, "text": text, "created_at": at}
+    if dialect in ("postgresql", "sqlite"):
+        module = postgresql if dialect == "postgresql" else sqlite
+        conn.execute(module.insert(_DEFINITION).values(**row).on_conflict_do_nothing())
+    else:
+        conn.execute(_INS_DEFINITION, row)
 
 
 def checkpoint(conn: Connection, cp: Checkpoint) -> None:

@@ -263,7 +263,7 @@ class SqlStore:
         """All of ``batch`` in one transaction; if any fails, each alone, so one bad write
         cannot take the others down with it."""
         try:
-            with self.engine.begin() as conn:
+            with self._writing() as conn:
                 values = [p.op(conn) for p in batch]
         except Exception as exc:
             if len(batch) == 1:
@@ -271,13 +271,23 @@ class SqlStore:
                 return
             for p in batch:
                 try:
-                    with self.engine.begin() as conn:
+                    with self._writing() as conn:
                         p.settle(value=p.op(conn))
                 except Exception as exc:
                     p.settle(error=exc)
             return
         for p, value in zip(batch, values, strict=True):
             p.settle(value=value)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite it takes the write lock at its start (``BEGIN
+        IMMEDIATE``): a deferred one that reads first and writes later cannot wait for another
+        process's write lock in WAL mode and fails at once with "database is locked"."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
 
     async def _read_conn(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` on a connection in a read transaction (after committing the queue)."""
