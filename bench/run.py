@@ -55,7 +55,15 @@ from demiarch_flow.store import MemoryStore  # noqa: E402
 from demiarch_flow.testing import FakeOpenRouter  # noqa: E402
 
 KEY = ApiKey("sk-or-bench", "bench")
-WORKFLOW = load_workflow(ROOT / "workflows" / "chat.yaml")
+# The bundled workflow with blocking requests: raw httpx makes one plain POST, so demiarch-flow
+# does too (streaming has its own benchmark, bench/stream.py).
+BLOCKING_FILE = Path(tempfile.mkdtemp(prefix="demiarch-bench-")) / "chat-blocking.yaml"
+BLOCKING_FILE.write_text(
+    (ROOT / "workflows" / "chat.yaml").read_text("utf-8").replace("stream: true", "stream: false"),
+    "utf-8",
+)
+WORKFLOW = load_workflow(BLOCKING_FILE)
+assert not WORKFLOW.request.stream
 PAYLOAD = {
     "model": WORKFLOW.models[0],
     "messages": [{"role": "user", "content": "Hello, benchmark"}],
@@ -150,7 +158,7 @@ async def bench_flow(url: str, n: int, total: int, folder: Path) -> dict[str, fl
                 nonlocal commits
                 commits += 1
 
-            event.listen(world.store.engine, "commit", count)
+            event.listen(world.env.store.engine, "commit", count)
             runs = statuses = 0
 
             async def call(world: Any = world) -> None:
@@ -165,7 +173,7 @@ async def bench_flow(url: str, n: int, total: int, folder: Path) -> dict[str, fl
                 out["commits_per_run"] = commits / runs
             else:
                 out[f"rps_{label}"] = await throughput(call, in_flight, total)
-            stored = Counter(r.status for r in await world.store.list_runs(
+            stored = Counter(r.status for r in await world.env.store.list_runs(
                 status=None, since=None, limit=runs + 1))  # fmt: skip
             assert stored == {"succeeded": runs}, f"runs stored as {dict(stored)}"
     return out
@@ -249,7 +257,8 @@ def batch(url: str, lines: int, folder: Path, concurrency: int = 100) -> dict[st
     env = {**os.environ, "OPENROUTER_API_KEY": KEY.value}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [*CLI, "batch", str(inp), "--concurrency", str(concurrency), "--quiet", "--out", str(out),
+        [*CLI, "batch", str(inp), str(BLOCKING_FILE), "--concurrency", str(concurrency),
+         "--quiet", "--out", str(out),
          "--db", f"sqlite:///{folder / f'batch-{lines}.db'}", "--base-url", url],
         env=env,
     )  # fmt: skip
