@@ -78,11 +78,16 @@ class WindowUse:
         """The ``budget --json`` object (amounts as decimal strings, like ``cost_usd``)."""
         return {
             "window": self.window,
-            "limit_usd": str(self.limit_usd.quantize(NANO)),
-            "spent_usd": str(self.spent_usd.quantize(NANO)),
-            "reserved_usd": str(self.reserved_usd.quantize(NANO)),
-            "remaining_usd": str(self.remaining_usd.quantize(NANO)),
+            "limit_usd": _text(self.limit_usd),
+            "spent_usd": _text(self.spent_usd),
+            "reserved_usd": _text(self.reserved_usd),
+            "remaining_usd": _text(self.remaining_usd),
         }
+
+
+def _text(amount: Decimal) -> str:
+    """An amount as a plain decimal string (``0.000000000``, never ``0E-9``)."""
+    return format(amount.quantize(NANO), "f")
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,3 +240,13 @@ def test_readme_limits_example_is_valid() -> None:
         5,
     )
     assert [b.key for b in wf.limits.buckets_for(SONNET)] == ["*"]
+
+
+def test_window_amounts_are_plain_decimal_strings() -> None:
+    """`budget --json` amounts read like cost_usd: 0.000000000, never 0E-9."""
+    from demiarch_flow.store.limits import WindowUse
+
+    doc = WindowUse("day", Decimal(5), Decimal(0), Decimal(0)).to_json()
+    assert (doc["spent_usd"], doc["reserved_usd"], doc["limit_usd"]) == (
+        "0.000000000", "0.000000000", "5.000000000",
+    )  # fmt: skip
