@@ -133,6 +133,20 @@ def _parse_int(text: str) -> int | float:
     return int(text) if len(text) <= 100 else float("-inf" if text.startswith("-") else "inf")
 
 
+def usage_counts(
+    usage: Mapping[str, Any],
+) -> tuple[int | None, int | None, int | None, int | None]:
+    """Prompt, completion, total and cached tokens of a ``usage`` object, each ``None`` when
+    missing or not believable (the total is the sum when not given)."""
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    total = _count(usage.get("total_tokens"))
+    if not total and prompt is not None and completion is not None:
+        total = _count(prompt + completion)
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+    return prompt, completion, total, cached
+
+
 def _count(value: Any) -> int | None:
     """A token count, or ``None``: not a whole number, negative, or beyond ``MAX_TOKENS``."""
     if isinstance(value, float) and value.is_integer():
@@ -175,12 +189,7 @@ def parse_completion(
             model=model, status=status, retry_after_s=retry_after_s,
         )  # fmt: skip
     usage = payload.get("usage") if isinstance(payload.get("usage"), Mapping) else {}
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    total = _count(usage.get("total_tokens"))
-    if not total and prompt is not None and completion is not None:
-        total = _count(prompt + completion)
-    details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+    prompt, completion, total, cached = usage_counts(usage)
     return Completion(
         content=_clean(content),
         model=_name(payload.get("model")) or model,

@@ -24,10 +24,10 @@ from ..pricing import to_usd
 from .classify import (
     Completion,
     _clean,
-    _count,
     _name,
     _parse_int,
     classify_error_body,
+    usage_counts,
 )
 
 
@@ -183,15 +183,7 @@ class StreamReader:
     def completion(self, finish_reason: str | None) -> Completion:
         """The text so far with the usage (if any) as a :class:`Completion`."""
         usage = self.usage or {}
-        prompt, completion = (
-            _count(usage.get("prompt_tokens")),
-            _count(usage.get("completion_tokens")),
-        )
-        total = _count(usage.get("total_tokens"))
-        if not total and prompt is not None and completion is not None:
-            total = _count(prompt + completion)
-        details = usage.get("prompt_tokens_details")
-        cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+        prompt, completion, total, cached = usage_counts(usage)
         return Completion(
             content=self.text,
             model=self.answered_by or self.model,
