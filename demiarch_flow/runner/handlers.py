@@ -101,7 +101,6 @@ async def load_context(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         conversation_id=began.conversation_id,
         user_message_at=began.user_message_at,
         messages=tuple(messages),
-        recorded_attempt=first.number if first else state.recorded_attempt,
     )
     return Step("loaded", loaded)
 
@@ -122,18 +121,17 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     gate = await admit(state, env, wf) if wf.limits is not None else None
     if isinstance(gate, Step):  # refused by a budget: nothing is sent
         await _not_sent(gate.state, env, model, ErrorClass.BUDGET_EXCEEDED)
-        return dataclasses.replace(gate, state=dataclasses.replace(gate.state, recorded_attempt=0))
+        return gate
     state = gate.state if gate is not None else state
     number = state.total_attempts + 1
     started_at = env.now()
-    if number != state.recorded_attempt:
-        try:
-            await env.store.attempt_started(AttemptRow(state.run_id, number, model, started_at))
-        except FlowError as exc:
-            # Nothing was sent: the run fails before it could cost anything.
-            if gate is not None:
-                gate.release()  # its reservation goes with the failed run
-            return Step("fatal", state.failed(ErrorInfo.of(exc)))
+    try:
+        await env.store.attempt_started(AttemptRow(state.run_id, number, model, started_at))
+    except FlowError as exc:
+        # Nothing was sent: the run fails before it could cost anything.
+        if gate is not None:
+            gate.release()  # its reservation goes with the failed run
+        return Step("fatal", state.failed(ErrorInfo.of(exc)))
     client = env.client
     payload = client.build_payload(
         model,
@@ -232,13 +230,12 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
 
 
 async def _not_sent(state: RunState, env: RunEnv, model: str, why: ErrorClass) -> None:
-    """Close the record of a request that LoadContext recorded ahead and that is not sent
-    after all (a cooling model, a budget), so a resume does not take it for a lost one."""
-    if state.recorded_attempt == state.total_attempts + 1:
-        now = env.now()
-        await env.store.attempt_ended(
-            AttemptRow(state.run_id, state.recorded_attempt, model, now, now, None, why)
-        )
+    """Close the record of the next request if LoadContext recorded it ahead and it is not sent
+    after all (a cooling model, a budget), so a resume does not take it for a lost one (the
+    store ignores it when there is no such record)."""
+    now = env.now()
+    number = state.total_attempts + 1
+    await env.store.attempt_ended(AttemptRow(state.run_id, number, model, now, now, None, why))
 
 
 _NO_ANSWER = Completion("", "", None, None, None, None, None, None, None)
@@ -376,7 +373,6 @@ async def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None
     )  # fmt: skip
     error = ErrorInfo.of(err)
     await _not_sent(state, env, model, ErrorClass.COOLING)
-    state = dataclasses.replace(state, recorded_attempt=0)
     known = dict(state.last_errors)
     skipped = dataclasses.replace(
         state,

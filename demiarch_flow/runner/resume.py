@@ -139,7 +139,6 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
         retries=0,
         # Attempt numbers go on after every request the run is known to have sent.
         total_attempts=max([state.total_attempts, *(a.number for a in run.attempts)]),
-        recorded_attempt=0,
         failure=None,
         wait=None,
         entered_by="resume",

@@ -122,9 +122,6 @@ class RunState:
     retries: int = 0
     """Retries (Backoff ``retry`` events) made on the current model."""
     total_attempts: int = 0
-    recorded_attempt: int = 0
-    """The number of an attempt whose row is durable already (LoadContext records the first one
-    in its own transaction), so Request does not record it again."""
     entered_by: str | None = None
     """The event that led into ``state`` (set by the engine; Fallback reads why it was entered)."""
     came_from: str | None = None
@@ -255,7 +252,6 @@ def _decode_state(doc: dict[str, Any]) -> RunState:
         attempt=doc.get("attempt", 0),
         retries=doc.get("retries", 0),
         total_attempts=doc.get("total_attempts", 0),
-        recorded_attempt=doc.get("recorded_attempt", 0),
         entered_by=doc.get("entered_by"),
         came_from=doc.get("came_from"),
         wait=_opt(doc.get("wait"), lambda w: Wait(w["seconds"], WaitSource(w["source"]))),

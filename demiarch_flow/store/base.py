@@ -245,10 +245,12 @@ class Store(Protocol):
 
     async def attempt_started(self, attempt: AttemptRow) -> None:
         """Record that a request is about to be sent; returns once that (and everything
-        queued before, the run's checkpoints included) is committed."""
+        queued before, the run's checkpoints included) is committed. An attempt recorded
+        already (``NewRun.first_attempt``, with the run) costs nothing more."""
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
-        """Complete an attempt's row (may be queued for the next commit)."""
+        """Complete an attempt's row (may be queued for the next commit); an attempt that was
+        never recorded is ignored."""
 
     async def attempt_progress(self, attempt: AttemptRow) -> None:
         """Record an attempt's generation id while it is still streaming; returns once it is

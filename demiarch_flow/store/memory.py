@@ -109,10 +109,12 @@ class MemoryStore:
         self.events.extend(checkpoint.entries)
 
     async def attempt_started(self, attempt: AttemptRow) -> None:
-        self.attempts[(attempt.run_id, attempt.number)] = attempt
+        self.attempts.setdefault((attempt.run_id, attempt.number), attempt)
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
-        self.attempts[(attempt.run_id, attempt.number)] = attempt
+        key = (attempt.run_id, attempt.number)
+        if key in self.attempts:
+            self.attempts[key] = attempt
 
     async def attempt_progress(self, attempt: AttemptRow) -> None:
         row = self.attempts[(attempt.run_id, attempt.number)]

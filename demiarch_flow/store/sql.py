@@ -200,6 +200,8 @@ class SqlStore:
         journal row since the last commit (three moves between commits cost one UPDATE)."""
         self._definitions: set[str] = set()
         """Workflow texts known to be stored (by SHA-256)."""
+        self._recorded: set[tuple[str, int]] = set()
+        """First attempts committed with their run (``attempt_started`` then has nothing to do)."""
 
     @classmethod
     def open_sync(cls, url: str, *, create: bool = True) -> SqlStore:
@@ -337,6 +339,8 @@ class SqlStore:
             await self._write(functools.partial(_add_run, run=run, conversation_id=None))
             raise
         self._definitions.add(run.workflow_sha256)
+        if run.first_attempt is not None:
+            self._recorded.add((run.run_id, run.first_attempt.number))
         return began
 
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
@@ -351,9 +355,14 @@ class SqlStore:
             await self._write(_nothing)
 
     async def attempt_started(self, attempt: AttemptRow) -> None:
+        key = (attempt.run_id, attempt.number)
+        if key in self._recorded:  # committed with the run: the request may leave now
+            self._recorded.discard(key)
+            return
         await self._write(functools.partial(_runs.insert_attempt, attempt=attempt))
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
+        self._recorded.discard((attempt.run_id, attempt.number))
         self._queue.append(_Pending(functools.partial(_runs.end_attempt, attempt=attempt)))
 
     async def attempt_progress(self, attempt: AttemptRow) -> None:
