@@ -168,9 +168,7 @@ class RunState:
 
     def to_json(self) -> str:
         """The checkpoint text (compact JSON, stable key order)."""
-        return json.dumps(
-            {"format": STATE_FORMAT, **_encode(self)}, separators=(",", ":"), ensure_ascii=False
-        )
+        return _ENCODER.encode({"format": STATE_FORMAT, **_fields_of(self)})
 
     @classmethod
     def from_json(cls, text: str) -> RunState:
@@ -202,16 +200,32 @@ class Step:
 # ---------------------------------------------------------------------- encoding
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _fields_of(value: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, not recursing: the JSON encoder comes back for nested
+    values through :func:`_encode`, and handles tuples, strings (``StrEnum`` included) and
+    numbers itself, in C."""
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    return {name: getattr(value, name) for name in names}
+
+
 def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple | list):
-        return [_encode(v) for v in value]
+    """What ``json`` cannot encode alone: nested dataclasses, amounts, timestamps."""
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
-    return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields_of(value)
+    raise TypeError(f"{type(value).__name__} is not part of a run state")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_encode)
 
 
 def _opt(value: Any, fn: Any) -> Any:
