@@ -138,16 +138,19 @@ def usage_counts(
 ) -> tuple[int | None, int | None, int | None, int | None]:
     """Prompt, completion, total and cached tokens of a ``usage`` object, each ``None`` when
     missing or not believable (the total is the sum when not given)."""
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-    total = _count(usage.get("total_tokens"))
+    prompt, completion = (
+        token_count(usage.get("prompt_tokens")),
+        token_count(usage.get("completion_tokens")),
+    )
+    total = token_count(usage.get("total_tokens"))
     if not total and prompt is not None and completion is not None:
-        total = _count(prompt + completion)
+        total = token_count(prompt + completion)
     details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+    cached = token_count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
     return prompt, completion, total, cached
 
 
-def _count(value: Any) -> int | None:
+def token_count(value: Any) -> int | None:
     """A token count, or ``None``: not a whole number, negative, or beyond ``MAX_TOKENS``."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)

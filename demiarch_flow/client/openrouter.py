@@ -24,7 +24,7 @@ import trio
 
 from ..errors import ErrorClass, ProviderError, UnusableKey, UsageError, redact, register_secret
 from ..pricing import to_usd
-from .classify import Completion, parse_completion
+from .classify import Completion, parse_completion, token_count
 from .retry_after import parse_retry_after
 from .streaming import StreamReader
 
@@ -365,8 +365,8 @@ class OpenRouterClient:
                         if isinstance(data, dict):
                             return GenerationCost(
                                 to_usd(data.get("total_cost")),
-                                _int_or_none(data.get("tokens_prompt")),
-                                _int_or_none(data.get("tokens_completion")),
+                                token_count(data.get("tokens_prompt")),
+                                token_count(data.get("tokens_completion")),
                             )
                     elif response.status_code != 404:
                         return None
@@ -414,12 +414,6 @@ async def _aclose(it: Any) -> None:
     aclose = getattr(it, "aclose", None)
     if aclose is not None:
         await aclose()
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 def _describe(exc: BaseException) -> str:

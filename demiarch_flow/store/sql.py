@@ -589,7 +589,6 @@ _CONV: Table = Conversation.__table__  # type: ignore[assignment]
 _MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
 _USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
 _RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
-_EVENT: Table = RunEvent.__table__  # type: ignore[assignment]
 
 
 # Statements are built once with bind parameters: building ``insert().values(...)`` per call
@@ -598,7 +597,6 @@ _INS_CONV = insert(_CONV)
 _INS_MSG = insert(_MSG)
 _INS_RUN = insert(_RUN)
 _INS_USAGE = insert(_USAGE)
-_INS_EVENT = insert(_EVENT)
 _CONV_EXISTS = select(_CONV.c.id).where(_CONV.c.id == bindparam("b_id"))
 _HISTORY = (
     select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content, _MSG.c.model,
