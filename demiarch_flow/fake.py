@@ -114,6 +114,8 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         fault = dataclasses.replace(fault, kind=blocking_kind(fault))
         if fault.kind == "reset":
             raise httpx.ReadError("Connection reset by peer", request=request)
+        if fault.kind == "refused":  # still in self.requests: the attempt used a script item
+            raise httpx.ConnectError("Connection refused", request=request)
         if fault.kind == "hang":
             await trio.sleep_forever()
         if fault.kind == "slow":

@@ -12,6 +12,9 @@ up it answers ``ok``. Syntax: ``MODEL=ITEM,ITEM,...;MODEL=...`` where an ITEM is
 * ``error200`` — HTTP 200 with an ``error`` body (code 500) and no choices;
 * ``html`` / ``truncated`` / ``nochoices`` — broken 200 answers;
 * ``reset`` — the connection is dropped; ``hang`` — no answer at all (the client times out);
+* ``refused`` — the connection is refused: :class:`~demiarch_flow.fake.FakeOpenRouter` raises
+  ``httpx.ConnectError`` (the request never left). The simulator has already accepted the
+  connection when it reads which model is asked for, so it can only drop it, as ``reset``;
 * ``slow:S`` — answers ``ok`` after S seconds;
 * streams (a request with ``"stream": true``): ``cut:N`` — an ``error`` chunk
   (``finish_reason: "error"``) after N content chunks; ``ratecut:N`` — the same as a mid-stream
@@ -20,7 +23,8 @@ up it answers ``ok``. Syntax: ``MODEL=ITEM,ITEM,...;MODEL=...`` where an ITEM is
   ``[DONE]``; ``slowfirst:S`` — keep-alive comments for S seconds before the first token;
   ``pause:S`` — keep-alive comments for S seconds after the first token; ``chunks:N`` — a reply
   of N chunks. A blocking request meets their nearest blocking kin (``reset``, ``hang``,
-  ``error200``, ``truncated``, ``slow``, ``ok``);
+  ``error200``, ``truncated``, ``slow``, ``ok``); a streamed request meets every other item
+  as a blocking one would (``refused`` included);
 * ``ITEM*N`` repeats an item N times; ``ITEM*`` repeats it forever.
 
 A model absent from the script always answers ``ok``; ``*=...`` sets the script of every model
@@ -52,8 +56,8 @@ _ITEM = re.compile(
 _STREAM_COUNTED = {"cut", "ratecut", "drop", "stall", "end", "chunks"}
 _STREAM_TIMED = {"slowfirst", "pause"}
 _WORDS = {
-    "ok", "inflight", "error200", "html", "truncated", "nochoices", "reset", "hang", "slow",
-    *_STREAM_COUNTED, *_STREAM_TIMED,
+    "ok", "inflight", "error200", "html", "truncated", "nochoices", "reset", "refused", "hang",
+    "slow", *_STREAM_COUNTED, *_STREAM_TIMED,
 }  # fmt: skip
 _HEADER_SAFE = re.compile(r"[!-~]+")
 MAX_REPEAT = 10_000
@@ -93,7 +97,7 @@ def parse_item(text: str) -> tuple[Fault, int | None]:
     if not m or (m["word"] and m["word"] not in _WORDS):
         raise UsageError(
             f"bad fault {text.strip()!r}: expected ok, a status like 429 or 429@2, 400:502,"
-            " inflight@S, error200, html, truncated, nochoices, reset, hang, slow:S, or a"
+            " inflight@S, error200, html, truncated, nochoices, reset, refused, hang, slow:S, or a"
             " stream fault: cut:N, ratecut:N, drop:N, stall:N, end:N, chunks:N, slowfirst:S,"
             " pause:S"
         )
@@ -269,7 +273,8 @@ def render(
     generation_id: str,
     now: datetime,
 ) -> Rendered:
-    """The HTTP answer of a scripted fault (``reset``, ``hang``, ``slow`` are the caller's).
+    """The HTTP answer of a scripted fault (``reset``, ``refused``, ``hang``, ``slow`` are the
+    caller's).
 
     ``generation_id`` is the id of a success body (see :func:`new_generation_id`).
     """

@@ -3,7 +3,9 @@
 It speaks HTTP/1.1 with keep-alive (trio + h11), serves ``POST …/chat/completions`` with the
 real response shape (``usage.cost`` included) and ``GET …/models``, and plays a fault script
 (:mod:`demiarch_flow.faults`) per model: statuses with Retry-After, HTTP-200 error bodies,
-malformed bodies, delays, hangs and connection resets. It listens on 127.0.0.1 only.
+malformed bodies, delays, hangs and connection resets (``refused`` too: the connection is
+already accepted when the script is read, so it is dropped as ``reset``). It listens on
+127.0.0.1 only.
 
 Run it alone with ``demiarch-flow simulator --port 8765 --faults '…'``.
 """
@@ -183,7 +185,7 @@ class Simulator:
         if wants_stream(payload) and fault.kind in STREAMED:
             return await self._stream(stream, conn, fault, model, messages, generation_id)
         fault = dataclasses.replace(fault, kind=blocking_kind(fault))
-        if fault.kind == "reset":
+        if fault.kind in ("reset", "refused"):  # refused: too late to refuse, see faults
             _reset(stream)
             return False
         if fault.kind == "hang":

@@ -141,3 +141,10 @@ def test_fault_script_at_the_limits() -> None:
     assert len(script.steps["a"]) == MAX_REPEAT
     assert [f.retry_after for f in script.steps["b"]] == ["date+-5", "junk"]
     assert script.forever["b"].status == 500
+
+
+def test_refused_is_a_fault_word() -> None:
+    """``refused`` (a connection refused) parses like ``reset``, repeated and forever."""
+    script = FaultScript.parse("a=refused*2,ok;b=refused*")
+    assert [f.kind for f in script.steps["a"]] == ["refused", "refused", "ok"]
+    assert script.forever["b"].kind == "refused"

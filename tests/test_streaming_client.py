@@ -68,6 +68,7 @@ async def test_a_character_split_across_reads_is_reassembled(
         ("401", ErrorClass.AUTH),
         ("404", ErrorClass.MODEL_UNAVAILABLE),
         ("reset", ErrorClass.NETWORK_ERROR),
+        ("refused", ErrorClass.NETWORK_ERROR),  # no stream form: refused as a blocking one
         ("cut:0", ErrorClass.SERVER_ERROR),  # an error chunk before any content
         ("ratecut:0", ErrorClass.RATE_LIMITED),
         ("drop:0", ErrorClass.NETWORK_ERROR),

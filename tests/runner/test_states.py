@@ -55,6 +55,7 @@ async def test_load_context_unknown_conversation_emits_failed() -> None:
         ("500", "retryable", "Backoff"),
         ("429", "retryable", "Backoff"),
         ("reset", "retryable", "Backoff"),
+        ("refused", "retryable", "Backoff"),
         ("404", "model_failed", "Fallback"),
         ("403", "model_failed", "Fallback"),
         ("400", "model_failed", "Fallback"),

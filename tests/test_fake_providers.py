@@ -1,0 +1,46 @@
+"""The fake providers' own behaviour, beside the runs that use them: faults that act on the
+connection, and a test's edit of a success body."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from demiarch_flow.testing import FAKE_BASE_URL, FakeOpenRouter
+
+from .e2e.conftest import SimThread
+
+_BODY = {"model": "anthropic/claude-sonnet-4", "messages": [{"role": "user", "content": "x"}]}
+_AUTH = {"Authorization": "Bearer sk-or-test"}
+
+
+async def test_refused_is_a_connect_error_in_the_fake() -> None:
+    """``refused`` in FakeOpenRouter: httpx.ConnectError, as when nothing listens; the script
+    moves on."""
+    fake = FakeOpenRouter("*=refused")
+    async with httpx.AsyncClient(transport=fake) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.post(f"{FAKE_BASE_URL}/chat/completions", json=_BODY)
+        answer = await http.post(f"{FAKE_BASE_URL}/chat/completions", json=_BODY)
+    assert answer.status_code == 200
+
+
+@pytest.fixture
+def refusing_simulator() -> Iterator[SimThread]:
+    sim = SimThread("*=refused")
+    yield sim
+    sim.stop()
+
+
+async def test_refused_drops_the_accepted_connection(refusing_simulator: SimThread) -> None:
+    """``refused`` over real HTTP: the connection is already accepted, so it is dropped
+    without an answer (a transport error, as ``reset``); the next request is answered."""
+    url = f"{refusing_simulator.url}/chat/completions"
+    async with httpx.AsyncClient(timeout=10) as http:
+        with pytest.raises(httpx.TransportError):
+            await http.post(url, json=_BODY, headers=_AUTH)
+        answer = await http.post(url, json=_BODY, headers=_AUTH)
+    assert answer.status_code == 200
+    assert refusing_simulator.sim.models_seen == [_BODY["model"]] * 2
