@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +55,11 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         prices: the price table used for ``usage.cost`` in success bodies.
         read_size: a streamed body is handed to the client in reads of this many bytes (small
             values cut multi-byte characters in two, as a network does); 0: one read a frame.
+        edit_success: a test's change to each success body the fake renders (blocking answers;
+            a stream is played as rendered): the body is still the one renderer's, only the
+            fields the edit names differ — an absurd ``usage``, another answering ``model``.
+            The ``X-Generation-Id`` header and ``GET /generation`` follow the edited ``id``,
+            ``model`` and content.
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         prices: PriceTable | None = None,
         *,
         read_size: int = 0,
+        edit_success: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         parsed = FaultScript.parse(script) if isinstance(script, str) else script
         self.cursor = FaultCursor(parsed)
@@ -69,6 +76,7 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         self.requests: list[SeenRequest] = []
         self.generations = GenerationLog()
         self.read_size = read_size
+        self.edit_success = edit_success
         self.closed_streams = 0
         """Streams the client closed before their end (Ctrl-C, a clock)."""
 
@@ -125,10 +133,17 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
             datetime.now(UTC),
         )  # fmt: skip
         if out.headers.get("X-Generation-Id") == generation_id:  # billed: OpenRouter keeps it
-            content = json.loads(out.body)["choices"][0]["message"]["content"]
+            answer = json.loads(out.body)
+            if self.edit_success is not None:
+                answer = self.edit_success(answer)
+                generation_id = str(answer["id"])
+                headers = {**out.headers, "X-Generation-Id": generation_id}
+                out = dataclasses.replace(out, headers=headers, body=json.dumps(answer).encode())
+            content = answer["choices"][0]["message"]["content"]
+            answering = str(answer.get("model") or model)
             self.generations.add(
                 generation_id,
-                generation_record(model, messages, self.prices, generation_id, content),
+                generation_record(answering, messages, self.prices, generation_id, content),
             )
         return httpx.Response(out.status, headers=out.headers, content=out.body)
 

@@ -44,3 +44,25 @@ async def test_refused_drops_the_accepted_connection(refusing_simulator: SimThre
         answer = await http.post(url, json=_BODY, headers=_AUTH)
     assert answer.status_code == 200
     assert refusing_simulator.sim.models_seen == [_BODY["model"]] * 2
+
+
+async def test_an_edited_success_body_is_the_rendered_one_with_the_named_fields() -> None:
+    """edit_success changes only what it names; the X-Generation-Id header and the
+    GET /generation record follow the edited id and answering model."""
+    haiku = "anthropic/claude-3.5-haiku"
+    plain = FakeOpenRouter()
+    edited = FakeOpenRouter(edit_success=lambda b: {**b, "id": "gen-edited", "model": haiku})
+    url = f"{FAKE_BASE_URL}/chat/completions"
+    async with httpx.AsyncClient(transport=plain) as http:
+        before = (await http.post(url, json=_BODY)).json()
+    async with httpx.AsyncClient(transport=edited) as http:
+        answer = await http.post(url, json=_BODY)
+        lookups = [await http.get(f"{FAKE_BASE_URL}/generation?id=gen-edited") for _ in "12"]
+    after = answer.json()
+    assert answer.headers["X-Generation-Id"] == "gen-edited"
+    assert (after["id"], after["model"]) == ("gen-edited", haiku)
+    assert after.keys() == before.keys()
+    assert {k for k in after if after[k] != before[k] and k != "created"} == {"id", "model"}
+    assert [r.status_code for r in lookups] == [404, 200]  # late, as OpenRouter's
+    assert lookups[1].json()["data"]["id"] == "gen-edited"
+    assert lookups[1].json()["data"]["model"] == haiku
