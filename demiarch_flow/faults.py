@@ -6,8 +6,9 @@ up it answers ``ok``. Syntax: ``MODEL=ITEM,ITEM,...;MODEL=...`` where an ITEM is
 
 * ``ok`` — a normal completion (real response shape, ``usage.cost`` included);
 * ``NNN`` — HTTP status NNN with OpenRouter's error envelope; ``NNN@S`` adds ``Retry-After: S``
-  (``@Sms`` sends ``retry-after-ms``, ``@date+S`` an HTTP date S seconds ahead,
-  ``@junk`` an unparsable value); ``400:NNN`` is a 400 wrapping inner ``error.code`` NNN;
+  (``@Sms`` sends ``retry-after-ms``, ``@date+S`` an HTTP date S seconds ahead, ``@date+-S``
+  one in the past, ``@junk`` an unparsable value); ``400:NNN`` is a 400 wrapping inner
+  ``error.code`` NNN;
 * ``inflight@S`` — 402 from OpenRouter's in-flight budget, with ``Retry-After: S``;
 * ``error200`` — HTTP 200 with an ``error`` body (code 500) and no choices;
 * ``html`` / ``truncated`` / ``nochoices`` — broken 200 answers;

@@ -48,6 +48,7 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
         ({"retry-after": "0.25"}, 0.25),
         ({"retry-after-ms": "1500"}, 1.5),
         ({"retry-after-ms": "1500", "Retry-After": "9"}, 1.5),
+        ({"Retry-After": "2", "retry-after-ms": "500"}, 0.5),
         ({"retry-after-ms": "junk", "Retry-After": "9"}, 9.0),
         ({"Retry-After": "Thu, 01 Jan 2026 12:00:07 GMT"}, 7.0),
         ({"Retry-After": "Thu, 01 Jan 2026 11:00:00 GMT"}, None),
