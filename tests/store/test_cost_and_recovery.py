@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,23 +28,18 @@ WF = parse_workflow(DEFAULT_WORKFLOW.read_text("utf-8"))
 SONNET = "anthropic/claude-sonnet-4"
 
 
-def _answer(model: str, usage: dict[str, Any]) -> httpx.Response:
-    return httpx.Response(
-        200,
-        json={
-            "id": "gen-cost-1", "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-            "usage": usage,
-        },
-    )  # fmt: skip
+def _answer(model: str, usage: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The fake's success body as answered by ``model`` with exactly this ``usage``."""
+    return lambda body: {**body, "model": model, "usage": usage}
 
 
-async def _cost_of(answer: httpx.Response, model: str | None = None) -> tuple[Decimal, str]:
-    router = respx.Router()
-    router.post(f"{FAKE_BASE_URL}/chat/completions").mock(return_value=answer)
+async def _cost_of(
+    answer: Callable[[dict[str, Any]], dict[str, Any]], model: str | None = None
+) -> tuple[Decimal, str]:
+    """What a blocking run stores as the cost of ``answer`` (the edit of the success body)."""
     store = MemoryStore()
-    env = make_env(httpx.MockTransport(router.async_handler), store=store)
-    out = await run_workflow(WF, RunRequest("hi", model=model), env)
+    env = make_env(FakeOpenRouter(edit_success=answer), store=store)
+    out = await run_workflow(WF, RunRequest("hi", model=model, stream=False), env)
     assert out.status == "succeeded"
     (row,) = store.usage
     assert (out.cost_usd, out.cost_source) == (row.cost_usd, row.cost_source)
