@@ -28,10 +28,12 @@ from .faults import (
     blocking_kind,
     models_listing,
     new_generation_id,
+    over_rpm,
     render,
     stream_break,
 )
 from .pricing import PriceTable
+from .simrate import SlidingWindowLimit
 
 FAKE_BASE_URL = "https://openrouter.test/api/v1"
 FAKE_KEY = "sk-or-test-0000000000000000"
@@ -60,6 +62,9 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
             fields the edit names differ — an absurd ``usage``, another answering ``model``.
             The ``X-Generation-Id`` header and ``GET /generation`` follow the edited ``id``,
             ``model`` and content.
+        rpm: a provider-side limit, as the bundled simulator's: a chat request past ``rpm``
+            in any 60 s of trio's clock gets a 429 with ``Retry-After`` and is not counted in
+            :attr:`requests` (``rate.refused`` counts it).
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         *,
         read_size: int = 0,
         edit_success: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        rpm: int | None = None,
     ) -> None:
         parsed = FaultScript.parse(script) if isinstance(script, str) else script
         self.cursor = FaultCursor(parsed)
@@ -77,6 +83,7 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
         self.generations = GenerationLog()
         self.read_size = read_size
         self.edit_success = edit_success
+        self.rate = SlidingWindowLimit(rpm) if rpm else None
         self.closed_streams = 0
         """Streams the client closed before their end (Ctrl-C, a clock)."""
 
@@ -99,6 +106,9 @@ class FakeOpenRouter(httpx.AsyncBaseTransport):
             return httpx.Response(200, json=found)
         body = json.loads(await request.aread() or b"{}")
         model = str(body.get("model", ""))
+        if self.rate is not None and (wait := self.rate.admit(trio.current_time())) is not None:
+            refused = over_rpm(wait)
+            return httpx.Response(refused.status, headers=refused.headers, content=refused.body)
         self.requests.append(SeenRequest(model, dict(request.headers), body, trio.current_time()))
         generation_id = new_generation_id()
         fault = self.cursor.next(model)

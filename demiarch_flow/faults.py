@@ -308,6 +308,14 @@ def render(
     raise ValueError(f"{fault.kind} has no HTTP rendering")
 
 
+def over_rpm(wait_s: float) -> Rendered:
+    """The 429 of a provider-side requests-per-minute limit, with the seconds until a request
+    would be admitted in ``Retry-After`` (the simulator's and the fake's ``rpm``)."""
+    headers = {"Content-Type": "application/json", "Retry-After": f"{max(wait_s, 0.001):.3f}"}
+    meta = {"error_type": "rate_limit_exceeded"}
+    return Rendered(429, headers, _error(429, "Rate limit exceeded: requests per minute", meta))
+
+
 def blocking_kind(fault: Fault) -> str:
     """What a stream fault does to a blocking request: its nearest blocking kin."""
     return {"drop": "reset", "stall": "hang", "slowfirst": "slow", "pause": "slow"}.get(

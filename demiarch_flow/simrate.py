@@ -1,7 +1,8 @@
-"""A provider-side request limit for the bundled simulator: at most ``rpm`` requests in any
-trailing 60-second window, the strictest reading of "requests per minute" (a fixed-minute
-counter would allow twice as many across a minute boundary). What a client must stay under;
-the simulator answers 429 with a Retry-After when it does not.
+"""A provider-side request limit for the bundled simulator and the fake provider: at most
+``rpm`` requests in any trailing 60-second window, the strictest reading of "requests per
+minute" (a fixed-minute counter would allow twice as many across a minute boundary). What a
+client must stay under; both answer 429 with a Retry-After when it does not
+(:func:`~demiarch_flow.faults.over_rpm`).
 """
 
 from __future__ import annotations

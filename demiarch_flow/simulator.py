@@ -33,6 +33,7 @@ from .faults import (
     blocking_kind,
     models_listing,
     new_generation_id,
+    over_rpm,
     render,
     stream_break,
 )
@@ -167,11 +168,8 @@ class Simulator:
             )
             return True
         if self.rate is not None and (wait := self.rate.admit(trio.current_time())) is not None:
-            body = (
-                b'{"error": {"code": 429, "message": "Rate limit exceeded: requests per minute"}}'
-            )
-            headers = {"Content-Type": "application/json", "Retry-After": f"{max(wait, 0.001):.3f}"}
-            await _send(stream, conn, 429, headers, body)
+            refused = over_rpm(wait)
+            await _send(stream, conn, refused.status, refused.headers, refused.body)
             return True
         self.chat_requests += 1
         self.arrivals.append(trio.current_time())

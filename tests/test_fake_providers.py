@@ -66,3 +66,26 @@ async def test_an_edited_success_body_is_the_rendered_one_with_the_named_fields(
     assert [r.status_code for r in lookups] == [404, 200]  # late, as OpenRouter's
     assert lookups[1].json()["data"]["id"] == "gen-edited"
     assert lookups[1].json()["data"]["model"] == haiku
+
+
+async def test_rpm_refuses_past_the_limit_in_any_60_s(autojump_clock: object) -> None:
+    """``FakeOpenRouter(rpm=2)``: a third request within 60 s is a 429 whose Retry-After is the
+    time until the first one leaves the window; it is not counted as a request; once the window
+    has moved on, requests are answered again."""
+    import trio
+
+    fake = FakeOpenRouter(rpm=2)
+    url = f"{FAKE_BASE_URL}/chat/completions"
+    async with httpx.AsyncClient(transport=fake) as http:
+        first = await http.post(url, json=_BODY)
+        await trio.sleep(10)
+        second = await http.post(url, json=_BODY)
+        refused = await http.post(url, json=_BODY)
+        await trio.sleep(float(refused.headers["Retry-After"]))
+        again = await http.post(url, json=_BODY)
+    assert [first.status_code, second.status_code, again.status_code] == [200, 200, 200]
+    assert refused.status_code == 429
+    assert float(refused.headers["Retry-After"]) == 50.0
+    assert refused.json()["error"]["metadata"] == {"error_type": "rate_limit_exceeded"}
+    assert fake.request_times() == [0.0, 10.0, 60.0]
+    assert fake.rate is not None and fake.rate.refused == 1

@@ -9,7 +9,7 @@ from demiarch_flow.runner import RunRequest, WaitSource, run_workflow
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.testing import FakeOpenRouter, make_env
 
-from .helpers import HAIKU, SONNET, RateLimitedFake, with_limits
+from .helpers import HAIKU, SONNET, with_limits
 
 
 async def _batch(wf, env, n: int, concurrency: int, model: str | None = None) -> list:  # type: ignore[no-untyped-def]
@@ -48,22 +48,23 @@ async def test_1000_runs_at_concurrency_100_are_paced_within_2_percent(
     """rpm 600: a 1,000-run batch takes 99.9 s of virtual time (±2 %), and a provider that
     enforces the same rpm over any 60 s never answers 429."""
     wf = with_limits('  rate:\n    "*": {rpm: 600}\n')
-    provider = RateLimitedFake(600)
+    provider = FakeOpenRouter(rpm=600)
     env = make_env(provider)
     outcomes = await _batch(wf, env, 1000, 100)
     assert all(o.succeeded for o in outcomes)
-    assert provider.limit.refused == 0
-    assert len(provider.times) == 1000
-    span = provider.times[-1] - provider.times[0]
+    assert provider.rate.refused == 0
+    times = provider.request_times()
+    assert len(times) == 1000
+    span = times[-1] - times[0]
     assert abs(span - 99.9) / 99.9 < 0.02
 
 
 async def test_without_a_bucket_the_provider_refuses(autojump_clock: object) -> None:
     """The control: the same batch without limits runs into the provider's 429s."""
     wf = with_limits("  budget: {}\n")
-    provider = RateLimitedFake(600)
+    provider = FakeOpenRouter(rpm=600)
     await _batch(wf, make_env(provider), 700, 100)
-    assert provider.limit.refused > 0
+    assert provider.rate.refused > 0
 
 
 async def test_burst_lets_requests_go_back_to_back(autojump_clock: object) -> None:
