@@ -7,7 +7,8 @@ up it answers ``ok``. Syntax: ``MODEL=ITEM,ITEM,...;MODEL=...`` where an ITEM is
 * ``ok`` — a normal completion (real response shape, ``usage.cost`` included);
 * ``NNN`` — HTTP status NNN with OpenRouter's error envelope; ``NNN@S`` adds ``Retry-After: S``
   (``@Sms`` sends ``retry-after-ms``, ``@date+S`` an HTTP date S seconds ahead, ``@date+-S``
-  one in the past, ``@junk`` an unparsable value); ``400:NNN`` is a 400 wrapping inner
+  one in the past, ``@reset+S`` only OpenRouter's ``X-RateLimit-Reset`` — the epoch in ms — S
+  seconds ahead, ``@junk`` an unparsable value); ``400:NNN`` is a 400 wrapping inner
   ``error.code`` NNN;
 * ``inflight@S`` — 402 from OpenRouter's in-flight budget, with ``Retry-After: S``;
 * ``error200`` — HTTP 200 with an ``error`` body (code 500) and no choices;
@@ -143,7 +144,8 @@ def _seconds(item: str, text: str) -> float:
 
 
 def _check_retry_after(item: str, value: str | None) -> None:
-    """``@…`` goes into a header as it is: it must be sendable, and ``date+S`` a number.
+    """``@…`` goes into a header as it is: it must be sendable, and ``date+S`` or ``reset+S``
+    a number.
     (``@junk`` stays allowed: an unparsable value is a fault worth scripting.)"""
     if value is None:
         return
@@ -151,14 +153,16 @@ def _check_retry_after(item: str, value: str | None) -> None:
         raise UsageError(
             f"bad fault {item.strip()!r}: the Retry-After value must be printable ASCII"
         )
-    if value.startswith("date+"):
+    prefix = next((p for p in ("date+", "reset+") if value.startswith(p)), None)
+    if prefix is not None:
         try:
-            offset = float(value[5:])
+            offset = float(value[len(prefix) :])
         except ValueError:
             offset = float("nan")
         if not abs(offset) <= _MAX_DATE_OFFSET_S:
             raise UsageError(
-                f"bad fault {item.strip()!r}: date+S takes a number of seconds (at most 10,000,000)"
+                f"bad fault {item.strip()!r}: {prefix}S takes a number of seconds"
+                " (at most 10,000,000)"
             )
 
 
@@ -230,6 +234,9 @@ def _retry_headers(value: str | None, now: datetime) -> dict[str, str]:
     if value.startswith("date+"):
         when = now + timedelta(seconds=float(value[5:]))
         return {"Retry-After": format_datetime(when.astimezone(UTC), usegmt=True)}
+    if value.startswith("reset+"):
+        when = now + timedelta(seconds=float(value[6:]))
+        return {"X-RateLimit-Reset": str(round(when.timestamp() * 1000))}
     return {"Retry-After": value}
 
 

@@ -124,6 +124,8 @@ def test_parse_line_refuses_what_cannot_be_sent_or_stored(text: str, problem: st
         ("*=429@date+x", "date\\+S takes a number of seconds"),
         ("*=429@date+1e99", "date\\+S takes a number of seconds"),
         ("*=429@date+nan", "date\\+S takes a number of seconds"),
+        ("*=429@reset+x", "reset\\+S takes a number of seconds"),
+        ("*=429@reset+1e99", "reset\\+S takes a number of seconds"),
         ("*=000", "a status is from 200 to 599"),
         ("*=999", "a status is from 200 to 599"),
         ("*=429@a\x01b", "printable ASCII"),
@@ -141,6 +143,22 @@ def test_fault_script_at_the_limits() -> None:
     assert len(script.steps["a"]) == MAX_REPEAT
     assert [f.retry_after for f in script.steps["b"]] == ["date+-5", "junk"]
     assert script.forever["b"].status == 500
+
+
+def test_reset_sends_only_x_ratelimit_reset() -> None:
+    """``429@reset+5``: OpenRouter's X-RateLimit-Reset (epoch ms) 5 s after now, and no
+    Retry-After, so a client that reads only Retry-After sees no hint."""
+    from datetime import UTC, datetime
+
+    from demiarch_flow.faults import render
+    from demiarch_flow.pricing import PriceTable
+
+    (fault,) = FaultScript.parse("a=429@reset+5").steps["a"]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    out = render(fault, "a", [], PriceTable.load(), "gen-1", now)
+    assert out.status == 429
+    assert "Retry-After" not in out.headers
+    assert int(out.headers["X-RateLimit-Reset"]) == int(now.timestamp() * 1000) + 5000
 
 
 def test_refused_is_a_fault_word() -> None:

@@ -159,24 +159,9 @@ def test_x_ratelimit_reset_is_a_wait_hint() -> None:
 
 async def test_429_with_x_ratelimit_reset_pauses_the_bucket(autojump_clock: object) -> None:
     """A 429 whose only hint is X-RateLimit-Reset pauses every model of the bucket until then."""
-    import json
-    import time
-
-    import httpx
-
-    fake = FakeOpenRouter()
-    first = [True]
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        if first[0]:
-            first[0] = False
-            reset = str(int(time.time() * 1000) + 5000)
-            return httpx.Response(429, headers={"X-RateLimit-Reset": reset},
-                                  content=json.dumps({"error": {"code": 429, "message": "slow"}}))  # fmt: skip
-        return await fake.handle_async_request(request)
-
+    fake = FakeOpenRouter(f"{SONNET}=429@reset+5")
     wf = with_limits('  rate:\n    "anthropic/*": {rpm: 6000}\n')
-    env = make_env(httpx.MockTransport(handler))
+    env = make_env(fake)
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_workflow, wf, RunRequest("a"), env)
