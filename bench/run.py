@@ -17,7 +17,7 @@ spread, because the machine this runs on is usually shared. Printed:
 * cold start of ``--help`` and ``validate``; ``batch --concurrency 100`` on a cold start (runs/s,
   timeouts) and the peak RSS of a larger batch;
 * the issue 10 targets, met or not; and where the time goes (cProfile of the main thread,
-  grouped by package).
+  and of the worker thread's store transactions, grouped by package).
 
 Usage: ``python bench/run.py [--quick] [--repeat N] [--peers PYTHON]`` (``just bench``). Nothing
 here is asserted against a target: the numbers are for the README, which copies one run's output.
@@ -298,6 +298,11 @@ def where_time_goes(main: Callable[[], Awaitable[Any]], runs: int) -> list[tuple
     profile.enable()
     trio.run(main)
     profile.disable()
+    return by_package(profile, runs)
+
+
+def by_package(profile: cProfile.Profile, runs: int) -> list[tuple[str, float]]:
+    """A profile's own time grouped by package (:data:`BUCKETS`), in µs per run."""
     stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     grouped: dict[str, float] = defaultdict(float)
     for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.items():
@@ -317,9 +322,25 @@ async def profiled_engine(runs: int) -> None:
         await run_workflow(WORKFLOW, RunRequest("Hello"), env)
 
 
+WORKER = cProfile.Profile()
+"""The worker thread's side of :func:`profiled_sqlite`: every store transaction (the main
+thread's profile sees that time only as waiting)."""
+
+
 async def profiled_sqlite(url: str, folder: Path, runs: int) -> None:
     async with open_world(db=f"sqlite:///{folder / 'profile.db'}", base_url=url, key=KEY,
                           max_in_flight=1) as world:  # fmt: skip
+        store: Any = world.env.store
+        commit = store._commit  # one transaction of the group commit, in the worker thread
+
+        def profiled_commit(batch: Any) -> None:
+            WORKER.enable()  # cProfile hooks the thread that enables it
+            try:
+                commit(batch)
+            finally:
+                WORKER.disable()
+
+        store._commit = profiled_commit
         for _ in range(runs):
             await run_workflow(WORKFLOW, RunRequest("Hello, benchmark"), world.env)
 
@@ -380,6 +401,7 @@ def main() -> None:
             sqlite_prof = where_time_goes(
                 lambda: profiled_sqlite(url, folder, prof_runs), prof_runs
             )
+            worker_prof = by_package(WORKER, prof_runs)
             peers = None
             if opts.peers:
                 res = subprocess.run(
@@ -444,6 +466,7 @@ def main() -> None:
         ("engine run, in-memory (cProfile, main thread)", engine_prof),
         ("full run on SQLite (cProfile, main thread; the worker thread's SQL shows as waiting)",
          sqlite_prof),
+        ("the same runs' store transactions (cProfile, worker thread)", worker_prof),
     ):  # fmt: skip
         whole = sum(v for _, v in prof)
         print(f"\nwhere the time goes — {title}: {whole:,.0f} µs per run under the profiler")
