@@ -2,7 +2,8 @@
 ``--key``, OpenRouter's own figures for the key beside ours.
 
 Spend is every billed generation on the database (the sum of ``llm_usage`` since the window
-began), whatever workflow made it; reservations are the worst cases of attempts in flight.
+began), whatever workflow made it; reservations are the worst cases of attempts in flight,
+and of attempts in the window that may have been billed without a figure (timeouts).
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 #: How long past its attempt's timeout a reservation outlives a process that died.
 RESERVATION_GRACE = timedelta(seconds=60)
+#: How long the worst case of an attempt that may have been billed, with no ``llm_usage`` row,
+#: stays counted: longer than the longest budget window (a month).
+UNBOOKED_KEPT = timedelta(days=32)
 #: Classes after which the provider may have billed (the answer was lost, not refused).
 _MAYBE_BILLED = frozenset({ErrorClass.TIMEOUT, ErrorClass.NETWORK_ERROR})
 
@@ -145,8 +148,10 @@ class Gate:
         limiter = self.env.limits
         err, done = result.error, result.completion
         if self.reservation is not None:
-            expires = self.env.now() + timedelta(seconds=self.wf.request.timeout_s)
+            now = self.env.now()
+            expires = now + timedelta(seconds=self.wf.request.timeout_s) + RESERVATION_GRACE
             amount: Decimal | None
+            unbooked = False
             if done is not None:
                 cost = self.env.prices.cost(
                     done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd,
@@ -154,10 +159,12 @@ class Gate:
                 )  # fmt: skip
                 amount = cost.usd if cost.source != "unknown" else self.reservation.amount_usd
             elif err is not None and err.error_class in _MAYBE_BILLED:
-                amount = self.reservation.amount_usd  # may have been billed: keep it booked
+                # may have been billed, and nothing will ever book it: keep the worst case
+                # for as long as a window it falls in lasts
+                amount, unbooked, expires = self.reservation.amount_usd, True, now + UNBOOKED_KEPT
             else:
                 amount = None
-            await limiter.shared.settle(self.reservation.id, amount, expires + RESERVATION_GRACE)
+            await limiter.shared.settle(self.reservation.id, amount, expires, unbooked=unbooked)
         if not self.buckets:
             return
         if done is not None and done.total_tokens is not None:

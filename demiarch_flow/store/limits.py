@@ -30,6 +30,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    and_,
     delete,
     func,
     insert,
@@ -48,6 +49,9 @@ from .tables import BudgetReservation, LlmUsage, RateBucketRow, WorkflowRun
 
 T = TypeVar("T")
 WindowName = Literal["run", "day", "month"]
+SETTLED, UNBOOKED = 1, 2
+"""``budget_reservations.settled``: the real cost; the worst case of an attempt that may have
+been billed without a figure (kept past its run, see :meth:`Ledger.settle`)."""
 _LOCK_KEY = 0x64656D6961726369  # the advisory lock of budget reservations ("demiarci")
 _ZERO = Decimal(0).quantize(NANO)
 
@@ -113,9 +117,20 @@ class Ledger(Protocol):
         does not fit (its books before this estimate), and insert nothing."""
 
     async def settle(
-        self, reservation_id: str, amount_usd: Decimal | None, expires_at: datetime
+        self,
+        reservation_id: str,
+        amount_usd: Decimal | None,
+        expires_at: datetime,
+        *,
+        unbooked: bool = False,
     ) -> None:
-        """Replace a reservation by the real cost (``None``: nothing was billed, release it)."""
+        """Replace a reservation by the real cost (``None``: nothing was billed, release it).
+
+        ``unbooked``: the attempt may have been billed and no ``llm_usage`` row will ever say
+        what it cost (a request that timed out or lost its connection: a blocking request is
+        billed in full). ``amount_usd`` then stays counted in the windows it falls in after its
+        run has ended, until ``expires_at``, instead of going with the run.
+        """
 
     async def window_use(
         self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None
@@ -167,8 +182,15 @@ class MemoryLedger:
         return None
 
     async def settle(
-        self, reservation_id: str, amount_usd: Decimal | None, expires_at: datetime
+        self,
+        reservation_id: str,
+        amount_usd: Decimal | None,
+        expires_at: datetime,
+        *,
+        unbooked: bool = False,
     ) -> None:
+        # Settled amounts are this ledger's spend, counted in their windows (it reads no
+        # llm_usage), so an unbooked one needs nothing more.
         held = self._reservations.pop(reservation_id, None)
         if held is not None and amount_usd is not None:
             self._reservations[reservation_id] = (replace(held[0], amount_usd=amount_usd), True)
@@ -243,7 +265,12 @@ class SqlLedger:
         return await self._run(functools.partial(_reserve, r=reservation, windows=windows))
 
     async def settle(
-        self, reservation_id: str, amount_usd: Decimal | None, expires_at: datetime
+        self,
+        reservation_id: str,
+        amount_usd: Decimal | None,
+        expires_at: datetime,
+        *,
+        unbooked: bool = False,
     ) -> None:
         def op(conn: Connection) -> None:
             if amount_usd is None:
@@ -252,7 +279,11 @@ class SqlLedger:
                 conn.execute(
                     update(_RES)
                     .where(_RES.c.id == reservation_id)
-                    .values(amount_usd=amount_usd, settled=1, expires_at=expires_at)
+                    .values(
+                        amount_usd=amount_usd,
+                        settled=UNBOOKED if unbooked else SETTLED,
+                        expires_at=expires_at,
+                    )
                 )
 
         await self._run(op)
@@ -336,10 +367,12 @@ class SqlLedger:
 
 
 def _clean(conn: Connection, now: datetime) -> None:
-    """Drop reservations that expired (their process died) or whose run has ended (its cost
-    is in ``llm_usage`` now, or it was never billed)."""
+    """Drop reservations that expired (their process died, or an unbooked amount's windows
+    have passed) or whose run has ended (its cost is in ``llm_usage`` now, or it was never
+    billed) — except the unbooked ones, whose cost no row will ever hold."""
     ended = select(_RUN.c.id).where(_RUN.c.status != "running")
-    conn.execute(delete(_RES).where(or_(_RES.c.expires_at < now, _RES.c.run_id.in_(ended))))
+    went_with_run = and_(_RES.c.run_id.in_(ended), _RES.c.settled != UNBOOKED)
+    conn.execute(delete(_RES).where(or_(_RES.c.expires_at < now, went_with_run)))
 
 
 def _sum(conn: Connection, column: ColumnElement[Decimal], *where: ColumnElement[bool]) -> Decimal:
@@ -356,7 +389,9 @@ def _use(conn: Connection, window: BudgetWindow, run_id: str | None) -> WindowUs
         reserved = _sum(conn, _RES.c.amount_usd, _RES.c.run_id == run_id)
     else:
         spent = _sum(conn, _USAGE.c.cost_usd, _USAGE.c.request_timestamp >= window.since)
-        reserved = _sum(conn, _RES.c.amount_usd, _RES.c.id.is_not(None))
+        # in flight: every window (it may land in any); unbooked: the windows it fell in
+        counted = or_(_RES.c.settled != UNBOOKED, _RES.c.created_at >= window.since)
+        reserved = _sum(conn, _RES.c.amount_usd, counted)
     return WindowUse(window.name, window.limit_usd, spent, reserved)
 
 

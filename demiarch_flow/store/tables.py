@@ -235,7 +235,9 @@ class BudgetReservation(Base):
     Written in a serialised transaction, so that spent + reserved + a new estimate never
     passes a budget, whatever the number of processes. Replaced by the real cost when the
     attempt ends (and deleted once the run has ended: its cost is in ``llm_usage`` then), or
-    deleted when nothing was billed; one left by a dead process expires at ``expires_at``.
+    deleted when nothing was billed; one left by a dead process expires at ``expires_at``, and
+    so does the worst case of an attempt that may have been billed but has no ``llm_usage``
+    row (``settled`` 2).
     """
 
     __tablename__ = "budget_reservations"
@@ -246,7 +248,9 @@ class BudgetReservation(Base):
     model: Mapped[str] = mapped_column(String(200))
     amount_usd: Mapped[Decimal] = mapped_column(USD)
     settled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    """0: the worst-case estimate; 1: the attempt's real cost."""
+    """0: the worst-case estimate; 1: the attempt's real cost; 2: the worst case of an attempt
+    that may have been billed without a figure (a timeout), kept past its run's end and
+    counted in the windows it fell in until it expires."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 

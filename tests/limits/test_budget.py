@@ -3,6 +3,7 @@ window is ever overshot — in one process (memory) and through the database (SQ
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -250,3 +251,41 @@ def test_window_amounts_are_plain_decimal_strings() -> None:
     assert (doc["spent_usd"], doc["reserved_usd"], doc["limit_usd"]) == (
         "0.000000000", "0.000000000", "5.000000000",
     )  # fmt: skip
+
+
+async def test_a_timed_out_attempt_stays_counted_after_its_run_failed(
+    db_url: str, autojump_clock: object
+) -> None:
+    """A blocking request that timed out may have been billed in full, and no llm_usage row
+    will ever say what it cost: its worst case stays counted in the windows it falls in after
+    the run has failed (and so keeps the next run out when it fills the day), but not in a
+    window that begins after it."""
+    now = [datetime(2026, 1, 1, 12, tzinfo=UTC)]
+    wf = with_limits("  budget: {daily_usd: 1}\n", fallback="model_unavailable")
+    worst = _worst(wf, SONNET, "hello")
+    text = "  budget: {daily_usd: %s}\n" % (worst * 3 / 2)
+    wf = with_limits(text, fallback="model_unavailable")
+    wf = dataclasses.replace(
+        wf,
+        request=dataclasses.replace(wf.request, timeout_s=10, stream=False),
+        retry=dataclasses.replace(wf.retry, max_retries=0),
+    )
+    fake = FakeOpenRouter(f"{SONNET}=hang")
+    store, env = await _sql_env(db_url, fake, now)
+    try:
+        failed = await run_workflow(wf, RunRequest("hello"), env)
+        assert failed.status == "failed"
+        assert [a.error_class for a in failed.attempts] == [ErrorClass.TIMEOUT]
+        assert len(fake.requests) == 1
+        ledger = env.limits.shared
+        (day,) = await ledger.window_use(budget_windows(wf.limits.budget, now[0]), now[0])
+        assert (day.spent_usd, day.reserved_usd) == (0, worst)
+        # the day has room for half a worst case more: the next run is refused, sends nothing
+        refused = await run_workflow(wf, RunRequest("hello"), env)
+        assert refused.error_class == ErrorClass.BUDGET_EXCEEDED
+        assert len(fake.requests) == 1
+        now[0] = datetime(2026, 1, 2, 0, 0, 1, tzinfo=UTC)
+        (day,) = await ledger.window_use(budget_windows(wf.limits.budget, now[0]), now[0])
+        assert day.reserved_usd == 0
+    finally:
+        store.close()
