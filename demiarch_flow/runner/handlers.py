@@ -146,6 +146,14 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
             result = await _stream(state, env, wf, payload, row)
         else:
             result = await client.complete(payload, timeout_s=wf.request.timeout_s)
+    except trio.Cancelled:
+        if gate is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await gate.abandoned()
+                except FlowError as exc:  # the cancellation goes on; the budget may undercount
+                    log.warning("could not keep the cancelled attempt's budget: %s", exc)
+        raise
     finally:
         if gate is not None:
             gate.release()

@@ -140,6 +140,19 @@ class Gate:
         while self.held:
             self.held.pop().release()
 
+    async def abandoned(self) -> None:
+        """The attempt was cancelled while its request was out (Ctrl-C, SIGTERM): it may
+        have been billed — a blocking request in full, a stream for what was generated where
+        the provider does not stop — and nothing books it now, so its worst case is kept like
+        a timeout's. ``runs resume`` replaces it by the real cost if it finds the generation.
+        Call it shielded."""
+        self.release()
+        if self.reservation is not None:
+            expires = self.env.now() + UNBOOKED_KEPT
+            await self.env.limits.shared.settle(
+                self.reservation.id, self.reservation.amount_usd, expires, unbooked=True
+            )
+
     async def settle(self, result: Attempt) -> None:
         """Book what the attempt really did: its cost replaces the reservation (released when
         nothing was billed), its real tokens correct the ``tpm`` schedules, and a 429 with a

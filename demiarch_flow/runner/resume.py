@@ -7,10 +7,11 @@ the resume as a transition. Nothing that was already paid for is paid for again:
 
 * a run that saved its reply is only reported;
 * a reply waiting in the recovery file is stored from there;
-* a request that was sent but never recorded (the process died) is looked up by its generation
-  id (``GET /generation``, retried a few times: the record appears late) and booked in
-  ``llm_usage`` as a billed attempt; without a generation id the journal says the earlier
-  attempt may have been billed, and the request is sent again;
+* a request that was sent but never recorded (the process died), or a stream cancelled after
+  its generation was named (the provider may bill what it generated), is looked up by its
+  generation id (``GET /generation``, retried a few times: the record appears late) and booked
+  in ``llm_usage`` as a billed attempt, once; without a generation id the journal says the
+  earlier attempt may have been billed, and the request is sent again;
 * a completion that was checkpointed but not stored is persisted without a request.
 """
 
@@ -121,9 +122,7 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
     now = env.now()
     entries: list[JournalEntry] = []
     seq = state.seq
-    for attempt in run.attempts:
-        if attempt.ended_at is not None:
-            continue
+    for attempt in await _unbooked_attempts(env, run):
         seq += 1
         entries.append(await _settle_lost_attempt(env, run, state, attempt, seq))
     seq += 1
@@ -209,10 +208,29 @@ async def _recover_from_file(run: StoredRun, env: RunEnv) -> bool:
     return False
 
 
+async def _unbooked_attempts(env: RunEnv, run: StoredRun) -> list[AttemptRow]:
+    """The requests that may have cost money no ``llm_usage`` row shows yet: those sent and
+    never recorded (a crash), and streams cancelled after their generation was named (Ctrl-C:
+    the provider may bill what it generated, and only ``GET /generation`` knows what) that
+    no earlier resume has settled."""
+    settled = {
+        e.attempt
+        for e in await env.store.journal(run.run_id)
+        if e.event in ("attempt_billed", "attempt_unrecorded")
+    }
+    return [
+        a
+        for a in run.attempts
+        if a.ended_at is None
+        or (a.error_class == ErrorClass.CANCELLED and a.generation_id and a.number not in settled)
+    ]
+
+
 async def _settle_lost_attempt(
     env: RunEnv, run: StoredRun, state: RunState, attempt: AttemptRow, seq: int
 ) -> JournalEntry:
-    """Book what a request that was sent but never recorded cost, and journal it."""
+    """Book what a request that was sent but never recorded (or cancelled) cost, and journal
+    it; a request never recorded is closed as ``unrecorded``, a cancelled one stays as it is."""
     now = env.now()
     event = "attempt_unrecorded"
     if attempt.generation_id:
@@ -236,12 +254,13 @@ async def _settle_lost_attempt(
                 )
             )
             event = "attempt_billed"
-    await env.store.attempt_ended(
-        dataclasses.replace(attempt, ended_at=now, error_class=ErrorClass.UNRECORDED)
-    )
+    cls = ErrorClass.CANCELLED
+    if attempt.ended_at is None:
+        cls = ErrorClass.UNRECORDED
+        await env.store.attempt_ended(dataclasses.replace(attempt, ended_at=now, error_class=cls))
     return JournalEntry(
         run.run_id, seq, state.state, event, state.state, attempt.model, attempt.number,
-        ErrorClass.UNRECORDED, None, now,
+        cls, None, now,
     )  # fmt: skip
 
 

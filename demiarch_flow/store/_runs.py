@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .base import (
@@ -23,7 +23,16 @@ from .base import (
     StoredReply,
     StoredRun,
 )
-from .tables import ChatMessage, LlmUsage, RunAttempt, RunEvent, WorkflowDefinition, WorkflowRun
+from .tables import (
+    UNBOOKED,
+    BudgetReservation,
+    ChatMessage,
+    LlmUsage,
+    RunAttempt,
+    RunEvent,
+    WorkflowDefinition,
+    WorkflowRun,
+)
 
 _RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
 _EVENT: Table = RunEvent.__table__  # type: ignore[assignment]
@@ -31,6 +40,7 @@ _ATTEMPT: Table = RunAttempt.__table__  # type: ignore[assignment]
 _DEFINITION: Table = WorkflowDefinition.__table__  # type: ignore[assignment]
 _USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
 _MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
+_RES: Table = BudgetReservation.__table__  # type: ignore[assignment]
 
 _INS_EVENT = insert(_EVENT)
 _INS_ATTEMPT = insert(_ATTEMPT)
@@ -187,6 +197,14 @@ def book_billed(conn: Connection, billed: BilledAttempt) -> None:
          "cached_tokens": 0, "cost_usd": billed.cost_usd, "cost_source": billed.cost_source,
          "latency_ms": 0, "attempts": billed.attempt, "request_timestamp": billed.at},
     )  # fmt: skip
+    # Its cost is in llm_usage now: the worst case a budget kept for it goes.
+    conn.execute(
+        delete(_RES).where(
+            _RES.c.run_id == billed.run_id,
+            _RES.c.attempt == billed.attempt,
+            _RES.c.settled == UNBOOKED,
+        )
+    )
 
 
 # ---------------------------------------------------------------------- reads

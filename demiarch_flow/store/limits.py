@@ -45,13 +45,17 @@ from ..errors import PersistenceError, redact
 from ..gcra import BucketRule, BucketState, correct, pause, take
 from ..pricing import NANO
 from ._tx import serialised
-from .tables import BudgetReservation, LlmUsage, RateBucketRow, WorkflowRun
+from .tables import (
+    SETTLED,
+    UNBOOKED,
+    BudgetReservation,
+    LlmUsage,
+    RateBucketRow,
+    WorkflowRun,
+)
 
 T = TypeVar("T")
 WindowName = Literal["run", "day", "month"]
-SETTLED, UNBOOKED = 1, 2
-"""``budget_reservations.settled``: the real cost; the worst case of an attempt that may have
-been billed without a figure (kept past its run, see :meth:`Ledger.settle`)."""
 _LOCK_KEY = 0x64656D6961726369  # the advisory lock of budget reservations ("demiarci")
 _ZERO = Decimal(0).quantize(NANO)
 

@@ -229,6 +229,11 @@ class RunAttempt(Base):
     """What a streamed attempt had received when it broke (never the reply)."""
 
 
+SETTLED, UNBOOKED = 1, 2
+"""``budget_reservations.settled``: the attempt's real cost; the worst case of an attempt that
+may have been billed without a figure (kept past its run's end, see ``Ledger.settle``)."""
+
+
 class BudgetReservation(Base):
     """The worst-case cost of an attempt in flight, held until its real cost is booked.
 

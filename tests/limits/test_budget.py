@@ -13,7 +13,7 @@ import trio
 
 from demiarch_flow.errors import ErrorClass, UsageError
 from demiarch_flow.pricing import Price, PriceTable
-from demiarch_flow.runner import RunRequest, run_workflow
+from demiarch_flow.runner import FlowRecord, RunRequest, run_workflow
 from demiarch_flow.runner.budget import (
     budget_windows,
     estimate_tokens,
@@ -287,5 +287,51 @@ async def test_a_timed_out_attempt_stays_counted_after_its_run_failed(
         now[0] = datetime(2026, 1, 2, 0, 0, 1, tzinfo=UTC)
         (day,) = await ledger.window_use(budget_windows(wf.limits.budget, now[0]), now[0])
         assert day.reserved_usd == 0
+    finally:
+        store.close()
+
+
+async def test_a_cancelled_attempt_stays_counted_until_resume_books_it(
+    db_url: str, autojump_clock: object
+) -> None:
+    """Ctrl-C while a stream is out: its worst case stays counted after the run is recorded
+    cancelled (it may be billed, nothing booked it); `runs resume` finds the generation, books
+    its real cost in llm_usage and drops the kept worst case, so nothing counts twice."""
+    from demiarch_flow.runner.resume import resume_run
+
+    now = [datetime(2026, 1, 1, 12, tzinfo=UTC)]
+    wf = with_limits("  budget: {daily_usd: 1}\n")
+    worst = _worst(wf, SONNET, "hello")
+    fake = FakeOpenRouter(f"{SONNET}=stall:3")
+    store, env = await _sql_env(db_url, fake, now)
+    scope = trio.CancelScope()
+
+    class CtrlC:
+        """Cancels the run once text has arrived (not by time: the store's threads would
+        let the autojump clock fire a deadline anywhere)."""
+
+        async def on_record(self, rec: FlowRecord) -> None:
+            if rec.kind == "delta":
+                scope.cancel()
+
+    try:
+        with scope:
+            await run_workflow(
+                wf, RunRequest("hello"), dataclasses.replace(env, listeners=(CtrlC(),))
+            )
+        (run,) = await store.list_runs(status=None, since=None, limit=5)
+        assert run.status == "cancelled"
+        ledger = env.limits.shared
+        windows = budget_windows(wf.limits.budget, now[0])
+        (day,) = await ledger.window_use(windows, now[0])
+        assert (day.spent_usd, day.reserved_usd) == (0, worst)
+        resumed = await resume_run(run.run_id, env)
+        assert resumed.outcome.succeeded
+        assert len(fake.requests) == 2
+        (day,) = await ledger.window_use(windows, now[0])
+        booked = await store.load_run(run.run_id)
+        assert booked is not None and booked.cost_usd is not None
+        assert day.reserved_usd == 0
+        assert day.spent_usd == booked.cost_usd > resumed.outcome.cost_usd  # type: ignore[operator]
     finally:
         store.close()

@@ -250,6 +250,39 @@ async def test_a_lost_attempt_of_unknown_generation_books_nothing(
     assert len(store.usage) == 1
 
 
+async def test_a_cancelled_stream_is_booked_once_by_resume(autojump_clock: object) -> None:
+    """Ctrl-C after a stream named its generation: the provider may bill what it generated, so
+    resume looks the generation up and books it (journal ``attempt_billed``; the attempt stays
+    ``cancelled``); a second resume of the same run does not book it again."""
+    from demiarch_flow.runner import FlowRecord
+
+    fake, store = FakeOpenRouter(f"{SONNET}=stall:3,401"), MemoryStore()
+    scope = trio.CancelScope()
+
+    class CtrlC:
+        async def on_record(self, rec: FlowRecord) -> None:
+            if rec.kind == "delta":
+                scope.cancel()
+
+    with scope:
+        await run_workflow(WF, RunRequest("Hi"), env_of(fake, store, listeners=(CtrlC(),)))
+    (run_id,) = store.runs
+    assert store.runs[run_id]["status"] == "cancelled"
+    assert store.billed == []
+    first = await resume_run(run_id, env_of(fake, store))
+    assert first.outcome.status == "failed"  # the 401
+    (billed,) = store.billed
+    run = await loaded(store, run_id)
+    assert (billed.attempt, billed.generation_id) == (1, run.attempts[0].generation_id)
+    assert billed.cost_usd > 0
+    assert run.attempts[0].error_class == "cancelled"
+    again = await resume_run(run_id, env_of(fake, store))
+    assert again.outcome.status == "succeeded"
+    assert len(store.billed) == 1
+    assert [e[1] for e in journal(store, run_id)].count("attempt_billed") == 1
+    assert len(fake.requests) == 3
+
+
 async def test_a_run_failed_after_fallback_resumes_on_the_last_model(
     autojump_clock: object,
 ) -> None:
