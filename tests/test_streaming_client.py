@@ -173,3 +173,37 @@ def test_reader_accepts_a_finish_without_done_and_counts_usage_once() -> None:
     assert not isinstance(done, Exception)
     assert done.content == "Hi" and str(done.cost_usd) == "0.500000000"
     assert done.generation_id == "gen-1"
+
+
+@pytest.mark.parametrize(
+    ("failure", "cls", "unsent"),
+    [
+        (httpx.ConnectError("refused"), ErrorClass.NETWORK_ERROR, True),
+        (httpx.ConnectTimeout("no connection"), ErrorClass.TIMEOUT, True),
+        (httpx.PoolTimeout("no free connection"), ErrorClass.TIMEOUT, True),
+        (httpx.ReadTimeout("no answer"), ErrorClass.TIMEOUT, False),
+        (httpx.ReadError("reset"), ErrorClass.NETWORK_ERROR, False),
+        (httpx.WriteError("broken pipe"), ErrorClass.NETWORK_ERROR, False),
+    ],
+)
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_request_that_never_left_says_so(
+    failure: Exception, cls: ErrorClass, unsent: bool, streamed: bool
+) -> None:
+    """Failures before the request could leave (no connection, none free in time) are marked
+    ``unsent``: nothing can have been billed (budgets release them); any later failure may
+    have been billed, blocking or streamed alike."""
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    c = client(httpx.MockTransport(fail))
+    payload = c.build_payload(M, MESSAGES)
+    if streamed:
+        result = await c.stream(
+            payload, timeout_s=120.0, first_token_timeout_s=10.0, idle_timeout_s=5.0
+        )
+    else:
+        result = await c.complete(payload, timeout_s=120.0)
+    assert result.error is not None and result.error.error_class == cls
+    assert result.unsent is unsent

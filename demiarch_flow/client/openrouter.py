@@ -96,6 +96,13 @@ class Attempt:
     """A ``stream_interrupted`` attempt: what broke it (``server_error``, ``timeout``, …)."""
     streamed: bool = False
     """The answer came as an event stream (a server may answer a streamed request whole)."""
+    unsent: bool = False
+    """The request never reached the provider (no connection could be made, or none was free
+    in time): nothing can have been billed."""
+
+
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Failures before the request could leave: no connection, or none free in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +206,11 @@ class OpenRouterClient:
                 status = response.status_code
                 hint = parse_retry_after(response.headers)
                 outcome = parse_completion(status, response.content, model, hint)
+        except _UNSENT as exc:
+            cls = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
+            outcome = ProviderError(cls, _describe(exc), model=model)
+            latency_ms = round((trio.current_time() - started) * 1000)
+            return Attempt(model, None, outcome, latency_ms, status, unsent=True)
         except httpx.TimeoutException as exc:
             outcome = ProviderError("timeout", _describe(exc), model=model)
         except httpx.DecodingError as exc:  # e.g. Content-Encoding: gzip on a plain body
@@ -315,6 +327,11 @@ class OpenRouterClient:
                     outcome = reader.broken(
                         "timeout", f"nothing arrived for {idle_timeout_s:g} s", status
                     )
+        except _UNSENT as exc:
+            cls = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
+            latency_ms = round((trio.current_time() - started) * 1000)
+            error = ProviderError(cls, _describe(exc), model=model)
+            return Attempt(model, None, error, latency_ms, status, unsent=True)
         except httpx.TimeoutException as exc:
             outcome = self._broken(reader, "timeout", exc, model, status)
         except httpx.DecodingError as exc:

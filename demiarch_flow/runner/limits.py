@@ -171,7 +171,7 @@ class Gate:
                     self.model,
                 )  # fmt: skip
                 amount = cost.usd if cost.source != "unknown" else self.reservation.amount_usd
-            elif err is not None and err.error_class in _MAYBE_BILLED:
+            elif err is not None and err.error_class in _MAYBE_BILLED and not result.unsent:
                 # may have been billed, and nothing will ever book it: keep the worst case
                 # for as long as a window it falls in lasts
                 amount, unbooked, expires = self.reservation.amount_usd, True, now + UNBOOKED_KEPT

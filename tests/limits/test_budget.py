@@ -291,6 +291,27 @@ async def test_a_timed_out_attempt_stays_counted_after_its_run_failed(
         store.close()
 
 
+async def test_a_request_that_never_left_releases_its_reservation(
+    db_url: str, autojump_clock: object
+) -> None:
+    """A refused connection is a network error like a dropped one, but the request never
+    reached the provider: nothing can have been billed, so nothing stays counted."""
+    now = [datetime(2026, 1, 1, 12, tzinfo=UTC)]
+    wf = with_limits("  budget: {daily_usd: 1}\n", fallback="model_unavailable")
+    wf = dataclasses.replace(wf, retry=dataclasses.replace(wf.retry, max_retries=0))
+    fake = FakeOpenRouter(f"{SONNET}=refused")
+    store, env = await _sql_env(db_url, fake, now)
+    try:
+        failed = await run_workflow(wf, RunRequest("hello"), env)
+        assert [a.error_class for a in failed.attempts] == [ErrorClass.NETWORK_ERROR]
+        (day,) = await env.limits.shared.window_use(  # type: ignore[union-attr]
+            budget_windows(wf.limits.budget, now[0]), now[0]  # type: ignore[union-attr]
+        )
+        assert (day.spent_usd, day.reserved_usd) == (0, 0)
+    finally:
+        store.close()
+
+
 async def test_a_cancelled_attempt_stays_counted_until_resume_books_it(
     db_url: str, autojump_clock: object
 ) -> None:
