@@ -304,9 +304,8 @@ async def test_a_request_that_never_left_releases_its_reservation(
     try:
         failed = await run_workflow(wf, RunRequest("hello"), env)
         assert [a.error_class for a in failed.attempts] == [ErrorClass.NETWORK_ERROR]
-        (day,) = await env.limits.shared.window_use(  # type: ignore[union-attr]
-            budget_windows(wf.limits.budget, now[0]), now[0]  # type: ignore[union-attr]
-        )
+        windows = budget_windows(wf.limits.budget, now[0])  # type: ignore[union-attr]
+        (day,) = await env.limits.shared.window_use(windows, now[0])  # type: ignore[union-attr]
         assert (day.spent_usd, day.reserved_usd) == (0, 0)
     finally:
         store.close()
