@@ -28,10 +28,9 @@ import trio
 
 from ..definition import Workflow, WorkflowMachine, machine_class
 from ..errors import ErrorClass, FlowError, redact
-from ..pricing import NANO
 from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
 from .context import RunEnv, RunRequest, model_chain, new_id
-from .handlers import HANDLERS, build_reply, record, write_recovery
+from .handlers import HANDLERS, record, rescue_reply
 from .records import FlowRecord
 from .state import AttemptInfo, Message, RunState, Step
 from .transition import cause, journal_entry, moved
@@ -163,6 +162,22 @@ async def advance(
     spec = wf.state(state.state)
     assert spec.action is not None, f"state {state.state} has no action"
     step = await HANDLERS[spec.action](state, env, wf)
+    if state.completion is None and step.state.completion is not None:
+        # This step brought a paid-for answer: until its checkpoint is durable, nothing
+        # (Ctrl-C, a store that fails, a bug) may take it away.
+        try:
+            return await _apply(machine, wf, state, step, env)
+        except (Exception, trio.Cancelled) as exc:
+            rescue_reply(env, wf, step.state, exc)
+            raise
+    return await _apply(machine, wf, state, step, env)
+
+
+async def _apply(
+    machine: WorkflowMachine, wf: Workflow, state: RunState, step: Step, env: RunEnv
+) -> tuple[Step, RunState, FlowRecord | None]:
+    """The rest of :func:`advance`, once the handler has returned ``step``."""
+    spec = wf.state(state.state)
     if step.wait is not None:
         # The run is about to be idle for a while: make where it stands durable first.
         await env.store.checkpoint(checkpoint(step.state), durable=True)
@@ -224,7 +239,7 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
         # A bug or an unexpected error: the run must not stay 'running' in the database, and
         # a reply that had arrived must not be lost.
         with trio.CancelScope(shield=True):
-            _rescue_reply(env, wf, state, exc)
+            rescue_reply(env, wf, state, exc)
             await _record_end(
                 env, state, "failed", ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc}"
             )
@@ -265,33 +280,6 @@ async def _run_action(
     step = await HANDLERS[action](state, env, wf)
     await emit(env, step.records)
     return step, step.state, None
-
-
-def _rescue_reply(env: RunEnv, wf: Workflow, state: RunState, exc: Exception) -> None:
-    """Write a paid-for reply that an unexpected error kept out of the store to the recovery
-    file (at the cost Persist computed, if it got that far)."""
-    if state.completion is None or state.saved_message_id is not None:
-        return
-    if state.conversation_id is None:
-        return
-    usd, source = state.cost_usd, state.cost_source
-    if usd is None or source is None:
-        done = state.completion
-        asked = state.attempts[-1].model if state.attempts else done.model
-        try:
-            cost = env.prices.cost(
-                done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd, asked
-            )
-            usd, source = cost.usd, cost.source
-        except Exception:  # the price table may be what broke
-            usd, source = Decimal(0).quantize(NANO), "unknown"
-    final = wf.state(state.state).target("saved") if state.state in wf.state_names else None
-    try:
-        write_recovery(env, build_reply(state, usd, source, env.now()), final, exc)
-    except Exception:  # the original error is the one to report
-        log.exception(
-            "could not write the reply to the recovery file:\n%s", state.completion.content
-        )
 
 
 async def _record_end(

@@ -29,6 +29,7 @@ from ..client import Attempt, Completion
 from ..definition import ALWAYS_FATAL, Workflow
 from ..definition.model import RequestSettings
 from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError
+from ..pricing import NANO
 from ..store.base import AttemptRow, BilledAttempt, Checkpoint, NewRun, Reply, RunEnd
 from .context import RunEnv, new_id
 from .limits import admit
@@ -132,6 +133,10 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         if gate is not None:
             gate.release()  # its reservation goes with the failed run
         return Step("fatal", state.failed(ErrorInfo.of(exc)))
+    except BaseException:  # cancelled before the request left: give the permits back
+        if gate is not None:
+            gate.release()
+        raise
     client = env.client
     payload = client.build_payload(
         model,
@@ -157,24 +162,27 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     finally:
         if gate is not None:
             gate.release()
-    if gate is not None:
-        await gate.settle(result)
     err = result.error
     partial = result.partial
     generation_id = (result.completion or partial or _NO_ANSWER).generation_id
-    await env.store.attempt_ended(
-        dataclasses.replace(
-            row,
-            ended_at=env.now(),
-            status=result.status,
-            error_class=err.error_class if err else None,
-            generation_id=generation_id,
-            latency_ms=result.latency_ms,
-            partial_text=partial.content if partial is not None else None,
+    with trio.CancelScope(shield=True):
+        # The attempt is over and may have cost money: its books are kept whatever happens
+        # now (a few short writes; Ctrl-C goes on once they are done).
+        if gate is not None:
+            await gate.settle(result)
+        await env.store.attempt_ended(
+            dataclasses.replace(
+                row,
+                ended_at=env.now(),
+                status=result.status,
+                error_class=err.error_class if err else None,
+                generation_id=generation_id,
+                latency_ms=result.latency_ms,
+                partial_text=partial.content if partial is not None else None,
+            )
         )
-    )
-    if partial is not None and err is not None:
-        await _book_interrupted(state, env, row, partial, result.latency_ms)
+        if partial is not None and err is not None:
+            await _book_interrupted(state, env, row, partial, result.latency_ms)
     info = AttemptInfo(
         number=number,
         model=model,
@@ -204,7 +212,11 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
             env.cooldowns.success(model)
         completion = result.completion
         if result.streamed and completion is not None and completion.cost_usd is None:
-            completion = await _looked_up(env, completion)
+            try:
+                completion = await _looked_up(env, completion)
+            except trio.Cancelled as exc:  # the answer is paid for: keep it
+                rescue_reply(env, wf, dataclasses.replace(tried, completion=completion), exc)
+                raise
         done = dataclasses.replace(tried, completion=completion)
         return Step("succeeded", done, (attempt_record,))
     error = ErrorInfo.of(err)
@@ -586,6 +598,36 @@ def write_recovery(
         path,
     )
     return path
+
+
+def rescue_reply(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException) -> None:
+    """Write a paid-for reply that an unexpected error or a cancellation kept out of the store
+    to the recovery file (at the cost Persist computed, if it got that far); nothing when
+    ``state`` holds no answer, or its answer is stored. Synchronous: it runs in a cancelled
+    scope too."""
+    if state.completion is None or state.saved_message_id is not None:
+        return
+    if state.conversation_id is None:
+        return
+    usd, source = state.cost_usd, state.cost_source
+    if usd is None or source is None:
+        done = state.completion
+        asked = state.attempts[-1].model if state.attempts else done.model
+        try:
+            cost = env.prices.cost(
+                done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd, asked
+            )
+            usd, source = cost.usd, cost.source
+        except Exception:  # the price table may be what broke
+            usd, source = Decimal(0).quantize(NANO), "unknown"
+    final = wf.state(state.state).target("saved") if state.state in wf.state_names else None
+    try:
+        error = exc if isinstance(exc, Exception) else FlowError("cancelled before it was stored")
+        write_recovery(env, build_reply(state, usd, source, env.now()), final, error)
+    except Exception:  # the original error is the one to report
+        log.exception(
+            "could not write the reply to the recovery file:\n%s", state.completion.content
+        )
 
 
 async def fail(state: RunState, env: RunEnv, wf: Workflow) -> Step:

@@ -1,5 +1,6 @@
 """Issue 9 #12: absurd figures in a paid answer are unknown, the reply is saved; and any
-unexpected error after a reply arrived still writes it to the recovery file."""
+unexpected error — or a cancellation — after a reply arrived still writes it to the recovery
+file, until its checkpoint is durable."""
 
 from __future__ import annotations
 
@@ -86,3 +87,68 @@ async def test_unexpected_error_after_the_reply_writes_the_recovery_file(
     (run,) = store.runs.values()
     assert (run["status"], run["error_class"]) == ("failed", "internal")
     assert store.usage == []
+
+
+class FailingAnswerCheckpoint(MemoryStore):
+    """A store that cannot make the answer's checkpoint durable (the database went away just
+    as the answer arrived)."""
+
+    async def checkpoint(self, checkpoint: Any, *, durable: bool) -> None:
+        if durable and checkpoint.state.completion is not None:
+            from demiarch_flow.errors import PersistenceError
+
+            raise PersistenceError("database is locked")
+        await super().checkpoint(checkpoint, durable=durable)
+
+
+async def test_a_store_failing_as_the_answer_arrives_keeps_it_in_the_recovery_file(
+    tmp_path: Path, autojump_clock: object
+) -> None:
+    """The answer's checkpoint cannot be committed: the run fails, and the paid-for answer is
+    in recovery.jsonl (before, only the state before the Request step was rescued: none)."""
+    from demiarch_flow.runner import RunRequest, run_workflow
+
+    store = FailingAnswerCheckpoint()
+    env = dataclasses.replace(Harness().env(), store=store, recovery_dir=str(tmp_path))
+    with pytest.raises(Exception, match="database is locked"):
+        await run_workflow(default_workflow(), RunRequest("keep it"), env)
+    (row,) = [json.loads(line) for line in (tmp_path / "recovery.jsonl").read_text().splitlines()]
+    assert row["content"] == f"[simulated {SONNET}] You said: keep it"
+    assert store.usage == []
+
+
+async def test_ctrl_c_just_after_a_blocking_answer_does_not_pay_twice(
+    tmp_path: Path, autojump_clock: object
+) -> None:
+    """Ctrl-C lands after the answer arrived, before its checkpoint commits (SQLite store):
+    the answer goes to the recovery file, the run is cancelled, and `runs resume` stores it
+    from there — one request, one reply, one llm_usage row."""
+    import trio
+
+    from demiarch_flow.runner import FlowRecord, RunRequest, run_workflow
+    from demiarch_flow.runner.resume import resume_run
+    from demiarch_flow.store.sql import SqlStore
+
+    h = Harness()
+    store = await SqlStore.open(f"sqlite:///{tmp_path / 'flow.db'}")
+    scope = trio.CancelScope()
+
+    class CtrlC:
+        async def on_record(self, rec: FlowRecord) -> None:
+            if rec.kind == "attempt" and rec.error_class is None:
+                scope.cancel()
+
+    env = dataclasses.replace(h.env(), store=store, recovery_dir=str(tmp_path))
+    try:
+        with scope:
+            ctrl_c = dataclasses.replace(env, listeners=(CtrlC(),))
+            await run_workflow(default_workflow(), RunRequest("keep it", stream=False), ctrl_c)
+        (run,) = await store.list_runs(status=None, since=None, limit=5)
+        assert run.status == "cancelled"
+        assert (tmp_path / "recovery.jsonl").is_file()
+        resumed = await resume_run(run.run_id, env)
+        assert resumed.recovered and resumed.outcome.succeeded
+        assert len(h.fake.requests) == 1
+        assert (await store.count_rows())["llm_usage"] == 1
+    finally:
+        store.close()
