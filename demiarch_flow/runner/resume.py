@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from ..client.openrouter import GenerationCost
 from ..definition import Workflow, parse_workflow
 from ..errors import DefinitionError, ErrorClass, UsageError
-from ..store.base import AttemptRow, BilledAttempt, Checkpoint, JournalEntry, StoredRun
+from ..store.base import (
+    AttemptRow,
+    BilledAttempt,
+    Checkpoint,
+    Definition,
+    JournalEntry,
+    StoredRun,
+)
 from .context import RunEnv, new_id
 from .engine import RunOutcome, drive
 from .owner import effective_status
@@ -145,11 +152,14 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
         seq=seq,
         resume_count=run.resume_count + 1,
     )
+    edited = workflow is not None and workflow.text and workflow.sha256 != run.workflow_sha256
     taken = await env.store.reopen_run(
         Checkpoint(run.run_id, point, resumed.model, resumed, tuple(entries)),
         env.owner,
         now,
         expect=(run.status, run.owner),
+        # the rest runs under the edited definition, and so will a later resume without one
+        definition=Definition(wf.name, wf.sha256, wf.text) if edited else None,
     )
     if not taken:
         raise NotResumable(f"run {run_id} was resumed by another process just now")

@@ -18,6 +18,7 @@ from .base import (
     AttemptRow,
     BilledAttempt,
     Checkpoint,
+    Definition,
     JournalEntry,
     RunStatus,
     StoredReply,
@@ -163,6 +164,7 @@ def reopen(
     owner: str | None,
     at: datetime,
     expect: tuple[RunStatus, str | None] | None = None,
+    definition: Definition | None = None,
 ) -> bool:
     statement = _REOPEN
     if expect is not None:
@@ -176,6 +178,13 @@ def reopen(
     )  # fmt: skip
     if done.rowcount != 1:
         return False
+    if definition is not None:
+        store_definition(conn, definition.sha256, definition.name, definition.text, at)
+        conn.execute(
+            update(_RUN)
+            .where(_RUN.c.id == cp.run_id)
+            .values(workflow=definition.name, workflow_sha256=definition.sha256)
+        )
     if cp.entries:
         append_events(conn, cp.entries)
     return True

@@ -200,6 +200,15 @@ class StoredRun:
 
 
 @dataclass(frozen=True, slots=True)
+class Definition:
+    """A workflow's text as runs keep it: once per ``sha256`` in ``workflow_definitions``."""
+
+    name: str
+    sha256: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class BilledAttempt:
     """A generation that was billed but whose answer never reached the database (found when a
     run is resumed): booked in ``llm_usage`` with no message, so spend is never lost."""
@@ -277,11 +286,14 @@ class Store(Protocol):
         at: datetime,
         *,
         expect: tuple[RunStatus, str | None] | None = None,
+        definition: Definition | None = None,
     ) -> bool:
         """Mark a run running again under ``owner`` (one more resume), with its new checkpoint
         and the journal row of the resume, in one transaction. With ``expect`` (the status and
         owner the caller saw), only if the run still has them: two processes resuming the same
-        run cannot both take it. Returns whether the run was reopened."""
+        run cannot both take it. With ``definition`` (resumed under an edited workflow), the
+        run goes on under it: its text is kept and its name and sha256 recorded on the run.
+        Returns whether the run was reopened."""
 
     async def book_billed(self, billed: BilledAttempt) -> None:
         """Book a billed attempt that has no reply (idempotent per run and generation)."""

@@ -18,6 +18,7 @@ from .base import (
     BeganRun,
     BilledAttempt,
     Checkpoint,
+    Definition,
     ImportResult,
     JournalEntry,
     JsonState,
@@ -164,10 +165,14 @@ class MemoryStore:
         at: datetime,
         *,
         expect: tuple[RunStatus, str | None] | None = None,
+        definition: Definition | None = None,
     ) -> bool:
         row = self.runs[checkpoint.run_id]
         if expect is not None and (row.get("status"), row.get("owner")) != expect:
             return False
+        if definition is not None:
+            self.definitions.setdefault(definition.sha256, definition.text)
+            row.update(workflow=definition.name, workflow_sha256=definition.sha256)
         row.update(
             status="running", current_state=checkpoint.current_state, model=checkpoint.model,
             state=checkpoint.state, owner=owner, heartbeat_at=at,

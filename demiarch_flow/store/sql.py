@@ -49,6 +49,7 @@ from .base import (
     BeganRun,
     BilledAttempt,
     Checkpoint,
+    Definition,
     ImportResult,
     JournalEntry,
     NewRun,
@@ -378,10 +379,14 @@ class SqlStore:
         at: datetime,
         *,
         expect: tuple[RunStatus, str | None] | None = None,
+        definition: Definition | None = None,
     ) -> bool:
         return await self._write(
-            functools.partial(_runs.reopen, cp=checkpoint, owner=owner, at=at, expect=expect)
-        )
+            functools.partial(
+                _runs.reopen, cp=checkpoint, owner=owner, at=at, expect=expect,
+                definition=definition,
+            )
+        )  # fmt: skip
 
     async def book_billed(self, billed: BilledAttempt) -> None:
         await self._write(functools.partial(_runs.book_billed, billed=billed))

@@ -320,6 +320,25 @@ async def test_the_stored_definition_is_used_unless_another_is_given(
     assert waited == [pytest.approx(1.0), pytest.approx(7.0)]
 
 
+async def test_a_run_resumed_under_an_edited_definition_stays_under_it(
+    autojump_clock: object,
+) -> None:
+    """``workflow=`` records the edited definition on the run: a later resume without one
+    goes on under the edit (7 s backoff), not under the definition the run started with."""
+    slow = edited(**{"initial_delay_s: 1": "initial_delay_s: 7"})
+    fake, store = FakeOpenRouter(f"{SONNET}=500"), MemoryStore()
+    with trio.move_on_after(0.5):
+        await start(fake, store)
+    (run_id,) = store.runs
+    with trio.move_on_after(3):
+        await resume_run(run_id, env_of(fake, store), workflow=slow)
+    assert store.runs[run_id]["workflow_sha256"] == slow.sha256 != WF.sha256
+    began = trio.current_time()
+    resumed = await resume_run(run_id, env_of(fake, store))
+    assert resumed.outcome.status == "succeeded"
+    assert trio.current_time() - began == pytest.approx(7.0)
+
+
 async def test_an_unknown_run_is_not_resumable(autojump_clock: object) -> None:
     """No run with that id: NotResumable (exit 2), nothing sent."""
     fake, store = FakeOpenRouter(), MemoryStore()

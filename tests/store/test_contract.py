@@ -14,7 +14,7 @@ from sqlalchemy import select
 from demiarch_flow.definition import Workflow, parse_workflow
 from demiarch_flow.runner import RunOutcome, RunRequest, run_workflow
 from demiarch_flow.store import JournalEntry, MemoryStore, NewRun, Reply, RunEnd
-from demiarch_flow.store.base import AttemptRow, BilledAttempt, Checkpoint
+from demiarch_flow.store.base import AttemptRow, BilledAttempt, Checkpoint, Definition
 from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.store.tables import ChatMessage, LlmUsage, WorkflowRun
 from demiarch_flow.testing import FakeOpenRouter, make_env
@@ -436,6 +436,27 @@ async def test_reopen_run_makes_a_finished_run_running_again(any_store: Any) -> 
     )  # fmt: skip
     assert (run.error_class, run.error_message, run.finished_at) == (None, None, None)
     assert await any_store.journal("r1") == (first, resume)
+
+
+async def test_reopen_run_under_an_edited_definition_records_it(any_store: Any) -> None:
+    """reopen_run with a definition (``runs resume --workflow FILE``): the run goes on under
+    it — its name and sha256 on the run, its text kept — and the first definition stays kept."""
+    await any_store.begin_run(_new_run("r1"))
+    await any_store.finish_run(
+        RunEnd("r1", "failed", "Failed", None, "server_error", "boom", T0), _cp("r1", "Failed")
+    )
+    edited = Definition("chat-edited", "b" * 64, "name: chat-edited\n")
+    taken = await any_store.reopen_run(
+        _cp("r1", "Request"), "host:2:0", T0 + timedelta(hours=1), definition=edited
+    )
+    assert taken
+    run = await any_store.load_run("r1")
+    assert (run.workflow, run.workflow_sha256, run.definition) == (
+        "chat-edited", "b" * 64, "name: chat-edited\n",
+    )  # fmt: skip
+    await any_store.begin_run(_new_run("r2"))
+    await any_store.checkpoint(_cp("r2", "Start"), durable=True)
+    assert (await any_store.load_run("r2")).definition == "name: chat\n"
 
 
 async def test_list_runs_newest_first_with_filters(any_store: Any) -> None:
