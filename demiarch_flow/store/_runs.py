@@ -25,7 +25,6 @@ from .base import (
     StoredRun,
 )
 from .tables import (
-    UNBOOKED,
     BudgetReservation,
     ChatMessage,
     LlmUsage,
@@ -191,6 +190,10 @@ def reopen(
 
 
 def book_billed(conn: Connection, billed: BilledAttempt) -> None:
+    # Two processes resuming one run book its lost attempts before either has taken the run:
+    # the run's row lock makes the second see the first's row on PostgreSQL (SQLite's
+    # BEGIN IMMEDIATE already serialises them).
+    conn.execute(select(_RUN.c.id).where(_RUN.c.id == billed.run_id).with_for_update())
     if conn.execute(
         _BILLED_EXISTS, {"b_run": billed.run_id, "b_gen": billed.generation_id}
     ).first():
@@ -206,13 +209,10 @@ def book_billed(conn: Connection, billed: BilledAttempt) -> None:
          "cached_tokens": 0, "cost_usd": billed.cost_usd, "cost_source": billed.cost_source,
          "latency_ms": 0, "attempts": billed.attempt, "request_timestamp": billed.at},
     )  # fmt: skip
-    # Its cost is in llm_usage now: the worst case a budget kept for it goes.
+    # Its cost is in llm_usage now: whatever worst case a budget still holds for it goes
+    # (kept as unbooked, or still in flight when its process died).
     conn.execute(
-        delete(_RES).where(
-            _RES.c.run_id == billed.run_id,
-            _RES.c.attempt == billed.attempt,
-            _RES.c.settled == UNBOOKED,
-        )
+        delete(_RES).where(_RES.c.run_id == billed.run_id, _RES.c.attempt == billed.attempt)
     )
 
 

@@ -406,6 +406,27 @@ async def test_book_billed_counts_once_per_generation(any_store: Any) -> None:
     assert (await any_store.count_rows())["llm_usage"] == 2
 
 
+async def test_processes_booking_one_lost_attempt_at_once_book_it_once(sql_store: Any) -> None:
+    """Two resumes of one run book its lost attempt before either takes the run: from four
+    stores (four processes' worth of connections) at once, one llm_usage row."""
+    await sql_store.begin_run(_new_run("r1"))
+    await sql_store.checkpoint(_cp("r1", "Start"), durable=True)
+    others = [await SqlStore.open(sql_store.url) for _ in range(3)]
+    billed = BilledAttempt("u0", "r1", "conv-r1", None, SONNET, "gen-lost", 10, 5,
+                           Decimal("0.000100000"), "provider", 1, T0)  # fmt: skip
+    try:
+        for round_ in range(5):
+            async with trio.open_nursery() as nursery:
+                for i, store in enumerate([sql_store, *others]):
+                    nursery.start_soon(
+                        store.book_billed, replace(billed, usage_id=f"u{round_}-{i}")
+                    )
+    finally:
+        for store in others:
+            store.close()
+    assert (await sql_store.count_rows())["llm_usage"] == 1
+
+
 async def test_heartbeat_touches_only_the_owners_running_runs(any_store: Any) -> None:
     """heartbeat: every running run of the owner, no other owner's, no finished run."""
     for run_id, owner in (("mine", "a"), ("done", "a"), ("theirs", "b")):
