@@ -33,6 +33,7 @@ from ..store.base import (
 )
 from .context import RunEnv, new_id
 from .engine import RunOutcome, drive
+from .limits import UNBOOKED_KEPT
 from .owner import effective_status
 from .recovery import read_recovery, recovery_path
 from .state import RunState
@@ -264,6 +265,8 @@ async def _settle_lost_attempt(
                 )
             )
             event = "attempt_billed"
+    if event == "attempt_unrecorded":  # may have been billed, no figure: the budget keeps it
+        await env.limits.shared.keep_unbooked(run.run_id, attempt.number, now + UNBOOKED_KEPT)
     cls = ErrorClass.CANCELLED
     if attempt.ended_at is None:
         cls = ErrorClass.UNRECORDED

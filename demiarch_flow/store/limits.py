@@ -136,6 +136,11 @@ class Ledger(Protocol):
         run has ended, until ``expires_at``, instead of going with the run.
         """
 
+    async def keep_unbooked(self, run_id: str, attempt: int, expires_at: datetime) -> None:
+        """A request of run ``run_id`` was sent and never recorded (its process died), and
+        nothing says what it cost: its reservation, if one is still held, stays counted as
+        :meth:`settle` keeps a timeout's (``unbooked``), until ``expires_at``."""
+
     async def window_use(
         self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None
     ) -> list[WindowUse]:
@@ -198,6 +203,11 @@ class MemoryLedger:
         held = self._reservations.pop(reservation_id, None)
         if held is not None and amount_usd is not None:
             self._reservations[reservation_id] = (replace(held[0], amount_usd=amount_usd), True)
+
+    async def keep_unbooked(self, run_id: str, attempt: int, expires_at: datetime) -> None:
+        for key, (r, settled) in list(self._reservations.items()):
+            if r.run_id == run_id and r.attempt == attempt and not settled:
+                self._reservations[key] = (r, True)
 
     async def window_use(
         self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None
@@ -289,6 +299,16 @@ class SqlLedger:
                         expires_at=expires_at,
                     )
                 )
+
+        await self._run(op)
+
+    async def keep_unbooked(self, run_id: str, attempt: int, expires_at: datetime) -> None:
+        def op(conn: Connection) -> None:
+            conn.execute(
+                update(_RES)
+                .where(_RES.c.run_id == run_id, _RES.c.attempt == attempt, _RES.c.settled == 0)
+                .values(settled=UNBOOKED, expires_at=expires_at)
+            )
 
         await self._run(op)
 

@@ -7,6 +7,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -355,3 +356,74 @@ async def test_a_cancelled_attempt_stays_counted_until_resume_books_it(
         assert day.spent_usd == booked.cost_usd > resumed.outcome.cost_usd  # type: ignore[operator]
     finally:
         store.close()
+
+
+async def test_a_request_lost_in_a_crash_stays_counted_after_resume(
+    db_url: str, autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process died while a blocking request was out: nothing settled its reservation and
+    no generation id is known. `runs resume` journals it as `attempt_unrecorded` (it may have
+    been billed) and the budget keeps its worst case, past the resumed run's end."""
+    from sqlalchemy import text
+
+    from demiarch_flow.runner import limits as runner_limits
+    from demiarch_flow.runner.resume import resume_run
+
+    now = [datetime(2026, 1, 1, 12, tzinfo=UTC)]
+    wf = with_limits("  budget: {daily_usd: 1}\n")
+    wf = dataclasses.replace(wf, request=dataclasses.replace(wf.request, stream=False))
+    worst = _worst(wf, SONNET, "hello")
+    scope = trio.CancelScope()
+
+    class DiesWhileOut(FakeOpenRouter):
+        """The process dies once the request is out (not by time: the store's threads would
+        let the autojump clock fire a deadline anywhere)."""
+
+        async def handle_async_request(self, request: Any) -> Any:
+            scope.cancel()
+            return await super().handle_async_request(request)
+
+    fake = DiesWhileOut(f"{SONNET}=hang")
+    store, env = await _sql_env(db_url, fake, now)
+
+    async def dies(self: object) -> None:  # a killed process settles nothing
+        return None
+
+    monkeypatch.setattr(runner_limits.Gate, "abandoned", dies)
+    try:
+        with scope:
+            await run_workflow(wf, RunRequest("hello"), env)
+        assert len(fake.requests) == 1
+        with store.engine.begin() as conn:  # what the dead process left: running, no heartbeat
+            conn.execute(text("UPDATE workflow_runs SET status = 'running', owner = 'gone:1:1'"))
+        monkeypatch.undo()
+        (run,) = await store.list_runs(status=None, since=None, limit=5)
+        now[0] += timedelta(minutes=1)
+        resumed = await resume_run(run.run_id, env)
+        assert resumed.outcome.succeeded
+        journal = [e.event for e in await store.journal(run.run_id)]
+        assert "attempt_unrecorded" in journal
+        windows = budget_windows(wf.limits.budget, now[0])  # type: ignore[union-attr]
+        (day,) = await env.limits.shared.window_use(windows, now[0])  # type: ignore[union-attr]
+        assert day.reserved_usd == worst
+        assert day.spent_usd == resumed.outcome.cost_usd
+    finally:
+        store.close()
+
+
+async def test_the_memory_ledger_keeps_an_unbooked_reservation_too() -> None:
+    """MemoryLedger.keep_unbooked: a held reservation of that run and attempt stays counted
+    (as this ledger's spend) in its windows; another attempt's is untouched."""
+    from demiarch_flow.store.limits import MemoryLedger
+
+    ledger = MemoryLedger()
+    t0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    day = [BudgetWindow("day", Decimal(1), t0.replace(hour=0))]
+    for attempt in (1, 2):
+        r = Reservation(f"res-{attempt}", "run-1", attempt, SONNET, Decimal("0.1"), t0,
+                        t0 + timedelta(seconds=60))  # fmt: skip
+        assert await ledger.reserve(r, day) is None
+    await ledger.keep_unbooked("run-1", 1, t0 + timedelta(days=32))
+    later = t0 + timedelta(hours=1)  # the held reservation of attempt 2 has expired by now
+    (use,) = await ledger.window_use(day, later)
+    assert (use.spent_usd, use.reserved_usd) == (Decimal("0.1"), 0)
