@@ -169,7 +169,10 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         # The attempt is over and may have cost money: its books are kept whatever happens
         # now (a few short writes; Ctrl-C goes on once they are done).
         if gate is not None:
-            await gate.settle(result)
+            try:
+                await gate.settle(result)
+            except FlowError as exc:  # an answer that arrived matters more than the books
+                log.warning("could not settle the attempt's budget reservation: %s", exc)
         await env.store.attempt_ended(
             dataclasses.replace(
                 row,

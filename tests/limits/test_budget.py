@@ -427,3 +427,22 @@ async def test_the_memory_ledger_keeps_an_unbooked_reservation_too() -> None:
     later = t0 + timedelta(hours=1)  # the held reservation of attempt 2 has expired by now
     (use,) = await ledger.window_use(day, later)
     assert (use.spent_usd, use.reserved_usd) == (Decimal("0.1"), 0)
+
+
+async def test_a_ledger_that_cannot_settle_does_not_cost_the_answer() -> None:
+    """The budget's books fail to settle after the answer arrived: a warning, and the paid
+    answer is still stored (the reservation stays held until it expires)."""
+    from demiarch_flow.errors import PersistenceError
+    from demiarch_flow.store import MemoryStore
+    from demiarch_flow.store.limits import MemoryLedger
+
+    class BrokenSettle(MemoryLedger):
+        async def settle(self, *args: Any, **kwargs: Any) -> None:
+            raise PersistenceError("budget or rate bookkeeping failed: database is locked")
+
+    wf = with_limits("  budget: {daily_usd: 1}\n")
+    store = MemoryStore()
+    env = make_env(FakeOpenRouter(), store=store, limits=Limiter(BrokenSettle()))
+    outcome = await run_workflow(wf, RunRequest("hello"), env)
+    assert outcome.succeeded
+    assert len(store.usage) == 1
