@@ -161,11 +161,13 @@ class Ledger(Protocol):
 
 
 class MemoryLedger:
-    """The books of one process (buckets on trio's clock)."""
+    """The books of one process (buckets on trio's clock), kept as the SQL ledger keeps them:
+    a settled cost is spend (this ledger reads no ``llm_usage``), a held or an unbooked worst
+    case is reserved."""
 
     def __init__(self) -> None:
-        self._reservations: dict[str, tuple[Reservation, bool]] = {}
-        """id → (reservation, settled): a settled one is spend (there is no ``llm_usage``)."""
+        self._reservations: dict[str, tuple[Reservation, int]] = {}
+        """id → (reservation, ``budget_reservations.settled``: 0 held, 1 settled, 2 unbooked)."""
         self._buckets: dict[str, BucketState] = {}
 
     def _use(self, window: BudgetWindow, now: datetime, run_id: str | None) -> WindowUse:
@@ -173,9 +175,11 @@ class MemoryLedger:
         for r, settled in self._reservations.values():
             if window.name == "run" and r.run_id != run_id:
                 continue
-            if settled:
-                if window.since is None or r.at >= window.since:
-                    spent += r.amount_usd
+            in_window = window.since is None or r.at >= window.since
+            if settled == SETTLED:
+                spent += r.amount_usd if in_window else _ZERO
+            elif settled == UNBOOKED:
+                reserved += r.amount_usd if in_window and r.expires_at >= now else _ZERO
             elif r.expires_at >= now:
                 reserved += r.amount_usd
         return WindowUse(window.name, window.limit_usd, spent, reserved)
@@ -187,7 +191,7 @@ class MemoryLedger:
             use = self._use(window, reservation.at, reservation.run_id)
             if use.spent_usd + use.reserved_usd + reservation.amount_usd > use.limit_usd:
                 return use
-        self._reservations[reservation.id] = (reservation, False)
+        self._reservations[reservation.id] = (reservation, 0)
         return None
 
     async def settle(
@@ -198,16 +202,15 @@ class MemoryLedger:
         *,
         unbooked: bool = False,
     ) -> None:
-        # Settled amounts are this ledger's spend, counted in their windows (it reads no
-        # llm_usage), so an unbooked one needs nothing more.
         held = self._reservations.pop(reservation_id, None)
         if held is not None and amount_usd is not None:
-            self._reservations[reservation_id] = (replace(held[0], amount_usd=amount_usd), True)
+            kept = replace(held[0], amount_usd=amount_usd, expires_at=expires_at)
+            self._reservations[reservation_id] = (kept, UNBOOKED if unbooked else SETTLED)
 
     async def keep_unbooked(self, run_id: str, attempt: int, expires_at: datetime) -> None:
         for key, (r, settled) in list(self._reservations.items()):
-            if r.run_id == run_id and r.attempt == attempt and not settled:
-                self._reservations[key] = (r, True)
+            if r.run_id == run_id and r.attempt == attempt and settled == 0:
+                self._reservations[key] = (replace(r, expires_at=expires_at), UNBOOKED)
 
     async def window_use(
         self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None

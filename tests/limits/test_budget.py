@@ -413,7 +413,7 @@ async def test_a_request_lost_in_a_crash_stays_counted_after_resume(
 
 async def test_the_memory_ledger_keeps_an_unbooked_reservation_too() -> None:
     """MemoryLedger.keep_unbooked: a held reservation of that run and attempt stays counted
-    (as this ledger's spend) in its windows; another attempt's is untouched."""
+    (reserved, as in the SQL ledger) in its windows; another attempt's expires as before."""
     from demiarch_flow.store.limits import MemoryLedger
 
     ledger = MemoryLedger()
@@ -426,7 +426,11 @@ async def test_the_memory_ledger_keeps_an_unbooked_reservation_too() -> None:
     await ledger.keep_unbooked("run-1", 1, t0 + timedelta(days=32))
     later = t0 + timedelta(hours=1)  # the held reservation of attempt 2 has expired by now
     (use,) = await ledger.window_use(day, later)
-    assert (use.spent_usd, use.reserved_usd) == (Decimal("0.1"), 0)
+    assert (use.spent_usd, use.reserved_usd) == (0, Decimal("0.1"))
+    (tomorrow,) = await ledger.window_use(
+        [BudgetWindow("day", Decimal(1), t0.replace(day=2, hour=0))], t0.replace(day=2)
+    )
+    assert tomorrow.reserved_usd == 0
 
 
 async def test_a_ledger_that_cannot_settle_does_not_cost_the_answer() -> None:
