@@ -8,10 +8,17 @@ Ctrl-C once stops reading new lines and lets the runs in flight finish; twice ca
 (each is recorded as cancelled). SIGTERM cancels them at once and exits 143. Either way the ids
 that did not complete are reported.
 
-``--resume`` picks a batch up where it stopped, from its ``--out`` file: an id that succeeded
-there is not requested again, a failed or cancelled one is resumed (same run id, see
-:mod:`demiarch_flow.runner.resume`), a missing one runs. New results go to ``OUT.partial`` as
-they come; at the end OUT is rewritten atomically with exactly one line per input id.
+Results go to ``--out`` line by line as runs end (flushed at once, so a killed batch keeps
+them), and each run's id is noted in ``OUT.runs`` the moment it starts, before anything is
+sent: a run cancelled or killed before its result line was written can still be found.
+``OUT.runs`` is removed once every input line has its result.
+
+``--resume`` picks a batch up where it stopped, from its ``--out`` file (and the
+``OUT.partial`` and ``OUT.runs`` an interrupted batch left): an id that succeeded there is not
+requested again, a failed, cancelled or stale one is resumed (same run id, see
+:mod:`demiarch_flow.runner.resume`), one whose run never reached the database runs afresh, a
+missing one runs. New results go to ``OUT.partial`` as they come; at the end OUT is rewritten
+atomically with exactly one line per input id.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from ..definition import Workflow
 from ..errors import EnvironmentProblem, Terminated, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome
+from ..runner.context import new_id
 from ..runner.resume import NotResumable, resume_run
 from ._common import (
     World,
@@ -163,9 +171,11 @@ def _open_out(name: str | None, *, resume: bool = False) -> TextIO:
     """
     if not name:
         return sys.stdout
+    # Line-buffered: a result written is a result kept, whatever stops the batch afterwards.
+    # With --resume, OUT.partial is appended to: it may hold an interrupted resume's results.
     target = f"{name}.partial" if resume else name
     try:
-        return open(target, "w", encoding="utf-8")
+        return open(target, "a" if resume else "w", encoding="utf-8", buffering=1)
     except OSError as exc:
         raise EnvironmentProblem(
             f"--out {target}: cannot be written ({exc.strerror or exc}); nothing was sent"
@@ -192,6 +202,35 @@ def read_results(name: str) -> dict[str, dict[str, object]]:
             if isinstance(doc, dict) and isinstance(doc.get("id"), str):
                 results[doc["id"]] = doc
     return results
+
+
+def _open_runs_log(name: str | None) -> TextIO | None:
+    """``OUT.runs``: one ``{"id", "line", "run_id"}`` line per run, written as it starts.
+
+    Raises:
+        EnvironmentProblem: the file cannot be created or written.
+    """
+    if not name:
+        return None
+    try:
+        return open(f"{name}.runs", "a", encoding="utf-8", buffering=1)
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"--out {name}.runs: cannot be written ({exc.strerror or exc}); nothing was sent"
+        ) from None
+
+
+def earlier_results(name: str) -> tuple[dict[str, dict[str, object]], dict[str, str]]:
+    """What earlier batches on ``--out`` left: the result lines by id (OUT, then the newer
+    OUT.partial of an interrupted resume) and the run id each started run was given (OUT.runs).
+    """
+    results = read_results(name) | read_results(f"{name}.partial")
+    started: dict[str, str] = {}
+    for i, doc in read_results(f"{name}.runs").items():
+        run_id = doc.get("run_id")
+        if isinstance(run_id, str):
+            started[i] = run_id
+    return results, started
 
 
 class _SeenIds:
@@ -262,8 +301,12 @@ class _Batch:
     tally: Tally = field(default_factory=Tally)
     seen: _SeenIds = field(default_factory=_SeenIds)
     signals: Signals = field(default_factory=Signals)
+    runs_log: TextIO | None = None
+    """``OUT.runs``: the run id of each run, written as it starts."""
     earlier: dict[str, dict[str, object]] = field(default_factory=dict)
     """``--resume``: the earlier batch's result lines by id."""
+    started: dict[str, str] = field(default_factory=dict)
+    """``--resume``: the run id earlier batches gave each id they started."""
     results: dict[str, str] = field(default_factory=dict)
     """``--resume``: this batch's result line of each id (the earlier line when kept)."""
     order: list[str] = field(default_factory=list)
@@ -277,15 +320,21 @@ class _Batch:
         base_url = resolve_base_url(args.base_url)
         wf = workflow_from(args.workflow)
         key = resolve_key()
-        earlier = read_results(args.out) if args.resume else {}
+        earlier, started = earlier_results(args.out) if args.resume else ({}, {})
         fh = _open_input(args.input)
+        out: TextIO | None = None
         try:
             out = _open_out(args.out, resume=args.resume)
+            runs_log = _open_runs_log(args.out)
         except EnvironmentProblem:
             fh.close()
+            if out is not None and out is not sys.stdout:
+                out.close()
             raise
         setup_logging(quiet=True, debug=args.debug)
-        return cls(args, wf, key, base_url, fh, out, earlier=earlier)
+        return cls(
+            args, wf, key, base_url, fh, out, runs_log=runs_log, earlier=earlier, started=started
+        )
 
     def close(self) -> None:
         self.fh.close()
@@ -293,8 +342,14 @@ class _Batch:
             self.out.close()
         else:
             self.out.flush()
+        if self.runs_log is not None:
+            self.runs_log.close()
         if self.args.resume:
             self.rewrite_out()
+        complete = not (self.signals.interrupted or self.tally.next_line or self.tally.in_flight)
+        if self.runs_log is not None and complete:  # every line has its result in OUT
+            with contextlib.suppress(OSError):
+                os.remove(f"{self.args.out}.runs")
 
     def rewrite_out(self) -> None:
         """OUT becomes exactly one line per input id, in input order: this batch's result, or
@@ -379,20 +434,33 @@ class _Batch:
     async def run_one(self, world: World, item: BatchItem, slots: trio.Semaphore) -> None:
         self.tally.in_flight[item.id] = item.line
         try:
-            run_id = self.earlier.get(item.id, {}).get("run_id")
-            if isinstance(run_id, str):
+            run_id = self.earlier.get(item.id, {}).get("run_id") or self.started.get(item.id)
+            if isinstance(run_id, str) and await world.env.store.load_run(run_id) is not None:
                 try:
                     outcome = (await resume_run(run_id, world.env)).outcome
                 except NotResumable as exc:  # keep the earlier line; say why
-                    self.bad_line(item.line, exc)
+                    self.bad_run(item, exc)
                     del self.tally.in_flight[item.id]
                     return
             else:
-                outcome = await turn(world, self.wf, item.message, item.conversation_id, item.model)
+                # New — or started by a batch that stopped before the run reached the
+                # database: nothing of it was stored or sent, so it runs afresh.
+                run_id = new_id()
+                self.note_started(item, run_id)
+                outcome = await turn(
+                    world, self.wf, item.message, item.conversation_id, item.model,
+                    run_id=run_id,
+                )  # fmt: skip
             self.write_result(item, outcome)
             del self.tally.in_flight[item.id]
         finally:
             slots.release()
+
+    def note_started(self, item: BatchItem, run_id: str) -> None:
+        """Note the run's id in ``OUT.runs`` before the run begins."""
+        if self.runs_log is not None:
+            doc = {"id": item.id, "line": item.line, "run_id": run_id}
+            self.runs_log.write(json.dumps(doc, ensure_ascii=False) + "\n")
 
     # ------------------------------------------------------------------ output
 
@@ -400,6 +468,15 @@ class _Batch:
         self.tally.bad_lines += 1
         print(
             f"\ndemiarch-flow: {self.args.input}:{number}: skipped: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def bad_run(self, item: BatchItem, exc: UsageError) -> None:
+        """An earlier run of this id that cannot be resumed (its line is kept as it was)."""
+        self.tally.bad_lines += 1
+        print(
+            f"\ndemiarch-flow: {self.args.input}:{item.line}: id {item.id!r} not resumed: {exc}",
             file=sys.stderr,
             flush=True,
         )

@@ -193,12 +193,15 @@ async def turn(
     conversation: str | None,
     model: str | None,
     stream: bool | None = None,
+    run_id: str | None = None,
 ) -> RunOutcome:
-    """One chat turn through the workflow (what ``run``, ``chat`` and ``demo`` call)."""
+    """One chat turn through the workflow (what ``run``, ``chat``, ``batch`` and ``demo``
+    call)."""
     return await run_workflow(
         wf,
         RunRequest(message, conversation_id=conversation, model=model, stream=stream),
         world.env,
+        run_id=run_id,
     )
 
 

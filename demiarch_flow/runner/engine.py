@@ -123,13 +123,19 @@ def initial_state(workflow: Workflow, request: RunRequest, run_id: str | None = 
     )
 
 
-async def run_workflow(workflow: Workflow, request: RunRequest, env: RunEnv) -> RunOutcome:
+async def run_workflow(
+    workflow: Workflow, request: RunRequest, env: RunEnv, *, run_id: str | None = None
+) -> RunOutcome:
     """Drive one run of ``workflow`` from its initial state to a final one.
+
+    Args:
+        run_id: the new run's id (default: a fresh one), for a caller that must be able to
+            name the run before it ends (``batch`` notes it as the run starts).
 
     Raises:
         trio.Cancelled: re-raised after the run is recorded as cancelled.
     """
-    return await drive(workflow, initial_state(workflow, request), env)
+    return await drive(workflow, initial_state(workflow, request, run_id), env)
 
 
 async def emit(env: RunEnv, records: Iterable[FlowRecord]) -> None:

@@ -4,8 +4,14 @@ missing ones run, and OUT ends with exactly one line per input id."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from .conftest import FAST, Cli, SimThread
 
@@ -61,3 +67,80 @@ def test_resume_needs_out(cli: Cli) -> None:
     res = cli("batch", str(inp), FAST, "--resume")
     assert res.code == 2
     assert "--resume needs --out" in res.stderr
+
+
+def _batch(cli: Cli, inp: Path, out: Path, url: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "demiarch_flow", "batch", str(inp), FAST, "--out", str(out),
+         "--concurrency", "4", "--base-url", url, "--quiet", *extra],
+        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c twice", "sigkill"])
+def test_runs_stopped_before_their_result_line_are_resumed_not_sent_again(
+    cli: Cli, simulator: Callable[[str], SimThread], stop: str
+) -> None:
+    """Two lines answered, four in flight (the provider is slow for them), then the batch is
+    cancelled (Ctrl-C twice) or killed: their run ids were noted in OUT.runs as they started,
+    so --resume continues those very runs — one user message per line, no answered line asked
+    again — and OUT ends with one line per id, OUT.runs gone."""
+    docs = [{"id": f"q{i}", "message": f"m{i}"} for i in range(6)]
+    inp = _write(cli.home / "in.jsonl", docs)
+    out = cli.home / "out.jsonl"
+    sim = simulator("*=ok*2,slow:60*4")
+    proc = _batch(cli, inp, out, sim.url)
+    try:
+        _wait_for(lambda: sim.sim.chat_requests == 6, "six requests")
+        _wait_for(lambda: len(_out(out)) == 2, "the two answers in OUT")  # written as they come
+        if stop == "sigkill":
+            proc.kill()
+        else:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    started = {d["id"]: d["run_id"] for d in _out(cli.home / "out.jsonl.runs")}
+    assert len(started) == 6
+    res = cli("batch", str(inp), FAST, "--out", str(out), "--resume", "--base-url", sim.url,
+              "--quiet")  # fmt: skip
+    assert res.code == 0, res.stderr
+    after = _out(out)
+    assert [d["id"] for d in after] == [d["id"] for d in docs]
+    assert all(d["status"] == "succeeded" for d in after)
+    assert {d["id"]: d["run_id"] for d in after} == started  # the same runs, continued
+    assert sim.sim.chat_requests == 10  # 6 before, one again for each of the 4 stopped
+    assert cli.rows("select count(*) from chat_messages where role = 'user'") == [(6,)]
+    assert cli.rows("select count(*) from workflow_runs where resume_count = 1") == [(4,)]
+    assert not (cli.home / "out.jsonl.runs").exists()
+    assert not (cli.home / "out.jsonl.partial").exists()
+
+
+def test_a_run_noted_but_never_stored_runs_afresh(
+    cli: Cli, simulator: Callable[[str], SimThread]
+) -> None:
+    """OUT.runs names a run the database never got (the batch died before its first commit),
+    or OUT holds a run id that is not there: nothing of it was sent, so the line runs afresh."""
+    inp = _write(cli.home / "in.jsonl", [{"id": "a", "message": "x"}, {"id": "b", "message": "y"}])
+    out = cli.home / "out.jsonl"
+    _write(out, [{"id": "b", "run_id": "no-such-run", "status": "failed"}])
+    _write(cli.home / "out.jsonl.runs", [{"id": "a", "line": 1, "run_id": "never-stored"}])
+    sim = simulator("")
+    cli("db", "upgrade")
+    res = cli("batch", str(inp), FAST, "--out", str(out), "--resume", "--base-url", sim.url,
+              "--quiet")  # fmt: skip
+    assert res.code == 0, res.stderr
+    after = _out(out)
+    assert [d["status"] for d in after] == ["succeeded", "succeeded"]
+    assert sim.sim.chat_requests == 2
