@@ -19,6 +19,7 @@ without parsing text::
     ├── AllModelsFailed                  1   every model of the chain failed
     ├── UnknownConversation              1   --conversation names no conversation
     ├── PersistenceError                 1   a database write failed after its retries
+    ├── RunTakenOver                     1   another process resumed this run meanwhile
     ├── RunError                         1   a run's failure as read back from its checkpoint
     ├── RunFailed                        1   a run ended in a final failure state
     ├── BudgetExceeded                   1   an attempt's worst case does not fit a budget
@@ -306,6 +307,20 @@ class PersistenceError(FlowError):
         suffix = f" The reply was saved to {recovery_file}." if recovery_file else ""
         super().__init__(message + suffix)
         self.recovery_file = recovery_file
+        self.error_class = ErrorClass.PERSISTENCE
+
+
+class RunTakenOver(FlowError):
+    """The run is no longer this process's: it looked stale (this process was paused, or its
+    heartbeat could not be seen) and another process resumed it. This process writes nothing
+    more to it, so the two cannot overwrite each other."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"run {run_id} was taken over by another process (it looked stale and was resumed"
+            " there); this process leaves it alone — see `demiarch-flow runs show " + run_id + "`"
+        )
+        self.run_id = run_id
         self.error_class = ErrorClass.PERSISTENCE
 
 

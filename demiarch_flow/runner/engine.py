@@ -30,7 +30,7 @@ from ..definition import Workflow, WorkflowMachine, machine_class
 from ..errors import ErrorClass, FlowError, redact
 from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
 from .context import RunEnv, RunRequest, model_chain, new_id
-from .handlers import HANDLERS, record, rescue_reply
+from .handlers import HANDLERS, keep_paid_answer, record
 from .records import FlowRecord
 from .state import AttemptInfo, Message, RunState, Step
 from .transition import cause, journal_entry, moved
@@ -145,14 +145,16 @@ async def emit(env: RunEnv, records: Iterable[FlowRecord]) -> None:
             await listener.on_record(r)
 
 
-def checkpoint(state: RunState, entries: tuple[JournalEntry, ...] = ()) -> Checkpoint:
-    """The store's view of ``state``: its JSON and the journal rows written with it."""
+def checkpoint(env: RunEnv, state: RunState, entries: tuple[JournalEntry, ...] = ()) -> Checkpoint:
+    """The store's view of ``state``: its JSON and the journal rows written with it, by this
+    process (refused if another has taken the run over)."""
     return Checkpoint(
         run_id=state.run_id,
         current_state=state.state,
         model=state.model,
         state=state,
         entries=entries,
+        owner=env.owner,
     )
 
 
@@ -174,7 +176,8 @@ async def advance(
         try:
             return await _apply(machine, wf, state, step, env)
         except (Exception, trio.Cancelled) as exc:
-            rescue_reply(env, wf, step.state, exc)
+            with trio.CancelScope(shield=True):
+                await keep_paid_answer(env, wf, step.state, exc)
             raise
     return await _apply(machine, wf, state, step, env)
 
@@ -186,7 +189,7 @@ async def _apply(
     spec = wf.state(state.state)
     if step.wait is not None:
         # The run is about to be idle for a while: make where it stands durable first.
-        await env.store.checkpoint(checkpoint(step.state), durable=True)
+        await env.store.checkpoint(checkpoint(env, step.state), durable=True)
     await emit(env, step.records)
     if spec.final:
         return step, step.state, None
@@ -210,7 +213,7 @@ async def _apply(
         # A paid-for answer not stored yet is made durable at once: after a crash before
         # Persist commits, resume stores it instead of paying for the request again.
         paid = after.completion is not None and after.saved_message_id is None
-        await env.store.checkpoint(checkpoint(after, (entry,)), durable=paid)
+        await env.store.checkpoint(checkpoint(env, after, (entry,)), durable=paid)
     await emit(env, (rec,))
     return step, after, rec
 
@@ -245,7 +248,7 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
         # A bug or an unexpected error: the run must not stay 'running' in the database, and
         # a reply that had arrived must not be lost.
         with trio.CancelScope(shield=True):
-            rescue_reply(env, wf, state, exc)
+            await keep_paid_answer(env, wf, state, exc)
             await _record_end(
                 env, state, "failed", ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc}"
             )
@@ -294,5 +297,5 @@ async def _record_end(
     with contextlib.suppress(FlowError):
         await env.store.finish_run(
             RunEnd(state.run_id, status, state.state, None, error_class, redact(message),
-                   env.now())
+                   env.now(), env.owner)
         )  # fmt: skip

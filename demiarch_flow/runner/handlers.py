@@ -28,7 +28,7 @@ from ..backoff import plan_wait
 from ..client import Attempt, Completion
 from ..definition import ALWAYS_FATAL, Workflow
 from ..definition.model import RequestSettings
-from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError
+from ..errors import ErrorClass, FlowError, PersistenceError, ProviderError, RunTakenOver
 from ..pricing import NANO
 from ..store.base import AttemptRow, BilledAttempt, Checkpoint, NewRun, Reply, RunEnd
 from .context import RunEnv, new_id
@@ -556,7 +556,7 @@ async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     now = env.now()
     reply = build_reply(costed, cost.usd, cost.source, now)
     final = wf.state(state.state).target("saved") or state.state
-    end = RunEnd(state.run_id, "succeeded", final, reply.model, None, None, now)
+    end = RunEnd(state.run_id, "succeeded", final, reply.model, None, None, now, env.owner)
     error: Exception | None = None
     for _ in range(max(env.persist_tries, 1)):
         step = Step("saved", dataclasses.replace(costed, saved_message_id=reply.message_id))
@@ -564,8 +564,12 @@ async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         entry = journal_entry(state, step, after, now)
         try:
             saved_id = await env.store.save_reply(
-                reply, end, Checkpoint(state.run_id, final, after.model, after, (entry,))
+                reply,
+                end,
+                Checkpoint(state.run_id, final, after.model, after, (entry,), env.owner),
             )
+        except RunTakenOver:  # not ours to write any more: no retry, no recovery file
+            raise
         except FlowError as exc:
             error = exc
             continue
@@ -633,6 +637,34 @@ def rescue_reply(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException)
         )
 
 
+async def keep_paid_answer(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException) -> None:
+    """Keep a paid-for answer that ``exc`` kept out of the store: in the recovery file — or,
+    when another process has taken the run over (it stores its own reply), booked as a billed
+    generation of the run, so its spend is still counted. Call it shielded."""
+    if not isinstance(exc, RunTakenOver):
+        rescue_reply(env, wf, state, exc)
+        return
+    done = state.completion
+    if done is None or state.saved_message_id is not None or state.conversation_id is None:
+        return
+    last = state.attempts[-1] if state.attempts else None
+    cost = env.prices.cost(
+        done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd,
+        last.model if last else done.model,
+    )  # fmt: skip
+    billed = BilledAttempt(
+        usage_id=new_id(), run_id=state.run_id, conversation_id=state.conversation_id,
+        project_id=state.project_id, model=done.model,
+        generation_id=done.generation_id or new_id(), prompt_tokens=done.prompt_tokens,
+        completion_tokens=done.completion_tokens, cost_usd=cost.usd, cost_source=cost.source,
+        attempt=last.number if last else state.total_attempts, at=env.now(),
+    )  # fmt: skip
+    try:
+        await env.store.book_billed(billed)
+    except FlowError as failed:
+        log.error("could not book the answer of a run taken over (%s): %s", failed, done.content)
+
+
 async def fail(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """Record the failure on the run (the user's message stays; nothing else is written)."""
     failure = state.failure
@@ -646,8 +678,11 @@ async def fail(state: RunState, env: RunEnv, wf: Workflow) -> Step:
                 failure.error_class if failure else None,
                 failure.message if failure else "the run ended in a failure state",
                 env.now(),
+                env.owner,
             )
         )
+    except RunTakenOver:
+        raise
     except FlowError as exc:
         log.error("could not record the failed run: %s", exc)
     return Step("", state)

@@ -230,7 +230,8 @@ async def _throttle(state: RunState, env: RunEnv, wait: float, bucket: str) -> R
         wait_s=wait, at=at, wait_source=WaitSource.THROTTLE, bucket=bucket,
     )  # fmt: skip
     await env.store.checkpoint(
-        Checkpoint(state.run_id, state.state, state.model, after, (entry,)), durable=True
+        Checkpoint(state.run_id, state.state, state.model, after, (entry,), env.owner),
+        durable=True,
     )
     note = FlowRecord(
         "wait", state.run_id, trio.current_time(), at, model=state.model,

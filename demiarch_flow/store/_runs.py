@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..errors import RunTakenOver
 from .base import (
     AttemptRow,
     BilledAttempt,
@@ -69,6 +70,8 @@ _CHECKPOINT = (
         state_json=bindparam("b_json"),
     )
 )  # fmt: skip
+_CHECKPOINT_OWNED = _CHECKPOINT.where(_RUN.c.owner == bindparam("b_owner"))
+"""Only while the run is still the writer's (another process may have resumed it)."""
 _HEARTBEAT = (
     update(_RUN)
     .where(_RUN.c.owner == bindparam("b_owner"), _RUN.c.status == "running")
@@ -117,11 +120,14 @@ def store_definition(conn: Connection, sha256: str, name: str, text: str, at: da
 
 
 def checkpoint(conn: Connection, cp: Checkpoint) -> None:
-    conn.execute(
-        _CHECKPOINT,
+    fenced = cp.owner is not None
+    done = conn.execute(
+        _CHECKPOINT_OWNED if fenced else _CHECKPOINT,
         {"b_id": cp.run_id, "b_state": cp.current_state, "b_model": cp.model,
-         "b_json": cp.state.to_json()},
+         "b_json": cp.state.to_json(), **({"b_owner": cp.owner} if fenced else {})},
     )  # fmt: skip
+    if fenced and done.rowcount != 1:
+        raise RunTakenOver(cp.run_id)
     if cp.entries:
         append_events(conn, cp.entries)
 

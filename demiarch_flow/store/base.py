@@ -157,6 +157,9 @@ class Checkpoint:
     model: str | None
     state: JsonState
     entries: tuple[JournalEntry, ...] = ()
+    owner: str | None = None
+    """The process writing it: the write is refused (:class:`~demiarch_flow.errors.RunTakenOver`)
+    when the run has another owner now. ``None``: written whoever owns the run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +241,8 @@ class RunEnd:
     error_class: str | None
     error_message: str | None
     finished_at: datetime
+    owner: str | None = None
+    """As :attr:`Checkpoint.owner`: only the run's owner may end it."""
 
 
 class Store(Protocol):

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ..errors import UnknownConversation
+from ..errors import RunTakenOver, UnknownConversation
 from .base import (
     AttemptRow,
     BeganRun,
@@ -103,7 +103,12 @@ class MemoryStore:
             await self.attempt_started(run.first_attempt)
         return BeganRun(conv, history, run.at)
 
+    def _fence(self, run_id: str, owner: str | None) -> None:
+        if owner is not None and self.runs.get(run_id, {}).get("owner") != owner:
+            raise RunTakenOver(run_id)
+
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
+        self._fence(checkpoint.run_id, checkpoint.owner)
         self.runs.setdefault(checkpoint.run_id, {}).update(
             current_state=checkpoint.current_state, model=checkpoint.model, state=checkpoint.state
         )
@@ -126,6 +131,9 @@ class MemoryStore:
     async def save_reply(
         self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
     ) -> str:
+        self._fence(end.run_id, end.owner)
+        if checkpoint is not None:
+            self._fence(checkpoint.run_id, checkpoint.owner)
         saved = self._reply_of.get(reply.run_id)
         if saved is not None:  # one reply per run
             await self.finish_run(end, checkpoint)
@@ -142,6 +150,7 @@ class MemoryStore:
         return reply.message_id
 
     async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
+        self._fence(end.run_id, end.owner)
         if checkpoint is not None:
             await self.checkpoint(checkpoint, durable=True)
         self.runs.setdefault(end.run_id, {}).update(

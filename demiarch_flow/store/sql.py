@@ -42,7 +42,13 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from ..errors import PersistenceError, StoreUnavailable, UnknownConversation, redact
+from ..errors import (
+    PersistenceError,
+    RunTakenOver,
+    StoreUnavailable,
+    UnknownConversation,
+    redact,
+)
 from . import _runs
 from .base import (
     AttemptRow,
@@ -196,7 +202,7 @@ class SqlStore:
         self._write_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
         self._queue: list[_Pending] = []
-        self._checkpoints: dict[str, _CheckpointOp] = {}
+        self._checkpoints: dict[str, tuple[_CheckpointOp, _Pending]] = {}
         """The queued checkpoint of each run, merged in place: the latest state and every
         journal row since the last commit (three moves between commits cost one UPDATE)."""
         self._definitions: set[str] = set()
@@ -347,13 +353,17 @@ class SqlStore:
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
         queued = self._checkpoints.get(checkpoint.run_id)
         if queued is not None:
-            queued.merge(checkpoint)
+            op, pending = queued
+            op.merge(checkpoint)
         else:
             op = _CheckpointOp(checkpoint)
-            self._checkpoints[checkpoint.run_id] = op
-            self._queue.append(_Pending(op))
+            pending = _Pending(op)
+            self._checkpoints[checkpoint.run_id] = (op, pending)
+            self._queue.append(pending)
         if durable or len(self._queue) > 256:
             await self._write(_nothing)
+            if durable:  # the run's own write may have failed where the others did not
+                pending.result()
 
     async def attempt_started(self, attempt: AttemptRow) -> None:
         key = (attempt.run_id, attempt.number)
@@ -622,6 +632,7 @@ _FINISH = (
         error_message=bindparam("b_message"), finished_at=bindparam("b_at"),
     )
 )  # fmt: skip
+_FINISH_OWNED = _FINISH.where(_RUN.c.owner == bindparam("b_owner"))
 _REPLY_OF_RUN = select(_USAGE.c.message_id).where(
     _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.outcome == "reply"
 )
@@ -757,9 +768,12 @@ def _import_reply(conn: Connection, reply: Reply, final_state: str | None) -> Im
 def _finish(conn: Connection, end: RunEnd, cp: Checkpoint | None = None) -> None:
     if cp is not None:
         _runs.checkpoint(conn, cp)
-    conn.execute(
-        _FINISH,
+    fenced = end.owner is not None
+    done = conn.execute(
+        _FINISH_OWNED if fenced else _FINISH,
         {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
          "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
-         "b_at": end.finished_at},
+         "b_at": end.finished_at, **({"b_owner": end.owner} if fenced else {})},
     )  # fmt: skip
+    if fenced and done.rowcount != 1:
+        raise RunTakenOver(end.run_id)

@@ -346,3 +346,32 @@ async def test_an_unknown_run_is_not_resumable(autojump_clock: object) -> None:
         await resume_run("nope", env_of(fake, store))
     assert caught.value.exit_code == 2
     assert fake.requests == []
+
+
+async def test_a_paused_owner_does_not_overwrite_a_run_taken_over(autojump_clock: object) -> None:
+    """The owner is paused while its request is out; the run looks stale and another process
+    resumes it. When the owner wakes with the answer, every write it tries is refused
+    (RunTakenOver): the run stays the other process's, and the answer this one paid for is
+    booked as a billed generation of the run instead of being lost."""
+    from demiarch_flow.errors import RunTakenOver
+
+    store = MemoryStore()
+
+    class TakenOverWhileOut(FakeOpenRouter):
+        async def handle_async_request(self, request: Any) -> Any:
+            answer = await super().handle_async_request(request)
+            (row,) = store.runs.values()  # what `runs resume` in another process does
+            row.update(owner="elsewhere:2:2", status="running")
+            return answer
+
+    fake = TakenOverWhileOut()
+    env = env_of(fake, store, owner="here:1:1")
+    with pytest.raises(RunTakenOver, match="taken over by another process"):
+        await run_workflow(WF, RunRequest("Hi", stream=False), env)
+    (run_id,) = store.runs
+    row = store.runs[run_id]
+    assert (row["owner"], row["status"]) == ("elsewhere:2:2", "running")
+    assert store.usage == []  # no reply stored by the paused owner
+    (billed,) = store.billed
+    assert billed.generation_id == store.attempts[(run_id, 1)].generation_id
+    assert billed.generation_id.startswith("gen-sim-") and billed.cost_usd > 0

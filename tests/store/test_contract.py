@@ -480,6 +480,36 @@ async def test_reopen_run_under_an_edited_definition_records_it(any_store: Any) 
     assert (await any_store.load_run("r2")).definition == "name: chat\n"
 
 
+async def test_only_the_runs_owner_may_write_it(any_store: Any) -> None:
+    """A checkpoint or an end written by a process that no longer owns the run (another one
+    resumed it while this one was paused) is refused with RunTakenOver and changes nothing;
+    the owner's own writes, and unowned ones, go through."""
+    from demiarch_flow.errors import RunTakenOver
+
+    await any_store.begin_run(_new_run("r1", owner="host:1:0"))
+    await any_store.checkpoint(_cp("r1", "Start"), durable=True)
+    later = T0 + timedelta(hours=1)
+    await any_store.reopen_run(_cp("r1", "Request"), "host:2:0", later)  # taken over
+    zombie = replace(_cp("r1", "Persist", _entry("r1", 9, "Request", "x", "Persist")),
+                                 owner="host:1:0")  # fmt: skip
+    with pytest.raises(RunTakenOver):
+        await any_store.checkpoint(zombie, durable=True)
+    end = RunEnd("r1", "failed", "Failed", None, "persistence", "x", later, "host:1:0")
+    with pytest.raises(RunTakenOver):
+        await any_store.finish_run(end)
+    with pytest.raises(RunTakenOver):
+        await any_store.save_reply(_reply("r1", "conv-r1", "gen-z"), end)
+    run = await any_store.load_run("r1")
+    assert (run.status, run.current_state, run.owner, run.reply) == (
+        "running", "Request", "host:2:0", None,
+    )  # fmt: skip
+    assert [e.seq for e in await any_store.journal("r1")] == []
+    mine = replace(_cp("r1", "Persist"), owner="host:2:0")
+    await any_store.checkpoint(mine, durable=True)
+    await any_store.finish_run(replace(end, owner="host:2:0"))
+    assert (await any_store.load_run("r1")).status == "failed"
+
+
 async def test_list_runs_newest_first_with_filters(any_store: Any) -> None:
     """list_runs: newest first, filtered by status and start time, limited, no definition."""
     for i in range(4):
