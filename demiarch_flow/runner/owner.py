@@ -1,11 +1,15 @@
 """Who runs a run: the owning process, its heartbeat, and how a dead owner is recognised.
 
-Every run started by a process carries that process's token (``host:pid:start``) in
+Every run started by a process carries that process's token (``host:pid:start``, the host
+qualified by its PID namespace where the system has them) in
 ``workflow_runs.owner``, and one task per process refreshes ``heartbeat_at`` of all its running
 runs every :data:`HEARTBEAT_S` seconds (one UPDATE for the whole process, not one per run). A run
 left ``running`` is *stale* when its heartbeat is older than :data:`STALE_AFTER_S`, or at once
-when its owner ran on this host and that process no longer exists. Only stale, failed and
-cancelled runs can be resumed: a live run is never taken over.
+when its owner ran on this host — in this PID namespace: containers sharing a hostname do
+not see each other's processes — and that process no longer exists. Only stale, failed and
+cancelled runs can be resumed. A live process that only looked stale (paused past the limit)
+and wakes after its run was resumed elsewhere can write nothing more to it (the store refuses,
+:class:`~demiarch_flow.errors.RunTakenOver`).
 """
 
 from __future__ import annotations
@@ -48,8 +52,19 @@ class Owner:
             return None
 
 
+def this_host() -> str:
+    """The host name, with the PID namespace's number where there is one (``/proc``): two
+    containers with one hostname are two hosts, each blind to the other's pids."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return socket.gethostname()
+    number = "".join(c for c in ns if c.isdigit())
+    return f"{socket.gethostname()}#{number}" if number else socket.gethostname()
+
+
 def this_process(now: datetime) -> Owner:
-    return Owner(socket.gethostname(), os.getpid(), int(now.timestamp()))
+    return Owner(this_host(), os.getpid(), int(now.timestamp()))
 
 
 def _alive(pid: int) -> bool:
@@ -69,7 +84,7 @@ def effective_status(
     if run.status != "running":
         return run.status
     owner = Owner.parse(run.owner) if run.owner else None
-    here = owner is not None and owner.host == (host or socket.gethostname())
+    here = owner is not None and owner.host == (host or this_host())
     if here and owner is not None and owner.pid != os.getpid() and not alive(owner.pid):
         return "stale"
     beat = run.heartbeat_at or run.started_at

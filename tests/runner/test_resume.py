@@ -20,7 +20,7 @@ from demiarch_flow.errors import PersistenceError
 from demiarch_flow.faults import new_generation_id
 from demiarch_flow.pricing import to_usd
 from demiarch_flow.runner import RunEnv, RunRequest, RunState, run_workflow
-from demiarch_flow.runner.owner import effective_status, this_process
+from demiarch_flow.runner.owner import effective_status, this_host, this_process
 from demiarch_flow.runner.resume import NotResumable, resume_point, resume_run
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.base import AttemptRow, Reply, RunEnd, StoredRun
@@ -194,7 +194,7 @@ async def test_effective_status_of_running_runs(autojump_clock: object) -> None:
     another host) only after 30 s without a heartbeat; stored statuses are kept."""
     fake, store = FakeOpenRouter(), MemoryStore()
     run_id = await start(fake, store)
-    host = socket.gethostname()
+    host = this_host()
     crashed(store, run_id, f"{host}:{_dead_pid()}:1", T0)
     run = await loaded(store, run_id)
     assert effective_status(run, T0) == "stale"
@@ -204,7 +204,21 @@ async def test_effective_status_of_running_runs(autojump_clock: object) -> None:
     assert effective_status(await loaded(store, run_id), T0) == "running"
     other = dataclasses.replace(run, owner=f"other-{host}:1:1")
     assert effective_status(other, T0, alive=lambda pid: False) == "running"
+    # same hostname, another PID namespace (a container): its pids are not ours to check
+    bare = socket.gethostname()
+    elsewhere = dataclasses.replace(run, owner=f"{bare}#1:{_dead_pid()}:1")
+    assert effective_status(elsewhere, T0) == "running"
     assert effective_status(dataclasses.replace(run, status="failed"), T0) == "failed"
+
+
+def test_the_host_names_its_pid_namespace() -> None:
+    """Where /proc shows the PID namespace, the owner's host carries its number."""
+    import os
+
+    host = this_host()
+    assert host.startswith(socket.gethostname())
+    if os.path.exists("/proc/self/ns/pid"):
+        assert host != socket.gethostname() and host.rpartition("#")[2].isdigit()
 
 
 async def test_a_lost_attempt_with_a_known_generation_is_booked_then_sent_again(
