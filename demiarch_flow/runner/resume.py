@@ -31,7 +31,7 @@ from ..store.base import (
     JournalEntry,
     StoredRun,
 )
-from .context import RunEnv, new_id
+from .context import RunEnv, model_chain, new_id
 from .engine import RunOutcome, drive
 from .limits import UNBOOKED_KEPT
 from .owner import effective_status
@@ -126,6 +126,8 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
     # before its next commit has the conversation on its row only.
     state = dataclasses.replace(state, conversation_id=run.conversation_id)
     wf = workflow or _stored_workflow(run)
+    if workflow is not None:
+        state = _rechained(state, run, workflow)
     point = resume_point(wf, state)
     now = env.now()
     entries: list[JournalEntry] = []
@@ -189,6 +191,25 @@ def resume_point(wf: Workflow, state: RunState) -> str:
     if onward is not None:
         return wf.state(back).target(onward) or back
     return back
+
+
+def _rechained(state: RunState, run: StoredRun, wf: Workflow) -> RunState:
+    """A run resumed under another definition takes that definition's model chain (a
+    ``--model`` the run started with stays its first model), and goes on with the model it
+    stood on if the new chain has it, else from the new chain's start. Without the run's own
+    definition to tell a ``--model`` apart, its chain is kept."""
+    if not run.definition:
+        return state
+    try:
+        started = parse_workflow(run.definition).models
+    except DefinitionError:
+        return state
+    override = state.chain[0] if state.chain and state.chain[0] != started[0] else None
+    chain = model_chain(wf, override)
+    if chain == state.chain:
+        return state
+    index = chain.index(state.model) if state.model in chain else 0
+    return dataclasses.replace(state, chain=chain, model_index=index)
 
 
 def _stored_workflow(run: StoredRun) -> Workflow:

@@ -389,3 +389,17 @@ async def test_a_paused_owner_does_not_overwrite_a_run_taken_over(autojump_clock
     (billed,) = store.billed
     assert billed.generation_id == store.attempts[(run_id, 1)].generation_id
     assert billed.generation_id.startswith("gen-sim-") and billed.cost_usd > 0
+
+
+async def test_resuming_under_an_edited_model_chain_uses_it(autojump_clock: object) -> None:
+    """`--workflow` with an edited `models:` list: the resumed run asks the new chain (from
+    its start when the model it stood on is gone), not the chain it started with."""
+    fake, store = FakeOpenRouter(f"{SONNET}=401"), MemoryStore()
+    run_id = await start(fake, store)
+    assert store.runs[run_id]["status"] == "failed"
+    mini = "openai/gpt-4o-mini"
+    edited_chain = edited(**{f"  - {SONNET}\n": f"  - {mini}\n"})
+    resumed = await resume_run(run_id, env_of(fake, store), workflow=edited_chain)
+    assert resumed.outcome.status == "succeeded"
+    assert fake.models_called == [SONNET, mini]
+    assert resumed.outcome.model == mini
