@@ -71,6 +71,8 @@ class Progress:
             line = f"  {r.message}"
         elif r.kind == "finished" and r.run_status != "succeeded":
             line = f"  run {r.run_status} in state {r.to_state}"
+            if r.run_status == "cancelled":
+                line += f" — continue it with `demiarch-flow runs resume {r.run_id}`"
         if line:
             print(style(line, "2", self.stream), file=self.stream, flush=True)
 
@@ -182,8 +184,10 @@ def key_hint(outcome: RunOutcome) -> str | None:
 def _fail_message(outcome: RunOutcome) -> str:
     cls = outcome.error_class or "failed"
     hints = [h for h in (_HINTS.get(cls), key_hint(outcome)) if h]
-    text = f"run {outcome.run_id} {outcome.status}: {outcome.error or 'no reply'}"
-    return text + (f". Next: {'; '.join(dict.fromkeys(hints))}." if hints else "")
+    # once the cause is dealt with (or the provider is back), the run goes on where it stopped
+    hints.append(f"continue this run with `demiarch-flow runs resume {outcome.run_id}`")
+    text = f"run {outcome.run_id} {outcome.status}: {str(outcome.error or 'no reply').rstrip('.')}"
+    return f"{text}. Next: {'; '.join(dict.fromkeys(hints))}."
 
 
 async def turn(

@@ -17,11 +17,11 @@ from ..runner.resume import NotResumable, Resumed, resume_run, saved_outcome
 from ..store.base import RunStatus, StoredRun
 from ..store.sql import SqlStore
 from ._common import (
-    check_conversation_option,
     open_world,
     resolve_base_url,
     run_trio,
     setup_logging,
+    text_problem,
 )
 from ._run import Progress, report_outcome
 from ._table import table
@@ -98,9 +98,22 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_run_id(run_id: str) -> None:
+    """Raises: UsageError: RUN_ID is empty, too long for an id, not valid UTF-8 or holds a
+    NUL character (said without echoing it whole)."""
+    if problem := text_problem(run_id):
+        raise UsageError(f"RUN_ID: {problem}")
+    if not run_id.strip():
+        raise UsageError("RUN_ID is empty: `demiarch-flow runs list` shows the ids")
+    if len(run_id) > 200:
+        raise UsageError(
+            f"no run with id {run_id[:40]!r}… ({len(run_id):,} characters) in this database"
+        )
+
+
 def cmd_runs_resume(args: argparse.Namespace) -> int:
     """Continue a failed, cancelled or stale run from its last checkpoint (same run id)."""
-    check_conversation_option(args.run_id)
+    check_run_id(args.run_id)
     wf = load_workflow(args.workflow) if args.workflow else None
     setup_logging(quiet=args.quiet, debug=args.debug)
     store = SqlStore.open_sync(database_url(args.db), create=False)

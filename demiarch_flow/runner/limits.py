@@ -268,9 +268,9 @@ async def _reserve(gate: Gate, env: RunEnv, wf: Workflow) -> Step | None:
         gate.reservation = reservation
         return None
     err = BudgetExceeded(
-        f"{model}: the {use.window} budget would be exceeded — spent {use.spent_usd} USD,"
-        f" reserved {use.reserved_usd} USD, limit {use.limit_usd} USD, this attempt's worst"
-        f" case {estimate} USD; no request was sent",
+        f"{model}: the {use.window} budget would be exceeded — spent {use.spent_usd:f} USD,"
+        f" reserved {use.reserved_usd:f} USD, limit {use.limit_usd:f} USD, this attempt's worst"
+        f" case {estimate:f} USD; no request was sent",
         window=use.window, spent_usd=use.spent_usd, reserved_usd=use.reserved_usd,
         limit_usd=use.limit_usd, estimate_usd=estimate, model=model,
     )  # fmt: skip

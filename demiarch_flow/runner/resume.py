@@ -129,12 +129,12 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
     if workflow is not None:
         state = _rechained(state, run, workflow)
     point = resume_point(wf, state)
-    now = env.now()
     entries: list[JournalEntry] = []
     seq = state.seq
     for attempt in await _unbooked_attempts(env, run):
         seq += 1
         entries.append(await _settle_lost_attempt(env, run, state, attempt, seq))
+    now = env.now()  # after the look-ups: the journal's times go forward with its rows
     seq += 1
     entries.append(
         JournalEntry(

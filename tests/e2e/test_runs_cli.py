@@ -66,3 +66,30 @@ def test_a_live_run_is_not_resumed(cli: Cli, simulator: Callable[[str], SimThrea
     unknown = cli("runs", "resume", "no-such-run", "--base-url", sim.url)
     assert unknown.code == 2
     assert "no run with id" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("run_id", "says"),
+    [("", "RUN_ID is empty"), ("   ", "RUN_ID is empty"), ("x" * 100_000, "100,000 characters")],
+)
+def test_a_run_id_that_cannot_be_one_is_an_input_error(cli: Cli, run_id: str, says: str) -> None:
+    """An empty or absurdly long RUN_ID: exit 2 with a message about the id (not about
+    --conversation), and a long one is not echoed back whole."""
+    res = cli("runs", "resume", run_id)
+    assert res.code == 2
+    assert says in res.stderr
+    assert "--conversation" not in res.stderr
+    assert len(res.stderr) < 500
+
+
+def test_a_failed_run_says_how_to_continue_it(
+    cli: Cli, simulator: Callable[[str], SimThread]
+) -> None:
+    """A failed run's one paragraph names the run and how to continue it once the cause is
+    dealt with, without a doubled full stop."""
+    sim = simulator("*=401")
+    res = cli("run", FAST, "-m", "hi", "--base-url", sim.url)
+    assert res.code == 1
+    ((run_id,),) = cli.rows("select id from workflow_runs")
+    assert f"`demiarch-flow runs resume {run_id}`" in res.stderr
+    assert ".." not in res.stderr
