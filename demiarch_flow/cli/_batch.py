@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -66,6 +67,13 @@ class BatchItem:
     message: str
     conversation_id: str | None
     model: str | None
+
+    @property
+    def fingerprint(self) -> str:
+        """What was asked (message, conversation, model), so that ``--resume`` can tell a
+        result of this very line from one of a line since edited, or of another input."""
+        asked = json.dumps([self.message, self.conversation_id, self.model], ensure_ascii=False)
+        return hashlib.sha256(asked.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_line(text: str, line: int) -> BatchItem:
@@ -220,17 +228,13 @@ def _open_runs_log(name: str | None) -> TextIO | None:
         ) from None
 
 
-def earlier_results(name: str) -> tuple[dict[str, dict[str, object]], dict[str, str]]:
+def earlier_results(
+    name: str,
+) -> tuple[dict[str, dict[str, object]], dict[str, dict[str, object]]]:
     """What earlier batches on ``--out`` left: the result lines by id (OUT, then the newer
-    OUT.partial of an interrupted resume) and the run id each started run was given (OUT.runs).
+    OUT.partial of an interrupted resume) and the ``OUT.runs`` line of each run they started.
     """
-    results = read_results(name) | read_results(f"{name}.partial")
-    started: dict[str, str] = {}
-    for i, doc in read_results(f"{name}.runs").items():
-        run_id = doc.get("run_id")
-        if isinstance(run_id, str):
-            started[i] = run_id
-    return results, started
+    return read_results(name) | read_results(f"{name}.partial"), read_results(f"{name}.runs")
 
 
 class _SeenIds:
@@ -307,6 +311,8 @@ class _Batch:
     """``--resume``: the earlier batch's result lines by id."""
     started: dict[str, str] = field(default_factory=dict)
     """``--resume``: the run id earlier batches gave each id they started."""
+    started_docs: dict[str, dict[str, object]] = field(default_factory=dict)
+    """``--resume``: their ``OUT.runs`` lines."""
     results: dict[str, str] = field(default_factory=dict)
     """``--resume``: this batch's result line of each id (the earlier line when kept)."""
     order: list[str] = field(default_factory=list)
@@ -320,7 +326,12 @@ class _Batch:
         base_url = resolve_base_url(args.base_url)
         wf = workflow_from(args.workflow)
         key = resolve_key()
-        earlier, started = earlier_results(args.out) if args.resume else ({}, {})
+        earlier, started_docs = earlier_results(args.out) if args.resume else ({}, {})
+        started = {
+            i: run_id
+            for i, doc in started_docs.items()
+            if isinstance(run_id := doc.get("run_id"), str)
+        }
         fh = _open_input(args.input)
         out: TextIO | None = None
         try:
@@ -333,8 +344,9 @@ class _Batch:
             raise
         setup_logging(quiet=True, debug=args.debug)
         return cls(
-            args, wf, key, base_url, fh, out, runs_log=runs_log, earlier=earlier, started=started
-        )
+            args, wf, key, base_url, fh, out, runs_log=runs_log, earlier=earlier,
+            started=started, started_docs=started_docs,
+        )  # fmt: skip
 
     def close(self) -> None:
         self.fh.close()
@@ -424,6 +436,7 @@ class _Batch:
                             self.bad_line(number, exc)
                             continue
                         self.order.append(item.id)
+                        self.forget_if_edited(item)
                         if self.earlier.get(item.id, {}).get("status") == "succeeded":
                             slots.release()  # done in the earlier batch: nothing is sent
                             tally.done += 1
@@ -456,10 +469,21 @@ class _Batch:
         finally:
             slots.release()
 
+    def forget_if_edited(self, item: BatchItem) -> None:
+        """An earlier result or run of this id that asked something else (the line was edited,
+        or OUT belongs to another input) is not this line's: the line runs afresh."""
+        for known in (self.earlier.get(item.id), self.started_docs.get(item.id)):
+            asked = known.get("input_sha256") if known else None
+            if isinstance(asked, str) and asked != item.fingerprint:
+                self.earlier.pop(item.id, None)
+                self.started.pop(item.id, None)
+                self.started_docs.pop(item.id, None)
+
     def note_started(self, item: BatchItem, run_id: str) -> None:
         """Note the run's id in ``OUT.runs`` before the run begins."""
         if self.runs_log is not None:
-            doc = {"id": item.id, "line": item.line, "run_id": run_id}
+            doc = {"id": item.id, "line": item.line, "run_id": run_id,
+                   "input_sha256": item.fingerprint}  # fmt: skip
             self.runs_log.write(json.dumps(doc, ensure_ascii=False) + "\n")
 
     # ------------------------------------------------------------------ output
@@ -486,6 +510,7 @@ class _Batch:
         doc = outcome.to_json()
         doc["id"] = item.id
         doc["line"] = item.line
+        doc["input_sha256"] = item.fingerprint
         line = json.dumps(doc, ensure_ascii=False)
         self.out.write(line + "\n")
         if self.args.resume:

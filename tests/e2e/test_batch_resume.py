@@ -144,3 +144,34 @@ def test_a_run_noted_but_never_stored_runs_afresh(
     after = _out(out)
     assert [d["status"] for d in after] == ["succeeded", "succeeded"]
     assert sim.sim.chat_requests == 2
+
+
+def test_results_of_another_input_or_an_edited_line_are_not_kept(
+    cli: Cli, simulator: Callable[[str], SimThread]
+) -> None:
+    """OUT was written for another input (ids are line numbers in both), or a failed line was
+    edited since: those lines run afresh with what they ask now; an unchanged line that
+    succeeded is kept as it was."""
+    first = _write(
+        cli.home / "a.jsonl", [{"message": "alpha"}, {"message": "beta", "model": "acme/x"}]
+    )
+    out = cli.home / "out.jsonl"
+    sim = simulator("acme/x=401")
+    res = cli("batch", str(first), FAST, "--out", str(out), "--base-url", sim.url, "--quiet")
+    assert res.code == 1
+    before = sorted(_out(out), key=lambda d: str(d["id"]))  # in the order runs ended
+    assert [d["status"] for d in before] == ["succeeded", "failed"]
+    edited = _write(cli.home / "a.jsonl", [{"message": "alpha"}, {"message": "beta, fixed"}])
+    res = cli("batch", str(edited), FAST, "--out", str(out), "--resume", "--base-url", sim.url,
+              "--quiet")  # fmt: skip
+    assert res.code == 0, res.stderr
+    after = _out(out)
+    assert after[0] == before[0]  # unchanged and succeeded: not asked again
+    assert "beta, fixed" in str(after[1]["content"]) and after[1]["run_id"] != before[1]["run_id"]
+    other = _write(cli.home / "b.jsonl", [{"message": "gamma"}, {"message": "delta"}])
+    res = cli("batch", str(other), FAST, "--out", str(out), "--resume", "--base-url", sim.url,
+              "--quiet")  # fmt: skip
+    assert res.code == 0, res.stderr
+    assert ["gamma" in str(d["content"]) for d in _out(out)] == [True, False]
+    assert "delta" in str(_out(out)[1]["content"])
+    assert sim.sim.chat_requests == 2 + 1 + 2
