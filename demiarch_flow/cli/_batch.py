@@ -488,22 +488,17 @@ class _Batch:
 
     # ------------------------------------------------------------------ output
 
-    def bad_line(self, number: int, exc: UsageError) -> None:
+    def bad_line(self, number: int, exc: UsageError, what: str = "skipped") -> None:
         self.tally.bad_lines += 1
         print(
-            f"\ndemiarch-flow: {self.args.input}:{number}: skipped: {exc}",
+            f"\ndemiarch-flow: {self.args.input}:{number}: {what}: {exc}",
             file=sys.stderr,
             flush=True,
         )
 
     def bad_run(self, item: BatchItem, exc: UsageError) -> None:
         """An earlier run of this id that cannot be resumed (its line is kept as it was)."""
-        self.tally.bad_lines += 1
-        print(
-            f"\ndemiarch-flow: {self.args.input}:{item.line}: id {item.id!r} not resumed: {exc}",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.bad_line(item.line, exc, f"id {item.id!r} not resumed")
 
     def write_result(self, item: BatchItem, outcome: RunOutcome) -> None:
         """The run's ``--json`` object with the input's ``id`` and ``line``, one per line."""
