@@ -607,34 +607,44 @@ def write_recovery(
     return path
 
 
+def _unstored_answer(state: RunState) -> Completion | None:
+    """The paid-for answer ``state`` holds and the store does not (``None`` also when there is
+    no conversation to keep it in)."""
+    if state.saved_message_id is not None or state.conversation_id is None:
+        return None
+    return state.completion
+
+
+def _answer_cost(env: RunEnv, state: RunState, done: Completion) -> tuple[Decimal, str]:
+    """What ``done`` cost: Persist's figure if it got that far, else the price table's — 0 USD,
+    ``unknown``, when the price table is what broke."""
+    if state.cost_usd is not None and state.cost_source is not None:
+        return state.cost_usd, state.cost_source
+    asked = state.attempts[-1].model if state.attempts else done.model
+    try:
+        cost = env.prices.cost(
+            done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd, asked
+        )
+    except Exception:
+        return Decimal(0).quantize(NANO), "unknown"
+    return cost.usd, cost.source
+
+
 def rescue_reply(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException) -> None:
     """Write a paid-for reply that an unexpected error or a cancellation kept out of the store
     to the recovery file (at the cost Persist computed, if it got that far); nothing when
     ``state`` holds no answer, or its answer is stored. Synchronous: it runs in a cancelled
     scope too."""
-    if state.completion is None or state.saved_message_id is not None:
+    done = _unstored_answer(state)
+    if done is None:
         return
-    if state.conversation_id is None:
-        return
-    usd, source = state.cost_usd, state.cost_source
-    if usd is None or source is None:
-        done = state.completion
-        asked = state.attempts[-1].model if state.attempts else done.model
-        try:
-            cost = env.prices.cost(
-                done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd, asked
-            )
-            usd, source = cost.usd, cost.source
-        except Exception:  # the price table may be what broke
-            usd, source = Decimal(0).quantize(NANO), "unknown"
+    usd, source = _answer_cost(env, state, done)
     final = wf.state(state.state).target("saved") if state.state in wf.state_names else None
     try:
         error = exc if isinstance(exc, Exception) else FlowError("cancelled before it was stored")
         write_recovery(env, build_reply(state, usd, source, env.now()), final, error)
     except Exception:  # the original error is the one to report
-        log.exception(
-            "could not write the reply to the recovery file:\n%s", state.completion.content
-        )
+        log.exception("could not write the reply to the recovery file:\n%s", done.content)
 
 
 async def keep_paid_answer(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException) -> None:
@@ -644,19 +654,16 @@ async def keep_paid_answer(env: RunEnv, wf: Workflow, state: RunState, exc: Base
     if not isinstance(exc, RunTakenOver):
         rescue_reply(env, wf, state, exc)
         return
-    done = state.completion
-    if done is None or state.saved_message_id is not None or state.conversation_id is None:
+    done = _unstored_answer(state)
+    if done is None or state.conversation_id is None:
         return
+    usd, source = _answer_cost(env, state, done)
     last = state.attempts[-1] if state.attempts else None
-    cost = env.prices.cost(
-        done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd,
-        last.model if last else done.model,
-    )  # fmt: skip
     billed = BilledAttempt(
         usage_id=new_id(), run_id=state.run_id, conversation_id=state.conversation_id,
         project_id=state.project_id, model=done.model,
         generation_id=done.generation_id or new_id(), prompt_tokens=done.prompt_tokens,
-        completion_tokens=done.completion_tokens, cost_usd=cost.usd, cost_source=cost.source,
+        completion_tokens=done.completion_tokens, cost_usd=usd, cost_source=source,
         attempt=last.number if last else state.total_attempts, at=env.now(),
     )  # fmt: skip
     try:
