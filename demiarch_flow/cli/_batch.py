@@ -309,10 +309,8 @@ class _Batch:
     """``OUT.runs``: the run id of each run, written as it starts."""
     earlier: dict[str, dict[str, object]] = field(default_factory=dict)
     """``--resume``: the earlier batch's result lines by id."""
-    started: dict[str, str] = field(default_factory=dict)
-    """``--resume``: the run id earlier batches gave each id they started."""
-    started_docs: dict[str, dict[str, object]] = field(default_factory=dict)
-    """``--resume``: their ``OUT.runs`` lines."""
+    started: dict[str, dict[str, object]] = field(default_factory=dict)
+    """``--resume``: the ``OUT.runs`` line (its run id) of each id earlier batches started."""
     results: dict[str, str] = field(default_factory=dict)
     """``--resume``: this batch's result line of each id (the earlier line when kept)."""
     order: list[str] = field(default_factory=list)
@@ -326,12 +324,7 @@ class _Batch:
         base_url = resolve_base_url(args.base_url)
         wf = workflow_from(args.workflow)
         key = resolve_key()
-        earlier, started_docs = earlier_results(args.out) if args.resume else ({}, {})
-        started = {
-            i: run_id
-            for i, doc in started_docs.items()
-            if isinstance(run_id := doc.get("run_id"), str)
-        }
+        earlier, started = earlier_results(args.out) if args.resume else ({}, {})
         fh = _open_input(args.input)
         out: TextIO | None = None
         try:
@@ -345,7 +338,7 @@ class _Batch:
         setup_logging(quiet=True, debug=args.debug)
         return cls(
             args, wf, key, base_url, fh, out, runs_log=runs_log, earlier=earlier,
-            started=started, started_docs=started_docs,
+            started=started,
         )  # fmt: skip
 
     def close(self) -> None:
@@ -447,7 +440,9 @@ class _Batch:
     async def run_one(self, world: World, item: BatchItem, slots: trio.Semaphore) -> None:
         self.tally.in_flight[item.id] = item.line
         try:
-            run_id = self.earlier.get(item.id, {}).get("run_id") or self.started.get(item.id)
+            run_id = self.earlier.get(item.id, {}).get("run_id") or self.started.get(
+                item.id, {}
+            ).get("run_id")
             if isinstance(run_id, str) and await world.env.store.load_run(run_id) is not None:
                 try:
                     outcome = (await resume_run(run_id, world.env)).outcome
@@ -472,12 +467,11 @@ class _Batch:
     def forget_if_edited(self, item: BatchItem) -> None:
         """An earlier result or run of this id that asked something else (the line was edited,
         or OUT belongs to another input) is not this line's: the line runs afresh."""
-        for known in (self.earlier.get(item.id), self.started_docs.get(item.id)):
+        for known in (self.earlier.get(item.id), self.started.get(item.id)):
             asked = known.get("input_sha256") if known else None
             if isinstance(asked, str) and asked != item.fingerprint:
                 self.earlier.pop(item.id, None)
                 self.started.pop(item.id, None)
-                self.started_docs.pop(item.id, None)
 
     def note_started(self, item: BatchItem, run_id: str) -> None:
         """Note the run's id in ``OUT.runs`` before the run begins."""
