@@ -60,3 +60,12 @@ def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryKeyring]:
         yield backend
     finally:
         keyring.set_keyring(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_postgres_database() -> Iterator[None]:
+    """Drop the PostgreSQL database this run created, if it made one, when the run ends."""
+    yield
+    from .store.conftest import drop_own_database
+
+    drop_own_database()

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import trio
 
-from demiarch_flow.client import ApiKey, OpenRouterClient
+from demiarch_flow.client import ApiKey, Attempt, OpenRouterClient
 from demiarch_flow.client.streaming import StreamReader
 from demiarch_flow.errors import ErrorClass
 from demiarch_flow.testing import FAKE_BASE_URL, FAKE_KEY, FakeOpenRouter
@@ -207,3 +209,214 @@ async def test_a_request_that_never_left_says_so(
         result = await c.complete(payload, timeout_s=120.0)
     assert result.error is not None and result.error.error_class == cls
     assert result.unsent is unsent
+
+
+# ---------------------------------------------------------------- scripted bodies (raw bytes)
+
+RESET = "reset"
+STALL = "stall"
+
+
+class Scripted(httpx.AsyncByteStream):
+    """A streamed body played read by read: bytes, a pause (seconds, trio's clock), a reset,
+    or silence for ever."""
+
+    def __init__(self, reads: list[bytes | float | str]) -> None:
+        self._reads = iter(reads)
+
+    def __aiter__(self) -> Scripted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            item = next(self._reads, None)
+            if item is None:
+                raise StopAsyncIteration
+            if isinstance(item, bytes):
+                return item
+            if isinstance(item, float):
+                await trio.sleep(item)
+            elif item == RESET:
+                raise httpx.ReadError("Connection reset by peer")
+            else:
+                await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        pass
+
+
+def chunk(**fields: object) -> bytes:
+    """One chat-completion chunk as an SSE event."""
+    return b"data: " + json.dumps({"id": "gen-s", "model": M, **fields}).encode() + b"\n\n"
+
+
+def says(text: str) -> bytes:
+    return chunk(choices=[{"index": 0, "delta": {"content": text}}])
+
+
+FINISH = chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+USAGE = chunk(choices=[], usage={"prompt_tokens": 3, "completion_tokens": 2, "cost": 0.25})
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
+
+
+async def scripted(
+    reads: list[bytes | float | str], **clocks: float
+) -> tuple[Attempt, list[str], list[str]]:
+    """One streamed attempt over ``reads``; returns it, the deltas and the generation ids."""
+    deltas: list[str] = []
+    ids: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        deltas.append(text)
+
+    async def on_generation(generation_id: str) -> None:
+        ids.append(generation_id)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"Content-Type": "text/event-stream"}, stream=Scripted(reads)
+        )
+
+    c = client(httpx.MockTransport(answer))
+    settings = {"timeout_s": 120.0, "first_token_timeout_s": 10.0, "idle_timeout_s": 5.0}
+    settings.update(clocks)
+    payload = c.build_payload(M, MESSAGES)
+    result = await c.stream(payload, on_delta=on_delta, on_generation=on_generation, **settings)
+    return result, deltas, ids
+
+
+FOREVER_KEEPALIVES: list[bytes | float | str] = [KEEPALIVE, 1.0] * 200
+
+
+@pytest.mark.parametrize(
+    ("after", "ended_by"),
+    [
+        ([RESET], ErrorClass.NETWORK_ERROR),
+        ([STALL], ErrorClass.TIMEOUT),
+        (FOREVER_KEEPALIVES, ErrorClass.TIMEOUT),  # the attempt's overall clock runs out
+        ([b"data: [DONE] \n\n"], None),
+        ([b"data:\n\n"], None),
+        ([b"data:\n\n", STALL], ErrorClass.TIMEOUT),
+        ([b"data: {not json\n\n", RESET], ErrorClass.NETWORK_ERROR),
+        ([b"data: [DONE] \n\n", RESET], None),  # [DONE] ends the reading
+        ([chunk(error={"code": 502, "message": "upstream went away"})], ErrorClass.SERVER_ERROR),
+        ([], None),
+    ],
+    ids=[
+        "reset", "idle", "overall", "done_space", "bare_data", "bare_data_then_silence",
+        "garbage_then_reset", "done_space_then_reset", "error_chunk_after", "eof",
+    ],
+)  # fmt: skip
+async def test_a_finished_stream_is_a_completion_however_it_ends(
+    after: list[bytes | float | str], ended_by: ErrorClass | None, autojump_clock: object
+) -> None:
+    """After a finish_reason (and usage), a reset, silence, the overall clock, malformed
+    trailing frames or a late error chunk do not throw the paid reply away."""
+    reads: list[bytes | float | str] = [says("Hello"), says(" world"), FINISH, USAGE, *after]
+    result, deltas, _ = await scripted(reads, timeout_s=60.0)
+    assert result.error is None, result.error
+    done = result.completion
+    assert done is not None and done.content == "".join(deltas) == "Hello world"
+    assert done.finish_reason == "stop" and str(done.cost_usd) == "0.250000000"
+    assert done.generation_id == "gen-s" and result.streamed and result.partial is None
+    assert result.after_finish is ended_by
+
+
+async def test_a_finish_then_silence_without_usage_is_a_completion(
+    autojump_clock: object,
+) -> None:
+    """A finish_reason then nothing (no usage, no [DONE]): the reply is whole; the idle clock
+    ends the wait, and the cost is left to the generation look-up."""
+    start = trio.current_time()
+    result, _, _ = await scripted([says("Hi"), FINISH, STALL], idle_timeout_s=5.0)
+    assert result.completion is not None and result.completion.content == "Hi"
+    assert result.completion.cost_usd is None and result.streamed
+    assert result.after_finish is ErrorClass.TIMEOUT
+    assert trio.current_time() - start == pytest.approx(5)
+
+
+async def test_an_empty_finished_reply_then_silence_is_a_completion(
+    autojump_clock: object,
+) -> None:
+    """finish_reason with no content (an empty reply) then silence: a completion with empty
+    text, as a blocking empty reply is, not a first-token timeout bought again."""
+    result, deltas, _ = await scripted([FINISH, USAGE, STALL], first_token_timeout_s=10.0)
+    assert result.error is None and deltas == []
+    assert result.completion is not None and result.completion.content == ""
+
+
+async def test_a_non_json_frame_mid_stream_is_skipped_and_counted(autojump_clock: object) -> None:
+    """A ``data:`` line that is not a JSON object in the middle of a stream is skipped (and
+    counted on the attempt), not a reason to buy the stream again."""
+    reads: list[bytes | float | str] = [
+        says("Hello"), b"data: {truncated\n\n", b"data: [1, 2]\n\n", says(" world"),
+        FINISH, USAGE, DONE,
+    ]  # fmt: skip
+    result, _, _ = await scripted(reads)
+    assert result.error is None
+    assert result.completion is not None and result.completion.content == "Hello world"
+    assert result.skipped_frames == 2 and result.after_finish is None
+
+
+async def test_a_break_before_finish_is_still_interrupted(autojump_clock: object) -> None:
+    """Without a finish_reason, a reset after text is ``stream_interrupted`` (skipped frames
+    counted too): only a finished reply is kept as the answer."""
+    result, _, _ = await scripted([says("Hello"), b"data: nope\n\n", RESET])
+    assert result.error is not None
+    assert result.error.error_class is ErrorClass.STREAM_INTERRUPTED
+    assert result.partial is not None and result.partial.content == "Hello"
+    assert result.skipped_frames == 1 and result.after_finish is None
+
+
+@pytest.mark.parametrize("eol", [b"\r", b"\n", b"\r\n"], ids=["cr", "lf", "crlf"])
+async def test_bare_cr_lf_and_crlf_line_endings_all_stream(
+    eol: bytes, autojump_clock: object
+) -> None:
+    """The SSE specification allows CR, LF and CRLF: a CR-only stream is read like the others
+    (deltas, generation id, usage), not retried as ``server_error``."""
+    frames = [KEEPALIVE, says("Hel"), says("lo"), FINISH, USAGE, DONE]
+    body = b"".join(frames).replace(b"\n", eol)
+    reads: list[bytes | float | str] = [body[i : i + 3] for i in range(0, len(body), 3)]
+    result, deltas, ids = await scripted(reads)
+    assert result.error is None, result.error
+    assert deltas == ["Hel", "lo"] and ids == ["gen-s"]
+    assert result.completion is not None and str(result.completion.cost_usd) == "0.250000000"
+
+
+class CountingBytes(bytes):
+    """A read that counts the bytes copied when something is concatenated with it (the
+    growing-buffer pattern ``tail += read``)."""
+
+    copied = 0
+
+    def __add__(self, other: bytes) -> bytes:  # type: ignore[override]
+        CountingBytes.copied += len(self) + len(other)
+        return bytes(self) + bytes(other)
+
+    def __radd__(self, other: bytes) -> bytes:
+        CountingBytes.copied += len(self) + len(other)
+        return bytes(other) + bytes(self)
+
+
+def test_a_long_line_in_small_reads_is_split_in_linear_work() -> None:
+    """A 5 MB chunk arriving in 4 KB reads is decoded whole, and its bytes are not copied
+    again on every read (``tail += read`` was quadratic: 10 s for a 20 MB line)."""
+    text = "é" * 2_500_000  # 5 MB of two-byte characters: reads cut them in two
+    body = says(text)
+    CountingBytes.copied = 0
+    reader = StreamReader(M)
+    got: list[str] = []
+    for i in range(0, len(body), 4096):
+        got += reader.feed(CountingBytes(body[i : i + 4096]))
+    got += reader.close()
+    assert got == [text] and reader.generation_id == "gen-s"
+    assert CountingBytes.copied <= 2 * len(body)
+
+
+def test_a_byte_order_mark_opening_the_stream_is_ignored() -> None:
+    """The SSE specification ignores one leading BOM: the first chunk behind it is read."""
+    reader = StreamReader(M)
+    assert reader.feed(b"\xef\xbb\xbf" + says("Hi") + FINISH) == ["Hi"]
+    assert reader.close() == [] and reader.skipped == 0
+    assert not isinstance(done := reader.outcome(200, None), Exception) and done.content == "Hi"

@@ -99,6 +99,13 @@ class Attempt:
     unsent: bool = False
     """The request never reached the provider (no connection could be made, or none was free
     in time): nothing can have been billed."""
+    skipped_frames: int = 0
+    """A streamed attempt: ``data:`` frames that were not a chunk (not JSON, or not a JSON
+    object) and were skipped rather than taken for the end of the stream."""
+    after_finish: ErrorClass | None = None
+    """A streamed completion whose body broke after its ``finish_reason`` instead of ending
+    cleanly (a reset: ``network_error``; silence or the attempt's clock: ``timeout``; a late
+    error chunk: its class). The reply was whole, so it is the answer all the same."""
 
 
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -235,10 +242,13 @@ class OpenRouterClient:
         """Make one streamed attempt; never raises for provider or network failures.
 
         Three clocks, all trio's (so ``MockClock`` sees them): ``first_token_timeout_s`` from
-        sending until the first content delta, then ``idle_timeout_s`` between any two reads
-        (keep-alive comments count), and ``timeout_s`` over the whole attempt. Before the
-        first token every failure is classified as for :meth:`complete`; after it, any break
-        is ``stream_interrupted`` and the text so far comes back as ``Attempt.partial``.
+        sending until the first content delta (or a ``finish_reason``), then ``idle_timeout_s``
+        between any two reads (keep-alive comments count), and ``timeout_s`` over the whole
+        attempt. Before the first token every failure is classified as for :meth:`complete`;
+        after it, any break is ``stream_interrupted`` and the text so far comes back as
+        ``Attempt.partial`` — unless a ``finish_reason`` had arrived: that reply is whole, so a
+        reset, silence or the clock running out after it is a completion (``after_finish``
+        says what broke), not a reason to buy it again.
 
         Args:
             on_delta: awaited with each piece of content, as it arrives.
@@ -258,7 +268,23 @@ class OpenRouterClient:
         hint: float | None = None
         first_at: float | None = None
         reported = False
+        is_stream = False
         outcome: Completion | ProviderError | None = None
+        broke: tuple[ErrorClass, str] | None = None  # what ended the body before its end
+
+        async def take(deltas: list[str]) -> None:
+            nonlocal first_at, reported
+            if deltas:
+                if first_at is None:
+                    first_at = trio.current_time()
+                if on_delta is not None:
+                    for text in deltas:
+                        await on_delta(text)
+            if not reported and reader.generation_id is not None:
+                reported = True
+                if on_generation is not None:
+                    await on_generation(reader.generation_id)
+
         slot = self._limiter if self._limiter is not None else contextlib.nullcontext()
         try:
             with trio.CancelScope(deadline=started + first_wait) as scope:
@@ -275,6 +301,7 @@ class OpenRouterClient:
                         # An error before the stream began, or a server that answered whole.
                         outcome = parse_completion(status, await response.aread(), model, hint)
                     else:
+                        is_stream = True
                         # The body's own iterator, held so that it is closed however the loop
                         # ends (httpx's aiter_* generators would be left to the GC). Streams
                         # are asked for uncompressed (Accept-Encoding: identity), so the raw
@@ -284,18 +311,8 @@ class OpenRouterClient:
                         reads = body_stream.__aiter__()
                         try:
                             async for data in reads:
-                                deltas = reader.feed(data)
-                                if deltas:
-                                    if first_at is None:
-                                        first_at = trio.current_time()
-                                    if on_delta is not None:
-                                        for text in deltas:
-                                            await on_delta(text)
-                                if not reported and reader.generation_id is not None:
-                                    reported = True
-                                    if on_generation is not None:
-                                        await on_generation(reader.generation_id)
-                                if first_at is not None:
+                                await take(reader.feed(data))
+                                if first_at is not None or reader.finished:
                                     scope.deadline = min(
                                         overall, trio.current_time() + idle_timeout_s
                                     )
@@ -304,61 +321,55 @@ class OpenRouterClient:
                         finally:
                             with trio.CancelScope(shield=True):
                                 await _aclose(reads)
-                        if not reader.ended:
-                            for text in reader.close():
-                                first_at = first_at or trio.current_time()
-                                if on_delta is not None:
-                                    await on_delta(text)
-                        reader.ended = True
-            if reader.ended and status == 200 and outcome is None:
-                outcome = reader.outcome(status, hint)
-            elif scope.cancelled_caught:
-                now = trio.current_time()
-                if first_at is None:
+            if scope.cancelled_caught and outcome is None and not reader.ended:
+                if first_at is None and not reader.finished:
                     what = "first token" if first_wait < timeout_s else "answer"
                     outcome = ProviderError(
                         "timeout", f"no {what} within {first_wait:g} s", model=model, status=status
                     )
-                elif now >= overall:
-                    outcome = reader.broken(
-                        "timeout", f"the attempt's {timeout_s:g} s ran out", status
-                    )
+                elif trio.current_time() >= overall:
+                    broke = ErrorClass.TIMEOUT, f"the attempt's {timeout_s:g} s ran out"
                 else:
-                    outcome = reader.broken(
-                        "timeout", f"nothing arrived for {idle_timeout_s:g} s", status
-                    )
+                    broke = ErrorClass.TIMEOUT, f"nothing arrived for {idle_timeout_s:g} s"
         except _UNSENT as exc:
             cls = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
             latency_ms = round((trio.current_time() - started) * 1000)
             error = ProviderError(cls, _describe(exc), model=model)
             return Attempt(model, None, error, latency_ms, status, unsent=True)
         except httpx.TimeoutException as exc:
-            outcome = self._broken(reader, "timeout", exc, model, status)
+            broke = ErrorClass.TIMEOUT, _describe(exc)
         except httpx.DecodingError as exc:
-            outcome = self._broken(reader, "server_error", exc, model, status)
+            broke = ErrorClass.SERVER_ERROR, _describe(exc)
         except (httpx.TransportError, OSError) as exc:
-            outcome = self._broken(reader, "network_error", exc, model, status)
-        assert outcome is not None
+            broke = ErrorClass.NETWORK_ERROR, _describe(exc)
+        after_finish: ErrorClass | None = None
+        if is_stream and outcome is None:
+            if not reader.ended:
+                # The body ended or broke: what it had sent so far is all there is (a chunk
+                # not followed by its blank line included).
+                await take(reader.close())
+            if broke is None or reader.finished:
+                outcome = reader.outcome(200, hint)
+                after_finish = broke[0] if broke is not None else reader.late_error
+        if outcome is None:
+            assert broke is not None
+            cls, detail = broke
+            if reader.started:
+                outcome = reader.broken(cls, detail, status)
+            else:
+                outcome = ProviderError(cls, detail, model=model, status=status)
         latency_ms = round((trio.current_time() - started) * 1000)
         first_ms = round((first_at - started) * 1000) if first_at is not None else None
         if isinstance(outcome, Completion):
             return Attempt(
                 model, outcome, None, latency_ms, status, first_token_ms=first_ms,
-                streamed=reader.ended,
+                streamed=is_stream, skipped_frames=reader.skipped, after_finish=after_finish,
             )  # fmt: skip
         partial = reader.completion(None) if reader.started or reader.usage else None
         return Attempt(
             model, None, outcome, latency_ms, status, partial, first_ms, reader.cause,
-            streamed=reader.ended or reader.started,
+            streamed=is_stream, skipped_frames=reader.skipped,
         )  # fmt: skip
-
-    @staticmethod
-    def _broken(
-        reader: StreamReader, cls: str, exc: BaseException, model: str, status: int | None
-    ) -> ProviderError:
-        if reader.started:
-            return reader.broken(cls, _describe(exc), status)
-        return ProviderError(cls, _describe(exc), model=model, status=status)
 
     async def generation_cost(
         self, generation_id: str, *, tries: int = 4, first_delay_s: float = 0.5

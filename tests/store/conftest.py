@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,22 +12,44 @@ import pytest
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.sql import SqlStore, open_engine
 
-#: The PostgreSQL database the tests use; ``DEMIARCH_FLOW_TEST_PG_DB`` names another database on
-#: the same server, so that two checkouts can run their suites at once without sharing tables.
-PG_DB = os.environ.get("DEMIARCH_FLOW_TEST_PG_DB", "test")
+#: The PostgreSQL database this test run owns: created (from the server's ``test`` database
+#: connection) on first use and dropped when the run ends, so two runs at once never share tables.
+#: ``DEMIARCH_FLOW_TEST_PG_DB`` names an existing database to use instead (then kept).
+_GIVEN_DB = os.environ.get("DEMIARCH_FLOW_TEST_PG_DB")
+PG_DB = _GIVEN_DB or f"dflow_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 PG_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_DB}"
+_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+_available: bool | None = None
 
 
 def postgres_available() -> bool:
+    """Whether the server answers; the run's own database is created the first time it does."""
+    global _available
+    if _available is None:
+        _available = _create_own_database()
+    return _available
+
+
+def _create_own_database() -> bool:
     try:
         import psycopg
 
-        with psycopg.connect(
-            f"host=127.0.0.1 port=5432 user=postgres dbname={PG_DB}", connect_timeout=2
-        ):
-            return True
+        with psycopg.connect(_ADMIN, connect_timeout=2, autocommit=True) as conn:
+            if _GIVEN_DB is None:
+                conn.execute(f'CREATE DATABASE "{PG_DB}"')
+        return True
     except Exception:
         return False
+
+
+def drop_own_database() -> None:
+    """Drop the database this run created (nothing when it made none or was given one)."""
+    if _GIVEN_DB is not None or not _available:
+        return
+    import psycopg
+
+    with psycopg.connect(_ADMIN, connect_timeout=2, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
 
 
 def drop_everything(url: str = PG_URL) -> None:
