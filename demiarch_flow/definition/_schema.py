@@ -9,6 +9,10 @@ the validator's ``number`` and ``integer`` types are those of JSON: finite, and 
 NaN slips past every ``minimum`` (each comparison with it is false) and would reach the request as
 invalid JSON, so it must fail on its type. Once the schema passes, every string is checked for what
 the database and the request cannot carry (:mod:`._text`).
+
+Where the keys of a mapping are names the user chooses (rate buckets, states), a plain key
+that YAML reads as a value (``~``, ``yes``, ``123``) is refused by name: its bucket or state could
+never be matched or targeted, and a policy that silently applies to nothing is a typo's worst case.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from functools import cache
 from typing import Any
 
@@ -126,6 +131,11 @@ def _type_message(err: ValidationError) -> str | None:
     if isinstance(value, int | float) and not _in_json_range(value, integer=True):
         return f"{shorten(value)} is out of range (beyond a 64-bit integer)"
     if isinstance(value, str):
+        if means := _base_60(value):
+            return (
+                f"{shorten(value)} is text, not a number (YAML 1.1 would read it in base 60,"
+                f" as {means}; write the number you mean)"
+            )
         try:
             float(value)
         except ValueError:
@@ -135,6 +145,55 @@ def _type_message(err: ValidationError) -> str | None:
             " write 1000 or 1.0e+3)"
         )
     return None
+
+
+_BASE_60 = re.compile(r"([-+]?)([0-9][0-9_]*(?::[0-5]?[0-9])+)(\.[0-9_]*)?")
+
+
+def _base_60(text: str) -> str | None:
+    """The number YAML 1.1 makes of ``text`` in base 60 (``"1:30"`` → ``"90"``), if it would.
+
+    The loader keeps such scalars as text (see :mod:`._yaml`); saying what YAML 1.1 would have
+    made of one tells the user why ``1:30`` is not a number here.
+    """
+    match = _BASE_60.fullmatch(text)
+    if match is None:
+        return None
+    if len(text) > 40:  # its value would not fit in a message (nor in 4,300 digits)
+        return "some other number"
+    sign, digits, fraction = match.groups()
+    total = 0
+    for part in digits.replace("_", "").split(":"):
+        total = total * 60 + int(part)
+    if fraction is None:
+        return f"{sign.strip('+')}{total}"
+    return f"{sign.strip('+')}{total + float('0' + fraction.replace('_', ''))}"
+
+
+def _typed_key_errors(positions: Positions) -> list[DefinitionError]:
+    """A key YAML reads as a value, in a mapping whose keys are names (see the module doc)."""
+    out: list[DefinitionError] = []
+    for path, reading in positions.typed_keys.items():
+        if not isinstance(_subschema(path[:-1]).get("additionalProperties"), dict):
+            continue  # a mapping of fixed fields: the unknown key is reported by the schema
+        if path[-2:-1] == ("transitions",):
+            continue  # an event: the graph check names the action that never emits it
+        key = str(path[-1])
+        if path[:-1] == ("limits", "rate"):
+            advice = (
+                f'so this bucket would match no model; quote it ("{key}") if a model id or'
+                " glob really is that text"
+            )
+        else:
+            advice = f'not as a name; rename it, or quote it ("{key}") wherever it is written'
+        out.append(
+            SchemaError(
+                f"YAML reads the key {key} as {reading}, {advice}",
+                location=positions.locate(path, key=True),
+                path=format_path(path),
+            )
+        )
+    return out
 
 
 def _message(err: ValidationError) -> str:
@@ -171,7 +230,7 @@ def check_schema(doc: Any, positions: Positions) -> None:
     Raises:
         SchemaError: every finding, the first (by position in the file) leading.
     """
-    problems: list[DefinitionError] = []
+    problems: list[DefinitionError] = _typed_key_errors(positions)
     for err in sorted(_validator().iter_errors(doc), key=_sort_key):
         if err.validator == "additionalProperties":
             problems.extend(_unknown_key_errors(err, positions))

@@ -4,7 +4,15 @@ PyYAML's ``safe_load`` forgets positions, and every definition error must name a
 column. So the text is *composed* into nodes with the safe loader (no object construction ever
 happens beyond plain scalars), then walked here into plain data plus a map from field path to
 source position. Mapping keys are kept as the text the user wrote: YAML 1.1 turns a bare ``on``
-into ``True``, and keeping ``"on"`` lets the schema reject it by name with a hint instead.
+into ``True``, and keeping ``"on"`` lets the schema reject it by name with a hint instead. A plain
+key that YAML would read as null, a boolean, a number or a date is noted in
+:attr:`Positions.typed_keys`, so that a free-named mapping (rate buckets, states) can refuse it:
+``yes:`` or ``~:`` there is never the name the user meant to match.
+
+YAML 1.1 reads ``1:30`` as the base-60 number 90 (and ``1:30.5`` as 90.5), a reading nobody
+writing a budget or a delay expects. Such a scalar is kept as the text written instead: where text
+belongs (``system: 12:30``) it is what the user wrote, and where a number belongs the schema
+refuses it by name, at its line — never a silent 90.
 
 Hostile input is bounded here, before anything recurses or multiplies: the text size, the nesting
 depth (PyYAML's composer recurses once per level, so 5,000 ``[`` would end in ``RecursionError``),
@@ -40,6 +48,7 @@ _YAML = "tag:yaml.org,2002:"
 #: ``!!binary``, ``!!set``, custom ``!tags``) has no meaning in a workflow and is refused by name.
 _SCALAR_TAGS = frozenset(_YAML + t for t in ("str", "int", "float", "bool", "null", "timestamp"))
 _COLLECTION_TAGS = frozenset({_YAML + "seq", _YAML + "map"})
+_NUMBER_TAGS = frozenset({_YAML + "int", _YAML + "float"})
 
 
 @dataclass
@@ -49,6 +58,8 @@ class Positions:
     file: str
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    typed_keys: dict[Path, str] = field(default_factory=dict)
+    """Plain keys that YAML reads as a value, not text: what it reads (``"the boolean true"``)."""
 
     def locate(self, path: Path, *, key: bool = False) -> Location:
         """The closest known location of ``path`` (walking up to a parent when needed)."""
@@ -220,6 +231,8 @@ class _Walker:
                 " (aliases repeat their text)",
                 node,
             )
+        if _is_base_60(node):
+            return str(node.value)
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
@@ -247,5 +260,29 @@ class _Walker:
             child = (*path, key)
             mark = key_node.start_mark
             self.positions.keys[child] = (mark.line + 1, mark.column + 1)
+            if reading := self._key_reading(key_node):
+                self.positions.typed_keys[child] = reading
             out[key] = self.walk(value_node, child)
         return out
+
+    def _key_reading(self, node: yaml.ScalarNode) -> str | None:
+        """What YAML reads a key as when that is not text (``None``: text, as keys should be)."""
+        kind = node.tag.removeprefix(_YAML)
+        if kind == "str" or _is_base_60(node):
+            return None
+        if kind == "null":
+            return "null"
+        if kind == "timestamp":
+            return "a date"
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError):
+            return "a boolean" if kind == "bool" else "a number"
+        if isinstance(value, bool):
+            return f"the boolean {str(value).lower()}"
+        return f"the number {shorten(value)}"
+
+
+def _is_base_60(node: yaml.ScalarNode) -> bool:
+    """A number YAML 1.1 reads in base 60: the only int or float forms with a colon (``1:30``)."""
+    return node.tag in _NUMBER_TAGS and ":" in node.value
