@@ -1,23 +1,30 @@
 """``db upgrade`` and ``db current``: the schema's revision, for people and for scripts.
 
-SQLite databases are upgraded when opened (after a backup); PostgreSQL ones only here, so that
-whoever owns the server decides when its schema changes (``--sql`` prints the DDL instead).
+SQLite databases are upgraded when opened by a command that writes (after a backup); PostgreSQL
+ones only here, so that whoever owns the server decides when its schema changes (``--sql``
+prints the DDL instead). ``db current`` and ``--sql`` only read: they open the database
+read-only, and ``--sql`` for a SQLite file that does not exist yet prints the DDL that would
+create it, without creating anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ..paths import database_url
-from ..store.schema import HEAD, SchemaState, prepare, read_state, upgrade_sql
+from ..store.schema import HEAD, SchemaState, fresh_sql, prepare, read_state, upgrade_sql
 from ..store.sql import open_engine, opening, safe_url
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
     """The database's revision, whether it is this release's head, and the backend."""
     url = database_url(args.db)
-    engine = open_engine(url, create=False)
+    engine = open_engine(url, read_only=True)
     try:
         with opening(url), engine.connect() as conn:
             state = read_state(conn)
@@ -33,15 +40,11 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Create, adopt or upgrade the database to head; with ``--sql`` print the SQL instead."""
     url = database_url(args.db)
-    engine = open_engine(url, create=not args.sql)
+    if args.sql:
+        return _print_sql(url)
+    engine = open_engine(url)
     try:
         with opening(url):
-            if args.sql:
-                sql = upgrade_sql(engine)
-                print(sql if sql else f"-- already at revision {HEAD}: nothing to run", end="")
-                if not sql:
-                    print()
-                return 0
             before = prepare(engine, create=True, upgrade=True)
     finally:
         engine.dispose()
@@ -52,6 +55,36 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     else:
         print(f"{safe_url(url)}: upgraded from revision {before.revision or 'none'} to {HEAD}")
     return 0
+
+
+def _print_sql(url: str) -> int:
+    """``db upgrade --sql``: what upgrading would run, read-only (a new SQLite file: its DDL)."""
+    if _missing_sqlite_file(url):
+        sql = fresh_sql("sqlite")
+    else:
+        engine = open_engine(url, read_only=True)
+        try:
+            with opening(url):
+                sql = upgrade_sql(engine)
+        finally:
+            engine.dispose()
+    if sql:
+        print(sql, end="" if sql.endswith("\n") else "\n")
+    else:
+        print(f"-- already at revision {HEAD}: nothing to run")
+    return 0
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite file (not memory, not a ``file:`` URI) that does not exist."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # open_engine says what is wrong with it
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return False
+    return not database.startswith("file:") and not Path(database).expanduser().exists()
 
 
 def _describe(state: SchemaState) -> str:

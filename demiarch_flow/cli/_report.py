@@ -17,8 +17,10 @@ from ._table import table
 
 
 def _open(db: str | None) -> SqlStore:
-    """Open for reading: a database that does not exist is an error, never created."""
-    return SqlStore.open_sync(database_url(db), create=False)
+    """Open for reading only: a database that does not exist is an error, never created, and
+    a SQLite file is opened read-only (never upgraded), so one the user cannot write still
+    reads."""
+    return SqlStore.open_sync(database_url(db), read_only=True)
 
 
 def _when(at: datetime | None) -> str:

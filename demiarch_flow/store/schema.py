@@ -9,7 +9,12 @@ database (:func:`prepare`) decides what to do before a single request is sent:
 * behind head: SQLite is copied to ``<file>.pre-<revision>.bak`` and upgraded; PostgreSQL is
   not touched (its owner runs ``demiarch-flow db upgrade``, or applies ``--sql``);
 * ahead of head (written by a newer release), or a table or column missing:
-  :class:`~demiarch_flow.errors.SchemaMismatch`, naming the revision or the table and column.
+  :class:`~demiarch_flow.errors.SchemaMismatch`, naming the revision or the table and column;
+* ``alembic_version`` holding a blank value, several rows, or no row beside our tables: the
+  same, saying so (the revision is unknown, and guessing one would migrate the wrong tables).
+
+Read-only commands pass ``read_only``: they never create, back up or upgrade, so they work on a
+file they cannot write, and a database that needs any of that is refused with what to run.
 
 Creating and upgrading are serialised between processes (SQLite: ``BEGIN EXCLUSIVE``;
 PostgreSQL: a transaction-level advisory lock) and the revision is read again once the lock is
@@ -35,7 +40,7 @@ from .tables import Base
 if TYPE_CHECKING:
     from alembic.config import Config
 
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006")
 """Every revision in ``migrations/versions``, oldest first (a test keeps the two in step)."""
 BASELINE = REVISIONS[0]
 """The revision that the first release's tables are (it had no ``alembic_version``)."""
@@ -78,13 +83,70 @@ class SchemaState:
 
 
 def read_state(conn: Connection) -> SchemaState:
-    """The revision and tables of the database behind ``conn`` (reads only)."""
+    """The revision and tables of the database behind ``conn`` (reads only).
+
+    Raises:
+        SchemaMismatch: ``alembic_version`` holds no single revision — a blank value, several
+            rows, or no row beside tables of ours — so what the tables are cannot be known.
+    """
     names = set(inspect(conn).get_table_names())
+    ours = frozenset(names & set(Base.metadata.tables))
     revision: str | None = None
     if "alembic_version" in names:
         rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-        revision = ",".join(sorted(rows)) or None
-    return SchemaState(conn.dialect.name, revision, frozenset(names & set(Base.metadata.tables)))
+        revision = _one_revision(list(rows), ours, _where(conn.engine))
+    return SchemaState(conn.dialect.name, revision, ours)
+
+
+def _one_revision(rows: list[str | None], ours: frozenset[str], where: str) -> str | None:
+    """The revision ``alembic_version`` names, or why it names none.
+
+    Alembic keeps one row per branch head and demiarch-flow has one branch, so anything but a
+    single non-blank row was written by hand or by a failed tool. Guessing would be worse than
+    stopping: a blank row read as "no revision" adopted the tables as the first release and
+    migrated them again (an AssertionError inside Alembic, after a backup), and two rows read as
+    one unknown revision blamed a newer release.
+    """
+    known = ", ".join(REVISIONS)
+    advice = (
+        " Restore the database from a backup (an automatic upgrade of SQLite leaves"
+        " <file>.pre-<revision>.bak beside it), or correct alembic_version by hand; nothing"
+        " was changed"
+    )
+    if len(rows) > 1:
+        shown = ", ".join(_shown(row) for row in sorted(rows, key=str))
+        raise SchemaMismatch(
+            f"database {where}: its alembic_version table holds {len(rows)} rows ({shown}),"
+            " where demiarch-flow keeps exactly one, the revision its tables are at (one of"
+            f" {known}).{advice}",
+            head=HEAD,
+            table="alembic_version",
+        )
+    if rows and (rows[0] is None or not rows[0].strip()):
+        raise SchemaMismatch(
+            f"database {where}: its alembic_version row is empty ({_shown(rows[0])}), so the"
+            f" revision its tables are at is unknown (demiarch-flow writes one of {known}"
+            f" there).{advice}",
+            head=HEAD,
+            table="alembic_version",
+        )
+    if not rows and ours:
+        raise SchemaMismatch(
+            f"database {where}: its alembic_version table has no row, but tables of"
+            f" demiarch-flow exist ({', '.join(sorted(ours))}), so their revision is unknown"
+            f" (demiarch-flow writes one of {known} there).{advice}",
+            head=HEAD,
+            table="alembic_version",
+        )
+    return rows[0] if rows else None
+
+
+def _shown(value: str | None) -> str:
+    """A stored revision for a message: NULL, a blank one quoted, a long one cut."""
+    if value is None:
+        return "NULL"
+    text = value if value.strip() and value.isprintable() else repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 #: The first release's tables and columns: what an unversioned database must hold to be
@@ -151,21 +213,27 @@ def check_layout(
                 )
 
 
-def prepare(engine: Engine, *, create: bool = True, upgrade: bool = False) -> SchemaState:
+def prepare(
+    engine: Engine, *, create: bool = True, upgrade: bool = False, read_only: bool = False
+) -> SchemaState:
     """Make the database usable by this release, or say why it is not (see the module doc).
 
     Args:
         engine: the database, as made by :func:`~demiarch_flow.store.sql.open_engine`.
-        create: create an empty database at head; read-only commands pass ``False``.
+        create: create an empty database at head; commands that must not create one pass
+            ``False``.
         upgrade: upgrade PostgreSQL too (``db upgrade``). SQLite is always upgraded, after a
-            backup of the file.
+            backup of the file, unless ``read_only``.
+        read_only: never write: anything but a database at head is refused (read-only
+            commands, which may be given a file they cannot write).
 
     Returns:
         The state found before any change.
 
     Raises:
         SchemaMismatch: the database is ahead of this release, behind it on PostgreSQL without
-            ``upgrade``, empty without ``create``, or a table or column is missing.
+            ``upgrade`` (or anywhere when ``read_only``), empty without ``create``, its
+            ``alembic_version`` is broken, or a table or column is missing.
         sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or written.
     """
     where = _where(engine)
@@ -174,8 +242,11 @@ def prepare(engine: Engine, *, create: bool = True, upgrade: bool = False) -> Sc
         if state.status == "head":
             check_layout(conn, where)
             return state
-    upgrade = upgrade or engine.dialect.name == "sqlite"
-    _refuse(state, where, create=create, upgrade=upgrade)
+    if read_only:
+        create = upgrade = False
+    else:
+        upgrade = upgrade or engine.dialect.name == "sqlite"
+    _refuse(state, where, create=create, upgrade=upgrade, read_only=read_only)
     with serialised(engine, sqlite_begin="EXCLUSIVE", advisory_lock=_LOCK_KEY) as conn:
         found = read_state(conn)  # another process may have got there while we waited
         if found.status != "head":
@@ -193,11 +264,9 @@ def upgrade_sql(engine: Engine) -> str:
     """The SQL that ``db upgrade`` would run on this database, for a DBA to review and apply.
 
     Raises:
-        SchemaMismatch: the database is ahead of this release, or a first-release database
-            lacks a column.
+        SchemaMismatch: the database is ahead of this release, its ``alembic_version`` is
+            broken, or a first-release database lacks a column.
     """
-    from alembic import command
-
     where = _where(engine)
     with engine.connect() as conn:
         state = read_state(conn)
@@ -206,9 +275,25 @@ def upgrade_sql(engine: Engine) -> str:
             check_layout(conn, where, FIRST_RELEASE)
     if state.status == "head":
         return ""
+    return _render_sql(engine.dialect.name, state)
+
+
+def fresh_sql(dialect: str) -> str:
+    """The SQL that creates a new database at :data:`HEAD`, rendered without connecting.
+
+    ``db upgrade --sql`` for a SQLite file that does not exist yet: a DBA reviews the DDL
+    before anything, the file included, is created.
+    """
+    return _render_sql(dialect, SchemaState(dialect, None, frozenset()))
+
+
+def _render_sql(dialect: str, state: SchemaState) -> str:
+    """Alembic's offline rendering of what :func:`prepare` would run from ``state``."""
+    from alembic import command
+
     out = io.StringIO()
     config = alembic_config(output=out)
-    config.attributes["dialect"] = engine.dialect.name
+    config.attributes["dialect"] = dialect
     if state.status == "empty":
         command.upgrade(config, HEAD, sql=True)
     else:
@@ -241,7 +326,9 @@ def _migrate(conn: Connection, state: SchemaState) -> None:
     command.upgrade(config, HEAD)
 
 
-def _refuse(state: SchemaState, where: str, *, create: bool, upgrade: bool) -> None:
+def _refuse(
+    state: SchemaState, where: str, *, create: bool, upgrade: bool, read_only: bool = False
+) -> None:
     status = state.status
     if status == "ahead":
         raise SchemaMismatch(
@@ -258,9 +345,11 @@ def _refuse(state: SchemaState, where: str, *, create: bool, upgrade: bool) -> N
         )
     if status in ("behind", "unversioned") and not upgrade:
         revision = state.revision or f"{BASELINE} (first release, unversioned)"
+        only_reads = " (this command only reads the database, so it never upgrades it)"
         raise SchemaMismatch(
-            f"database is at revision {revision}, this release needs {HEAD}: run"
-            f" `demiarch-flow db upgrade --db {where}` (or `--sql` to print the SQL for a DBA)",
+            f"database is at revision {revision}, this release needs {HEAD}"
+            f"{only_reads if read_only else ''}: run `demiarch-flow db upgrade --db {where}`"
+            " (or `--sql` to print the SQL for a DBA)",
             revision=state.revision,
             head=HEAD,
         )

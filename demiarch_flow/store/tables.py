@@ -119,7 +119,8 @@ class LlmUsage(Base):
     __tablename__ = "llm_usage"
     __table_args__ = (
         CheckConstraint(
-            "cost_source IN ('provider', 'price_table', 'unknown')", name="cost_source"
+            "cost_source IN ('provider', 'price_table', 'estimated', 'unknown')",
+            name="cost_source",
         ),
         CheckConstraint("outcome IN ('reply', 'billed', 'interrupted')", name="outcome"),
         Index(
@@ -142,12 +143,15 @@ class LlmUsage(Base):
     requested_model: Mapped[str] = mapped_column(String(200))
     generation_id: Mapped[str | None] = mapped_column(String(200), index=True)
     """Not unique: caching proxies and some servers reuse a response id across runs."""
-    prompt_tokens: Mapped[int] = mapped_column(Integer)
-    completion_tokens: Mapped[int] = mapped_column(Integer)
-    total_tokens: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    """``None``: the provider gave no count, or one past belief (never stored as 0)."""
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[Decimal] = mapped_column(USD)
     cost_source: Mapped[str] = mapped_column(String(16))
+    """``provider`` (``usage.cost``), ``price_table`` (its token counts priced), ``estimated``
+    (token counts estimated from the text, priced) or ``unknown`` (0 USD counted)."""
     latency_ms: Mapped[int] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer)
     request_timestamp: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -135,6 +136,56 @@ def test_db_upgrade_on_postgres_and_sql_for_a_dba(capsys: pytest.CaptureFixture[
     assert revision_of(PG_URL) == HEAD
     assert main(["history", "--db", PG_URL]) == 0
     drop_everything()
+
+
+def test_db_upgrade_sql_for_a_file_not_created_yet(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`db upgrade --sql` on a SQLite path that does not exist: the DDL of a new database,
+    exit 0, and no file or folder; applied by hand, it builds what `db upgrade` builds."""
+    missing = home / "new" / "flow.db"
+    assert main(["db", "upgrade", "--db", f"sqlite:///{missing}", "--sql"]) == 0
+    sql = capsys.readouterr().out
+    assert "CREATE TABLE conversations" in sql
+    assert f"version_num='{HEAD}'" in sql.replace(" ", "")
+    assert not missing.parent.exists()
+    by_hand, by_upgrade = home / "by_hand.db", home / "by_upgrade.db"
+    with sqlite3.connect(by_hand) as conn:
+        conn.executescript(sql)
+    assert main(["db", "upgrade", "--db", f"sqlite:///{by_upgrade}"]) == 0
+    assert revision_of(f"sqlite:///{by_hand}") == HEAD
+    assert layout(f"sqlite:///{by_hand}") == layout(f"sqlite:///{by_upgrade}")
+
+
+@pytest.mark.parametrize(
+    ("statement", "said"),
+    [
+        ("UPDATE alembic_version SET version_num = ''", "its alembic_version row is empty"),
+        ("INSERT INTO alembic_version VALUES ('0001')", "its alembic_version table holds 2 rows"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [["db", "current"], ["db", "current", "--json"], ["db", "upgrade"], ["db", "upgrade", "--sql"],
+     ["history"], ["usage"], ["runs", "list"]],
+)  # fmt: skip
+def test_a_broken_version_table_exits_3_saying_what_is_wrong(
+    home: Path, command: list[str], statement: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blank revision or two revision rows: every command exits 3 naming that (no internal
+    AssertionError, no "newer demiarch-flow"), and nothing is backed up or changed."""
+    db = home / "flow.db"
+    assert main(["db", "upgrade", "--db", f"sqlite:///{db}"]) == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute(statement)
+    conn.close()
+    before = sorted(p.name for p in home.iterdir())
+    capsys.readouterr()
+    assert main([*command, "--db", f"sqlite:///{db}"]) == 3
+    err = capsys.readouterr().err
+    assert said in err
+    assert "internal error" not in err and "newer" not in err
+    assert sorted(p.name for p in home.iterdir()) == before
 
 
 # ---------------------------------------------------------------------- read-only commands

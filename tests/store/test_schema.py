@@ -296,6 +296,59 @@ def test_ahead_of_head_is_refused(url: str) -> None:
     assert revision_of(url) == "9999"
 
 
+def _version_rows(url: str) -> list[Any]:
+    """The rows of alembic_version as stored (read_state would refuse a broken table)."""
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            return sorted(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
+    finally:
+        engine.dispose()
+
+
+def _broken_version_table(url: str, statement: str) -> None:
+    SqlStore.open_sync(url).close()
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(statement)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_revision_is_refused_as_what_it_is(url: str, tmp_path: Path, value: str) -> None:
+    """A blank alembic_version value: exit 3 saying the row is empty (not an internal
+    AssertionError after a backup), the database untouched."""
+    _broken_version_table(url, f"UPDATE alembic_version SET version_num = '{value}'")
+    with pytest.raises(SchemaMismatch, match="its alembic_version row is empty") as caught:
+        SqlStore.open_sync(url)
+    assert caught.value.exit_code == 3
+    assert f"one of {', '.join(REVISIONS)}" in str(caught.value)
+    assert _version_rows(url) == [value]
+    assert list(tmp_path.glob("*.bak")) == []
+
+
+def test_two_revision_rows_are_refused_as_two_rows(url: str) -> None:
+    """Two alembic_version rows: exit 3 saying so, not "written by a newer demiarch-flow"."""
+    _broken_version_table(url, f"INSERT INTO alembic_version VALUES ('{REVISIONS[-2]}')")
+    with pytest.raises(SchemaMismatch) as caught:
+        SqlStore.open_sync(url)
+    message = str(caught.value)
+    assert f"its alembic_version table holds 2 rows ({REVISIONS[-2]}, {HEAD})" in message
+    assert "newer" not in message
+    assert caught.value.exit_code == 3
+    assert _version_rows(url) == [REVISIONS[-2], HEAD]
+
+
+def test_an_emptied_version_table_beside_our_tables_is_refused(url: str, tmp_path: Path) -> None:
+    """Tables of ours and an alembic_version without a row: their revision is unknown, so they
+    are refused (exit 3), not adopted as the first release and migrated over."""
+    _broken_version_table(url, "DELETE FROM alembic_version")
+    with pytest.raises(SchemaMismatch, match="its alembic_version table has no row"):
+        SqlStore.open_sync(url)
+    assert _version_rows(url) == []
+    assert list(tmp_path.glob("*.bak")) == []
+
+
 @pytest.mark.parametrize(
     ("table", "column"), [("llm_usage", "cached_tokens"), ("run_events", "wait_s")]
 )
