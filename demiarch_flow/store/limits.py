@@ -6,17 +6,27 @@ A budget holds because each reservation is written in a *serialised* transaction
 transaction-level advisory lock — that first reads what every window has spent (the sum of
 ``llm_usage`` since the window began: a new day starts at zero by construction) and reserved,
 and inserts the new reservation only if ``spent + reserved + estimate <= limit`` holds for every
-window at once. A rate bucket is one row, updated under ``BEGIN IMMEDIATE`` or ``SELECT … FOR
-UPDATE``, and timed by the database's clock (the wall clock inside the immediate transaction on
-SQLite, ``clock_timestamp()`` on PostgreSQL), so processes on several machines share one clock.
+window at once. A rate bucket is two rows — its schedule of slots and its record of sends
+(:mod:`demiarch_flow.gcra`) — updated under ``BEGIN IMMEDIATE`` or ``SELECT … FOR UPDATE``, and
+timed by the database's clock (the wall clock inside the immediate transaction on SQLite,
+``clock_timestamp()`` on PostgreSQL), so processes on several machines share one clock.
 
-The memory ledger (``simulate``, tests, ``scope: process`` buckets) keeps the same books in the
-process and times buckets by trio's clock, so ``MockClock`` drives them.
+A bucket's rows are named by its key *and its rule* (:func:`bucket_row`): a schedule is only
+meaningful under the rule that made it. A mistaken ``rpm: 0.01`` can push a row days ahead;
+had the row been the key's alone, the corrected file would inherit those days and every
+process would wait them out. Two workflows giving one key different rules at once are thus
+two buckets, each held to its own rule.
+
+The memory ledger (``simulate``, tests, ``scope: process`` buckets) keeps the same books, under
+the same row names, in the process and times buckets by trio's clock, so ``MockClock`` drives
+them.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -42,7 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import PersistenceError, redact
-from ..gcra import BucketRule, BucketState, correct, pause, take
+from ..gcra import BucketRule, BucketState, Slot, correct, pause, stamp, take
 from ..pricing import NANO
 from ._tx import serialised
 from .tables import (
@@ -146,9 +156,17 @@ class Ledger(Protocol):
     ) -> list[WindowUse]:
         """Each window's books (``run`` needs ``run_id``)."""
 
-    async def take(self, rules: Sequence[BucketRule], tokens: int) -> tuple[float, str | None]:
+    async def take(
+        self, rules: Sequence[BucketRule], tokens: int, max_wait_s: float = math.inf
+    ) -> tuple[float, str | None]:
         """Take the next slot of every bucket; returns the seconds to wait for it and the
-        bucket that made it wait."""
+        bucket that made it wait. A slot further than ``max_wait_s`` away is not taken (the
+        caller will not wait that long, and a slot it left empty would hold the others back):
+        the wait is returned and nothing changes."""
+
+    async def stamp(self, rules: Sequence[BucketRule]) -> tuple[float, str | None]:
+        """Count a request sent now in every bucket's record of sends, if each allows it
+        (``0.0, None``); else the seconds until one would and the bucket, counting nothing."""
 
     async def correct(self, rules: Sequence[BucketRule], delta_tokens: int) -> None:
         """Move the token schedules by the real tokens minus the estimate."""
@@ -217,23 +235,83 @@ class MemoryLedger:
     ) -> list[WindowUse]:
         return [self._use(w, now, run_id) for w in windows]
 
-    def _states(self, rules: Sequence[BucketRule]) -> list[tuple[BucketRule, BucketState]]:
-        return [(r, self._buckets.get(r.key, BucketState())) for r in rules]
+    def _states(
+        self, rules: Sequence[BucketRule], sends: bool = False
+    ) -> list[tuple[BucketRule, BucketState]]:
+        return [(r, self._buckets.get(bucket_row(r, sends), BucketState())) for r in rules]
 
-    async def take(self, rules: Sequence[BucketRule], tokens: int) -> tuple[float, str | None]:
+    def _store(self, rules: Sequence[BucketRule], slot: Slot, sends: bool = False) -> None:
+        self._buckets.update(
+            {bucket_row(r, sends): s for r, s in zip(rules, slot.states, strict=True)}
+        )
+
+    async def take(
+        self, rules: Sequence[BucketRule], tokens: int, max_wait_s: float = math.inf
+    ) -> tuple[float, str | None]:
         now = trio.current_time()
         slot = take(self._states(rules), now, tokens)
-        self._buckets.update({r.key: s for r, s in zip(rules, slot.states, strict=True)})
+        if slot.start - now <= max_wait_s:
+            self._store(rules, slot)
         return slot.start - now, slot.blocking
+
+    def stamp_wait(self, rules: Sequence[BucketRule]) -> tuple[float, str | None]:
+        """What :meth:`stamp` would answer now, counting nothing (no await: the caller may
+        act on it before any other task runs)."""
+        now = trio.current_time()
+        slot = stamp(self._states(_paced(rules), sends=True), now)
+        return max(slot.start - now, 0.0), slot.blocking
+
+    async def stamp(self, rules: Sequence[BucketRule]) -> tuple[float, str | None]:
+        paced = _paced(rules)
+        now = trio.current_time()
+        slot = stamp(self._states(paced, sends=True), now)
+        if slot.blocking is None:
+            self._store(paced, slot, sends=True)
+        return max(slot.start - now, 0.0), slot.blocking
 
     async def correct(self, rules: Sequence[BucketRule], delta_tokens: int) -> None:
         for rule, state in self._states(rules):
-            self._buckets[rule.key] = correct(rule, state, delta_tokens)
+            self._buckets[bucket_row(rule)] = correct(rule, state, delta_tokens)
 
     async def pause(self, rules: Sequence[BucketRule], seconds: float) -> None:
         until = trio.current_time() + seconds
         for rule, state in self._states(rules):
-            self._buckets[rule.key] = pause(state, until)
+            self._buckets[bucket_row(rule)] = pause(state, until)
+
+
+# ---------------------------------------------------------------------- bucket rows
+
+#: The width of ``rate_buckets.key``.
+_ROW_WIDTH = 200
+
+
+def bucket_row(rule: BucketRule, sends: bool = False) -> str:
+    """The name of the row holding ``rule``'s schedule (``sends``: its record of sends).
+
+    The bucket's key, then its rule as ``interval/tau/token interval`` (keys hold no
+    whitespace, so the name reads back unambiguously), then `` sent`` for the record of sends:
+    ``* 0.1/0.0/-``. A name past the column's width keeps its start and ends in a digest of
+    the whole.
+
+    Naming the rule in the row, rather than in a column of its own, keeps the table as it is
+    (no migration for live state); the row of a rule no file uses any more is never read
+    again, and stays as a few dozen bytes.
+    """
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else repr(x)
+
+    name = f"{rule.key} {num(rule.interval_s)}/{num(rule.tau_s)}/{num(rule.token_interval_s)}"
+    name += " sent" if sends else ""
+    if len(name) > _ROW_WIDTH:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:24]
+        name = f"{name[: _ROW_WIDTH - len(digest) - 1]} {digest}"
+    return name
+
+
+def _paced(rules: Sequence[BucketRule]) -> list[BucketRule]:
+    """The rules with a request rate (the only ones with a record of sends)."""
+    return [r for r in rules if r.interval_s is not None]
 
 
 # ---------------------------------------------------------------------- SQL
@@ -249,11 +327,12 @@ class SqlLedger:
 
     Args:
         engine: the store's engine (``SqlStore.engine``).
-        clock: the wall clock of SQLite's bucket schedule, read inside the immediate
-            transaction (PostgreSQL uses ``clock_timestamp()``).
+        clock: the clock of the bucket schedules, read inside the serialised transaction;
+            ``None``: the database's — ``clock_timestamp()`` on PostgreSQL, the wall clock on
+            SQLite (a test passes trio's virtual one, on either backend).
     """
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], float] | None = None) -> None:
         self.engine = engine
         self.clock = clock
         self._lock = trio.Lock()
@@ -327,16 +406,20 @@ class SqlLedger:
     # -- rate buckets
 
     def _now(self, conn: Connection) -> float:
+        if self.clock is not None:
+            return self.clock()
         if conn.dialect.name == "postgresql":
             return float(
                 conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one()
             )
-        return self.clock()
+        return time.time()
 
-    def _lock_rows(
-        self, conn: Connection, rules: Sequence[BucketRule]
-    ) -> list[tuple[BucketRule, BucketState]]:
-        keys = sorted({r.key for r in rules})
+    @staticmethod
+    def _lock_rows(conn: Connection, names: Sequence[str]) -> dict[str, BucketState]:
+        """The rows ``names`` (created empty where missing), locked until the transaction
+        ends: PostgreSQL locks them in name order, so two transactions never wait on each
+        other crosswise; SQLite's immediate transaction holds the whole database already."""
+        keys = sorted(set(names))
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -349,46 +432,70 @@ class SqlLedger:
             if missing:
                 conn.execute(insert(_BUCKET), [{"key": k, "tat": 0.0, "tat_tokens": 0.0,
                                                 "paused_until": 0.0} for k in missing])  # fmt: skip
-        return [
-            (r, BucketState(rows[r.key].tat, rows[r.key].tat_tokens, rows[r.key].paused_until)
-             if r.key in rows else BucketState())
-            for r in rules
-        ]  # fmt: skip
+        return {
+            k: BucketState(rows[k].tat, rows[k].tat_tokens, rows[k].paused_until)
+            if k in rows else BucketState()
+            for k in keys
+        }  # fmt: skip
 
     @staticmethod
-    def _store(
-        conn: Connection, rules: Sequence[BucketRule], states: Sequence[BucketState]
-    ) -> None:
-        for rule, state in zip(rules, states, strict=True):
+    def _store(conn: Connection, names: Sequence[str], states: Sequence[BucketState]) -> None:
+        for name, state in zip(names, states, strict=True):
             conn.execute(
                 update(_BUCKET)
-                .where(_BUCKET.c.key == rule.key)
+                .where(_BUCKET.c.key == name)
                 .values(tat=state.tat, tat_tokens=state.tat_tokens,
                         paused_until=state.paused_until)
             )  # fmt: skip
 
-    async def take(self, rules: Sequence[BucketRule], tokens: int) -> tuple[float, str | None]:
+    async def take(
+        self, rules: Sequence[BucketRule], tokens: int, max_wait_s: float = math.inf
+    ) -> tuple[float, str | None]:
+        names = [bucket_row(r) for r in rules]
+
         def op(conn: Connection) -> tuple[float, str | None]:
-            held = self._lock_rows(conn, rules)
+            held = self._lock_rows(conn, names)
             now = self._now(conn)
-            slot = take(held, now, tokens)
-            self._store(conn, rules, slot.states)
+            slot = take([(r, held[n]) for r, n in zip(rules, names, strict=True)], now, tokens)
+            if slot.start - now <= max_wait_s:
+                self._store(conn, names, slot.states)
             return slot.start - now, slot.blocking
 
         return await self._run(op)
 
+    async def stamp(self, rules: Sequence[BucketRule]) -> tuple[float, str | None]:
+        paced = _paced(rules)
+        if not paced:
+            return 0.0, None
+        names = [bucket_row(r, sends=True) for r in paced]
+
+        def op(conn: Connection) -> tuple[float, str | None]:
+            held = self._lock_rows(conn, names)
+            now = self._now(conn)
+            slot = stamp([(r, held[n]) for r, n in zip(paced, names, strict=True)], now)
+            if slot.blocking is None:
+                self._store(conn, names, slot.states)
+            return max(slot.start - now, 0.0), slot.blocking
+
+        return await self._run(op)
+
     async def correct(self, rules: Sequence[BucketRule], delta_tokens: int) -> None:
+        names = [bucket_row(r) for r in rules]
+
         def op(conn: Connection) -> None:
-            held = self._lock_rows(conn, rules)
-            self._store(conn, rules, [correct(r, s, delta_tokens) for r, s in held])
+            held = self._lock_rows(conn, names)
+            states = [correct(r, held[n], delta_tokens) for r, n in zip(rules, names, strict=True)]
+            self._store(conn, names, states)
 
         await self._run(op)
 
     async def pause(self, rules: Sequence[BucketRule], seconds: float) -> None:
+        names = [bucket_row(r) for r in rules]
+
         def op(conn: Connection) -> None:
-            held = self._lock_rows(conn, rules)
+            held = self._lock_rows(conn, names)
             until = self._now(conn) + seconds
-            self._store(conn, rules, [pause(s, until) for _, s in held])
+            self._store(conn, names, [pause(held[n], until) for n in names])
 
         await self._run(op)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import trio
 
@@ -69,14 +71,41 @@ async def test_without_a_bucket_the_provider_refuses(autojump_clock: object) -> 
 
 
 async def test_burst_lets_requests_go_back_to_back(autojump_clock: object) -> None:
-    """rpm 60 with burst 5: five requests at t=0, the sixth one second later."""
+    """rpm 60 with burst 5: five requests at t=0, the sixth 60/56 s later (the spacing that
+    keeps any 60 s to 60 requests, burst included)."""
     wf = with_limits('  rate:\n    "*": {rpm: 60, burst: 5}\n')
     fake = FakeOpenRouter()
     start = trio.current_time()
     await _batch(wf, make_env(fake), 6, 6)
     times = [t - start for t in fake.request_times()]
     assert times[:5] == [0.0] * 5
-    assert abs(times[5] - 1.0) < 1e-9
+    assert abs(times[5] - 60 / 56) < 1e-9
+
+
+def test_rule_spacing_keeps_every_window_to_rpm() -> None:
+    """The rule of rpm r, burst b spaces requests 60/(r-b+1) apart with b-1 of them ahead;
+    burst is held to rpm; no rpm gives no request rule."""
+    from demiarch_flow.gcra import make_rule
+
+    assert make_rule("k", 600) == BucketRule("k", interval_s=0.1)
+    assert make_rule("k", 60, burst=5) == BucketRule("k", 60 / 56, 4 * 60 / 56)
+    assert make_rule("k", 3, burst=10) == BucketRule("k", 60.0, 120.0)
+    assert make_rule("k", 0.5, burst=3) == BucketRule("k", 120.0)
+    assert make_rule("k", tpm=600) == BucketRule("k", token_interval_s=0.1)
+
+
+def test_a_stamp_refuses_until_its_record_allows_and_counts_nothing_then() -> None:
+    """A send stamped at t moves the record on by one interval; one asked earlier than that
+    gets the wait and leaves the record as it was; a bucket without rpm records nothing."""
+    from demiarch_flow.gcra import stamp
+
+    rule, tokens_only = BucketRule("b", interval_s=1.0), BucketRule("t", token_interval_s=1.0)
+    first = stamp([(rule, BucketState()), (tokens_only, BucketState())], 10.0)
+    assert (first.start, first.blocking) == (10.0, None)
+    assert first.states == (BucketState(tat=11.0), BucketState())
+    early = stamp([(rule, first.states[0])], 10.4)
+    assert (early.start, early.blocking, early.states) == (11.0, "b", (first.states[0],))
+    assert stamp([(rule, first.states[0])], 11.0).states == (BucketState(tat=12.0),)
 
 
 async def test_concurrency_caps_requests_in_flight(autojump_clock: object) -> None:
@@ -188,11 +217,11 @@ async def test_a_failed_attempt_record_gives_its_permit_back(autojump_clock: obj
     class Broken(MemoryStore):
         fail = True
 
-        async def attempt_started(self, attempt):  # type: ignore[no-untyped-def]
+        async def attempt_started(self, attempt, *args, **kwargs):  # type: ignore[no-untyped-def]
             if self.fail:
                 self.fail = False
                 raise PersistenceError("database is down")
-            await super().attempt_started(attempt)
+            return await super().attempt_started(attempt, *args, **kwargs)
 
     wf = with_limits('  rate:\n    "*": {concurrency: 1}\n')
     fake = FakeOpenRouter()
@@ -201,3 +230,97 @@ async def test_a_failed_attempt_record_gives_its_permit_back(autojump_clock: obj
     assert first.status == "failed"
     with trio.fail_after(5):
         assert (await run_workflow(wf, RunRequest("b"), env)).succeeded
+
+
+async def test_a_slot_further_than_max_delay_is_refused_not_slept(
+    autojump_clock: object,
+) -> None:
+    """tpm 1 on anthropic/*: a second run's slot is hours away, over the longest throttle
+    wait (an hour): no sleep and no slot taken — it is refused as rate_limited, Backoff gives
+    the model up as for a server's over-long Retry-After, and the run falls back to
+    openai/gpt-4o at once."""
+    from demiarch_flow.errors import ErrorClass
+
+    wf = with_limits('  rate:\n    "anthropic/*": {tpm: 1}\n')
+    records: list = []  # type: ignore[type-arg]
+
+    class Keep:
+        async def on_record(self, record) -> None:  # type: ignore[no-untyped-def]
+            records.append(record)
+
+    fake = FakeOpenRouter()
+    env = make_env(fake, listeners=[Keep()])
+    start = trio.current_time()
+    assert (await run_workflow(wf, RunRequest("a" * 2000), env)).succeeded
+    second = await run_workflow(wf, RunRequest("b"), env)
+    assert second.succeeded and second.model == "openai/gpt-4o"
+    assert trio.current_time() - start < 1.0
+    assert [(a.model, a.outcome, a.error_class) for a in second.attempts[:2]] == [
+        (SONNET, "skipped", ErrorClass.RATE_LIMITED),
+        (HAIKU, "skipped", ErrorClass.RATE_LIMITED),
+    ]
+    assert [r.model for r in fake.requests] == [SONNET, "openai/gpt-4o"]
+    texts = " ".join(r.message or "" for r in records if r.kind == "fallback")
+    assert "rate bucket 'anthropic/*' has no slot for" in texts
+    assert "over the longest throttle wait (3600 s)" in texts
+    # the refused runs took no slot: once the first run's tokens are paid off, Sonnet answers
+    await trio.sleep(100_000)
+    third = await run_workflow(wf, RunRequest("c"), env)
+    assert third.succeeded and third.model == SONNET
+
+
+async def test_an_over_long_throttle_fails_the_run_when_no_list_takes_it(
+    autojump_clock: object,
+) -> None:
+    """Without rate_limited in retry.when nor fallback.when, the refused slot is fatal at
+    once; the error names the bucket, the wait and the longest throttle wait."""
+    from demiarch_flow.errors import ErrorClass
+
+    wf = with_limits('  rate:\n    "*": {tpm: 1}\n')
+    wf = dataclasses.replace(wf, retry=dataclasses.replace(wf.retry, when=frozenset()))
+    env = make_env(FakeOpenRouter())
+    start = trio.current_time()
+    assert (await run_workflow(wf, RunRequest("a" * 2000), env)).succeeded
+    second = await run_workflow(wf, RunRequest("b"), env)
+    assert second.status == "failed" and second.error_class == ErrorClass.RATE_LIMITED
+    assert trio.current_time() - start < 1.0
+    text = str(second.error)
+    assert "rate bucket '*' has no slot for" in text
+    assert "over the longest throttle wait (3600 s)" in text
+
+
+async def test_a_batch_queue_longer_than_max_delay_waits_its_turn(autojump_clock: object) -> None:
+    """A throttle wait is a queue, not a server's refusal: under rpm 60, forty runs opened at
+    once all succeed (the last one waits about 39 s, over max_delay_s 30), none refused."""
+    wf = with_limits('  rate:\n    "*": {rpm: 60}\n')
+    fake = FakeOpenRouter()
+    env = make_env(fake)
+    outcomes: list[bool] = []
+
+    async def one(i: int) -> None:
+        outcomes.append((await run_workflow(wf, RunRequest(f"m{i}"), env)).succeeded)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(one, i)
+    assert outcomes == [True] * 40
+    times = sorted(fake.request_times())
+    assert times[-1] - times[0] >= 38
+
+
+async def test_a_gate_stamps_its_send_once_where_the_caller_says(autojump_clock: object) -> None:
+    """admit(stamp=False) leaves the send uncounted until gate.stamp(), for a caller that
+    writes its attempt row first; a second stamp counts nothing more."""
+    from demiarch_flow.runner.engine import initial_state
+    from demiarch_flow.runner.limits import Gate, admit, rule_of
+
+    wf = with_limits('  rate:\n    "*": {rpm: 60}\n')
+    env = make_env(FakeOpenRouter())
+    assert wf.limits is not None
+    rule = rule_of(wf.limits.rate[0])
+    gate = await admit(initial_state(wf, RunRequest("a")), env, wf, stamp=False)
+    assert isinstance(gate, Gate) and not gate.stamped
+    assert env.limits.local.stamp_wait([rule]) == (0.0, None)
+    await gate.stamp()
+    await gate.stamp()
+    assert gate.stamped and env.limits.local.stamp_wait([rule]) == (1.0, "*")
