@@ -31,3 +31,7 @@ bench-peers: setup
 # streaming: time to first token, CPU per chunk and memory against raw httpx (same simulator)
 bench-stream: setup
     .venv/bin/python bench/stream.py
+
+# instructions per call (valgrind's callgrind): raw httpx, a full run on the table and on python-statemachine (`--calls N`, `--top K`)
+bench-instr *ARGS: setup
+    .venv/bin/python bench/instructions.py {{ARGS}}

@@ -7,6 +7,10 @@ gaps, and no request sent that was not needed. Kills that timing can reach are d
 CLI from outside (the simulator hangs, or the run waits); the others by ``crash_child.py``,
 which kills itself from inside the store at the named point. Every wait polls an observable
 condition (simulator counters, database rows) with a generous deadline: no fixed sleeps.
+
+Runs are driven by the transition table; the cases that resume in the middle of a run (in a
+Backoff wait, in Persist) run again driven by a python-statemachine instance per run
+(``DEMIARCH_FLOW_MACHINE=statemachine``), which costs two cases rather than the whole matrix.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from demiarch_flow.runner.table import MACHINE_ENV
 from demiarch_flow.store.sql import open_engine
 
 from ..store.conftest import PG_URL, drop_everything, postgres_available
@@ -43,6 +48,18 @@ def db(request: pytest.FixtureRequest, cli: Cli) -> Iterator[str]:
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
     drop_everything(PG_URL)
     yield PG_URL
+
+
+#: Parametrize a case with this to run it under both drivers (see the module docstring).
+BOTH_DRIVERS = pytest.mark.parametrize("driver", ["table", "statemachine"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def driver(request: pytest.FixtureRequest, cli: Cli) -> str:
+    """What drives the runs of the case's processes: the table unless parametrized."""
+    name: str = getattr(request, "param", "table")
+    cli.env[MACHINE_ENV] = name
+    return name
 
 
 def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -171,6 +188,7 @@ def test_killed_during_a_request(
     assert rows(db, "select count(*) from run_attempts where ended_at is null") == [(0,)]
 
 
+@BOTH_DRIVERS
 def test_killed_during_a_backoff_wait(
     cli: Cli, db: str, simulator: Callable[[str], SimThread], tmp_path: Path
 ) -> None:
@@ -195,6 +213,7 @@ def test_killed_during_a_backoff_wait(
     assert (frm, to) == ("Backoff", "Backoff")
 
 
+@BOTH_DRIVERS
 def test_killed_during_persist(cli: Cli, db: str, simulator: Callable[[str], SimThread]) -> None:
     """Killed in Persist before the reply was written: the paid-for answer was checkpointed
     when it arrived, so resume stores it without asking the provider again."""
