@@ -47,10 +47,10 @@ from sqlalchemy import event
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from demiarch_flow.cli._common import http_client, open_world  # noqa: E402
 from demiarch_flow.client import ApiKey, OpenRouterClient  # noqa: E402
 from demiarch_flow.definition import load_workflow, machine_class  # noqa: E402
 from demiarch_flow.runner import RunEnv, RunRequest, run_workflow  # noqa: E402
+from demiarch_flow.runtime import http_client, open_world  # noqa: E402
 from demiarch_flow.store import MemoryStore  # noqa: E402
 from demiarch_flow.testing import FakeOpenRouter  # noqa: E402
 

@@ -13,6 +13,7 @@ bill, and is treated as unknown rather than stored (or crashing the run that pai
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,7 +23,9 @@ from typing import Any, Literal
 
 NANO = Decimal("0.000000001")
 MILLION = Decimal(1_000_000)
-CostSource = Literal["provider", "price_table", "unknown"]
+CostSource = Literal["provider", "price_table", "estimated", "unknown"]
+"""Where a cost came from; ``estimated``: the price table over token counts estimated from the
+text, because the response gave none (``llm_usage.cost_source``)."""
 
 #: The most one call can believably cost, in USD. ``cost_usd`` is NUMERIC(20, 9) (at most 11
 #: integer digits); anything above this bound is unknown, and the price table is used instead.
@@ -32,6 +35,11 @@ MAX_CALL_COST_USD = Decimal(1_000_000)
 MAX_PRICE_PER_MILLION_USD = Decimal(1_000_000)
 #: The largest token count taken at face value (the token columns are 32-bit signed integers).
 MAX_TOKENS = 2**31 - 1
+#: How far above the price table's figure for its tokens a ``usage.cost`` is still believed
+#: (routing to a dearer provider, reasoning or cache writes); beyond it, the table is used.
+BELIEVABLE_FACTOR = Decimal(10)
+
+log = logging.getLogger("demiarch_flow")
 
 
 def to_usd(value: Any, limit: Decimal = MAX_CALL_COST_USD) -> Decimal | None:
@@ -143,6 +151,49 @@ class PriceTable:
                 if usd <= MAX_CALL_COST_USD:
                     return Cost(usd.quantize(NANO), "price_table")
         return Cost(Decimal(0).quantize(NANO), "unknown")
+
+    def answer_cost(
+        self,
+        model: str,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        provider_cost: Decimal | None,
+        *also: str,
+        prompt_estimate: int,
+        text: str,
+    ) -> Cost:
+        """What an answer that was paid for is counted as: never less than a defensible figure.
+
+        Like :meth:`cost`, with two differences that keep a budget honest. A ``usage.cost``
+        far above what the table says the answer could cost (:data:`BELIEVABLE_FACTOR` times
+        the table's price of its tokens, plus a cent) is a provider bug, not a bill: the table
+        is used instead. And when a token count is missing, it is estimated conservatively —
+        ``prompt_estimate`` for the prompt, half a token per byte of ``text`` for the answer —
+        and priced from the table (``estimated``), instead of counting 0 USD (``unknown``
+        remains only for a model the table does not know).
+        """
+        text_estimate = max(1, -(-len(text.encode("utf-8", "surrogatepass")) // 2))
+        prompt = prompt_tokens if prompt_tokens is not None else prompt_estimate
+        completion = completion_tokens if completion_tokens is not None else text_estimate
+        table = self.cost(model, prompt, completion, None, *also)
+        if provider_cost is not None:
+            # the most the answer could cost: the larger of its reported and estimated tokens
+            most = self.cost(
+                model, max(prompt, prompt_estimate), max(completion, text_estimate), None, *also
+            )
+            ceiling = most.usd * BELIEVABLE_FACTOR + Decimal("0.01")
+            if most.source != "price_table" or provider_cost <= ceiling:
+                return Cost(provider_cost, "provider")
+            log.warning(
+                "usage.cost %s USD for %s is far above the price table's %s USD for its tokens:"
+                " counted at the table's figure",
+                provider_cost, model, table.usd,
+            )  # fmt: skip
+        if table.source != "price_table":
+            return table
+        if prompt_tokens is None or completion_tokens is None:
+            return Cost(table.usd, "estimated")
+        return table
 
 
 @dataclass(frozen=True, slots=True)

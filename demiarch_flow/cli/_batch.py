@@ -45,11 +45,10 @@ from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome
 from ..runner.context import new_id
 from ..runner.resume import NotResumable, resume_run
+from ..runtime import World, open_world
 from ._common import (
-    World,
     decode_input,
     model_problem,
-    open_world,
     resolve_base_url,
     setup_logging,
     text_problem,

@@ -21,9 +21,10 @@ from ..paths import database_url
 from ..pricing import to_usd
 from ..runner.budget import budget_windows
 from ..runner.context import utc_now
+from ..runtime import http_client
 from ..store.limits import BudgetWindow, SqlLedger, WindowUse
 from ..store.sql import SqlStore
-from ._common import http_client, resolve_base_url, run_trio, workflow_from
+from ._common import resolve_base_url, run_trio, workflow_from
 from ._table import table
 
 #: OpenRouter's figure and ours may differ by this much before ``--key`` warns: $0.01, or

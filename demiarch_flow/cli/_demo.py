@@ -10,8 +10,9 @@ from pathlib import Path
 import trio
 
 from ..client import ApiKey
+from ..runtime import open_world
 from ..simulator import Simulator, base_url
-from ._common import open_world, run_trio, setup_logging, workflow_from
+from ._common import run_trio, setup_logging, workflow_from
 from ._run import Progress, turn
 
 DEMO_FAULTS = "anthropic/claude-sonnet-4=429@1,500,ok,404"

@@ -11,7 +11,8 @@ from ..errors import SecretsError, UnusableKey
 from ..keys import delete_key, key_status, resolve_key, store_key
 from ..paths import prices_path
 from ..pricing import SyncReport, write_synced_table
-from ._common import http_client, resolve_base_url, run_trio
+from ..runtime import http_client
+from ._common import resolve_base_url, run_trio
 
 
 def cmd_key_set(_args: argparse.Namespace) -> int:

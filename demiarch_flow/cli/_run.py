@@ -12,13 +12,12 @@ from ..errors import RunFailed, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflow
 from ..runner.records import Listener
+from ..runtime import World, open_world
 from ._common import (
-    World,
     check_conversation_option,
     check_message,
     check_model_option,
     decode_input,
-    open_world,
     read_message,
     resolve_base_url,
     run_trio,

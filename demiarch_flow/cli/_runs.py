@@ -14,10 +14,10 @@ from ..paths import database_url
 from ..runner.context import utc_now
 from ..runner.owner import effective_status
 from ..runner.resume import NotResumable, Resumed, resume_run, saved_outcome
+from ..runtime import open_world
 from ..store.base import RunStatus, StoredRun
 from ..store.sql import SqlStore
 from ._common import (
-    open_world,
     resolve_base_url,
     run_trio,
     setup_logging,
@@ -70,7 +70,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     since = _since(args.since)
     # 'stale' is stored as 'running': read those and keep the ones whose owner is gone.
     stored: RunStatus | None = "running" if args.status == "stale" else args.status
-    store = SqlStore.open_sync(database_url(args.db), create=False)
+    store = SqlStore.open_sync(database_url(args.db), read_only=True)  # it may be unwritable
     try:
         limit = args.limit if args.status not in ("running", "stale") else max(args.limit, 10_000)
         runs = run_trio(lambda: store.list_runs(status=stored, since=since, limit=limit))

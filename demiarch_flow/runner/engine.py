@@ -2,11 +2,13 @@
 
 One reduction drives every run (:func:`advance`): the current state's handler returns a step;
 the engine reports its records, sleeps the step's wait (after a durable checkpoint, so a run
-killed while it waits is found where it was), sends the event to the python-statemachine
-machine — the single source of truth for where the run goes — and queues a checkpoint of the
-new :class:`RunState` with its journal row. Checkpoints ride on the next commit, and a commit
-always happens before the next thing that costs money or time: Request records its attempt
-durably before sending, Backoff's wait is preceded by one, Persist and Failed commit the end.
+killed while it waits is found where it was), sends the event to the machine — the transition
+table read off the workflow's python-statemachine class, the single source of truth for where
+the run goes (:mod:`.table`; ``DEMIARCH_FLOW_MACHINE=statemachine`` drives an instance of the
+class instead) — and queues a checkpoint of the new :class:`RunState` with its journal row.
+Checkpoints ride on the next commit, and a commit always happens before the next thing that
+costs money or time: Request records its attempt durably before sending, Backoff's wait is
+preceded by one, Persist and Failed commit the end.
 
 A handler returning an event its state cannot send raises ``TransitionNotAllowed`` — a bug,
 surfaced, never swallowed. Cancellation at any await (Ctrl-C, SIGTERM, an outer
@@ -26,13 +28,15 @@ from typing import Any
 
 import trio
 
-from ..definition import Workflow, WorkflowMachine, machine_class
+from ..definition import Workflow
 from ..errors import ErrorClass, FlowError, redact
 from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
+from .attempt import keep_paid_answer
 from .context import RunEnv, RunRequest, model_chain, new_id
-from .handlers import HANDLERS, keep_paid_answer, record
+from .handlers import HANDLERS, record
 from .records import FlowRecord
 from .state import AttemptInfo, Message, RunState, Step
+from .table import Machine, start_machine
 from .transition import cause, journal_entry, moved
 
 log = logging.getLogger("demiarch_flow")
@@ -159,7 +163,7 @@ def checkpoint(env: RunEnv, state: RunState, entries: tuple[JournalEntry, ...] =
 
 
 async def advance(
-    machine: WorkflowMachine, wf: Workflow, state: RunState, env: RunEnv
+    machine: Machine, wf: Workflow, state: RunState, env: RunEnv
 ) -> tuple[Step, RunState, FlowRecord | None]:
     """Run one step of ``state``: its handler, its records, its wait, the machine's move.
 
@@ -183,7 +187,7 @@ async def advance(
 
 
 async def _apply(
-    machine: WorkflowMachine, wf: Workflow, state: RunState, step: Step, env: RunEnv
+    machine: Machine, wf: Workflow, state: RunState, step: Step, env: RunEnv
 ) -> tuple[Step, RunState, FlowRecord | None]:
     """The rest of :func:`advance`, once the handler has returned ``step``."""
     spec = wf.state(state.state)
@@ -220,7 +224,7 @@ async def _apply(
 
 async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = False) -> RunOutcome:
     """Run ``state`` to a final state (a new run, or one resumed from its checkpoint)."""
-    machine = machine_class(wf)(start_value=state.state) if resumed else machine_class(wf)()
+    machine = start_machine(wf, state.state if resumed else None)
     transitions: list[FlowRecord] = []
     started = trio.current_time()
     status: RunStatus = "failed"

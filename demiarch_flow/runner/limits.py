@@ -6,9 +6,22 @@ the next slot of every rate bucket the model matches (GCRA, :mod:`demiarch_flow.
 that slot is not due yet, the wait is journalled as a ``run_events`` row with event
 ``throttled`` (Request → Request, its ``wait_s``, source ``throttle`` and the bucket), made
 durable, and slept here on trio's clock (so ``MockClock`` drives it, and a throttle wait is
-neither an attempt nor a retry); then the budget reservation of the attempt's worst case. A
-reservation that does not fit gives back a step with class ``budget_exceeded`` instead: fatal,
-or the next model when ``fallback.when`` lists it — and no request is sent.
+neither an attempt nor a retry); then the budget reservation of the attempt's worst case; then
+the send is stamped in each bucket's record of sends (:meth:`Gate.stamp`), the last thing
+before the request leaves, so that no sliding 60 s holds more than ``rpm`` of them however long
+the steps in between took (a stamp may wait, at most one emission interval, for a request of
+the bucket that left late). A reservation that does not fit gives back a step with class
+``budget_exceeded`` instead: fatal, or the next model when ``fallback.when`` lists it — and no
+request is sent.
+
+A slot further away than :data:`LONGEST_QUEUE_S` (or ``retry.max_delay_s`` if larger) is not
+taken and not slept: the attempt is refused with class ``rate_limited`` (its wait as the hint),
+which ``retry.when`` and Backoff treat as a server's Retry-After that long — the model is given
+up, and Fallback moves on when ``fallback.when`` lists ``retries_exhausted`` — or, without
+``rate_limited`` in ``retry.when``, ``fallback.when`` decides as for a budget. Why not
+``max_delay_s`` alone: a throttle wait is a queue, not a server's refusal — ``batch
+--concurrency 100`` under ``rpm: 60`` rightly queues its last run 100 s — while a wait of hours
+is a schedule gone wrong (a rule fixed since; a bucket's rows are keyed by their rule now).
 
 The slot comes before the reservation, so a run waiting for a slot holds no budget: reserving
 first would hold a batch's worst cases through its throttle waits and refuse runs the budget
@@ -24,6 +37,7 @@ Nothing of this runs for a workflow without ``limits`` (the handler does not cal
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,8 +49,8 @@ import trio
 from ..client.openrouter import Attempt
 from ..definition import Workflow
 from ..definition.limits import RateBucket
-from ..errors import BudgetExceeded, ErrorClass
-from ..gcra import BucketRule
+from ..errors import BudgetExceeded, ErrorClass, ProviderError
+from ..gcra import BucketRule, make_rule
 from ..store.base import Checkpoint, JournalEntry
 from ..store.limits import Ledger, MemoryLedger, Reservation
 from .budget import budget_windows, estimate_tokens, worst_case_usd
@@ -51,19 +65,15 @@ RESERVATION_GRACE = timedelta(seconds=60)
 #: How long the worst case of an attempt that may have been billed, with no ``llm_usage`` row,
 #: stays counted: longer than the longest budget window (a month).
 UNBOOKED_KEPT = timedelta(days=32)
+#: The longest throttle wait a run queues for (unless ``retry.max_delay_s`` is longer).
+LONGEST_QUEUE_S = 3600.0
 #: Classes after which the provider may have billed (the answer was lost, not refused).
 _MAYBE_BILLED = frozenset({ErrorClass.TIMEOUT, ErrorClass.NETWORK_ERROR})
 
 
 def rule_of(bucket: RateBucket) -> BucketRule:
     """The GCRA rule of a bucket of the format."""
-    interval = 60.0 / bucket.rpm if bucket.rpm else None
-    return BucketRule(
-        key=bucket.key,
-        interval_s=interval,
-        tau_s=(bucket.burst - 1) * interval if interval else 0.0,
-        token_interval_s=60.0 / bucket.tpm if bucket.tpm else None,
-    )
+    return make_rule(bucket.key, bucket.rpm, bucket.burst, bucket.tpm)
 
 
 class Limiter:
@@ -80,6 +90,9 @@ class Limiter:
         self.local = MemoryLedger()
         self.shared: Ledger = shared if shared is not None else self.local
         self._permits: dict[str, trio.Semaphore] = {}
+        self._stamping = trio.Lock()
+        """One stamp at a time in this process: a model paced by a shared and a process
+        bucket is counted in both or in neither."""
 
     def permits(self, bucket: RateBucket) -> trio.Semaphore | None:
         if bucket.concurrency is None:
@@ -97,15 +110,42 @@ class Limiter:
             return [], shared + local
         return shared, local
 
-    async def take(self, buckets: Sequence[RateBucket], tokens: int) -> tuple[float, str | None]:
+    async def take(
+        self, buckets: Sequence[RateBucket], tokens: int, max_wait_s: float = math.inf
+    ) -> tuple[float, str | None]:
+        """The wait for the next slot of every bucket and the bucket that made it, taken; a
+        wait over ``max_wait_s`` is returned as soon as one ledger answers it, and that
+        ledger's slot is not taken (a slot the other ledger gave stays used)."""
         shared, local = self.split(buckets)
         wait, blocking = 0.0, None
         for ledger, rules in ((self.shared, shared), (self.local, local)):
             if rules:
-                w, b = await ledger.take(rules, tokens)
+                w, b = await ledger.take(rules, tokens, max_wait_s)
+                if w > max_wait_s:
+                    return w, b
                 if w > wait:
                     wait, blocking = w, b
         return wait, blocking
+
+    async def stamp(self, buckets: Sequence[RateBucket]) -> tuple[float, str | None]:
+        """Count a request sent now in every bucket's record of sends, or return the seconds
+        until it may be and the bucket, counting nothing (see :meth:`Ledger.stamp`)."""
+        shared, local = self.split(buckets)
+        async with self._stamping:
+            if shared and local:
+                # the process's record is asked first without counting: the shared stamp
+                # cannot be taken back if it refused after
+                wait, blocking = self.local.stamp_wait(local)
+                if wait > 0:
+                    return wait, blocking
+            if shared:
+                wait, blocking = await self.shared.stamp(shared)
+                if wait > 0:
+                    return wait, blocking
+            if local:
+                # nothing else stamps meanwhile (the lock), and time only moved on
+                return await self.local.stamp(local)
+        return 0.0, None
 
     async def correct(self, buckets: Sequence[RateBucket], delta_tokens: int) -> None:
         shared, local = self.split(buckets)
@@ -134,11 +174,38 @@ class Gate:
     tokens: int = 0
     reservation: Reservation | None = None
     held: list[trio.Semaphore] = field(default_factory=list)
+    stamped: bool = False
 
     def release(self) -> None:
         """Give back the ``concurrency`` permits (also when the attempt was cancelled)."""
         while self.held:
             self.held.pop().release()
+
+    async def stamp(self) -> None:
+        """Count the request as sent in each rate bucket's record of sends; call it right
+        before the request leaves (once: a second call does nothing).
+
+        A stamp that must wait does so here — each time at most one emission interval, for
+        a request of the bucket that left later than its slot — and says so to the listeners
+        (it is not journalled: the journal row would itself delay the send).
+        """
+        if self.stamped or not self.buckets:
+            return
+        while True:
+            wait, bucket = await self.env.limits.stamp(self.buckets)
+            if wait <= 0:
+                break
+            note = FlowRecord(
+                "wait", self.state.run_id, trio.current_time(), self.env.now(),
+                model=self.model, attempt=self.state.attempt + 1, wait_s=wait,
+                wait_source=WaitSource.THROTTLE,
+                message=f"rate bucket {bucket!r}: waiting {wait:.3f} s to send (a request of"
+                " the bucket left late, and no 60 s may hold more than its rpm)",
+            )  # fmt: skip
+            for listener in self.env.listeners:
+                await listener.on_record(note)
+            await trio.sleep(wait)
+        self.stamped = True
 
     async def abandoned(self) -> None:
         """The attempt was cancelled while its request was out (Ctrl-C, SIGTERM): it may
@@ -166,11 +233,16 @@ class Gate:
             amount: Decimal | None
             unbooked = False
             if done is not None:
-                cost = self.env.prices.cost(
+                cost = self.env.prices.answer_cost(
                     done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd,
-                    self.model,
+                    self.model, prompt_estimate=self.tokens, text=done.content,
                 )  # fmt: skip
-                amount = cost.usd if cost.source != "unknown" else self.reservation.amount_usd
+                amount = cost.usd
+                if cost.source == "unknown":
+                    # paid for, at a price nobody knows: the worst case stays counted for as
+                    # long as a window it falls in lasts (never 0 USD)
+                    amount, unbooked = self.reservation.amount_usd, True
+                    expires = now + UNBOOKED_KEPT
             elif err is not None and err.error_class in _MAYBE_BILLED and not result.unsent:
                 # may have been billed, and nothing will ever book it: keep the worst case
                 # for as long as a window it falls in lasts
@@ -186,12 +258,18 @@ class Gate:
             await limiter.pause(self.buckets, err.retry_after_s)
 
 
-async def admit(state: RunState, env: RunEnv, wf: Workflow) -> Step | Gate:
-    """Wait for the model's rate slot and reserve the attempt's worst case.
+async def admit(state: RunState, env: RunEnv, wf: Workflow, *, stamp: bool = True) -> Step | Gate:
+    """Wait for the model's rate slot, reserve the attempt's worst case and stamp the send.
+
+    Args:
+        stamp: stamp the send here (:meth:`Gate.stamp`); ``False`` leaves it to the caller,
+            who then calls ``gate.stamp()`` right before the request leaves, after whatever
+            it writes first (the closer the stamp to the send, the truer the rpm).
 
     Returns:
         The :class:`Gate` to settle after the attempt, or the step to emit instead of sending
-        (``budget_exceeded``).
+        (``budget_exceeded``; ``rate_limited`` for a slot further than ``retry.max_delay_s``
+        away — the class is the last error's of the step's state).
     """
     assert wf.limits is not None
     model = state.model
@@ -206,22 +284,42 @@ async def admit(state: RunState, env: RunEnv, wf: Workflow) -> Step | Gate:
             gate.held.append(sem)
     try:
         if buckets:
-            wait, blocking = await env.limits.take(buckets, tokens)
+            longest = max(wf.retry.max_delay_s, LONGEST_QUEUE_S)
+            wait, blocking = await env.limits.take(buckets, tokens, longest)
+            due = trio.current_time() + wait
+            key = blocking or buckets[0].key
+            if wait > longest:
+                gate.release()
+                return _refused(state, wf, _too_long(model, key, wait, longest))
             if wait > 0:
-                gate.state = await _throttle(gate.state, env, wait, blocking or buckets[0].key)
+                gate.state = await _throttle(gate.state, env, wait, due, key)
         if limits.budget.any:
             refused = await _reserve(gate, env, wf)
             if refused is not None:
                 gate.release()
                 return refused
+        if stamp:
+            await gate.stamp()
     except BaseException:
         gate.release()
         raise
     return gate
 
 
-async def _throttle(state: RunState, env: RunEnv, wait: float, bucket: str) -> RunState:
-    """Journal the throttle wait (durably: the run is about to be idle), then sleep it."""
+def _too_long(model: str, bucket: str, wait: float, longest: float) -> ProviderError:
+    """The refusal of a slot further away than the workflow would wait for a server."""
+    return ProviderError(
+        ErrorClass.RATE_LIMITED,
+        f"rate bucket {bucket!r} has no slot for {wait:.1f} s, over the longest throttle"
+        f" wait ({longest:g} s); no request was sent",
+        model=model, retry_after_s=wait,
+    )  # fmt: skip
+
+
+async def _throttle(state: RunState, env: RunEnv, wait: float, due: float, bucket: str) -> RunState:
+    """Journal the throttle wait (durably: the run is about to be idle), then sleep until the
+    slot is ``due`` (trio's clock) — not ``wait`` from now: the journal write's own time is
+    part of the wait, not added to it."""
     at = env.now()
     after = dataclasses.replace(state, seq=state.seq + 1)
     entry = JournalEntry(
@@ -240,7 +338,7 @@ async def _throttle(state: RunState, env: RunEnv, wait: float, bucket: str) -> R
     )  # fmt: skip
     for listener in env.listeners:
         await listener.on_record(note)
-    await trio.sleep(wait)
+    await trio.sleep_until(due)
     return after
 
 
@@ -277,19 +375,22 @@ async def _reserve(gate: Gate, env: RunEnv, wf: Workflow) -> Step | None:
     return _refused(state, wf, err)
 
 
-def _refused(state: RunState, wf: Workflow, err: BudgetExceeded) -> Step:
+def _refused(state: RunState, wf: Workflow, err: BudgetExceeded | ProviderError) -> Step:
+    """The step of an attempt refused before sending: a budget's, through ``fallback.when``;
+    a rate bucket's, through ``retry.when`` first (Backoff then weighs its wait as a
+    Retry-After), as the same class from a server would go."""
+    cls = err.error_class
     error = dataclasses.replace(ErrorInfo.of(err), model=err.model or None)
     skipped = dataclasses.replace(
         state.with_error(error),
         attempts=(
             *state.attempts,
-            AttemptInfo(
-                state.total_attempts, err.model, "skipped", ErrorClass.BUDGET_EXCEEDED,
-                None, None, 0,
-            ),
+            AttemptInfo(state.total_attempts, err.model, "skipped", cls, None, None, 0),
         ),
-    )  # fmt: skip
-    if ErrorClass.BUDGET_EXCEEDED in wf.fallback.when:
+    )
+    if cls is ErrorClass.RATE_LIMITED and cls in wf.retry.when:
+        return Step("retryable", skipped)
+    if cls in wf.fallback.when:
         return Step("model_failed", skipped)
     return Step("fatal", skipped.failed(error))
 

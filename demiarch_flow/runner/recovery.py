@@ -1,7 +1,7 @@
 """The recovery file: replies that Persist could not store, one JSON object a line.
 
 Persist appends a row when the database keeps failing (see
-:func:`~demiarch_flow.runner.handlers.write_recovery`), so a paid-for answer is never lost;
+:func:`~demiarch_flow.runner.attempt.write_recovery`), so a paid-for answer is never lost;
 ``demiarch-flow recover`` reads the rows back and stores them. The writer and the reader of the
 format live here together. A row carries everything needed to recreate the assistant message, its
 ``llm_usage`` row and the run's end exactly as Persist would have stored them::
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from ..errors import redact
+from ..pricing import CostSource
 from ..store.base import Reply
 
 RECOVERY_FILE = "recovery.jsonl"
@@ -142,7 +143,7 @@ def parse_row(doc: Any, line: int = 0) -> RecoveredReply:
     model = _text(doc, "model")
     old_style = doc.get("created_at") is None and doc.get("at") is not None
     created_at = _time(doc, "at" if old_style else "created_at")
-    prompt, completion = _count(doc, "prompt_tokens", 0), _count(doc, "completion_tokens", 0)
+    prompt, completion = _count(doc, "prompt_tokens"), _count(doc, "completion_tokens")
     try:
         cost = Decimal(str(doc.get("cost_usd", "0")))
     except InvalidOperation:
@@ -161,12 +162,14 @@ def parse_row(doc: Any, line: int = 0) -> RecoveredReply:
         generation_id=_optional(doc, "generation_id"),
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=_count(doc, "total_tokens", prompt + completion),
-        cached_tokens=_count(doc, "cached_tokens", 0),
+        total_tokens=_count(doc, "total_tokens")
+        if doc.get("total_tokens") is not None or prompt is None or completion is None
+        else prompt + completion,
+        cached_tokens=_count(doc, "cached_tokens") or 0,
         cost_usd=cost,
-        cost_source=_optional(doc, "cost_source") or "unknown",
-        latency_ms=_count(doc, "latency_ms", 0),
-        attempts=_count(doc, "attempts", 1),
+        cost_source=_source(doc),
+        latency_ms=_count(doc, "latency_ms") or 0,
+        attempts=_count(doc, "attempts") or 1,
         request_timestamp=(
             _time(doc, "request_timestamp") if doc.get("request_timestamp") else created_at
         ),
@@ -193,10 +196,18 @@ def _optional(doc: dict[str, Any], name: str) -> str | None:
     return value or None
 
 
-def _count(doc: dict[str, Any], name: str, default: int) -> int:
+def _source(doc: dict[str, Any]) -> str:
+    """How the cost is known; a value this release does not know (a newer writer's) is
+    ``unknown`` rather than a row the database refuses."""
+    value = _optional(doc, "cost_source")
+    return value if value is not None and value in get_args(CostSource) else "unknown"
+
+
+def _count(doc: dict[str, Any], name: str) -> int | None:
+    """A token or other count; ``None`` when the row does not say (a NULL in the database)."""
     value = doc.get(name)
     if value is None:
-        return default
+        return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MalformedRow(f"{name!r} must be a whole number ≥ 0, not {value!r}")
     return value

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import RunTakenOver
@@ -132,14 +132,44 @@ def checkpoint(conn: Connection, cp: Checkpoint) -> None:
         append_events(conn, cp.entries)
 
 
-def insert_attempt(conn: Connection, attempt: AttemptRow) -> None:
+_FENCE_RUN = (
+    update(_RUN)
+    .where(
+        _RUN.c.id == bindparam("b_id"), _RUN.c.owner == bindparam("b_owner"),
+        _RUN.c.status == "running",
+    )
+    .values(heartbeat_at=bindparam("b_at"))
+)  # fmt: skip
+"""Proof of ownership before a request: it also takes the run's row lock (PostgreSQL), so a
+resume reopening the run and this owner's next attempt are serialised."""
+_LAST_ATTEMPT = select(func.max(_ATTEMPT.c.number)).where(_ATTEMPT.c.run_id == bindparam("b_run"))
+
+
+def prove_owner(conn: Connection, run_id: str, owner: str, at: datetime) -> None:
+    """:class:`RunTakenOver` unless the run is running under ``owner`` (its heartbeat is
+    refreshed to ``at`` as it is checked)."""
+    if conn.execute(_FENCE_RUN, {"b_id": run_id, "b_owner": owner, "b_at": at}).rowcount != 1:
+        raise RunTakenOver(run_id)
+
+
+def insert_attempt(conn: Connection, attempt: AttemptRow, owner: str | None = None) -> int:
+    """Record a request about to leave under the run's next free number (returned).
+
+    With ``owner``, only while the run is running under it (:class:`RunTakenOver` otherwise,
+    nothing written). The number is allocated here, in the transaction, one above the run's
+    highest: numbers chosen by the caller collided after a take-over or a skipped request.
+    """
+    if owner is not None:
+        prove_owner(conn, attempt.run_id, owner, attempt.started_at)
+    number = (conn.execute(_LAST_ATTEMPT, {"b_run": attempt.run_id}).scalar() or 0) + 1
     conn.execute(
         _INS_ATTEMPT,
-        {"run_id": attempt.run_id, "number": attempt.number, "model": attempt.model,
+        {"run_id": attempt.run_id, "number": number, "model": attempt.model,
          "started_at": attempt.started_at, "ended_at": None, "status": None,
          "error_class": None, "generation_id": None, "latency_ms": None,
          "partial_text": None},
     )  # fmt: skip
+    return number
 
 
 def end_attempt(conn: Connection, attempt: AttemptRow) -> None:
@@ -204,14 +234,15 @@ def book_billed(conn: Connection, billed: BilledAttempt) -> None:
         _BILLED_EXISTS, {"b_run": billed.run_id, "b_gen": billed.generation_id}
     ).first():
         return
-    prompt, completion = billed.prompt_tokens or 0, billed.completion_tokens or 0
+    prompt, completion = billed.prompt_tokens, billed.completion_tokens
+    total = None if prompt is None or completion is None else prompt + completion  # NULL: unknown
     conn.execute(
         _INS_USAGE,
         {"id": billed.usage_id, "conversation_id": billed.conversation_id, "message_id": None,
          "outcome": billed.outcome, "run_id": billed.run_id, "project_id": billed.project_id,
          "model": billed.model, "requested_model": billed.model,
          "generation_id": billed.generation_id, "prompt_tokens": prompt,
-         "completion_tokens": completion, "total_tokens": prompt + completion,
+         "completion_tokens": completion, "total_tokens": total,
          "cached_tokens": 0, "cost_usd": billed.cost_usd, "cost_source": billed.cost_source,
          "latency_ms": 0, "attempts": billed.attempt, "request_timestamp": billed.at},
     )  # fmt: skip

@@ -70,6 +70,8 @@ class BeganRun:
     """Earlier messages (the new one not counted), oldest first."""
     user_message_at: datetime | None = None
     """When the user's message was stored (the reply is stored strictly after it)."""
+    first_attempt: int | None = None
+    """The number the store gave ``NewRun.first_attempt`` (``None``: none was recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +87,10 @@ class Reply:
     model: str
     requested_model: str
     generation_id: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    prompt_tokens: int | None
+    """``None``: the provider gave no believable count (stored as NULL)."""
+    completion_tokens: int | None
+    total_tokens: int | None
     cached_tokens: int
     cost_usd: Decimal
     cost_source: str
@@ -257,10 +260,21 @@ class Store(Protocol):
         them for the next commit; ``durable=True`` returns once they (and everything queued
         before) are committed."""
 
-    async def attempt_started(self, attempt: AttemptRow) -> None:
-        """Record that a request is about to be sent; returns once that (and everything
-        queued before, the run's checkpoints included) is committed. An attempt recorded
-        already (``NewRun.first_attempt``, with the run) costs nothing more."""
+    async def attempt_started(self, attempt: AttemptRow, owner: str | None = None) -> int:
+        """Record that a request is about to be sent; returns its number once that (and
+        everything queued before, the run's checkpoints included) is committed.
+
+        The store allocates the number: one more than any the run has (``attempt.number`` is
+        ignored), so two writers can never collide on one. With ``owner``, only while the run
+        is ``running`` under that owner — else :class:`~demiarch_flow.errors.RunTakenOver` and
+        nothing is written, so a process that lost its run sends nothing. The next request
+        recorded already (``NewRun.first_attempt``, with the run) costs nothing more.
+        """
+
+    async def attempt_unsent(self, run_id: str, why: str, at: datetime) -> None:
+        """The next request recorded ahead with the run (``NewRun.first_attempt``) is not sent
+        after all (a cooling model, a budget): close it as ``why``, so a resume does not take
+        it for a lost one. Nothing when there is no such record."""
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
         """Complete an attempt's row (may be queued for the next commit); an attempt that was
@@ -279,7 +293,9 @@ class Store(Protocol):
 
     async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
         """Mark the run failed or cancelled (with its last checkpoint, if given), committing
-        whatever the store had queued."""
+        whatever the store had queued. A run that has ended already is never ended again
+        (nothing is written): only ``reopen_run`` (a resume) or ``import_reply`` (its paid
+        answer found in the recovery file) changes an end."""
 
     async def heartbeat(self, owner: str, at: datetime) -> None:
         """Say that every running run of ``owner`` is alive at ``at``."""

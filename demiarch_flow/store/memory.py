@@ -47,6 +47,8 @@ class MemoryStore:
     _by_conversation: dict[str, list[StoredMessage]] = field(default_factory=dict, repr=False)
     _reply_of: dict[str, str] = field(default_factory=dict, repr=False)
     """run id → the message id of its reply (one reply per run, found without a scan)."""
+    _ahead: dict[str, int] = field(default_factory=dict, repr=False)
+    """run id → the number of its next request, recorded with the run (``first_attempt``)."""
 
     def _add(self, message: StoredMessage) -> None:
         self.messages.append(message)
@@ -82,9 +84,11 @@ class MemoryStore:
                     if m.created_at < mine[0].created_at
                 ]
                 history = tuple(earlier[-run.context_messages :]) if run.context_messages else ()
+                number = None
                 if run.first_attempt is not None:
-                    await self.attempt_started(run.first_attempt)
-                return BeganRun(mine[0].conversation_id, history, mine[0].created_at)
+                    number = self._insert_attempt(run.first_attempt, run.owner)
+                    self._ahead[run.run_id] = number
+                return BeganRun(mine[0].conversation_id, history, mine[0].created_at, number)
         created = run.conversation_id is None
         conv = run.create_with_id if created else run.conversation_id
         assert conv is not None
@@ -99,9 +103,11 @@ class MemoryStore:
             StoredMessage(run.user_message_id, conv, "user", run.content, None, run.at, run.run_id)
         )
         self.runs[run.run_id] = self._new_row(run, conv)
+        number = None
         if run.first_attempt is not None:
-            await self.attempt_started(run.first_attempt)
-        return BeganRun(conv, history, run.at)
+            number = self._insert_attempt(run.first_attempt, None)
+            self._ahead[run.run_id] = number
+        return BeganRun(conv, history, run.at, number)
 
     def _fence(self, run_id: str, owner: str | None) -> None:
         if owner is not None and self.runs.get(run_id, {}).get("owner") != owner:
@@ -114,8 +120,30 @@ class MemoryStore:
         )
         self.events.extend(checkpoint.entries)
 
-    async def attempt_started(self, attempt: AttemptRow) -> None:
-        self.attempts.setdefault((attempt.run_id, attempt.number), attempt)
+    def _insert_attempt(self, attempt: AttemptRow, owner: str | None) -> int:
+        """As the SQL store: fenced by owner, numbered one above the run's highest."""
+        self._fence_running(attempt.run_id, owner)
+        number = 1 + max((n for rid, n in self.attempts if rid == attempt.run_id), default=0)
+        self.attempts[attempt.run_id, number] = replace(attempt, number=number)
+        return number
+
+    def _fence_running(self, run_id: str, owner: str | None) -> None:
+        row = self.runs.get(run_id, {})
+        if owner is not None and (row.get("owner") != owner or row.get("status") != "running"):
+            raise RunTakenOver(run_id)
+
+    async def attempt_started(self, attempt: AttemptRow, owner: str | None = None) -> int:
+        ahead = self._ahead.pop(attempt.run_id, None)
+        if ahead is not None:
+            self._fence_running(attempt.run_id, owner)
+            return ahead
+        return self._insert_attempt(attempt, owner)
+
+    async def attempt_unsent(self, run_id: str, why: str, at: datetime) -> None:
+        ahead = self._ahead.pop(run_id, None)
+        if ahead is not None:
+            row = self.attempts[run_id, ahead]
+            self.attempts[run_id, ahead] = replace(row, ended_at=at, error_class=why)
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
         key = (attempt.run_id, attempt.number)
@@ -146,14 +174,19 @@ class MemoryStore:
         )  # fmt: skip
         self.usage.append(reply)
         self._reply_of[reply.run_id] = reply.message_id
-        await self.finish_run(end, checkpoint)
+        await self.finish_run(end, checkpoint, again=True)  # its answer: how the run ended
         return reply.message_id
 
-    async def finish_run(self, end: RunEnd, checkpoint: Checkpoint | None = None) -> None:
+    async def finish_run(
+        self, end: RunEnd, checkpoint: Checkpoint | None = None, *, again: bool = False
+    ) -> None:
         self._fence(end.run_id, end.owner)
         if checkpoint is not None:
             await self.checkpoint(checkpoint, durable=True)
-        self.runs.setdefault(end.run_id, {}).update(
+        row = self.runs.setdefault(end.run_id, {})
+        if not again and row.get("status", "running") != "running":
+            return  # an end is never overwritten (as the SQL store)
+        row.update(
             status=end.status,
             current_state=end.current_state,
             model=end.model,

@@ -70,6 +70,9 @@ from .tables import ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
 
 T = TypeVar("T")
 _TICK = timedelta(microseconds=1)
+#: How long after its run's commit a request recorded with it may leave without proving
+#: ownership again: well under the stale limit (30 s without a heartbeat) that a take-over needs.
+OWNED_FOR_SURE_S = 10.0
 CONNECT_TIMEOUT_S = 10
 """How long connecting to a database server may take unless the URL says otherwise: a host
 that accepts the connection and never answers would otherwise hang the command for ever."""
@@ -107,18 +110,78 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def open_engine(url: str, *, create: bool = True) -> Engine:
+def _sqlite_read_only_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """No WAL switch, no ``synchronous``: a read-only connection changes nothing, not even
+    the journal mode; ``query_only`` makes any write a bug that fails loudly."""
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={int(_SQLITE_WAIT_S * 1000)}")
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
+def _wal_mode(path: Path) -> bool:
+    """Whether the SQLite file's header says WAL mode (bytes 18 and 19 are 2)."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return header.startswith(b"SQLite format 3\0") and header[18:20] == b"\x02\x02"
+
+
+def _read_only_connect(path: Path) -> sqlite3.Connection:
+    """Open ``path`` read-only (``mode=ro``): nothing is created, upgraded or written.
+
+    A WAL database is normally read through its ``-shm`` index, which a reader must be able to
+    create: in a folder the user cannot write (or a read-only file system) that fails with
+    "attempt to write a readonly database", and where it succeeds on a file the user cannot
+    write it leaves ``-wal``/``-shm`` files behind with the file's read-only mode, which then
+    break the owner's next write. So a WAL file with no ``-wal`` beside it — every committed
+    change is in the file itself — is opened ``immutable``: no lock, no side file. A writer
+    appends to a ``-wal`` and changes the file only when it checkpoints, so a read can be
+    torn only by a writer that starts, writes and checkpoints within this short read. With a
+    ``-wal`` present (a writer at work, or one that died) the shared index is needed to see its
+    changes, and ``mode=ro`` reads through it; a rollback-journal file is read with locks.
+    """
+    settled = _wal_mode(path) and not Path(f"{path}-wal").exists()
+    conn = sqlite3.connect(
+        f"{path.absolute().as_uri()}?mode=ro{'&immutable=1' if settled else ''}",
+        uri=True,
+        check_same_thread=False,
+        timeout=_SQLITE_WAIT_S,
+    )
+    if settled:
+        return conn
+    try:
+        conn.execute("PRAGMA schema_version").close()  # the first read opens the -wal index
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if not Path(f"{path}-wal").exists():
+            raise
+        raise sqlite3.OperationalError(
+            f"{exc}: recent changes wait in {path.name}-wal, and reading them needs"
+            f" {path.name}-shm, which cannot be created in its folder; run a command that writes"
+            " (e.g. `demiarch-flow db upgrade`) once as a user who can write the folder"
+        ) from None
+    return conn
+
+
+def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> Engine:
     """Create the engine for ``url`` with our settings (not yet connected).
 
     Args:
         url: a SQLAlchemy database URL.
-        create: ``False`` for read-only commands: a SQLite file that does not exist is an
-            error instead of being created (with its folder).
+        create: ``False`` for commands that must not create a database: a SQLite file that
+            does not exist is an error instead of being created (with its folder).
+        read_only: for commands that only read: implies ``create=False``, and a SQLite file
+            is opened read-only (see :func:`_read_only_connect`), so that it can be read
+            where it cannot be written. A ``file:`` URI is used as given.
 
     Raises:
         StoreUnavailable: the URL is malformed, names a driver that is not installed, or (with
             ``create=False``) a SQLite file that does not exist.
     """
+    create = create and not read_only
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -132,6 +195,7 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
             if create and database not in ("", ":memory:") and not database.startswith("file:"):
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             memory = database in ("", ":memory:")
+            path: Path | None = None
             if not create and not memory and not database.startswith("file:"):
                 path = Path(database).expanduser()
                 if not path.exists():
@@ -139,12 +203,18 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
                         f"no database at {path} (nothing has been run against it yet;"
                         " pass --db or set DEMIARCH_FLOW_DB to read another one)"
                     )
+            if read_only and path is not None:
+                engine = create_engine(parsed, creator=functools.partial(_read_only_connect, path))
+                event.listen(engine, "connect", _sqlite_read_only_pragmas)
+                return engine
             engine = create_engine(
                 parsed,
                 connect_args={"check_same_thread": False, "timeout": 30},
                 poolclass=StaticPool if memory else None,
             )
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(
+                engine, "connect", _sqlite_read_only_pragmas if read_only else _sqlite_pragmas
+            )
             return engine
         timeout = (
             {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
@@ -207,39 +277,46 @@ class SqlStore:
         journal row since the last commit (three moves between commits cost one UPDATE)."""
         self._definitions: set[str] = set()
         """Workflow texts known to be stored (by SHA-256)."""
-        self._recorded: set[tuple[str, int]] = set()
-        """First attempts committed with their run (``attempt_started`` then has nothing to do)."""
+        self._recorded: dict[str, tuple[int, float]] = {}
+        """Run → the number of its next request, committed with the run (``attempt_started``
+        then has nothing to do), and when (trio's clock)."""
 
     @classmethod
-    def open_sync(cls, url: str, *, create: bool = True) -> SqlStore:
+    def open_sync(cls, url: str, *, create: bool = True, read_only: bool = False) -> SqlStore:
         """Open the database and bring its schema to this release's (blocking; call from a
         thread or sync code). See :func:`~demiarch_flow.store.schema.prepare`.
 
         Args:
             url: the database URL.
-            create: ``False`` for read-only commands: a database that does not exist (or has
-                no tables) is an error rather than created.
+            create: ``False`` for commands that must not create one: a database that does not
+                exist (or has no tables) is an error rather than created.
+            read_only: for commands that only read (``history``, ``usage``, ``runs list``,
+                ``runs show``): implies ``create=False``; SQLite is opened read-only and never
+                backed up or upgraded, so a file the user cannot write can still be read, and
+                one that needs an upgrade is refused saying so.
 
         Raises:
             StoreUnavailable: the database cannot be reached or written, does not exist
                 (``create=False``), or its schema does not fit
                 (:class:`~demiarch_flow.errors.SchemaMismatch`).
         """
-        engine = open_engine(url, create=create)
+        create = create and not read_only
+        engine = open_engine(url, create=create, read_only=read_only)
         try:
             with opening(url):
-                prepare(engine, create=create)
+                prepare(engine, create=create, read_only=read_only)
         except BaseException:
             engine.dispose()
             raise
         return cls(engine, url)
 
     @classmethod
-    async def open(cls, url: str, *, create: bool = True) -> SqlStore:
+    async def open(cls, url: str, *, create: bool = True, read_only: bool = False) -> SqlStore:
         """:meth:`open_sync` from trio. Cancelling abandons the worker thread, so Ctrl-C is
         not held up by a server that never answers (the thread ends with the process)."""
         return await trio.to_thread.run_sync(
-            functools.partial(cls.open_sync, url, create=create), abandon_on_cancel=True
+            functools.partial(cls.open_sync, url, create=create, read_only=read_only),
+            abandon_on_cancel=True,
         )
 
     def close(self) -> None:
@@ -346,8 +423,8 @@ class SqlStore:
             await self._write(functools.partial(_add_run, run=run, conversation_id=None))
             raise
         self._definitions.add(run.workflow_sha256)
-        if run.first_attempt is not None:
-            self._recorded.add((run.run_id, run.first_attempt.number))
+        if began.first_attempt is not None:
+            self._recorded[run.run_id] = (began.first_attempt, trio.current_time())
         return began
 
     async def checkpoint(self, checkpoint: Checkpoint, *, durable: bool) -> None:
@@ -365,15 +442,27 @@ class SqlStore:
             if durable:  # the run's own write may have failed where the others did not
                 pending.result()
 
-    async def attempt_started(self, attempt: AttemptRow) -> None:
-        key = (attempt.run_id, attempt.number)
-        if key in self._recorded:  # committed with the run: the request may leave now
-            self._recorded.discard(key)
-            return
-        await self._write(functools.partial(_runs.insert_attempt, attempt=attempt))
+    async def attempt_started(self, attempt: AttemptRow, owner: str | None = None) -> int:
+        ahead = self._recorded.pop(attempt.run_id, None)
+        if ahead is not None and trio.current_time() - ahead[1] < OWNED_FOR_SURE_S:
+            # Committed with the run moments ago, by its owner: nobody can have taken it over
+            # since (that needs a heartbeat older than the stale limit), so it may leave now.
+            return ahead[0]
+        if ahead is not None:  # long ago (a throttle wait): prove ownership before sending
+            await self._write(functools.partial(_fence_reused, attempt=attempt, owner=owner))
+            return ahead[0]
+        number: int = await self._write(
+            functools.partial(_runs.insert_attempt, attempt=attempt, owner=owner)
+        )
+        return number
+
+    async def attempt_unsent(self, run_id: str, why: str, at: datetime) -> None:
+        ahead = self._recorded.pop(run_id, None)
+        if ahead is not None:
+            row = AttemptRow(run_id, ahead[0], "", at, at, None, why)
+            self._queue.append(_Pending(functools.partial(_runs.end_attempt, attempt=row)))
 
     async def attempt_ended(self, attempt: AttemptRow) -> None:
-        self._recorded.discard((attempt.run_id, attempt.number))
         self._queue.append(_Pending(functools.partial(_runs.end_attempt, attempt=attempt)))
 
     async def attempt_progress(self, attempt: AttemptRow) -> None:
@@ -517,8 +606,8 @@ class SqlStore:
                     key = row.model
                 acc = groups.setdefault(key, [0, 0, 0, Decimal(0), 0, Decimal(0)])
                 acc[0] += 1
-                acc[1] += row.prompt_tokens
-                acc[2] += row.completion_tokens
+                acc[1] += row.prompt_tokens or 0  # NULL: a count the provider never gave
+                acc[2] += row.completion_tokens or 0
                 acc[3] += row.cost_usd
                 if row.outcome == "interrupted":
                     acc[4] += 1
@@ -645,7 +734,9 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
         began = _began_already(conn, run)
         if began is not None:
             if run.first_attempt is not None:
-                _runs.insert_attempt(conn, run.first_attempt)
+                began = dataclasses.replace(
+                    began, first_attempt=_runs.insert_attempt(conn, run.first_attempt, run.owner)
+                )
             return began
     created = run.conversation_id is None
     conv_id = run.create_with_id if created else run.conversation_id
@@ -676,9 +767,10 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
          "run_id": run.run_id, "created_at": at},
     )  # fmt: skip
     _add_run(conn, run, conv_id)
+    first = None
     if run.first_attempt is not None:  # after the run row it refers to
-        _runs.insert_attempt(conn, run.first_attempt)
-    return BeganRun(conv_id, tuple(history), at)
+        first = _runs.insert_attempt(conn, run.first_attempt)
+    return BeganRun(conv_id, tuple(history), at, first)
 
 
 def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None:
@@ -744,7 +836,7 @@ def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | No
          "request_timestamp": reply.request_timestamp},
     )  # fmt: skip
     conn.execute(_TOUCH_CONV, {"b_id": reply.conversation_id, "b_at": reply.created_at})
-    _finish(conn, end, cp)
+    _finish(conn, end, cp, again=True)  # the run's answer is stored: that is how it ended
     return reply.message_id
 
 
@@ -765,15 +857,29 @@ def _import_reply(conn: Connection, reply: Reply, final_state: str | None) -> Im
     return "imported"
 
 
-def _finish(conn: Connection, end: RunEnd, cp: Checkpoint | None = None) -> None:
+def _finish(
+    conn: Connection, end: RunEnd, cp: Checkpoint | None = None, *, again: bool = False
+) -> None:
+    """End the run: only a running one (an end is never overwritten — a SIGTERM just after
+    Persist committed once marked a succeeded run cancelled), unless ``again`` (an import of
+    the run's paid answer, which is the truth about it). Owner-fenced when ``end.owner``."""
     if cp is not None:
         _runs.checkpoint(conn, cp)
     fenced = end.owner is not None
+    statement = _FINISH_OWNED if fenced else _FINISH
     done = conn.execute(
-        _FINISH_OWNED if fenced else _FINISH,
+        statement if again else statement.where(_RUN.c.status == "running"),
         {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
          "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
          "b_at": end.finished_at, **({"b_owner": end.owner} if fenced else {})},
     )  # fmt: skip
     if fenced and done.rowcount != 1:
-        raise RunTakenOver(end.run_id)
+        owner = conn.execute(select(_RUN.c.owner).where(_RUN.c.id == end.run_id)).scalar()
+        if owner != end.owner:
+            raise RunTakenOver(end.run_id)
+
+
+def _fence_reused(conn: Connection, attempt: AttemptRow, owner: str | None) -> None:
+    """Prove ownership for a request recorded ahead a while ago (see ``attempt_started``)."""
+    if owner is not None:
+        _runs.prove_owner(conn, attempt.run_id, owner, attempt.started_at)

@@ -21,10 +21,11 @@ import signal
 import sys
 from typing import Any
 
-from demiarch_flow.cli._common import open_world, run_trio
+from demiarch_flow.cli._common import run_trio
 from demiarch_flow.definition import load_workflow
 from demiarch_flow.keys import resolve_key
 from demiarch_flow.runner import RunRequest, run_workflow
+from demiarch_flow.runtime import open_world
 from demiarch_flow.store.base import Checkpoint, Reply, RunEnd
 
 POINTS = ("loaded", "persist", "saved")

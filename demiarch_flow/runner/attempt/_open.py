@@ -1,0 +1,205 @@
+"""One paid attempt, from "may we ask?" to its books: :func:`open_attempt`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from ...client import Attempt, Completion
+from ...definition import Workflow
+from ...errors import ErrorClass, FlowError, ProviderError, RunTakenOver
+from ...store.base import AttemptRow
+from ..context import RunEnv
+from ..limits import Gate, admit
+from ..records import FlowRecord
+from ..state import AttemptInfo, ErrorInfo, RunState, Step
+from ._send import send
+from .books import book_interrupted
+
+log = logging.getLogger("demiarch_flow")
+
+_NO_ANSWER = Completion("", "", None, None, None, None, None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one attempt did, as data: the request handler turns it into an event.
+
+    Either nothing was sent — ``not_sent`` is the step to take instead (a cooling model is
+    skipped, a budget refuses, the attempt could not be recorded) — or the request went out
+    and ``sent`` is what came back, ``state`` the run with the attempt counted and ``record``
+    the ``attempt`` record to report.
+    """
+
+    state: RunState
+    not_sent: Step | None = None
+    sent: Attempt | None = None
+    record: FlowRecord | None = None
+
+
+async def open_attempt(state: RunState, env: RunEnv, wf: Workflow) -> AttemptResult:
+    """Admit, record, send and settle one attempt with ``state``'s current model.
+
+    In order: the shared cooldown (a cooling model is not asked); the rate slot, concurrency
+    permit and budget reservation (:func:`~demiarch_flow.runner.limits.admit`); the attempt
+    recorded durably under a number the store allocates, only while this process owns the run
+    (:class:`~demiarch_flow.errors.RunTakenOver` otherwise: a process that lost its run sends
+    nothing); the request; then, shielded (the attempt may have cost money, so its books are
+    kept whatever happens now), the reservation settled, the attempt row completed and an
+    interrupted stream booked. The gate's permits and reservation are given back in exactly
+    one of three places: ``settle`` after an answer or failure, ``abandoned`` on a
+    cancellation while the request was out, ``release`` when nothing was sent.
+    """
+    model = state.model
+    if wf.cooldown is not None:
+        skipped = await _skip_cooling(state, env, model)
+        if skipped is not None:
+            return AttemptResult(skipped.state, not_sent=skipped)
+    gate: Gate | None = None
+    if wf.limits is not None:
+        admitted = await admit(state, env, wf, stamp=False)
+        if isinstance(admitted, Step):  # refused (a budget, a rate slot too far): nothing sent
+            last = admitted.state.last_error
+            why = last.error_class if last is not None else ErrorClass.BUDGET_EXCEEDED
+            await env.store.attempt_unsent(state.run_id, why, env.now())
+            return AttemptResult(admitted.state, not_sent=admitted)
+        gate, state = admitted, admitted.state
+    started_at = env.now()
+    try:
+        number = await env.store.attempt_started(
+            AttemptRow(state.run_id, state.total_attempts + 1, model, started_at), env.owner
+        )
+    except RunTakenOver:
+        if gate is not None:
+            gate.release()
+        raise
+    except FlowError as exc:  # nothing was sent: the run fails before it could cost anything
+        if gate is not None:
+            gate.release()
+        return AttemptResult(state, not_sent=Step("fatal", state.failed(ErrorInfo.of(exc))))
+    except BaseException:  # cancelled before the request left: give the permits back
+        if gate is not None:
+            gate.release()
+        raise
+    row = AttemptRow(state.run_id, number, model, started_at)
+    payload = env.client.build_payload(
+        model, state.request_messages, temperature=wf.request.temperature,
+        max_tokens=wf.request.max_tokens,
+    )  # fmt: skip
+    if gate is not None:
+        # Counted as sent in each rpm bucket the moment before it leaves (after the attempt's
+        # own commit), so no 60 s at the provider holds more than the rule.
+        try:
+            await gate.stamp()
+        except BaseException:  # nothing has left: give the permits back
+            gate.release()
+            raise
+    try:
+        result = await send(state, env, wf, payload, row)
+    except trio.Cancelled:
+        if gate is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await gate.abandoned()
+                except FlowError as exc:  # the cancellation goes on; the budget may undercount
+                    log.warning("could not keep the cancelled attempt's budget: %s", exc)
+        raise
+    except BaseException:
+        if gate is not None:
+            gate.release()
+        raise
+    with trio.CancelScope(shield=True):
+        # A few short writes; Ctrl-C goes on once they are done.
+        await _settle(state, env, gate, row, result)
+    return _counted(state, env, row, result)
+
+
+async def _settle(
+    state: RunState, env: RunEnv, gate: Gate | None, row: AttemptRow, result: Attempt
+) -> None:
+    err, partial = result.error, result.partial
+    if gate is not None:
+        try:
+            await gate.settle(result)
+        except FlowError as exc:  # an answer that arrived matters more than the books
+            log.warning("could not settle the attempt's budget reservation: %s", exc)
+    await env.store.attempt_ended(
+        dataclasses.replace(
+            row,
+            ended_at=env.now(),
+            status=result.status,
+            error_class=err.error_class if err else None,
+            generation_id=(result.completion or partial or _NO_ANSWER).generation_id,
+            latency_ms=result.latency_ms,
+            partial_text=partial.content if partial is not None else None,
+        )
+    )
+    if partial is not None and err is not None:
+        await book_interrupted(state, env, row, partial)
+
+
+def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> AttemptResult:
+    """The run with the attempt counted, and its record."""
+    err, partial = result.error, result.partial
+    info = AttemptInfo(
+        number=row.number,
+        model=row.model,
+        outcome="ok" if err is None else "error",
+        error_class=err.error_class if err else None,
+        status=result.status,
+        wait_s=None,
+        latency_ms=result.latency_ms,
+        generation_id=(result.completion or partial or _NO_ANSWER).generation_id,
+        partial_chars=len(partial.content) if partial is not None and err else None,
+        first_token_ms=result.first_token_ms,
+    )
+    rec = FlowRecord(
+        "attempt", state.run_id, trio.current_time(), env.now(), model=row.model,
+        attempt=state.attempt + 1, status=result.status, error_class=info.error_class,
+        latency_ms=result.latency_ms, message=err.detail if err else None,
+        partial_chars=info.partial_chars, cause=result.cause,
+        first_token_ms=result.first_token_ms,
+    )  # fmt: skip
+    tried = dataclasses.replace(
+        state,
+        attempt=state.attempt + 1,
+        total_attempts=row.number,
+        attempts=(*state.attempts, info),
+    )
+    return AttemptResult(tried, sent=result, record=rec)
+
+
+async def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None:
+    """A cooling model is not asked: Fallback (or, on the last model, Backoff waits it out).
+
+    Returns the step, or ``None`` when the model may be asked.
+    """
+    left = env.cooldowns.remaining(model, trio.current_time())
+    if left <= 0:
+        return None
+    err = ProviderError(
+        ErrorClass.COOLING, f"{model} is cooling down for {left:.1f} s more (shared cooldown)",
+        model=model, retry_after_s=left,
+    )  # fmt: skip
+    error = ErrorInfo.of(err)
+    await env.store.attempt_unsent(state.run_id, ErrorClass.COOLING, env.now())
+    known = dict(state.last_errors)
+    skipped = dataclasses.replace(
+        state,
+        last_error=error,
+        last_errors=state.last_errors if model in known else (*state.last_errors, (model, error)),
+        attempts=(
+            *state.attempts,
+            AttemptInfo(state.total_attempts, model, "skipped", ErrorClass.COOLING, None, None, 0),
+        ),
+    )
+    note = FlowRecord(
+        "cooldown", state.run_id, trio.current_time(), env.now(), event="skipped", model=model,
+        wait_s=left, error_class=ErrorClass.COOLING, message=err.detail,
+    )  # fmt: skip
+    if state.model_index + 1 < len(state.chain):
+        return Step("model_failed", skipped, (note,))
+    return Step("retryable", skipped, (note,))

@@ -1,0 +1,95 @@
+"""The composition root: one open world — the database, the HTTP client, the shared limits and
+the heartbeat — for the lifetime of a command, a benchmark or a library user's program.
+
+Everything a run needs is injected through :class:`~demiarch_flow.runner.RunEnv`; this module
+is the one place that builds the real one from a database URL, a base URL and a key, so the
+command line, ``bench/`` and the tests open it the same way (and none of them needs the command
+line's private modules)::
+
+    async with open_world(db=None, base_url=DEFAULT_BASE_URL, key=key) as world:
+        outcome = await run_workflow(workflow, RunRequest("hello"), world.env)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from .client import ApiKey, OpenRouterClient
+from .client.openrouter import DEFAULT_APP_TITLE, DEFAULT_APP_URL
+from .paths import database_url, prices_path
+from .pricing import PriceTable
+from .runner import Listener, RunEnv
+from .runner.context import utc_now
+from .runner.limits import Limiter
+from .runner.owner import keep_alive, this_process
+from .runner.recovery import recovery_dir_for
+from .store.limits import SqlLedger
+from .store.sql import SqlStore
+
+__all__ = ["World", "http_client", "open_world"]
+
+
+def http_client(max_in_flight: int = 100) -> httpx.AsyncClient:
+    """The shared HTTP client: keep-alive pool sized to the in-flight cap."""
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    # Per-attempt deadlines come from the workflow (trio's clock); this is only a backstop.
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(3600.0))
+
+
+@dataclass
+class World:
+    """An open store and HTTP client, for the lifetime of one command (the store is
+    ``env.store``)."""
+
+    http: httpx.AsyncClient
+    env: RunEnv
+
+
+@asynccontextmanager
+async def open_world(
+    *,
+    db: str | None,
+    base_url: str,
+    key: ApiKey,
+    listeners: tuple[Listener, ...] = (),
+    max_in_flight: int = 100,
+) -> AsyncIterator[World]:
+    """Open the database and the HTTP client; close both afterwards. The database is opened
+    first, so a schema that does not fit (exit 3) is found before any request is sent, and
+    Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`)."""
+    url = database_url(db)
+    store = await SqlStore.open(url)
+    try:
+        async with http_client(max_in_flight) as http:
+            client = OpenRouterClient(
+                http,
+                key,
+                base_url=base_url,
+                app_url=os.environ.get("DEMIARCH_FLOW_APP_URL") or DEFAULT_APP_URL,
+                app_title=os.environ.get("DEMIARCH_FLOW_APP_TITLE") or DEFAULT_APP_TITLE,
+                limiter=trio.CapacityLimiter(max_in_flight),
+            )
+            owner = this_process(utc_now()).token
+            env = RunEnv(
+                client=client,
+                store=store,
+                prices=PriceTable.load(prices_path()),
+                listeners=listeners,
+                recovery_dir=recovery_dir_for(url),
+                owner=owner,
+                limits=Limiter(SqlLedger(store.engine)),
+            )
+            async with trio.open_nursery() as nursery:
+                # One heartbeat for every run of this process: a run left 'running' by a
+                # process that died is then recognisable as stale.
+                nursery.start_soon(keep_alive, store, owner, utc_now)
+                yield World(http, env)
+                nursery.cancel_scope.cancel()
+    finally:
+        store.close()
