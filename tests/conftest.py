@@ -62,6 +62,22 @@ def memory_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryKeyring]:
         keyring.set_keyring(previous)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each engine (nothing created yet): a SQLite file, or this run's
+    own PostgreSQL database emptied before and after (skipped where the server is absent)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'flow.db'}"
+        return
+    from .store.conftest import PG_URL, drop_everything, postgres_available
+
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    drop_everything()
+    yield PG_URL
+    drop_everything()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _own_postgres_database() -> Iterator[None]:
     """Drop the PostgreSQL database this run created, if it made one, when the run ends."""

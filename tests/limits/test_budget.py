@@ -27,7 +27,6 @@ from demiarch_flow.store.limits import BudgetWindow, Reservation, SqlLedger
 from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.testing import FakeOpenRouter, make_env
 
-from ..store.conftest import PG_URL, drop_everything, postgres_available
 from .helpers import GPT4O, HAIKU, SONNET, with_limits
 
 PRICES = PriceTable.load()
@@ -151,16 +150,6 @@ async def _sql_env(url: str, fake: FakeOpenRouter, now: list[datetime]):  # type
     store = await SqlStore.open(url)
     env = make_env(fake, store=store, now=lambda: now[0], limits=Limiter(SqlLedger(store.engine)))
     return store, env
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'flow.db'}"
-    if not postgres_available():
-        pytest.skip("no PostgreSQL server")
-    drop_everything()
-    return PG_URL
 
 
 async def test_a_new_day_starts_at_zero(db_url: str) -> None:

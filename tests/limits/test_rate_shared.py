@@ -55,16 +55,6 @@ class InlineLedger(SqlLedger):
         return self._serialised(fn)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'flow.db'}"
-    if not postgres_available():
-        pytest.skip("no PostgreSQL server")
-    drop_everything()
-    return PG_URL
-
-
 @pytest.mark.parametrize(
     ("old", "new"),
     [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,10 @@ from .test_contract import WF
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database on each engine (nothing created yet)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'flow.db'}"
-        return
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    drop_everything()
-    yield PG_URL
-    drop_everything()
+@pytest.fixture
+def url(db_url: str) -> str:
+    """An empty database on each engine (the shared ``db_url``)."""
+    return db_url
 
 
 def engine_of(url: str) -> Engine:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,6 @@ from demiarch_flow.store.schema import HEAD
 from demiarch_flow.store.sql import SqlStore, open_engine
 from demiarch_flow.store.tables import ChatMessage, Conversation, LlmUsage, WorkflowRun
 
-from .conftest import PG_URL, drop_everything, postgres_available
 from .test_schema import migrate, revision_of
 
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -28,17 +25,10 @@ _ROW = (
 )  # fmt: skip
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database on each engine."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'flow.db'}"
-        return
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    drop_everything()
-    yield PG_URL
-    drop_everything()
+@pytest.fixture
+def url(db_url: str) -> str:
+    """An empty database on each engine (the shared ``db_url``)."""
+    return db_url
 
 
 def usage_row(id: str, run_id: str, **values: Any) -> dict[str, Any]:
