@@ -14,6 +14,10 @@ lint:
     .venv/bin/ruff format --check .
     .venv/bin/mypy
 
+# the paid-once property at SCALE times CI's examples, drawn at random (a longer hunt for faults)
+property-hunt SCALE="20": setup
+    DEMIARCH_FLOW_PROPERTY_SCALE={{SCALE}} .venv/bin/python -m pytest -q tests/property --hypothesis-show-statistics
+
 # the whole flow against the bundled simulator: no key, no network
 demo: setup
     .venv/bin/demiarch-flow demo

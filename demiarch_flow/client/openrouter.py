@@ -24,7 +24,7 @@ import trio
 
 from ..errors import ErrorClass, ProviderError, UnusableKey, UsageError, redact, register_secret
 from ..pricing import to_usd
-from .classify import Completion, parse_completion, token_count
+from .classify import Completion, _name, parse_completion, token_count
 from .retry_after import parse_retry_after
 from .streaming import StreamReader
 
@@ -106,6 +106,10 @@ class Attempt:
     """A streamed completion whose body broke after its ``finish_reason`` instead of ending
     cleanly (a reset: ``network_error``; silence or the attempt's clock: ``timeout``; a late
     error chunk: its class). The reply was whole, so it is the answer all the same."""
+    generation_id: str | None = None
+    """A streamed attempt: the generation the provider named (``X-Generation-Id`` or a chunk's
+    ``id``), whatever came of it — a stream that broke before its first token may have been
+    billed for its prompt, and this id is how its cost is learnt."""
 
 
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -272,18 +276,24 @@ class OpenRouterClient:
         outcome: Completion | ProviderError | None = None
         broke: tuple[ErrorClass, str] | None = None  # what ended the body before its end
 
+        async def named() -> None:
+            # The generation is reported before any text: it is the only handle on what the
+            # stream cost, and a cancellation may come at the first delta.
+            nonlocal reported
+            if not reported and reader.generation_id is not None:
+                reported = True
+                if on_generation is not None:
+                    await on_generation(reader.generation_id)
+
         async def take(deltas: list[str]) -> None:
-            nonlocal first_at, reported
+            nonlocal first_at
+            await named()
             if deltas:
                 if first_at is None:
                     first_at = trio.current_time()
                 if on_delta is not None:
                     for text in deltas:
                         await on_delta(text)
-            if not reported and reader.generation_id is not None:
-                reported = True
-                if on_generation is not None:
-                    await on_generation(reader.generation_id)
 
         slot = self._limiter if self._limiter is not None else contextlib.nullcontext()
         try:
@@ -302,6 +312,10 @@ class OpenRouterClient:
                         outcome = parse_completion(status, await response.aread(), model, hint)
                     else:
                         is_stream = True
+                        # Named by the headers before a byte of the body (``X-Generation-Id``;
+                        # else the first chunk's ``id``).
+                        reader.generation_id = _name(response.headers.get("x-generation-id"))
+                        await named()
                         # The body's own iterator, held so that it is closed however the loop
                         # ends (httpx's aiter_* generators would be left to the GC). Streams
                         # are asked for uncompressed (Accept-Encoding: identity), so the raw
@@ -363,12 +377,13 @@ class OpenRouterClient:
         if isinstance(outcome, Completion):
             return Attempt(
                 model, outcome, None, latency_ms, status, first_token_ms=first_ms,
-                streamed=is_stream, skipped_frames=reader.skipped, after_finish=after_finish,
+                    streamed=is_stream, skipped_frames=reader.skipped, after_finish=after_finish,
+                generation_id=reader.generation_id,
             )  # fmt: skip
         partial = reader.completion(None) if reader.started or reader.usage else None
         return Attempt(
             model, None, outcome, latency_ms, status, partial, first_ms, reader.cause,
-            streamed=is_stream, skipped_frames=reader.skipped,
+            streamed=is_stream, skipped_frames=reader.skipped, generation_id=reader.generation_id,
         )  # fmt: skip
 
     async def generation_cost(

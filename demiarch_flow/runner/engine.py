@@ -20,6 +20,7 @@ was not stored goes to the recovery file first.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,14 +30,14 @@ from typing import Any
 import trio
 
 from ..definition import Workflow
-from ..errors import ErrorClass, FlowError, redact
+from ..errors import ErrorClass, FlowError, PersistenceError, redact
 from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
-from .attempt import keep_paid_answer
+from .attempt import keep_paid_answer, store_reply
 from .context import RunEnv, RunRequest, model_chain, new_id
 from .handlers import HANDLERS, record
 from .records import FlowRecord
-from .state import AttemptInfo, Message, RunState, Step
-from .table import Machine, start_machine
+from .state import AttemptInfo, ErrorInfo, Message, RunState, Settlement, Step
+from .table import Machine, start_machine, table_for
 from .transition import cause, journal_entry, moved
 
 log = logging.getLogger("demiarch_flow")
@@ -163,7 +164,7 @@ def checkpoint(env: RunEnv, state: RunState, entries: tuple[JournalEntry, ...] =
 
 
 async def advance(
-    machine: Machine, wf: Workflow, state: RunState, env: RunEnv
+    machine: Machine, wf: Workflow, state: RunState, env: RunEnv, books: Books | None = None
 ) -> tuple[Step, RunState, FlowRecord | None]:
     """Run one step of ``state``: its handler, its records, its wait, the machine's move.
 
@@ -177,17 +178,31 @@ async def advance(
     if state.completion is None and step.state.completion is not None:
         # This step brought a paid-for answer: until its checkpoint is durable, nothing
         # (Ctrl-C, a store that fails, a bug) may take it away.
+        own = books is None
+        books = books or Books(env)
         try:
-            return await _apply(machine, wf, state, step, env)
+            applied = await _apply(machine, wf, state, step, env)
         except (Exception, trio.Cancelled) as exc:
             with trio.CancelScope(shield=True):
                 await keep_paid_answer(env, wf, step.state, exc)
+                books.hold(step)
+                await books.settle()
             raise
-    return await _apply(machine, wf, state, step, env)
+        books.hold(step)
+        if own:  # stepped alone (``testing``): nothing later would write them
+            await books.settle()
+        return applied
+    step_, after, rec = await _apply(machine, wf, state, step, env, books)
+    return step_, after, rec
 
 
 async def _apply(
-    machine: Machine, wf: Workflow, state: RunState, step: Step, env: RunEnv
+    machine: Machine,
+    wf: Workflow,
+    state: RunState,
+    step: Step,
+    env: RunEnv,
+    books: Books | None = None,
 ) -> tuple[Step, RunState, FlowRecord | None]:
     """The rest of :func:`advance`, once the handler has returned ``step``."""
     spec = wf.state(state.state)
@@ -199,13 +214,19 @@ async def _apply(
         return step, step.state, None
     if step.wait is not None:
         await trio.sleep(step.wait.seconds)
+    committed: JournalEntry | None = None
+    if step.reply is not None:
+        cost = step.reply.cost_usd, step.reply.cost_source
+        step, committed = await _store_reply(wf, state, step, env)
+        if books is not None:
+            await books.settle(*cost)
     machine.send(step.event)
     after = moved(state, step, machine.current_state_value)
-    entry = step.journaled or journal_entry(state, step, after, env.now())
+    entry = committed or journal_entry(state, step, after, env.now())
     if entry.to_state != after.state:
         raise AssertionError(
             f"{state.state} --{step.event}--> the machine went to {after.state}, but the"
-            f" handler committed a move to {entry.to_state}"
+            f" table it was committed by says {entry.to_state}"
         )
     rec = FlowRecord(
         "transition", after.run_id, trio.current_time(), entry.at, from_state=state.state,
@@ -213,7 +234,7 @@ async def _apply(
         error_class=cause(step), wait_s=entry.wait_s,
         wait_source=step.wait.source if step.wait else None,
     )  # fmt: skip
-    if step.journaled is None:
+    if committed is None:
         # A paid-for answer not stored yet is made durable at once: after a crash before
         # Persist commits, resume stores it instead of paying for the request again.
         paid = after.completion is not None and after.saved_message_id is None
@@ -222,18 +243,79 @@ async def _apply(
     return step, after, rec
 
 
+class Books:
+    """The books of the attempt whose answer the run holds, until the answer's cost is known.
+
+    The reservation of an attempt that brought an answer is settled at the cost the reply is
+    stored with (Persist's: ``usage.cost``, else ``GET /generation``, else the price table),
+    so every ledger books what ``llm_usage`` books — and only once the answer is durable: the
+    first commit after an answer arrives carries the answer, so a process death in between
+    cannot lose it. Until then the worst case stays reserved (counted too much, never too
+    little); a run that ends otherwise settles at the attempt's own figure.
+    """
+
+    def __init__(self, env: RunEnv) -> None:
+        self.env = env
+        self.held: Settlement | None = None
+
+    def hold(self, step: Step) -> None:
+        if step.settlement is not None:
+            if self.held is not None:  # a second answer in one run: never left unsettled
+                raise AssertionError("two attempts' books held at once")
+            self.held = step.settlement
+
+    async def settle(self, usd: Decimal | None = None, source: str = "") -> None:
+        """Write the held books (at the reply's cost ``usd`` from ``source``, when known);
+        shielded: one short write, after money was spent."""
+        held, self.held = self.held, None
+        if held is None:
+            return
+        if usd is not None:
+            held = held.at_cost(usd, source)
+        with trio.CancelScope(shield=True):
+            try:
+                await self.env.limits.apply(held)
+            except FlowError as exc:  # the answer matters more than the books
+                log.warning("could not settle the attempt's budget reservation: %s", exc)
+
+
+async def _store_reply(
+    wf: Workflow, state: RunState, step: Step, env: RunEnv
+) -> tuple[Step, JournalEntry | None]:
+    """Commit a step's reply with its move: the reply, its usage row, the run's end, the
+    checkpoint of the state the move leads to and its journal row, in one transaction (one
+    commit ends a run). The target comes from the workflow's transition table, before the
+    machine moves; a database that keeps failing turns the step into ``failed`` (the reply is
+    in the recovery file). Returns the step to send and the journal row committed with it."""
+    reply = step.reply
+    assert reply is not None
+    target = table_for(wf).target(state.state, step.event)
+    after = moved(state, step, target)
+    now = env.now()
+    entry = journal_entry(state, step, after, now)
+    end = RunEnd(state.run_id, "succeeded", target, reply.model, None, None, now, env.owner)
+    try:
+        saved_id = await store_reply(env, reply, end, checkpoint(env, after, (entry,)))
+    except PersistenceError as exc:
+        unsaved = dataclasses.replace(step.state, saved_message_id=None)
+        return Step("failed", unsaved.failed(ErrorInfo.of(exc)), step.records), None
+    saved = dataclasses.replace(step.state, saved_message_id=saved_id)
+    return dataclasses.replace(step, state=saved, reply=None), entry
+
+
 async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = False) -> RunOutcome:
     """Run ``state`` to a final state (a new run, or one resumed from its checkpoint)."""
     machine = start_machine(wf, state.state if resumed else None)
     transitions: list[FlowRecord] = []
     started = trio.current_time()
     status: RunStatus = "failed"
+    books = Books(env)
     try:
         while True:
             spec = wf.state(state.state)
             if spec.final and not spec.action:
                 break
-            step, state, rec = await advance(machine, wf, state, env)
+            step, state, rec = await advance(machine, wf, state, env, books)
             if rec is None:
                 break
             transitions.append(rec)
@@ -244,6 +326,7 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
             _, state, _ = await _run_action("fail", wf, state, env)
     except trio.Cancelled:
         with trio.CancelScope(shield=True):
+            await books.settle()
             await _record_end(env, state, "cancelled", ErrorClass.CANCELLED, "cancelled")
             await emit(env, [record(env, state, "finished", run_status="cancelled",
                                     to_state=state.state)])  # fmt: skip
@@ -253,12 +336,14 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
         # a reply that had arrived must not be lost.
         with trio.CancelScope(shield=True):
             await keep_paid_answer(env, wf, state, exc)
+            await books.settle()
             await _record_end(
                 env, state, "failed", ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc}"
             )
             await emit(env, [record(env, state, "finished", run_status="failed",
                                     to_state=state.state)])  # fmt: skip
         raise
+    await books.settle()  # a run that ended without storing its answer (a recovery file)
     answered = state.completion.model if state.completion and state.saved_message_id else None
     await emit(
         env,

@@ -5,8 +5,9 @@ machine, the new state and the records to report. It never picks its own target 
 does, in the engine), never sleeps (a :class:`~.state.Wait` in the step asks the engine to, after
 the checkpoint), and never signals another handler through a side channel: what Fallback needs
 to know — why the model is being left — is the event that entered it (``RunState.entered_by``)
-and the last error, both plain data. Handlers do the I/O of their state: LoadContext and Persist
-write through the store, Request calls the provider after recording that it is about to.
+and the last error, both plain data. Handlers do the I/O of their state: LoadContext stores the
+user's message, Request runs one paid attempt (:mod:`.attempt`), Persist costs the answer and
+hands its reply to the engine, the only writer of moves, which stores it with the move.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ import trio
 
 from ..backoff import plan_wait
 from ..definition import ALWAYS_FATAL, Workflow
-from ..errors import ErrorClass, FlowError, PersistenceError, RunTakenOver
-from ..store.base import AttemptRow, Checkpoint, NewRun, RunEnd
-from .attempt import answer_cost, looked_up, open_attempt, reply_of, write_recovery
+from ..errors import ErrorClass, FlowError, RunTakenOver
+from ..store.base import AttemptRow, NewRun, RunEnd
+from .attempt import answer_cost, looked_up, open_attempt, reply_of
 from .context import RunEnv, new_id
 from .records import FlowRecord, RecordKind, WaitSource
 from .state import ErrorInfo, Message, RunState, Step, Wait
-from .transition import journal_entry, moved
 
 log = logging.getLogger("demiarch_flow")
 
@@ -113,7 +113,7 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         # Its cost is looked up by Persist, once the answer is durable (a look-up takes
         # seconds, and a crash in them must not buy the answer again).
         done = dataclasses.replace(tried, completion=sent.completion)
-        return Step("succeeded", done, (result.record,))
+        return Step("succeeded", done, (result.record,), settlement=result.settlement)
     error = ErrorInfo.of(err)
     tried = tried.with_error(error)
     cls = err.error_class
@@ -228,14 +228,13 @@ def _all_failed(state: RunState) -> ErrorInfo:
 
 
 async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
-    """Store the reply and its usage in one transaction and mark the run succeeded.
+    """Cost the answer and hand the reply to the engine, which stores it with the move.
 
     The answer is durable already (the engine checkpointed it as it arrived), so its cost may
     be looked up here (``GET /generation``, for a stream without ``usage.cost``) and a crash
-    meanwhile resumes into Persist again. The move to the next state commits with the reply
-    (its journal row and checkpoint), so one transaction ends the run. A database error is
-    retried (``RunEnv.persist_tries`` in all); if it still fails the reply is written to a
-    recovery file, so a paid-for answer is never lost. Emits ``saved`` or ``failed``.
+    meanwhile resumes into Persist again. Emits ``saved`` with the reply: the engine commits
+    the reply, its usage row, the run's end and the move in one transaction (or, if the
+    database keeps refusing, keeps the reply in the recovery file and moves on ``failed``).
     """
     done = state.completion
     assert done is not None, "Persist without a completion"
@@ -251,34 +250,10 @@ async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
             done.model,
         )
     costed = dataclasses.replace(state, cost_usd=cost.usd, cost_source=cost.source)
-    now = env.now()
-    reply = reply_of(costed, cost, now)
-    final = wf.state(state.state).target("saved") or state.state
-    end = RunEnd(state.run_id, "succeeded", final, reply.model, None, None, now, env.owner)
-    error: Exception | None = None
-    for _ in range(max(env.persist_tries, 1)):
-        step = Step("saved", dataclasses.replace(costed, saved_message_id=reply.message_id))
-        after = moved(state, step, final)
-        entry = journal_entry(state, step, after, now)
-        try:
-            saved_id = await env.store.save_reply(
-                reply,
-                end,
-                Checkpoint(state.run_id, final, after.model, after, (entry,), env.owner),
-            )
-        except RunTakenOver:  # not ours to write any more: no retry, no recovery file
-            raise
-        except FlowError as exc:
-            error = exc
-            continue
-        return Step(
-            "saved", dataclasses.replace(costed, saved_message_id=saved_id), journaled=entry
-        )
-    path = write_recovery(env, reply, final, error)
-    failure = PersistenceError(
-        f"could not store the reply: {error}", recovery_file=str(path) if path else None
+    reply = reply_of(costed, cost, env.now())
+    return Step(
+        "saved", dataclasses.replace(costed, saved_message_id=reply.message_id), reply=reply
     )
-    return Step("failed", costed.failed(ErrorInfo.of(failure)))
 
 
 async def fail(state: RunState, env: RunEnv, wf: Workflow) -> Step:

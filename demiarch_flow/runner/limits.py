@@ -51,11 +51,12 @@ from ..definition import Workflow
 from ..definition.limits import RateBucket
 from ..errors import BudgetExceeded, ErrorClass, ProviderError
 from ..gcra import BucketRule, make_rule
+from ..pricing import Cost
 from ..store.base import Checkpoint, JournalEntry
 from ..store.limits import Ledger, MemoryLedger, Reservation
 from .budget import budget_windows, estimate_tokens, worst_case_usd
 from .records import FlowRecord, WaitSource
-from .state import AttemptInfo, ErrorInfo, RunState, Step
+from .state import AttemptInfo, ErrorInfo, RunState, Settlement, Step
 
 if TYPE_CHECKING:
     from .context import RunEnv
@@ -147,6 +148,20 @@ class Limiter:
                 return await self.local.stamp(local)
         return 0.0, None
 
+    async def apply(self, settlement: Settlement) -> None:
+        """Write an attempt's books (:meth:`Gate.settlement`)."""
+        s = settlement
+        if s.reservation_id is not None:
+            await self.shared.settle(
+                s.reservation_id, s.amount_usd, s.expires_at, unbooked=s.unbooked
+            )
+        if not s.buckets:
+            return
+        if s.delta_tokens is not None:
+            await self.correct(s.buckets, s.delta_tokens)
+        if s.pause_s is not None:
+            await self.pause(s.buckets, s.pause_s)
+
     async def correct(self, buckets: Sequence[RateBucket], delta_tokens: int) -> None:
         shared, local = self.split(buckets)
         for ledger, rules in ((self.shared, shared), (self.local, local)):
@@ -220,23 +235,34 @@ class Gate:
                 self.reservation.id, self.reservation.amount_usd, expires, unbooked=True
             )
 
-    async def settle(self, result: Attempt) -> None:
-        """Book what the attempt really did: its cost replaces the reservation (released when
-        nothing was billed), its real tokens correct the ``tpm`` schedules, and a 429 with a
-        wait hint pauses every bucket of the model until then."""
+    async def settle(self, result: Attempt, interrupted: Cost | None = None) -> None:
+        """Give the permits back and write the attempt's books now (:meth:`settlement`)."""
         self.release()
-        limiter = self.env.limits
+        await self.env.limits.apply(self.settlement(result, interrupted))
+
+    def settlement(self, result: Attempt, interrupted: Cost | None = None) -> Settlement:
+        """What the attempt's books become: its cost replaces the reservation (released when
+        nothing was billed), its real tokens correct the ``tpm`` schedules, and a 429 with a
+        wait hint pauses every bucket of the model until then.
+
+        Args:
+            interrupted: what a stream that broke after its first token is booked at (the
+                caller's figure, the same as its ``llm_usage`` row's), so every ledger counts
+                it as spend and none releases it as unbilled.
+        """
         err, done = result.error, result.completion
+        now = self.env.now()
+        expires = now + timedelta(seconds=self.wf.request.timeout_s) + RESERVATION_GRACE
+        amount: Decimal | None = None
+        unbooked = False
         if self.reservation is not None:
-            now = self.env.now()
-            expires = now + timedelta(seconds=self.wf.request.timeout_s) + RESERVATION_GRACE
-            amount: Decimal | None
-            unbooked = False
+            cost = interrupted
             if done is not None:
                 cost = self.env.prices.answer_cost(
                     done.model, done.prompt_tokens, done.completion_tokens, done.cost_usd,
                     self.model, prompt_estimate=self.tokens, text=done.content,
                 )  # fmt: skip
+            if cost is not None:
                 amount = cost.usd
                 if cost.source == "unknown":
                     # paid for, at a price nobody knows: the worst case stays counted for as
@@ -247,15 +273,16 @@ class Gate:
                 # may have been billed, and nothing will ever book it: keep the worst case
                 # for as long as a window it falls in lasts
                 amount, unbooked, expires = self.reservation.amount_usd, True, now + UNBOOKED_KEPT
-            else:
-                amount = None
-            await limiter.shared.settle(self.reservation.id, amount, expires, unbooked=unbooked)
-        if not self.buckets:
-            return
+        delta = None
         if done is not None and done.total_tokens is not None:
-            await limiter.correct(self.buckets, done.total_tokens - self.tokens)
+            delta = done.total_tokens - self.tokens
+        pause_s = None
         if err is not None and err.error_class is ErrorClass.RATE_LIMITED and err.retry_after_s:
-            await limiter.pause(self.buckets, err.retry_after_s)
+            pause_s = err.retry_after_s
+        return Settlement(
+            self.reservation.id if self.reservation is not None else None,
+            amount, expires, unbooked, self.buckets, delta, pause_s,
+        )  # fmt: skip
 
 
 async def admit(state: RunState, env: RunEnv, wf: Workflow, *, stamp: bool = True) -> Step | Gate:

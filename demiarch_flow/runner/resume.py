@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from decimal import Decimal
 
+from ..client.classify import Completion
 from ..client.openrouter import GenerationCost
 from ..definition import Workflow, parse_workflow
 from ..errors import DefinitionError, ErrorClass, UsageError
+from ..pricing import Cost
 from ..store.base import (
     AttemptRow,
     BilledAttempt,
@@ -31,6 +34,7 @@ from ..store.base import (
     JournalEntry,
     StoredRun,
 )
+from .attempt import answer_cost
 from .context import RunEnv, model_chain, new_id
 from .engine import RunOutcome, drive
 from .limits import UNBOOKED_KEPT
@@ -262,32 +266,41 @@ async def _settle_lost_attempt(
     env: RunEnv, run: StoredRun, state: RunState, attempt: AttemptRow, seq: int
 ) -> JournalEntry:
     """Book what a request that was sent but never recorded (or cancelled) cost, and journal
-    it; a request never recorded is closed as ``unrecorded``, a cancelled one stays as it is."""
+    it; a request never recorded is closed as ``unrecorded``, a cancelled one stays as it is.
+
+    A named generation was billed: it is booked at ``GET /generation``'s figure, or — when the
+    record cannot be found — at an estimate (the prompt and the text received, at the price
+    table's rates: ``estimated``), never left out of ``llm_usage``. The budget keeps the
+    attempt's worst case in all unless the provider's figure is known.
+    """
     now = env.now()
     event = "attempt_unrecorded"
-    if attempt.generation_id:
-        billed = await _look_up(env, attempt.generation_id)
-        if billed is not None and billed.cost_usd is not None:
-            assert run.conversation_id is not None
-            await env.store.book_billed(
-                BilledAttempt(
-                    usage_id=new_id(),
-                    run_id=run.run_id,
-                    conversation_id=run.conversation_id,
-                    project_id=state.project_id,
-                    model=attempt.model,
-                    generation_id=attempt.generation_id,
-                    prompt_tokens=billed.prompt_tokens,
-                    completion_tokens=billed.completion_tokens,
-                    cost_usd=billed.cost_usd,
-                    cost_source="provider",
-                    attempt=attempt.number,
-                    at=now,
-                )
+    booked, certain = Decimal(0), False
+    if attempt.generation_id and run.conversation_id is not None:
+        found = await _look_up(env, attempt.generation_id)
+        if found is not None and found.cost_usd is not None:
+            cost = Cost(found.cost_usd, "provider")
+            tokens = found.prompt_tokens, found.completion_tokens
+            certain = True
+        else:
+            received = Completion(
+                attempt.partial_text or "", attempt.model, attempt.generation_id,
+                None, None, None, None, None, None,
+            )  # fmt: skip
+            cost, tokens = answer_cost(env, state, received), (None, None)
+        await env.store.book_billed(
+            BilledAttempt(
+                usage_id=new_id(), run_id=run.run_id, conversation_id=run.conversation_id,
+                project_id=state.project_id, model=attempt.model,
+                generation_id=attempt.generation_id, prompt_tokens=tokens[0],
+                completion_tokens=tokens[1], cost_usd=cost.usd, cost_source=cost.source,
+                attempt=attempt.number, at=now,
             )
-            event = "attempt_billed"
-    if event == "attempt_unrecorded":  # may have been billed, no figure: the budget keeps it
-        await env.limits.shared.keep_unbooked(run.run_id, attempt.number, now + UNBOOKED_KEPT)
+        )  # fmt: skip
+        booked, event = cost.usd, "attempt_billed"
+    await env.limits.shared.settle_lost(
+        run.run_id, attempt.number, booked, now + UNBOOKED_KEPT, certain=certain
+    )
     cls = ErrorClass.CANCELLED
     if attempt.ended_at is None:
         cls = ErrorClass.UNRECORDED

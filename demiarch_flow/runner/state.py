@@ -20,8 +20,9 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from ..client.classify import Completion
+from ..definition.limits import RateBucket
 from ..errors import AllModelsFailed, ErrorClass, FlowError, ProviderError, RunError
-from ..store.base import JournalEntry
+from ..store.base import Reply
 from .records import FlowRecord, WaitSource
 
 #: Bumped when the JSON layout of :class:`RunState` changes incompatibly.
@@ -192,9 +193,37 @@ class Step:
     state: RunState
     records: tuple[FlowRecord, ...] = ()
     wait: Wait | None = None
-    journaled: JournalEntry | None = None
-    """The transition's journal row, when the handler committed it (and the checkpoint of
-    the state it leads to) in its own transaction; the engine then queues nothing more."""
+    reply: Reply | None = None
+    """The reply to store with the move (Persist's): the engine commits it, the run's end, the
+    checkpoint of the state the move leads to and its journal row in one transaction."""
+    settlement: Settlement | None = None
+    """The books of an attempt that brought an answer, applied by the engine once the move
+    that carries the answer is durable (the first commit after an answer carries it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What an attempt's books become, as data (:meth:`~.limits.Gate.settlement` decides it,
+    :meth:`~.limits.Limiter.apply` writes it): the reservation replaced by ``amount_usd``
+    (``None``: released, nothing was billed; ``unbooked``: kept past the run's end, until
+    ``expires_at``), the ``tpm`` schedules moved by ``delta_tokens``, the buckets paused for
+    ``pause_s`` (a 429's wait hint)."""
+
+    reservation_id: str | None
+    amount_usd: Decimal | None
+    expires_at: datetime
+    unbooked: bool = False
+    buckets: tuple[RateBucket, ...] = ()
+    delta_tokens: int | None = None
+    pause_s: float | None = None
+
+    def at_cost(self, usd: Decimal, source: str) -> Settlement:
+        """The same books, the reservation replaced by ``usd`` (the reply's cost, as stored,
+        known from ``source``): every ledger then books what ``llm_usage`` does. An
+        ``unknown`` cost keeps the attempt's figure (its worst case, kept)."""
+        if self.reservation_id is None or source == "unknown":
+            return self
+        return dataclasses.replace(self, amount_usd=usd, unbooked=False)
 
 
 # ---------------------------------------------------------------------- encoding

@@ -1,9 +1,9 @@
 """What a transition makes of a run: the moved :class:`RunState` and its journal row — pure.
 
-The engine builds both after ``machine.send(event)``; Persist builds them ahead of time for the
-``saved`` event (from the workflow's own transition table, which the machine was built from),
-so that the reply, the run's end, its last checkpoint and its last journal row commit in one
-transaction. The engine then checks that the machine agrees before it reports the move.
+The engine builds both, and only the engine: after ``machine.send(event)``, or — for a step
+that carries a reply (Persist's ``saved``) — just before, from the workflow's transition table
+(which the machine was built from), so that the reply, the run's end, its last checkpoint and
+its last journal row commit in one transaction. It then checks that the machine agrees.
 """
 
 from __future__ import annotations

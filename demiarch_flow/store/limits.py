@@ -56,9 +56,8 @@ from ..gcra import BucketRule, BucketState, Slot, correct, pause, stamp, take
 from ..pricing import NANO
 from ._tx import serialised
 from .tables import (
-    SETTLED,
-    UNBOOKED,
     BudgetReservation,
+    Held,
     LlmUsage,
     RateBucketRow,
     WorkflowRun,
@@ -146,10 +145,24 @@ class Ledger(Protocol):
         run has ended, until ``expires_at``, instead of going with the run.
         """
 
-    async def keep_unbooked(self, run_id: str, attempt: int, expires_at: datetime) -> None:
-        """A request of run ``run_id`` was sent and never recorded (its process died), and
-        nothing says what it cost: its reservation, if one is still held, stays counted as
-        :meth:`settle` keeps a timeout's (``unbooked``), until ``expires_at``."""
+    async def settle_lost(
+        self,
+        run_id: str,
+        attempt: int,
+        booked_usd: Decimal,
+        expires_at: datetime,
+        *,
+        certain: bool,
+    ) -> None:
+        """Settle the reservation of an attempt whose process is gone (a crash, or Ctrl-C
+        while its request was out), now that a resume has booked ``booked_usd`` for it in
+        ``llm_usage`` (0 when nothing could be booked).
+
+        ``certain``: the provider's figure: the row replaces the reservation. Otherwise
+        the figure is an estimate (or nothing): the attempt's worst case stays counted in
+        all, as :meth:`settle` keeps a timeout's (``unbooked``), until ``expires_at`` — the
+        part the row does not hold stays reserved.
+        """
 
     async def window_use(
         self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None
@@ -184,8 +197,8 @@ class MemoryLedger:
     case is reserved."""
 
     def __init__(self) -> None:
-        self._reservations: dict[str, tuple[Reservation, int]] = {}
-        """id → (reservation, ``budget_reservations.settled``: 0 held, 1 settled, 2 unbooked)."""
+        self._reservations: dict[str, tuple[Reservation, Held]] = {}
+        """id → (reservation, what it stands for now)."""
         self._buckets: dict[str, BucketState] = {}
 
     def _use(self, window: BudgetWindow, now: datetime, run_id: str | None) -> WindowUse:
@@ -194,9 +207,9 @@ class MemoryLedger:
             if window.name == "run" and r.run_id != run_id:
                 continue
             in_window = window.since is None or r.at >= window.since
-            if settled == SETTLED:
+            if settled is Held.SETTLED:
                 spent += r.amount_usd if in_window else _ZERO
-            elif settled == UNBOOKED:
+            elif settled is Held.UNBOOKED:
                 reserved += r.amount_usd if in_window and r.expires_at >= now else _ZERO
             elif r.expires_at >= now:
                 reserved += r.amount_usd
@@ -209,7 +222,7 @@ class MemoryLedger:
             use = self._use(window, reservation.at, reservation.run_id)
             if use.spent_usd + use.reserved_usd + reservation.amount_usd > use.limit_usd:
                 return use
-        self._reservations[reservation.id] = (reservation, 0)
+        self._reservations[reservation.id] = (reservation, Held.HELD)
         return None
 
     async def settle(
@@ -223,12 +236,26 @@ class MemoryLedger:
         held = self._reservations.pop(reservation_id, None)
         if held is not None and amount_usd is not None:
             kept = replace(held[0], amount_usd=amount_usd, expires_at=expires_at)
-            self._reservations[reservation_id] = (kept, UNBOOKED if unbooked else SETTLED)
+            self._reservations[reservation_id] = (kept, Held.UNBOOKED if unbooked else Held.SETTLED)
 
-    async def keep_unbooked(self, run_id: str, attempt: int, expires_at: datetime) -> None:
+    async def settle_lost(
+        self,
+        run_id: str,
+        attempt: int,
+        booked_usd: Decimal,
+        expires_at: datetime,
+        *,
+        certain: bool,
+    ) -> None:
+        # this ledger reads no llm_usage: a settled amount is its spend
         for key, (r, settled) in list(self._reservations.items()):
-            if r.run_id == run_id and r.attempt == attempt and settled == 0:
-                self._reservations[key] = (replace(r, expires_at=expires_at), UNBOOKED)
+            if r.run_id != run_id or r.attempt != attempt or settled is Held.SETTLED:
+                continue
+            if certain:
+                kept = replace(r, amount_usd=booked_usd, expires_at=expires_at)
+                self._reservations[key] = (kept, Held.SETTLED)
+            else:
+                self._reservations[key] = (replace(r, expires_at=expires_at), Held.UNBOOKED)
 
     async def window_use(
         self, windows: Sequence[BudgetWindow], now: datetime, run_id: str | None = None
@@ -377,20 +404,38 @@ class SqlLedger:
                     .where(_RES.c.id == reservation_id)
                     .values(
                         amount_usd=amount_usd,
-                        settled=UNBOOKED if unbooked else SETTLED,
+                        settled=Held.UNBOOKED if unbooked else Held.SETTLED,
                         expires_at=expires_at,
                     )
                 )
 
         await self._run(op)
 
-    async def keep_unbooked(self, run_id: str, attempt: int, expires_at: datetime) -> None:
+    async def settle_lost(
+        self,
+        run_id: str,
+        attempt: int,
+        booked_usd: Decimal,
+        expires_at: datetime,
+        *,
+        certain: bool,
+    ) -> None:
+        # llm_usage is this ledger's spend: the reservation keeps only what the row does not
+        lost = and_(
+            _RES.c.run_id == run_id, _RES.c.attempt == attempt, _RES.c.settled != Held.SETTLED
+        )
+
         def op(conn: Connection) -> None:
-            conn.execute(
-                update(_RES)
-                .where(_RES.c.run_id == run_id, _RES.c.attempt == attempt, _RES.c.settled == 0)
-                .values(settled=UNBOOKED, expires_at=expires_at)
-            )
+            if certain:
+                conn.execute(delete(_RES).where(lost))
+                return
+            for rid, amount in conn.execute(select(_RES.c.id, _RES.c.amount_usd).where(lost)):
+                rest = max(Decimal(amount) - booked_usd, _ZERO)
+                conn.execute(
+                    update(_RES)
+                    .where(_RES.c.id == rid)
+                    .values(settled=Held.UNBOOKED, amount_usd=rest, expires_at=expires_at)
+                )
 
         await self._run(op)
 
@@ -505,7 +550,7 @@ def _clean(conn: Connection, now: datetime) -> None:
     have passed) or whose run has ended (its cost is in ``llm_usage`` now, or it was never
     billed) — except the unbooked ones, whose cost no row will ever hold."""
     ended = select(_RUN.c.id).where(_RUN.c.status != "running")
-    went_with_run = and_(_RES.c.run_id.in_(ended), _RES.c.settled != UNBOOKED)
+    went_with_run = and_(_RES.c.run_id.in_(ended), _RES.c.settled != Held.UNBOOKED)
     conn.execute(delete(_RES).where(or_(_RES.c.expires_at < now, went_with_run)))
 
 
@@ -524,7 +569,7 @@ def _use(conn: Connection, window: BudgetWindow, run_id: str | None) -> WindowUs
     else:
         spent = _sum(conn, _USAGE.c.cost_usd, _USAGE.c.request_timestamp >= window.since)
         # in flight: every window (it may land in any); unbooked: the windows it fell in
-        counted = or_(_RES.c.settled != UNBOOKED, _RES.c.created_at >= window.since)
+        counted = or_(_RES.c.settled != Held.UNBOOKED, _RES.c.created_at >= window.since)
         reserved = _sum(conn, _RES.c.amount_usd, counted)
     return WindowUse(window.name, window.limit_usd, spent, reserved)
 
@@ -540,7 +585,7 @@ def _reserve(conn: Connection, r: Reservation, windows: Sequence[BudgetWindow]) 
     conn.execute(
         insert(_RES),
         {"id": r.id, "run_id": r.run_id, "attempt": r.attempt, "model": r.model,
-         "amount_usd": r.amount_usd, "settled": 0, "created_at": r.at,
+         "amount_usd": r.amount_usd, "settled": Held.HELD, "created_at": r.at,
          "expires_at": r.expires_at},
     )  # fmt: skip
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import IntEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -233,9 +234,16 @@ class RunAttempt(Base):
     """What a streamed attempt had received when it broke (never the reply)."""
 
 
-SETTLED, UNBOOKED = 1, 2
-"""``budget_reservations.settled``: the attempt's real cost; the worst case of an attempt that
-may have been billed without a figure (kept past its run's end, see ``Ledger.settle``)."""
+class Held(IntEnum):
+    """``budget_reservations.settled``: what a reservation stands for now."""
+
+    HELD = 0
+    """The attempt's worst case while it is in flight."""
+    SETTLED = 1
+    """The attempt's real cost (goes with its run: ``llm_usage`` then holds it)."""
+    UNBOOKED = 2
+    """The worst case of an attempt that may have been billed without a figure, kept past its
+    run's end (see ``Ledger.settle``)."""
 
 
 class BudgetReservation(Base):

@@ -401,8 +401,9 @@ async def test_a_request_lost_in_a_crash_stays_counted_after_resume(
 
 
 async def test_the_memory_ledger_keeps_an_unbooked_reservation_too() -> None:
-    """MemoryLedger.keep_unbooked: a held reservation of that run and attempt stays counted
-    (reserved, as in the SQL ledger) in its windows; another attempt's expires as before."""
+    """MemoryLedger.settle_lost with no figure: a held reservation of that run and attempt
+    stays counted (reserved, as in the SQL ledger) in its windows; another attempt's expires
+    as before."""
     from demiarch_flow.store.limits import MemoryLedger
 
     ledger = MemoryLedger()
@@ -412,7 +413,7 @@ async def test_the_memory_ledger_keeps_an_unbooked_reservation_too() -> None:
         r = Reservation(f"res-{attempt}", "run-1", attempt, SONNET, Decimal("0.1"), t0,
                         t0 + timedelta(seconds=60))  # fmt: skip
         assert await ledger.reserve(r, day) is None
-    await ledger.keep_unbooked("run-1", 1, t0 + timedelta(days=32))
+    await ledger.settle_lost("run-1", 1, Decimal(0), t0 + timedelta(days=32), certain=False)
     later = t0 + timedelta(hours=1)  # the held reservation of attempt 2 has expired by now
     (use,) = await ledger.window_use(day, later)
     assert (use.spent_usd, use.reserved_usd) == (0, Decimal("0.1"))
@@ -439,3 +440,44 @@ async def test_a_ledger_that_cannot_settle_does_not_cost_the_answer() -> None:
     outcome = await run_workflow(wf, RunRequest("hello"), env)
     assert outcome.succeeded
     assert len(store.usage) == 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("certain", [True, False])
+async def test_a_lost_attempt_booked_by_a_resume_is_counted_once(
+    kind: str, certain: bool, tmp_path: Path
+) -> None:
+    """A resume books a lost attempt (0.03 USD of a 0.1 USD worst case): at the provider's
+    figure, the row replaces the reservation (it stayed unbooked at 0.1 for a month, counted
+    beside the row); at an estimate, the worst case stays counted in all (row + the rest)."""
+    from demiarch_flow.store.limits import MemoryLedger, SqlLedger
+    from demiarch_flow.store.sql import SqlStore
+
+    t0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    day = [BudgetWindow("day", Decimal(1), t0.replace(hour=0))]
+    r = Reservation("res-1", "run-1", 1, SONNET, Decimal("0.1"), t0, t0 + timedelta(seconds=60))
+    store = None
+    if kind == "memory":
+        ledger: Any = MemoryLedger()
+    else:
+        store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'f.db'}")
+        ledger = SqlLedger(store.engine)
+    try:
+        assert await ledger.reserve(r, day) is None
+        # Ctrl-C while the request was out: the worst case is kept, unbooked
+        await ledger.settle("res-1", Decimal("0.1"), t0 + timedelta(days=32), unbooked=True)
+        await ledger.settle_lost(
+            "run-1", 1, Decimal("0.03"), t0 + timedelta(days=32), certain=certain
+        )
+        (use,) = await ledger.window_use(day, t0 + timedelta(hours=1))
+        # (the SQL ledger's spend is llm_usage, where the resume wrote 0.03: no row here)
+        expected = {
+            ("memory", True): (Decimal("0.03"), 0),
+            ("memory", False): (0, Decimal("0.1")),
+            ("sqlite", True): (0, 0),
+            ("sqlite", False): (0, Decimal("0.07")),
+        }[kind, certain]
+        assert (use.spent_usd, use.reserved_usd) == expected
+    finally:
+        if store is not None:
+            store.close()

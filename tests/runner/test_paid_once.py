@@ -311,3 +311,123 @@ async def test_a_run_that_ended_is_never_ended_again(
     finally:
         if kind == "sqlite":
             store.close()
+
+
+# ---------------------------------------------------------------------- found by the property
+# (tests/property/test_paid_once.py): each of these failed there before it was fixed.
+
+
+async def test_an_interrupted_stream_is_spend_in_the_memory_ledger_too(
+    autojump_clock: object,
+) -> None:
+    """A stream cut after its first tokens is billed: the in-memory ledger (which reads no
+    llm_usage) counts it as spend, as the SQL ledger does — it released it as unbilled."""
+    from demiarch_flow.store.limits import BudgetWindow, MemoryLedger
+
+    ledger, store = MemoryLedger(), MemoryStore()
+    env = make_env(f"{SONNET}=cut:2", store=store, now=fixed_clock(T0),
+                   limits=Limiter(ledger))  # fmt: skip
+    wf = with_limits("  budget: {daily_usd: 1000}\n")
+    out = await run_workflow(wf, RunRequest("Hi", stream=True), env)
+    assert out.succeeded, out.error
+    (interrupted,) = store.billed
+    assert interrupted.outcome == "interrupted" and interrupted.cost_usd > 0
+    (reply,) = store.usage
+    (use,) = await ledger.window_use([BudgetWindow("day", Decimal(1000), T0)], T0)
+    assert use.spent_usd == interrupted.cost_usd + reply.cost_usd
+    assert use.reserved_usd == 0
+
+
+class CancelAtFirstDelta:
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+
+    async def on_record(self, rec: FlowRecord) -> None:
+        if rec.kind == "delta":
+            self.scope.cancel()
+            await trio.lowlevel.checkpoint()
+
+
+async def test_a_stream_cancelled_at_its_first_token_names_its_generation(
+    autojump_clock: object,
+) -> None:
+    """Ctrl-C at the first delta: the attempt row names the generation (from the response's
+    ``X-Generation-Id``, reported before any text), so a resume books what it cost — it was
+    recorded with no generation, and the billed stream was never booked."""
+    fake, store = FakeOpenRouter(), MemoryStore()
+    stop = CancelAtFirstDelta()
+    env = make_env(fake, store=store, now=fixed_clock(T0), owner="here:1:1", listeners=(stop,))
+    with stop.scope:
+        await run_workflow(default_workflow(), RunRequest("Hi", stream=True), env)
+    assert stop.scope.cancelled_caught
+    (run,) = await store.list_runs(status=None, since=None, limit=5)
+    (attempt,) = run.attempts
+    assert attempt.error_class == ErrorClass.CANCELLED
+    assert attempt.generation_id is not None
+    later = make_env(fake, store=store, now=fixed_clock(T0 + timedelta(minutes=5)))
+    resumed = await resume_run(run.run_id, later)
+    assert resumed.outcome.succeeded
+    booked = {b.generation_id: b.outcome for b in store.billed}
+    assert booked == {attempt.generation_id: "billed"}
+
+
+class Journal:
+    """The order of the writes a run makes (store and ledger), with what each carried."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+
+class WatchedStore(MemoryStore):
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    async def checkpoint(self, checkpoint: Any, *, durable: bool) -> None:
+        if durable and checkpoint.state.completion is not None:
+            self.journal.writes.append("answer durable")
+        await super().checkpoint(checkpoint, durable=durable)
+
+
+async def test_the_first_commit_after_an_answer_carries_it(autojump_clock: object) -> None:
+    """The budget reservation of an attempt that brought an answer is settled only once the
+    answer is durable, at the cost its reply is stored with: settled at once, a process
+    killed before the answer's checkpoint (after the settle committed) lost the answer and the
+    resume bought it again; and the memory ledger booked the estimate while llm_usage booked
+    the looked-up cost."""
+    from demiarch_flow.store.limits import BudgetWindow, MemoryLedger
+
+    journal = Journal()
+
+    class WatchedLedger(MemoryLedger):
+        async def settle(self, *a: Any, **kw: Any) -> None:
+            journal.writes.append("settled")
+            await super().settle(*a, **kw)
+
+    ledger, store = WatchedLedger(), WatchedStore(journal)
+    provider = NoCostThenDie(FakeOpenRouter())  # no usage.cost: Persist looks it up
+    env = make_env(provider, store=store, now=fixed_clock(T0), limits=Limiter(ledger))
+    wf = with_limits("  budget: {daily_usd: 1000}\n")
+    out = await run_workflow(wf, RunRequest("Hi", stream=True), env)
+    assert out.succeeded, out.error
+    assert journal.writes.count("settled") == 1
+    assert journal.writes.index("answer durable") < journal.writes.index("settled")
+    (reply,) = store.usage
+    assert (reply.cost_source, provider.lookups) == ("provider", 2)
+    (use,) = await ledger.window_use([BudgetWindow("day", Decimal(1000), T0)], T0)
+    assert (use.spent_usd, use.reserved_usd) == (reply.cost_usd, 0)
+
+
+async def test_a_stream_broken_before_its_first_token_is_booked(autojump_clock: object) -> None:
+    """A stream that began (a generation was named) and broke before any text may have been
+    billed for its prompt: its cost is looked up and booked (it was released as unbilled and
+    never booked)."""
+    fake, store = FakeOpenRouter(f"{SONNET}=cut:0"), MemoryStore()
+    env = make_env(fake, store=store, now=fixed_clock(T0))
+    out = await run_workflow(default_workflow(), RunRequest("Hi", stream=True), env)
+    assert out.succeeded, out.error
+    (broken,) = store.billed
+    assert broken.outcome == "interrupted" and broken.cost_usd > 0
+    assert broken.cost_source == "provider"
+    first = out.attempts[0]
+    assert broken.generation_id == first.generation_id is not None

@@ -102,14 +102,43 @@ class FailingAnswerCheckpoint(MemoryStore):
         await super().checkpoint(checkpoint, durable=durable)
 
 
-async def test_a_store_failing_as_the_answer_arrives_keeps_it_in_the_recovery_file(
+class FailingAnswerStore(FailingAnswerCheckpoint):
+    """The database is gone for good: the reply cannot be stored either."""
+
+    async def save_reply(self, reply: Reply, end: RunEnd, checkpoint: Any = None) -> str:
+        from demiarch_flow.errors import PersistenceError
+
+        raise PersistenceError("database is locked")
+
+
+async def test_a_store_failing_as_the_answer_arrives_stores_the_reply_at_once(
     tmp_path: Path, autojump_clock: object
 ) -> None:
-    """The answer's checkpoint cannot be committed: the run fails, and the paid-for answer is
-    in recovery.jsonl (before, only the state before the Request step was rescued: none)."""
+    """The answer's checkpoint cannot be committed (a passing lock): the error surfaces, and
+    the paid-for answer is stored as the run's reply at once — its spend in llm_usage, where
+    every budget sees it — not left in a file nobody's books read."""
     from demiarch_flow.runner import RunRequest, run_workflow
 
     store = FailingAnswerCheckpoint()
+    env = dataclasses.replace(Harness().env(), store=store, recovery_dir=str(tmp_path))
+    with pytest.raises(Exception, match="database is locked"):
+        await run_workflow(default_workflow(), RunRequest("keep it"), env)
+    assert not (tmp_path / "recovery.jsonl").exists()
+    (reply,) = store.usage
+    assert reply.content == f"[simulated {SONNET}] You said: keep it"
+    assert reply.cost_usd > 0
+    (run,) = store.runs.values()
+    assert run["status"] == "succeeded"  # its answer is how it ended: no later end overwrites it
+
+
+async def test_a_store_gone_as_the_answer_arrives_keeps_it_in_the_recovery_file(
+    tmp_path: Path, autojump_clock: object
+) -> None:
+    """Neither the checkpoint nor the reply can be committed: the run's answer is in
+    recovery.jsonl (before, only the state before the Request step was rescued: none)."""
+    from demiarch_flow.runner import RunRequest, run_workflow
+
+    store = FailingAnswerStore()
     env = dataclasses.replace(Harness().env(), store=store, recovery_dir=str(tmp_path))
     with pytest.raises(Exception, match="database is locked"):
         await run_workflow(default_workflow(), RunRequest("keep it"), env)
@@ -122,8 +151,8 @@ async def test_ctrl_c_just_after_a_blocking_answer_does_not_pay_twice(
     tmp_path: Path, autojump_clock: object
 ) -> None:
     """Ctrl-C lands after the answer arrived, before its checkpoint commits (SQLite store):
-    the answer goes to the recovery file, the run is cancelled, and `runs resume` stores it
-    from there — one request, one reply, one llm_usage row."""
+    the answer is stored as the run's reply at once (no recovery file, which no budget reads),
+    and `runs resume` finds nothing to do — one request, one reply, one llm_usage row."""
     import trio
 
     from demiarch_flow.runner import FlowRecord, RunRequest, run_workflow
@@ -145,10 +174,11 @@ async def test_ctrl_c_just_after_a_blocking_answer_does_not_pay_twice(
             ctrl_c = dataclasses.replace(env, listeners=(CtrlC(),))
             await run_workflow(default_workflow(), RunRequest("keep it", stream=False), ctrl_c)
         (run,) = await store.list_runs(status=None, since=None, limit=5)
-        assert run.status == "cancelled"
-        assert (tmp_path / "recovery.jsonl").is_file()
+        assert run.status == "succeeded"
+        assert not (tmp_path / "recovery.jsonl").exists()
+        assert (await store.count_rows())["llm_usage"] == 1
         resumed = await resume_run(run.run_id, env)
-        assert resumed.recovered and resumed.outcome.succeeded
+        assert not resumed.ran and resumed.outcome.succeeded
         assert len(h.fake.requests) == 1
         assert (await store.count_rows())["llm_usage"] == 1
     finally:

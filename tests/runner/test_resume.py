@@ -248,19 +248,22 @@ async def test_a_lost_attempt_with_a_known_generation_is_booked_then_sent_again(
     assert len(fake.requests) == 2
 
 
-async def test_a_lost_attempt_of_unknown_generation_books_nothing(
+async def test_a_lost_attempt_of_unknown_generation_is_booked_at_an_estimate(
     autojump_clock: object,
 ) -> None:
-    """GET /generation never knows the id (the look-ups are retried, then given up): nothing
-    is booked, the journal says the attempt may have been billed, the request goes again."""
+    """GET /generation never knows the id (the look-ups are retried, then given up): the
+    generation was named, so it was billed — it is booked at an estimate (the prompt at the
+    price table's rates, ``estimated``), never left out of llm_usage; the request goes again."""
     fake, store = FakeOpenRouter(f"{SONNET}=401"), MemoryStore()
     run_id = await start(fake, store)
     store.attempts[(run_id, 1)] = AttemptRow(run_id, 1, SONNET, T0, generation_id="gen-unknown")
     crashed(store, run_id, "elsewhere:1:1", T0)
     resumed = await resume_run(run_id, env_of(fake, store, now=fixed_clock(T0 + timedelta(1))))
     assert resumed.outcome.status == "succeeded"
-    assert store.billed == []
-    assert ("Failed", "attempt_unrecorded", "Failed") in journal(store, run_id)
+    (billed,) = store.billed
+    assert (billed.generation_id, billed.cost_source) == ("gen-unknown", "estimated")
+    assert billed.cost_usd > 0 and billed.prompt_tokens is None
+    assert ("Failed", "attempt_billed", "Failed") in journal(store, run_id)
     assert len(store.usage) == 1
 
 

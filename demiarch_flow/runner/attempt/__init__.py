@@ -20,7 +20,7 @@ and stores it, and :mod:`~demiarch_flow.runner.resume` books what a crash left u
 
 from ._open import AttemptResult, open_attempt
 from .books import Booking, answer_cost, looked_up, reply_of
-from .rescue import keep_paid_answer, rescue_reply, write_recovery
+from .rescue import keep_paid_answer, rescue_reply, store_reply, write_recovery
 
 __all__ = [
     "AttemptResult",
@@ -31,5 +31,6 @@ __all__ = [
     "open_attempt",
     "reply_of",
     "rescue_reply",
+    "store_reply",
     "write_recovery",
 ]

@@ -11,13 +11,14 @@ import trio
 from ...client import Attempt, Completion
 from ...definition import Workflow
 from ...errors import ErrorClass, FlowError, ProviderError, RunTakenOver
+from ...pricing import Cost
 from ...store.base import AttemptRow
 from ..context import RunEnv
 from ..limits import Gate, admit
 from ..records import FlowRecord
-from ..state import AttemptInfo, ErrorInfo, RunState, Step
+from ..state import AttemptInfo, ErrorInfo, RunState, Settlement, Step
 from ._send import send
-from .books import book_interrupted
+from .books import book_interrupted, interrupted_cost
 
 log = logging.getLogger("demiarch_flow")
 
@@ -38,6 +39,12 @@ class AttemptResult:
     not_sent: Step | None = None
     sent: Attempt | None = None
     record: FlowRecord | None = None
+    settlement: Settlement | None = None
+    """The books of an attempt that brought an answer, not written yet: the first commit after
+    an answer arrives must carry the answer, so a process death in between cannot lose it
+    (and a resume buy it again). The step hands them to the engine, which writes them once
+    the move that carries the answer is durable (a death before: the reservation stays held
+    at the worst case until the run ends — counted too much, never too little)."""
 
 
 async def open_attempt(state: RunState, env: RunEnv, wf: Workflow) -> AttemptResult:
@@ -113,18 +120,33 @@ async def open_attempt(state: RunState, env: RunEnv, wf: Workflow) -> AttemptRes
         raise
     with trio.CancelScope(shield=True):
         # A few short writes; Ctrl-C goes on once they are done.
-        await _settle(state, env, gate, row, result)
-    return _counted(state, env, row, result)
+        settlement = await _settle(state, env, gate, row, result)
+    return dataclasses.replace(_counted(state, env, row, result), settlement=settlement)
 
 
 async def _settle(
     state: RunState, env: RunEnv, gate: Gate | None, row: AttemptRow, result: Attempt
-) -> None:
+) -> Settlement | None:
+    """Complete the attempt's row and its books; an answer's books are returned instead, for
+    the engine to write once the answer is durable (see :class:`AttemptResult`)."""
     err, partial = result.error, result.partial
-    if gate is not None:
+    cost: Cost | None = None
+    if partial is None and err is not None and result.streamed and result.generation_id:
+        # a stream that broke before its first token was still a generation: its prompt
+        # may have been billed (what it cost is looked up; else the prompt's estimate)
+        partial = Completion(
+            "", row.model, result.generation_id, None, None, None, None, None, None
+        )
+    if partial is not None and err is not None:
+        partial, cost = await interrupted_cost(state, env, partial)
+    deferred: Settlement | None = None
+    if gate is not None and result.completion is not None:
+        gate.release()
+        deferred = gate.settlement(result)
+    elif gate is not None:
         try:
-            await gate.settle(result)
-        except FlowError as exc:  # an answer that arrived matters more than the books
+            await gate.settle(result, interrupted=cost)
+        except FlowError as exc:  # what the attempt did matters more than the books
             log.warning("could not settle the attempt's budget reservation: %s", exc)
     await env.store.attempt_ended(
         dataclasses.replace(
@@ -134,11 +156,12 @@ async def _settle(
             error_class=err.error_class if err else None,
             generation_id=(result.completion or partial or _NO_ANSWER).generation_id,
             latency_ms=result.latency_ms,
-            partial_text=partial.content if partial is not None else None,
+            partial_text=partial.content if partial is not None and partial.content else None,
         )
     )
-    if partial is not None and err is not None:
-        await book_interrupted(state, env, row, partial)
+    if partial is not None and cost is not None:
+        await book_interrupted(state, env, row, partial, cost)
+    return deferred
 
 
 def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> AttemptResult:
@@ -152,7 +175,8 @@ def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> 
         status=result.status,
         wait_s=None,
         latency_ms=result.latency_ms,
-        generation_id=(result.completion or partial or _NO_ANSWER).generation_id,
+        generation_id=(result.completion or partial or _NO_ANSWER).generation_id
+        or result.generation_id,
         partial_chars=len(partial.content) if partial is not None and err else None,
         first_token_ms=result.first_token_ms,
     )

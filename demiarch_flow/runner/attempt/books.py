@@ -106,15 +106,22 @@ def reply_of(state: RunState, cost: Cost, now: datetime) -> Reply:
     )
 
 
+async def interrupted_cost(
+    state: RunState, env: RunEnv, partial: Completion
+) -> tuple[Completion, Cost]:
+    """What an interrupted (billed) stream is counted as: its cost from the usage chunk, else
+    ``GET /generation``, else the price table over what was received. One figure serves the
+    budget ledger and the ``llm_usage`` row."""
+    partial = await looked_up(env, partial)
+    return partial, answer_cost(env, state, partial)
+
+
 async def book_interrupted(
-    state: RunState, env: RunEnv, row: AttemptRow, partial: Completion
+    state: RunState, env: RunEnv, row: AttemptRow, partial: Completion, cost: Cost
 ) -> None:
-    """Book an interrupted (billed) stream with no message: its cost from the usage chunk,
-    else ``GET /generation``, else the price table over what was received."""
+    """Book an interrupted stream with no message, at ``cost`` (:func:`interrupted_cost`)."""
     if state.conversation_id is None:
         return
-    partial = await looked_up(env, partial)
-    cost = answer_cost(env, state, partial)
     await _book(env, state, partial, cost, row.number, Booking.INTERRUPTED)
 
 

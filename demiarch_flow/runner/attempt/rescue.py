@@ -2,8 +2,9 @@
 
 Between the moment an answer arrives and the moment its checkpoint is durable, anything — a
 Ctrl-C, a store that fails, a bug — could lose it, and the next resume would buy it again. The
-engine calls :func:`keep_paid_answer` (shielded) when that happens; Persist calls
-:func:`write_recovery` when the database keeps refusing the reply. The row format, its reader
+engine calls :func:`keep_paid_answer` (shielded) when that happens, and stores Persist's reply
+through :func:`store_reply`, which keeps it in the recovery file when the database keeps
+refusing it. The row format, its reader
 (``demiarch-flow recover``, ``runs resume``) and these writers are in
 :mod:`~demiarch_flow.runner.recovery`.
 """
@@ -18,9 +19,9 @@ from pathlib import Path
 
 from ...client import Completion
 from ...definition import Workflow
-from ...errors import FlowError, RunTakenOver
+from ...errors import FlowError, PersistenceError, RunTakenOver
 from ...pricing import NANO, Cost
-from ...store.base import Reply
+from ...store.base import Checkpoint, Reply, RunEnd
 from ..context import RunEnv
 from ..recovery import recovery_path, recovery_row
 from ..state import RunState
@@ -50,6 +51,32 @@ def write_recovery(
         path,
     )
     return path
+
+
+async def store_reply(env: RunEnv, reply: Reply, end: RunEnd, checkpoint: Checkpoint) -> str:
+    """Store ``reply`` with the run's ``end`` and its last ``checkpoint`` in one transaction,
+    retrying a database that fails (``env.persist_tries`` in all); returns the stored message's
+    id. A paid-for answer is never lost: when the database keeps failing, the reply goes to
+    the recovery file and :class:`PersistenceError` names it.
+
+    Raises:
+        RunTakenOver: another process owns the run now (nothing written, no recovery file:
+            the engine books the answer as a billed generation of the run).
+        PersistenceError: the reply could not be stored (it is in the recovery file, if even
+            that could be written).
+    """
+    error: FlowError | None = None
+    for _ in range(max(env.persist_tries, 1)):
+        try:
+            return await env.store.save_reply(reply, end, checkpoint)
+        except RunTakenOver:
+            raise
+        except FlowError as exc:
+            error = exc
+    path = write_recovery(env, reply, end.current_state, error)
+    raise PersistenceError(
+        f"could not store the reply: {error}", recovery_file=str(path) if path else None
+    )
 
 
 def _unstored_answer(state: RunState) -> Completion | None:
@@ -87,12 +114,37 @@ def rescue_reply(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException)
 
 
 async def keep_paid_answer(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException) -> None:
-    """Keep a paid-for answer that ``exc`` kept out of the store: in the recovery file — or,
-    when another process has taken the run over (it stores its own reply), booked as a billed
-    generation of the run, so its spend is still counted. Call it shielded."""
-    if not isinstance(exc, RunTakenOver):
-        rescue_reply(env, wf, state, exc)
-        return
+    """Keep a paid-for answer that ``exc`` (Ctrl-C, an error, a bug) kept out of the store.
+    Call it shielded.
+
+    The answer is stored as the run's reply at once, owner-fenced, so its spend is in
+    ``llm_usage`` and every budget counts it now (a recovery file is invisible to the books
+    until someone imports it). When the database refuses, or the answer's cost cannot be
+    worked out (a broken price table), it goes to the recovery file; when
+    another process has taken the run over (it stores its own reply), it is booked as a
+    billed generation of the run, so its spend is still counted.
+    """
     done = _unstored_answer(state)
-    if done is not None:
-        await book_taken_over(env, state, done, _cost(env, state, done))
+    if done is None:
+        return
+    cost = _cost(env, state, done)
+    if not isinstance(exc, RunTakenOver) and cost.source == "unknown":
+        rescue_reply(env, wf, state, exc)  # what broke is the costing: a person decides
+        return
+    if not isinstance(exc, RunTakenOver):
+        reply = reply_of(state, cost, env.now())
+        final = wf.state(state.state).target("saved") if state.state in wf.state_names else None
+        end = RunEnd(
+            state.run_id, "succeeded", final or state.state, reply.model, None, None,
+            reply.request_timestamp, env.owner,
+        )  # fmt: skip
+        try:
+            await env.store.save_reply(reply, end)
+            return
+        except RunTakenOver as taken:
+            exc = taken
+        except Exception as refused:  # a database error, or a bug in the store
+            log.warning("could not store the reply of run %s: %s", state.run_id, refused)
+            rescue_reply(env, wf, state, exc)
+            return
+    await book_taken_over(env, state, done, cost)
