@@ -26,7 +26,7 @@ from .paths import database_url, prices_path
 from .pricing import PriceTable
 from .runner import Listener, RunEnv
 from .runner.context import utc_now
-from .runner.limits import Limiter
+from .runner.limiter import Limiter
 from .runner.owner import keep_alive, this_process
 from .runner.recovery import recovery_dir_for
 from .store.limits import SqlLedger

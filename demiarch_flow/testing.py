@@ -127,7 +127,7 @@ async def run_state(workflow: Workflow, state: RunState, env: RunEnv) -> StepRes
     step, after, rec = await advance(machine, workflow, state, recorded)
     return StepResult(
         step.event,
-        None if rec is None else after.state,
+        None if rec is None and not step.stay else after.state,
         trio.current_time() - started,
         after,
         tuple(listener.records),

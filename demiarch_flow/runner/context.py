@@ -18,7 +18,7 @@ from ..definition import Workflow
 from ..pricing import PriceTable
 from ..store.base import Store
 from .cooldown import CooldownRegistry
-from .limits import Limiter
+from .limiter import Limiter
 from .records import Listener
 
 

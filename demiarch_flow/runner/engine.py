@@ -38,7 +38,7 @@ from .handlers import HANDLERS, record
 from .records import FlowRecord
 from .state import AttemptInfo, ErrorInfo, Message, RunState, Settlement, Step
 from .table import Machine, start_machine, table_for
-from .transition import cause, journal_entry, moved
+from .transition import cause, journal_entry, moved, stay_entry
 
 log = logging.getLogger("demiarch_flow")
 
@@ -205,6 +205,15 @@ async def _apply(
     books: Books | None = None,
 ) -> tuple[Step, RunState, FlowRecord | None]:
     """The rest of :func:`advance`, once the handler has returned ``step``."""
+    if step.stay:
+        # A wait in place (a throttle): journalled durably — the run is about to be idle —
+        # reported, slept; the machine does not move and the state's handler runs again.
+        after, entry = stay_entry(state, step, env.now())
+        await env.store.checkpoint(checkpoint(env, after, (entry,)), durable=True)
+        await emit(env, step.records)
+        assert step.wait is not None
+        await trio.sleep(step.wait.seconds)
+        return step, after, None
     spec = wf.state(state.state)
     if step.wait is not None:
         # The run is about to be idle for a while: make where it stands durable first.
@@ -316,6 +325,8 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
             if spec.final and not spec.action:
                 break
             step, state, rec = await advance(machine, wf, state, env, books)
+            if step.stay:
+                continue
             if rec is None:
                 break
             transitions.append(rec)
@@ -324,8 +335,11 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
         if status != "succeeded" and wf.state(state.state).action != "fail":
             # A user's workflow may end a failed run in a final state without the fail action.
             _, state, _ = await _run_action("fail", wf, state, env)
-    except trio.Cancelled:
+    except trio.Cancelled as exc:
         with trio.CancelScope(shield=True):
+            # an answer the run holds (in Persist, say) is stored now: a cancelled run's
+            # reservations go with it, and its spend must not go with them
+            await keep_paid_answer(env, wf, state, exc)
             await books.settle()
             await _record_end(env, state, "cancelled", ErrorClass.CANCELLED, "cancelled")
             await emit(env, [record(env, state, "finished", run_status="cancelled",

@@ -37,12 +37,9 @@ Nothing of this runs for a workflow without ``limits`` (the handler does not cal
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -50,16 +47,12 @@ from ..client.openrouter import Attempt
 from ..definition import Workflow
 from ..definition.limits import RateBucket
 from ..errors import BudgetExceeded, ErrorClass, ProviderError
-from ..gcra import BucketRule, make_rule
 from ..pricing import Cost
-from ..store.base import Checkpoint, JournalEntry
-from ..store.limits import Ledger, MemoryLedger, Reservation
+from ..store.limits import Reservation
 from .budget import budget_windows, estimate_tokens, worst_case_usd
+from .context import RunEnv
 from .records import FlowRecord, WaitSource
-from .state import AttemptInfo, ErrorInfo, RunState, Settlement, Step
-
-if TYPE_CHECKING:
-    from .context import RunEnv
+from .state import AttemptInfo, ErrorInfo, RunState, Settlement, Step, Wait
 
 #: How long past its attempt's timeout a reservation outlives a process that died.
 RESERVATION_GRACE = timedelta(seconds=60)
@@ -72,114 +65,10 @@ LONGEST_QUEUE_S = 3600.0
 _MAYBE_BILLED = frozenset({ErrorClass.TIMEOUT, ErrorClass.NETWORK_ERROR})
 
 
-def rule_of(bucket: RateBucket) -> BucketRule:
-    """The GCRA rule of a bucket of the format."""
-    return make_rule(bucket.key, bucket.rpm, bucket.burst, bucket.tpm)
-
-
-class Limiter:
-    """The process's side of limits: where buckets and reservations are kept, and the
-    ``concurrency`` permits per bucket.
-
-    Args:
-        shared: the database's ledger (every process on it shares budgets and ``shared``
-            buckets); ``None`` keeps everything in this process on trio's clock (``simulate``
-            and tests).
-    """
-
-    def __init__(self, shared: Ledger | None = None) -> None:
-        self.local = MemoryLedger()
-        self.shared: Ledger = shared if shared is not None else self.local
-        self._permits: dict[str, trio.Semaphore] = {}
-        self._stamping = trio.Lock()
-        """One stamp at a time in this process: a model paced by a shared and a process
-        bucket is counted in both or in neither."""
-
-    def permits(self, bucket: RateBucket) -> trio.Semaphore | None:
-        if bucket.concurrency is None:
-            return None
-        sem = self._permits.get(bucket.key)
-        if sem is None:
-            sem = self._permits[bucket.key] = trio.Semaphore(bucket.concurrency)
-        return sem
-
-    def split(self, buckets: Sequence[RateBucket]) -> tuple[list[BucketRule], list[BucketRule]]:
-        """(shared rules, in-process rules) of ``buckets``."""
-        shared = [rule_of(b) for b in buckets if b.scope == "shared" and (b.rpm or b.tpm)]
-        local = [rule_of(b) for b in buckets if b.scope == "process" and (b.rpm or b.tpm)]
-        if self.shared is self.local:
-            return [], shared + local
-        return shared, local
-
-    async def take(
-        self, buckets: Sequence[RateBucket], tokens: int, max_wait_s: float = math.inf
-    ) -> tuple[float, str | None]:
-        """The wait for the next slot of every bucket and the bucket that made it, taken; a
-        wait over ``max_wait_s`` is returned as soon as one ledger answers it, and that
-        ledger's slot is not taken (a slot the other ledger gave stays used)."""
-        shared, local = self.split(buckets)
-        wait, blocking = 0.0, None
-        for ledger, rules in ((self.shared, shared), (self.local, local)):
-            if rules:
-                w, b = await ledger.take(rules, tokens, max_wait_s)
-                if w > max_wait_s:
-                    return w, b
-                if w > wait:
-                    wait, blocking = w, b
-        return wait, blocking
-
-    async def stamp(self, buckets: Sequence[RateBucket]) -> tuple[float, str | None]:
-        """Count a request sent now in every bucket's record of sends, or return the seconds
-        until it may be and the bucket, counting nothing (see :meth:`Ledger.stamp`)."""
-        shared, local = self.split(buckets)
-        async with self._stamping:
-            if shared and local:
-                # the process's record is asked first without counting: the shared stamp
-                # cannot be taken back if it refused after
-                wait, blocking = self.local.stamp_wait(local)
-                if wait > 0:
-                    return wait, blocking
-            if shared:
-                wait, blocking = await self.shared.stamp(shared)
-                if wait > 0:
-                    return wait, blocking
-            if local:
-                # nothing else stamps meanwhile (the lock), and time only moved on
-                return await self.local.stamp(local)
-        return 0.0, None
-
-    async def apply(self, settlement: Settlement) -> None:
-        """Write an attempt's books (:meth:`Gate.settlement`)."""
-        s = settlement
-        if s.reservation_id is not None:
-            await self.shared.settle(
-                s.reservation_id, s.amount_usd, s.expires_at, unbooked=s.unbooked
-            )
-        if not s.buckets:
-            return
-        if s.delta_tokens is not None:
-            await self.correct(s.buckets, s.delta_tokens)
-        if s.pause_s is not None:
-            await self.pause(s.buckets, s.pause_s)
-
-    async def correct(self, buckets: Sequence[RateBucket], delta_tokens: int) -> None:
-        shared, local = self.split(buckets)
-        for ledger, rules in ((self.shared, shared), (self.local, local)):
-            rules = [r for r in rules if r.token_interval_s is not None]
-            if rules:
-                await ledger.correct(rules, delta_tokens)
-
-    async def pause(self, buckets: Sequence[RateBucket], seconds: float) -> None:
-        shared, local = self.split(buckets)
-        for ledger, rules in ((self.shared, shared), (self.local, local)):
-            if rules:
-                await ledger.pause(rules, seconds)
-
-
 @dataclass
 class Gate:
-    """An admitted attempt: its run state (with any ``throttled`` row counted in ``seq``),
-    the permits it holds and the reservation to settle."""
+    """An admitted attempt: its run state, the permits it holds and the reservation to
+    settle."""
 
     state: RunState
     env: RunEnv
@@ -235,20 +124,25 @@ class Gate:
                 self.reservation.id, self.reservation.amount_usd, expires, unbooked=True
             )
 
-    async def settle(self, result: Attempt, interrupted: Cost | None = None) -> None:
+    async def settle(
+        self, result: Attempt, interrupted: Cost | None = None, *, booked: bool = False
+    ) -> None:
         """Give the permits back and write the attempt's books now (:meth:`settlement`)."""
         self.release()
-        await self.env.limits.apply(self.settlement(result, interrupted))
+        await self.env.limits.apply(self.settlement(result, interrupted, booked=booked))
 
-    def settlement(self, result: Attempt, interrupted: Cost | None = None) -> Settlement:
+    def settlement(
+        self, result: Attempt, interrupted: Cost | None = None, *, booked: bool = False
+    ) -> Settlement:
         """What the attempt's books become: its cost replaces the reservation (released when
         nothing was billed), its real tokens correct the ``tpm`` schedules, and a 429 with a
         wait hint pauses every bucket of the model until then.
 
         Args:
-            interrupted: what a stream that broke after its first token is booked at (the
-                caller's figure, the same as its ``llm_usage`` row's), so every ledger counts
-                it as spend and none releases it as unbilled.
+            interrupted: what a stream that broke is booked at, so every ledger counts it as
+                spend and none releases it as unbilled.
+            booked: its ``llm_usage`` row, written before this, holds that figure (a ledger
+                whose spend is ``llm_usage`` then holds no reservation for it).
         """
         err, done = result.error, result.completion
         now = self.env.now()
@@ -279,14 +173,19 @@ class Gate:
         pause_s = None
         if err is not None and err.error_class is ErrorClass.RATE_LIMITED and err.retry_after_s:
             pause_s = err.retry_after_s
+        booked = booked and done is None and interrupted is not None and not unbooked
         return Settlement(
             self.reservation.id if self.reservation is not None else None,
-            amount, expires, unbooked, self.buckets, delta, pause_s,
+            amount, expires, unbooked, booked, self.buckets, delta, pause_s,
         )  # fmt: skip
 
 
 async def admit(state: RunState, env: RunEnv, wf: Workflow, *, stamp: bool = True) -> Step | Gate:
-    """Wait for the model's rate slot, reserve the attempt's worst case and stamp the send.
+    """Take the model's rate slot, reserve the attempt's worst case and stamp the send.
+
+    A slot that is not due yet is taken, and the wait for it is a step like any other: a
+    ``throttled`` wait in place (``Step.stay``), journalled, slept and re-entered by the
+    engine; the next attempt with the model (``RunState.slot_for``) does not take another.
 
     Args:
         stamp: stamp the send here (:meth:`Gate.stamp`); ``False`` leaves it to the caller,
@@ -295,11 +194,13 @@ async def admit(state: RunState, env: RunEnv, wf: Workflow, *, stamp: bool = Tru
 
     Returns:
         The :class:`Gate` to settle after the attempt, or the step to emit instead of sending
-        (``budget_exceeded``; ``rate_limited`` for a slot further than ``retry.max_delay_s``
-        away — the class is the last error's of the step's state).
+        (``throttled``, a wait in place; ``budget_exceeded``; ``rate_limited`` for a slot
+        further than ``retry.max_delay_s`` away — the class is the last error's of the step's
+        state).
     """
     assert wf.limits is not None
     model = state.model
+    taken = state.slot_for
     limits = wf.limits
     buckets = limits.buckets_for(model)
     tokens = estimate_tokens(state.messages)
@@ -310,16 +211,18 @@ async def admit(state: RunState, env: RunEnv, wf: Workflow, *, stamp: bool = Tru
             await sem.acquire()
             gate.held.append(sem)
     try:
-        if buckets:
+        if state.slot_for is not None:
+            gate.state = state = dataclasses.replace(state, slot_for=None)
+        if buckets and taken != model:
             longest = max(wf.retry.max_delay_s, LONGEST_QUEUE_S)
             wait, blocking = await env.limits.take(buckets, tokens, longest)
-            due = trio.current_time() + wait
             key = blocking or buckets[0].key
             if wait > longest:
                 gate.release()
                 return _refused(state, wf, _too_long(model, key, wait, longest))
             if wait > 0:
-                gate.state = await _throttle(gate.state, env, wait, due, key)
+                gate.release()
+                return _throttled(state, env, wait, key)
         if limits.budget.any:
             refused = await _reserve(gate, env, wf)
             if refused is not None:
@@ -343,30 +246,17 @@ def _too_long(model: str, bucket: str, wait: float, longest: float) -> ProviderE
     )  # fmt: skip
 
 
-async def _throttle(state: RunState, env: RunEnv, wait: float, due: float, bucket: str) -> RunState:
-    """Journal the throttle wait (durably: the run is about to be idle), then sleep until the
-    slot is ``due`` (trio's clock) — not ``wait`` from now: the journal write's own time is
-    part of the wait, not added to it."""
-    at = env.now()
-    after = dataclasses.replace(state, seq=state.seq + 1)
-    entry = JournalEntry(
-        run_id=state.run_id, seq=after.seq, from_state=state.state, event="throttled",
-        to_state=state.state, model=state.model, attempt=state.attempt + 1, error_class=None,
-        wait_s=wait, at=at, wait_source=WaitSource.THROTTLE, bucket=bucket,
-    )  # fmt: skip
-    await env.store.checkpoint(
-        Checkpoint(state.run_id, state.state, state.model, after, (entry,), env.owner),
-        durable=True,
-    )
+def _throttled(state: RunState, env: RunEnv, wait: float, bucket: str) -> Step:
+    """The wait for a slot taken ``wait`` seconds ahead, as a step the engine journals and
+    sleeps (the run is idle meanwhile: it holds no ``concurrency`` permit)."""
     note = FlowRecord(
-        "wait", state.run_id, trio.current_time(), at, model=state.model,
+        "wait", state.run_id, trio.current_time(), env.now(), model=state.model,
         attempt=state.attempt + 1, wait_s=wait, wait_source=WaitSource.THROTTLE,
         message=f"rate bucket {bucket!r}: waiting {wait:.3f} s for a slot",
     )  # fmt: skip
-    for listener in env.listeners:
-        await listener.on_record(note)
-    await trio.sleep_until(due)
-    return after
+    waiting = dataclasses.replace(state, slot_for=state.model)
+    wait_for = Wait(wait, WaitSource.THROTTLE, bucket)
+    return Step("throttled", waiting, (note,), wait=wait_for, stay=True)
 
 
 async def _reserve(gate: Gate, env: RunEnv, wf: Workflow) -> Step | None:

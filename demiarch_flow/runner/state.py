@@ -35,6 +35,8 @@ class Wait:
 
     seconds: float
     source: WaitSource
+    bucket: str | None = None
+    """A throttle wait: the rate bucket it waits for (journalled with it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,9 @@ class RunState:
     seq: int = 0
     """Journal rows written for this run so far."""
     resume_count: int = 0
+    slot_for: str | None = None
+    """The model whose rate slot this run has taken and waited for (a throttle ``Step``):
+    the next attempt with it does not take another."""
     stream: bool | None = None
     """Stream this run's replies (``run --stream`` / ``--no-stream``); ``None``: the workflow's
     ``request.stream``."""
@@ -199,6 +204,9 @@ class Step:
     settlement: Settlement | None = None
     """The books of an attempt that brought an answer, applied by the engine once the move
     that carries the answer is durable (the first commit after an answer carries it)."""
+    stay: bool = False
+    """A wait in place (a throttle: the rate slot is ``wait`` away): the engine journals
+    ``event`` without moving, sleeps, and runs the same state again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +221,8 @@ class Settlement:
     amount_usd: Decimal | None
     expires_at: datetime
     unbooked: bool = False
+    booked: bool = False
+    """``amount_usd`` is in an ``llm_usage`` row written before (an interrupted stream)."""
     buckets: tuple[RateBucket, ...] = ()
     delta_tokens: int | None = None
     pause_s: float | None = None
@@ -297,7 +307,10 @@ def _decode_state(doc: dict[str, Any]) -> RunState:
         total_attempts=doc.get("total_attempts", 0),
         entered_by=doc.get("entered_by"),
         came_from=doc.get("came_from"),
-        wait=_opt(doc.get("wait"), lambda w: Wait(w["seconds"], WaitSource(w["source"]))),
+        wait=_opt(
+            doc.get("wait"),
+            lambda w: Wait(w["seconds"], WaitSource(w["source"]), w.get("bucket")),
+        ),
         last_error=_opt(doc.get("last_error"), _error),
         last_errors=tuple((m, _error(e)) for m, e in doc.get("last_errors", ())),
         failure=_opt(doc.get("failure"), _error),
@@ -310,4 +323,5 @@ def _decode_state(doc: dict[str, Any]) -> RunState:
         seq=doc.get("seq", 0),
         resume_count=doc.get("resume_count", 0),
         stream=doc.get("stream"),
+        slot_for=doc.get("slot_for"),
     )

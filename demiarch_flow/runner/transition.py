@@ -58,3 +58,17 @@ def journal_entry(before: RunState, step: Step, after: RunState, at: datetime) -
         at=at,
         wait_source=wait.source if wait else None,
     )
+
+
+def stay_entry(state: RunState, step: Step, at: datetime) -> tuple[RunState, JournalEntry]:
+    """The run state and ``run_events`` row of a wait in place (``Step.stay``: a throttle):
+    from and to the same state, the wait and the bucket it waits for."""
+    wait = step.wait
+    assert wait is not None, "a stay step without a wait"
+    after = dataclasses.replace(step.state, seq=step.state.seq + 1)
+    return after, JournalEntry(
+        run_id=after.run_id, seq=after.seq, from_state=state.state, event=step.event,
+        to_state=state.state, model=step.state.model, attempt=step.state.attempt + 1,
+        error_class=None, wait_s=wait.seconds, at=at, wait_source=wait.source,
+        bucket=wait.bucket,
+    )  # fmt: skip

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import RunTakenOver
@@ -26,7 +26,6 @@ from .base import (
     StoredRun,
 )
 from .tables import (
-    BudgetReservation,
     ChatMessage,
     LlmUsage,
     RunAttempt,
@@ -41,7 +40,6 @@ _ATTEMPT: Table = RunAttempt.__table__  # type: ignore[assignment]
 _DEFINITION: Table = WorkflowDefinition.__table__  # type: ignore[assignment]
 _USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
 _MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
-_RES: Table = BudgetReservation.__table__  # type: ignore[assignment]
 
 _INS_EVENT = insert(_EVENT)
 _INS_ATTEMPT = insert(_ATTEMPT)
@@ -246,11 +244,6 @@ def book_billed(conn: Connection, billed: BilledAttempt) -> None:
          "cached_tokens": 0, "cost_usd": billed.cost_usd, "cost_source": billed.cost_source,
          "latency_ms": 0, "attempts": billed.attempt, "request_timestamp": billed.at},
     )  # fmt: skip
-    # Its cost is in llm_usage now: whatever worst case a budget still holds for it goes
-    # (kept as unbooked, or still in flight when its process died).
-    conn.execute(
-        delete(_RES).where(_RES.c.run_id == billed.run_id, _RES.c.attempt == billed.attempt)
-    )
 
 
 # ---------------------------------------------------------------------- reads

@@ -136,8 +136,12 @@ class Ledger(Protocol):
         expires_at: datetime,
         *,
         unbooked: bool = False,
+        booked: bool = False,
     ) -> None:
         """Replace a reservation by the real cost (``None``: nothing was billed, release it).
+
+        ``booked``: ``amount_usd`` is in an ``llm_usage`` row already (an interrupted
+        stream's, written first): a ledger whose spend is ``llm_usage`` drops the reservation.
 
         ``unbooked``: the attempt may have been billed and no ``llm_usage`` row will ever say
         what it cost (a request that timed out or lost its connection: a blocking request is
@@ -232,7 +236,9 @@ class MemoryLedger:
         expires_at: datetime,
         *,
         unbooked: bool = False,
+        booked: bool = False,
     ) -> None:
+        # this ledger reads no llm_usage: a settled amount is its spend, booked or not
         held = self._reservations.pop(reservation_id, None)
         if held is not None and amount_usd is not None:
             kept = replace(held[0], amount_usd=amount_usd, expires_at=expires_at)
@@ -394,9 +400,10 @@ class SqlLedger:
         expires_at: datetime,
         *,
         unbooked: bool = False,
+        booked: bool = False,
     ) -> None:
         def op(conn: Connection) -> None:
-            if amount_usd is None:
+            if amount_usd is None or (booked and not unbooked):  # nothing, or llm_usage has it
                 conn.execute(delete(_RES).where(_RES.c.id == reservation_id))
             else:
                 conn.execute(
@@ -429,7 +436,7 @@ class SqlLedger:
             if certain:
                 conn.execute(delete(_RES).where(lost))
                 return
-            for rid, amount in conn.execute(select(_RES.c.id, _RES.c.amount_usd).where(lost)):
+            for rid, amount in conn.execute(select(_RES.c.id, _RES.c.amount_usd).where(lost)).all():
                 rest = max(Decimal(amount) - booked_usd, _ZERO)
                 conn.execute(
                     update(_RES)

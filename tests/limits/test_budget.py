@@ -21,7 +21,7 @@ from demiarch_flow.runner.budget import (
     price_problems,
     worst_case_usd,
 )
-from demiarch_flow.runner.limits import Limiter
+from demiarch_flow.runner.limiter import Limiter
 from demiarch_flow.runner.state import Message
 from demiarch_flow.store.limits import BudgetWindow, Reservation, SqlLedger
 from demiarch_flow.store.sql import SqlStore

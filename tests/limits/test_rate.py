@@ -312,7 +312,8 @@ async def test_a_gate_stamps_its_send_once_where_the_caller_says(autojump_clock:
     """admit(stamp=False) leaves the send uncounted until gate.stamp(), for a caller that
     writes its attempt row first; a second stamp counts nothing more."""
     from demiarch_flow.runner.engine import initial_state
-    from demiarch_flow.runner.limits import Gate, admit, rule_of
+    from demiarch_flow.runner.limiter import rule_of
+    from demiarch_flow.runner.limits import Gate, admit
 
     wf = with_limits('  rate:\n    "*": {rpm: 60}\n')
     env = make_env(FakeOpenRouter())
@@ -324,3 +325,31 @@ async def test_a_gate_stamps_its_send_once_where_the_caller_says(autojump_clock:
     await gate.stamp()
     await gate.stamp()
     assert gate.stamped and env.limits.local.stamp_wait([rule]) == (1.0, "*")
+
+
+async def test_a_throttle_wait_is_a_step_the_engine_sleeps(autojump_clock: object) -> None:
+    """Request with the slot a second away: the handler sends nothing and emits `throttled`,
+    a wait in place (the engine journals it, sleeps it and stays in Request, holding no
+    concurrency permit); run again, the state sends at once on the slot it took — it does
+    not take another (that would wait a second more)."""
+    from demiarch_flow.testing import run_state, state_for
+
+    wf = with_limits('  rate:\n    "anthropic/*": {rpm: 60, concurrency: 1}\n')
+    fake, store = FakeOpenRouter(), MemoryStore()
+    env = make_env(fake, store=store)
+    buckets = wf.limits.buckets_for(SONNET)  # type: ignore[union-attr]
+    await env.limits.take(buckets, 1)  # another run has the slot of now
+    start = trio.current_time()
+    state = state_for(wf, "Request", conversation_id="c1")
+    waited = await run_state(wf, state, env)
+    assert (waited.event, waited.next_state) == ("throttled", "Request")
+    assert waited.waited_s == 1.0 and fake.requests == []
+    assert waited.state.slot_for == SONNET
+    (row,) = store.events
+    assert (row.event, row.from_state, row.to_state, row.bucket) == (
+        "throttled", "Request", "Request", "anthropic/*",
+    )  # fmt: skip
+    assert env.limits.permits(buckets[0]).value == 1  # type: ignore[union-attr]
+    sent = await run_state(wf, waited.state, env)
+    assert sent.event == "succeeded" and sent.state.slot_for is None
+    assert [t - start for t in fake.request_times()] == [1.0]

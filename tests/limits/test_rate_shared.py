@@ -15,7 +15,7 @@ import trio.testing
 
 from demiarch_flow.definition.limits import RateBucket
 from demiarch_flow.runner import RunRequest, run_workflow
-from demiarch_flow.runner.limits import Limiter, rule_of
+from demiarch_flow.runner.limiter import Limiter, rule_of
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.base import Checkpoint
 from demiarch_flow.store.limits import (

@@ -60,7 +60,7 @@ from demiarch_flow.definition import Workflow, parse_workflow
 from demiarch_flow.fake import FAKE_BASE_URL, FAKE_KEY, FakeOpenRouter
 from demiarch_flow.pricing import to_usd
 from demiarch_flow.runner import FlowRecord, RunEnv, RunRequest, run_workflow
-from demiarch_flow.runner.limits import Limiter
+from demiarch_flow.runner.limiter import Limiter
 from demiarch_flow.runner.resume import NotResumable, resume_run
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.limits import (

@@ -17,7 +17,7 @@ import trio
 
 from demiarch_flow.errors import ErrorClass, RunTakenOver
 from demiarch_flow.runner import FlowRecord, RunEnv, RunRequest, RunState, run_workflow
-from demiarch_flow.runner.limits import Limiter
+from demiarch_flow.runner.limiter import Limiter
 from demiarch_flow.runner.resume import resume_run
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.limits import SqlLedger
@@ -52,6 +52,11 @@ class Dying(MemoryStore):
     async def book_billed(self, *a: Any, **kw: Any) -> None:
         if not self.dead:
             await super().book_billed(*a, **kw)
+
+    async def save_reply(self, *a: Any, **kw: Any) -> str:
+        if self.dead:
+            return "lost"
+        return await super().save_reply(*a, **kw)
 
 
 class NoCostThenDie(httpx.AsyncBaseTransport):
@@ -431,3 +436,39 @@ async def test_a_stream_broken_before_its_first_token_is_booked(autojump_clock: 
     assert broken.cost_source == "provider"
     first = out.attempts[0]
     assert broken.generation_id == first.generation_id is not None
+
+
+async def test_ctrl_c_in_persist_stores_the_answer_and_keeps_its_spend(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    """Ctrl-C as the run enters Persist (the answer durable in its checkpoint, not stored):
+    the answer is stored at once, so its spend is in the books — the cancelled run's
+    reservations went with it, and the day window said 0 USD spent until a resume."""
+    from demiarch_flow.store.limits import BudgetWindow
+
+    class CtrlCInPersist:
+        def __init__(self) -> None:
+            self.scope = trio.CancelScope()
+
+        async def on_record(self, rec: FlowRecord) -> None:
+            if rec.kind == "transition" and rec.event == "succeeded":
+                self.scope.cancel()
+                await trio.lowlevel.checkpoint()
+
+    wf = with_limits("  budget: {daily_usd: 1000}\n")
+    store = await SqlStore.open(f"sqlite:///{tmp_path / 'flow.db'}")
+    stop = CtrlCInPersist()
+    ledger = SqlLedger(store.engine)
+    env = make_env(FakeOpenRouter(), store=store, now=fixed_clock(T0), owner="here:1:1",
+                   listeners=(stop,), limits=Limiter(ledger))  # fmt: skip
+    try:
+        with stop.scope:
+            await run_workflow(wf, RunRequest("Hi", stream=True), env)
+        assert stop.scope.cancelled_caught
+        (run,) = await store.list_runs(status=None, since=None, limit=5)
+        assert run.status == "succeeded"
+        (use,) = await ledger.window_use([BudgetWindow("day", Decimal(1000), T0)], T0)
+        assert use.spent_usd == run.cost_usd and use.spent_usd > 0
+        assert use.reserved_usd == 0
+    finally:
+        store.close()

@@ -68,6 +68,8 @@ async def open_attempt(state: RunState, env: RunEnv, wf: Workflow) -> AttemptRes
     gate: Gate | None = None
     if wf.limits is not None:
         admitted = await admit(state, env, wf, stamp=False)
+        if isinstance(admitted, Step) and admitted.stay:  # a rate slot to wait for
+            return AttemptResult(admitted.state, not_sent=admitted)
         if isinstance(admitted, Step):  # refused (a budget, a rate slot too far): nothing sent
             last = admitted.state.last_error
             why = last.error_class if last is not None else ErrorClass.BUDGET_EXCEEDED
@@ -139,15 +141,6 @@ async def _settle(
         )
     if partial is not None and err is not None:
         partial, cost = await interrupted_cost(state, env, partial)
-    deferred: Settlement | None = None
-    if gate is not None and result.completion is not None:
-        gate.release()
-        deferred = gate.settlement(result)
-    elif gate is not None:
-        try:
-            await gate.settle(result, interrupted=cost)
-        except FlowError as exc:  # what the attempt did matters more than the books
-            log.warning("could not settle the attempt's budget reservation: %s", exc)
     await env.store.attempt_ended(
         dataclasses.replace(
             row,
@@ -159,9 +152,20 @@ async def _settle(
             partial_text=partial.content if partial is not None and partial.content else None,
         )
     )
+    booked = False
     if partial is not None and cost is not None:
-        await book_interrupted(state, env, row, partial, cost)
-    return deferred
+        # the row first: a crash before the ledger's write leaves it counted twice, not never
+        booked = await book_interrupted(state, env, row, partial, cost)
+    if gate is None:
+        return None
+    if result.completion is not None:
+        gate.release()
+        return gate.settlement(result)
+    try:
+        await gate.settle(result, interrupted=cost, booked=booked)
+    except FlowError as exc:  # what the attempt did matters more than the books
+        log.warning("could not settle the attempt's budget reservation: %s", exc)
+    return None
 
 
 def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> AttemptResult:

@@ -118,11 +118,12 @@ async def interrupted_cost(
 
 async def book_interrupted(
     state: RunState, env: RunEnv, row: AttemptRow, partial: Completion, cost: Cost
-) -> None:
-    """Book an interrupted stream with no message, at ``cost`` (:func:`interrupted_cost`)."""
+) -> bool:
+    """Book an interrupted stream with no message, at ``cost`` (:func:`interrupted_cost`);
+    whether its row was written."""
     if state.conversation_id is None:
-        return
-    await _book(env, state, partial, cost, row.number, Booking.INTERRUPTED)
+        return False
+    return await _book(env, state, partial, cost, row.number, Booking.INTERRUPTED)
 
 
 async def book_taken_over(env: RunEnv, state: RunState, done: Completion, cost: Cost) -> None:
@@ -135,7 +136,7 @@ async def book_taken_over(env: RunEnv, state: RunState, done: Completion, cost: 
 
 async def _book(
     env: RunEnv, state: RunState, done: Completion, cost: Cost, number: int, kind: Booking
-) -> None:
+) -> bool:
     assert state.conversation_id is not None
     billed = BilledAttempt(
         usage_id=new_id(), run_id=state.run_id, conversation_id=state.conversation_id,
@@ -152,3 +153,5 @@ async def _book(
             "could not book the %s attempt %s of run %s (%s USD): %s",
             kind, number, state.run_id, cost.usd, exc,
         )  # fmt: skip
+        return False
+    return True
