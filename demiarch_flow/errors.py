@@ -256,6 +256,9 @@ class ProviderError(FlowError):
         model: the model the attempt asked for.
         status: the HTTP status, or ``None`` for network errors and timeouts.
         retry_after_s: the server's wait hint in seconds, when it gave a usable one.
+        unreachable: the failure belongs to the endpoint, not the model (no connection to
+            the base URL's host could be made): every model behind it fails alike, so a run
+            does not fall back over it.
     """
 
     def __init__(
@@ -266,6 +269,7 @@ class ProviderError(FlowError):
         model: str = "",
         status: int | None = None,
         retry_after_s: float | None = None,
+        unreachable: bool = False,
     ) -> None:
         where = f"{model}: " if model else ""
         code = f"HTTP {status} " if status is not None else ""
@@ -276,6 +280,7 @@ class ProviderError(FlowError):
         self.model = model
         self.status = status
         self.retry_after_s = retry_after_s
+        self.unreachable = unreachable
 
 
 class AllModelsFailed(FlowError):

@@ -218,8 +218,7 @@ class OpenRouterClient:
                 hint = parse_retry_after(response.headers)
                 outcome = parse_completion(status, response.content, model, hint)
         except _UNSENT as exc:
-            cls = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
-            outcome = ProviderError(cls, _describe(exc), model=model)
+            outcome = self._unsent(exc, model)
             latency_ms = round((trio.current_time() - started) * 1000)
             return Attempt(model, None, outcome, latency_ms, status, unsent=True)
         except httpx.TimeoutException as exc:
@@ -346,9 +345,8 @@ class OpenRouterClient:
                 else:
                     broke = ErrorClass.TIMEOUT, f"nothing arrived for {idle_timeout_s:g} s"
         except _UNSENT as exc:
-            cls = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
             latency_ms = round((trio.current_time() - started) * 1000)
-            error = ProviderError(cls, _describe(exc), model=model)
+            error = self._unsent(exc, model)
             return Attempt(model, None, error, latency_ms, status, unsent=True)
         except httpx.TimeoutException as exc:
             broke = ErrorClass.TIMEOUT, _describe(exc)
@@ -384,6 +382,20 @@ class OpenRouterClient:
         return Attempt(
             model, None, outcome, latency_ms, status, partial, first_ms, reader.cause,
             streamed=is_stream, skipped_frames=reader.skipped, generation_id=reader.generation_id,
+        )  # fmt: skip
+
+    def _unsent(self, exc: Exception, model: str) -> ProviderError:
+        """A request that never left. No connection to the host (a name that does not
+        resolve, a refusal, a TLS failure, a connect timeout) is the endpoint's failure, not
+        the model's: it says which host, and marks the error ``unreachable``. No connection
+        free in this process's pool in time is neither."""
+        cls = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
+        if isinstance(exc, httpx.PoolTimeout):
+            return ProviderError(cls, _describe(exc), model=model)
+        host = urlsplit(self._url).hostname or self._url
+        return ProviderError(
+            cls, f"cannot reach {host} — are you offline? ({_describe(exc)})", model=model,
+            unreachable=True,
         )  # fmt: skip
 
     async def generation_cost(

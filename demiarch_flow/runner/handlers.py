@@ -184,13 +184,17 @@ def leaving_reason(state: RunState) -> ErrorClass:
 async def fallback(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """Move to the next model of the chain (retry counter reset), or give up.
 
-    Emits ``next_model``, or ``exhausted`` when the chain is used up or the reason for leaving
-    the model is not in ``fallback.when`` (a cooling model is always left).
+    Emits ``next_model``, or ``exhausted`` when the chain is used up, the reason for leaving
+    the model is not in ``fallback.when`` (a cooling model is always left), or the endpoint
+    itself could not be reached (the next model is behind the same host).
     """
     reason = leaving_reason(state)
     last = state.last_error
     if reason is not ErrorClass.COOLING and reason not in wf.fallback.when:
         return Step("exhausted", state.failed(last or _all_failed(state)))
+    if last is not None and last.unreachable:
+        # the host, not the model, is down: every model of the chain is behind it
+        return Step("exhausted", state.failed(last))
     if state.model_index + 1 >= len(state.chain):
         return Step("exhausted", state.failed(_all_failed(state)))
     current = state.model

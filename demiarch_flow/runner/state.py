@@ -51,6 +51,8 @@ class ErrorInfo:
     model: str | None = None
     status: int | None = None
     retry_after_s: float | None = None
+    unreachable: bool = False
+    """The endpoint could not be reached (every model behind it fails alike)."""
 
     @classmethod
     def of(cls, exc: FlowError) -> ErrorInfo:
@@ -58,7 +60,7 @@ class ErrorInfo:
         if isinstance(exc, ProviderError):
             return cls(
                 exc.error_class, str(exc), exc.detail, exc.model or None, exc.status,
-                exc.retry_after_s,
+                exc.retry_after_s, exc.unreachable,
             )  # fmt: skip
         error_class = getattr(exc, "error_class", None) or ErrorClass.INTERNAL
         return cls(ErrorClass(error_class), str(exc))
@@ -274,7 +276,7 @@ def _opt(value: Any, fn: Any) -> Any:
 def _error(doc: dict[str, Any]) -> ErrorInfo:
     return ErrorInfo(
         ErrorClass(doc["error_class"]), doc["message"], doc.get("detail", ""), doc.get("model"),
-        doc.get("status"), doc.get("retry_after_s"),
+        doc.get("status"), doc.get("retry_after_s"), doc.get("unreachable", False),
     )  # fmt: skip
 
 
