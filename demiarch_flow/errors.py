@@ -17,7 +17,7 @@ without parsing text::
     │       └── SchemaMismatch                   its tables are not what this release needs
     ├── ProviderError                    1   one failed attempt at OpenRouter (has .error_class)
     ├── AllModelsFailed                  1   every model of the chain failed
-    ├── UnknownConversation              1   --conversation names no conversation
+    ├── UnknownConversation              2   --conversation names no conversation (input)
     ├── PersistenceError                 1   a database write failed after its retries
     ├── RunTakenOver                     1   another process resumed this run meanwhile
     ├── RunError                         1   a run's failure as read back from its checkpoint
@@ -295,6 +295,8 @@ class AllModelsFailed(FlowError):
 
 class UnknownConversation(FlowError):
     """A run was asked to continue a conversation id that the database does not hold."""
+
+    exit_code = 2
 
     def __init__(self, conversation_id: str) -> None:
         super().__init__(

@@ -55,7 +55,8 @@ from ._common import (
     trio_run,
     workflow_from,
 )
-from ._run import turn
+from ._json import json_line
+from ._run import AttemptMessages, turn
 from ._signals import Signals
 
 
@@ -302,6 +303,8 @@ class _Batch:
     fh: BinaryIO
     out: TextIO
     tally: Tally = field(default_factory=Tally)
+    messages: AttemptMessages = field(default_factory=AttemptMessages)
+    """Each attempt's error message, for the result lines."""
     seen: _SeenIds = field(default_factory=_SeenIds)
     signals: Signals = field(default_factory=Signals)
     runs_log: TextIO | None = None
@@ -364,9 +367,7 @@ class _Batch:
             read = set(ids)
             ids += [i for i in self.earlier if i not in read]
         lines = [
-            self.results[i]
-            if i in self.results
-            else json.dumps(self.earlier[i], ensure_ascii=False)
+            self.results[i] if i in self.results else json_line(self.earlier[i])
             for i in ids
             if i in self.results or i in self.earlier
         ]
@@ -389,7 +390,7 @@ class _Batch:
             db=args.db,
             base_url=self.base_url,
             key=self.key,
-            listeners=(tally,),
+            listeners=(tally, self.messages),
             max_in_flight=args.max_in_flight or min(args.concurrency, 32),
         )
         async with world_cm as world, trio.open_nursery() as outer:
@@ -477,7 +478,7 @@ class _Batch:
         if self.runs_log is not None:
             doc = {"id": item.id, "line": item.line, "run_id": run_id,
                    "input_sha256": item.fingerprint}  # fmt: skip
-            self.runs_log.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            self.runs_log.write(json_line(doc) + "\n")
 
     # ------------------------------------------------------------------ output
 
@@ -495,11 +496,11 @@ class _Batch:
 
     def write_result(self, item: BatchItem, outcome: RunOutcome) -> None:
         """The run's ``--json`` object with the input's ``id`` and ``line``, one per line."""
-        doc = outcome.to_json()
+        doc = self.messages.json_of(outcome)
         doc["id"] = item.id
         doc["line"] = item.line
         doc["input_sha256"] = item.fingerprint
-        line = json.dumps(doc, ensure_ascii=False)
+        line = json_line(doc)
         self.out.write(line + "\n")
         if self.args.resume:
             self.results[item.id] = line

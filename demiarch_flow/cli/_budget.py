@@ -24,8 +24,8 @@ from ..runner.context import utc_now
 from ..runtime import http_client
 from ..store.limits import BudgetWindow, SqlLedger, WindowUse
 from ..store.sql import SqlStore
-from ._common import resolve_base_url, run_trio, workflow_from
-from ._table import table
+from ._common import network_needed, resolve_base_url, run_trio, workflow_from
+from ._table import plain, plain_or_none, table
 
 #: OpenRouter's figure and ours may differ by this much before ``--key`` warns: $0.01, or
 #: 1 % of the larger figure when that is more (its usage lags a little behind ours).
@@ -96,7 +96,8 @@ def cmd_budget(args: argparse.Namespace) -> int:
         return uses, (await _key_usage(base) if args.key else None)
 
     try:
-        uses, key = run_trio(main)
+        with network_needed(base, "GET /key"):
+            uses, key = run_trio(main)
     finally:
         store.close()
     rows = [_row(u, limits[u.window]) for u in uses]
@@ -104,14 +105,13 @@ def cmd_budget(args: argparse.Namespace) -> int:
     if key is not None:
         theirs = {"day": to_usd(key.get("usage_daily")), "month": to_usd(key.get("usage_monthly"))}
         for row in rows:
-            row["openrouter_usd"] = (
-                str(theirs[row["window"]]) if theirs[row["window"]] is not None else None
-            )
+            row["openrouter_usd"] = plain_or_none(theirs[row["window"]])
         for use in uses:
             if _differs(use.spent_usd, theirs[use.window]):
                 print(
-                    f"demiarch-flow: warning: this {use.window}'s spend differs: {use.spent_usd} USD"
-                    f" in the database, {theirs[use.window]} USD at OpenRouter (other tools may"
+                    f"demiarch-flow: warning: this {use.window}'s spend differs:"
+                    f" {plain(use.spent_usd)} USD in the database,"
+                    f" {plain_or_none(theirs[use.window])} USD at OpenRouter (other tools may"
                     " use the same key, or usage was not booked here)",
                     file=sys.stderr,
                 )
@@ -134,6 +134,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
         limit, remaining = to_usd(key.get("limit")), to_usd(key.get("limit_remaining"))
         if limit is not None:
             print(
-                f"OpenRouter key limit {limit} USD, {remaining if remaining is not None else '?'} USD remaining"
+                f"OpenRouter key limit {plain(limit)} USD,"
+                f" {plain_or_none(remaining) or '?'} USD remaining"
             )
     return 0

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TextIO, TypeVar
 
 import trio
@@ -18,7 +19,7 @@ from .._resources import default_workflow_path
 from ..client import DEFAULT_BASE_URL
 from ..client.openrouter import base_url_problem
 from ..definition import Workflow, check_model_name, load_workflow
-from ..errors import UsageError, redact
+from ..errors import EnvironmentProblem, ErrorClass, ProviderError, UsageError, redact
 from ..paths import prices_path
 from ..pricing import PriceTable
 from ._signals import Signals
@@ -31,8 +32,9 @@ def use_color(stream: TextIO) -> bool:
     return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
-def style(text: str, code: str, stream: TextIO = sys.stderr) -> str:
-    return f"\x1b[{code}m{text}\x1b[0m" if use_color(stream) else text
+def style(text: str, code: str, stream: TextIO | None = None) -> str:
+    """``text`` in colour ``code`` when ``stream`` (default: the current stderr) wants it."""
+    return f"\x1b[{code}m{text}\x1b[0m" if use_color(stream or sys.stderr) else text
 
 
 class _StderrHandler(logging.Handler):
@@ -67,6 +69,44 @@ def resolve_base_url(flag: str | None) -> str:
             " (expected e.g. https://openrouter.ai/api/v1)"
         )
     return url
+
+
+@contextmanager
+def network_needed(base_url: str, what: str) -> Iterator[None]:
+    """Around a command's one request (``models sync``, ``budget --key``): no network is an
+    environment problem (exit 3, as no key or no database), not a failed run (exit 1).
+
+    Raises:
+        EnvironmentProblem: the request met a network error (name resolution, connection
+            refused, TLS); the message names the host, never the rest of the URL.
+    """
+    try:
+        yield
+    except ProviderError as exc:
+        if exc.error_class != ErrorClass.NETWORK_ERROR:
+            raise
+        from urllib.parse import urlsplit
+
+        host = urlsplit(base_url).hostname or "the API"
+        raise EnvironmentProblem(
+            f"{what}: cannot reach {host} ({exc.detail}) — are you offline? Check the network,"
+            " or --base-url / OPENROUTER_BASE_URL"
+        ) from None
+
+
+def missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite file (not memory, not a ``file:`` URI) that does not exist."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # open_engine says what is wrong with it
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return False
+    return not database.startswith("file:") and not Path(database).expanduser().exists()
 
 
 def workflow_from(arg: str | None) -> Workflow:
@@ -164,7 +204,7 @@ def check_message(text: str, what: str = "the message") -> str:
     return text
 
 
-def read_message(flag: str | None, stdin: TextIO = sys.stdin) -> str:
+def read_message(flag: str | None, stdin: TextIO | None = None) -> str:
     """The user message from ``-m`` or stdin (read as bytes and decoded as UTF-8, so a bad byte
     is an input error and not a crash).
 
@@ -172,6 +212,7 @@ def read_message(flag: str | None, stdin: TextIO = sys.stdin) -> str:
         UsageError: no message, an empty one, invalid UTF-8 or a NUL character.
     """
     if flag is None:
+        stdin = stdin or sys.stdin  # the current one, not the one of import time
         if stdin.isatty():
             raise UsageError("no message: pass -m TEXT or pipe the message on stdin")
         raw = getattr(stdin, "buffer", None)

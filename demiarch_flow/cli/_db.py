@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from ..paths import database_url
 from ..store.schema import HEAD, SchemaState, fresh_sql, prepare, read_state, upgrade_sql
 from ..store.sql import open_engine, opening, safe_url
+from ._common import missing_sqlite_file
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
@@ -48,7 +45,12 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
             before = prepare(engine, create=True, upgrade=True)
     finally:
         engine.dispose()
-    if before.status == "head":
+    if args.json:
+        action = {"head": "none", "empty": "created"}.get(before.status, "upgraded")
+        print(json.dumps({"database": safe_url(url), "backend": before.backend,
+                          "action": action, "from_revision": before.revision,
+                          "revision": HEAD}))  # fmt: skip
+    elif before.status == "head":
         print(f"{safe_url(url)} is already at revision {HEAD}")
     elif before.status == "empty":
         print(f"{safe_url(url)}: created at revision {HEAD}")
@@ -59,7 +61,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def _print_sql(url: str) -> int:
     """``db upgrade --sql``: what upgrading would run, read-only (a new SQLite file: its DDL)."""
-    if _missing_sqlite_file(url):
+    if missing_sqlite_file(url):
         sql = fresh_sql("sqlite")
     else:
         engine = open_engine(url, read_only=True)
@@ -73,18 +75,6 @@ def _print_sql(url: str) -> int:
     else:
         print(f"-- already at revision {HEAD}: nothing to run")
     return 0
-
-
-def _missing_sqlite_file(url: str) -> bool:
-    """Whether ``url`` names a SQLite file (not memory, not a ``file:`` URI) that does not exist."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return False  # open_engine says what is wrong with it
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
-        return False
-    return not database.startswith("file:") and not Path(database).expanduser().exists()
 
 
 def _describe(state: SchemaState) -> str:

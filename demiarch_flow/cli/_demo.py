@@ -14,6 +14,7 @@ from ..runtime import open_world
 from ..simulator import Simulator, base_url
 from ._common import run_trio, setup_logging, workflow_from
 from ._run import Progress, turn
+from ._table import plain_or_none
 
 DEMO_FAULTS = "anthropic/claude-sonnet-4=429@1,500,ok,404"
 TURNS = (
@@ -55,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         return 1
                     print(f"turn {n}: {outcome.model}> {outcome.content}")
                     print(
-                        f"  run {outcome.run_id}: {len(outcome.attempts)} attempts, cost {outcome.cost_usd} USD ({outcome.cost_source})"
+                        f"  run {outcome.run_id}: {len(outcome.attempts)} attempts, cost {plain_or_none(outcome.cost_usd)} USD ({outcome.cost_source})"
                     )
             nursery.cancel_scope.cancel()
         return 0

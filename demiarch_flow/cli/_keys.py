@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import os
 import sys
 
 from ..client import ApiKey, OpenRouterClient
 from ..errors import SecretsError, UnusableKey
-from ..keys import delete_key, key_status, resolve_key, store_key
+from ..keys import ENV_VAR, delete_key, key_status, resolve_key, store_key
 from ..paths import prices_path
 from ..pricing import SyncReport, write_synced_table
 from ..runtime import http_client
-from ._common import resolve_base_url, run_trio
+from ._common import network_needed, resolve_base_url, run_trio
 
 
 def cmd_key_set(_args: argparse.Namespace) -> int:
@@ -32,13 +34,27 @@ def cmd_key_set(_args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_key_status(_args: argparse.Namespace) -> int:
-    print(key_status())
+def cmd_key_status(args: argparse.Namespace) -> int:
+    """Where the key comes from and whether it can be used (exit 3 if not); never the key."""
+    source: str | None
+    problem: str | None = None
     try:
-        resolve_key()
-    except SecretsError:
-        return 3
-    return 0
+        source = resolve_key().source
+    except UnusableKey as exc:
+        source, problem = _source(), str(exc)
+    except SecretsError as exc:  # no key, or a keyring that cannot be used
+        source, problem = None, str(exc)
+    if args.json:
+        print(json.dumps({"usable": problem is None, "source": source, "problem": problem,
+                          "message": key_status()}))  # fmt: skip
+    else:
+        print(key_status())
+    return 3 if problem is not None else 0
+
+
+def _source() -> str:
+    """Where a key that is there but unusable comes from (``resolve_key``'s order)."""
+    return "environment" if os.environ.get(ENV_VAR, "").strip() else "keyring"
 
 
 def cmd_key_delete(_args: argparse.Namespace) -> int:
@@ -61,7 +77,12 @@ def cmd_models_sync(args: argparse.Namespace) -> int:
             models = await OpenRouterClient(http, key, base_url=base).list_models()
         return write_synced_table(models, prices_path())
 
-    report = run_trio(main)
+    with network_needed(base, "GET /models"):
+        report = run_trio(main)
+    if args.json:
+        print(json.dumps({"file": str(prices_path()), "written": report.written,
+                          "skipped": report.skipped}))  # fmt: skip
+        return 0
     print(f"wrote prices of {report.written} models to {prices_path()}")
     if report.skipped:
         print(

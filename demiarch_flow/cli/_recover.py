@@ -10,6 +10,7 @@ The file is left in place: it stays the record of what was recovered, and ``usag
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from decimal import Decimal
@@ -31,7 +32,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
         if not path.is_file():
             if args.file:
                 raise UsageError(f"{args.file}: no such recovery file")
-            print(f"nothing to recover: {path} does not exist")
+            if args.json:
+                print(json.dumps(_summary(path, found=False)))
+            else:
+                print(f"nothing to recover: {path} does not exist")
             return 0
         try:
             entries, bad = read_recovery(path)
@@ -60,6 +64,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
             f"demiarch-flow: {path}:{line.line}: malformed, skipped: {line.problem}",
             file=sys.stderr,
         )
+    if args.json:
+        print(json.dumps(_summary(path, found=True, outcome=outcome, usd=imported_usd,
+                                  malformed=len(bad))))  # fmt: skip
+        return 1 if bad or outcome["failed"] else 0
     summary = (
         f"imported {outcome['imported']} replies (${imported_usd:.6f}),"
         f" skipped {outcome['present']} already in the database"
@@ -72,6 +80,25 @@ def cmd_recover(args: argparse.Namespace) -> int:
         summary += f"; {len(bad)} malformed line{'s' if len(bad) != 1 else ''}"
     print(summary)
     return 1 if bad or outcome["failed"] else 0
+
+
+def _summary(
+    path: Path,
+    *,
+    found: bool,
+    outcome: Counter[str] | None = None,
+    usd: Decimal = Decimal(0),
+    malformed: int = 0,
+) -> dict[str, object]:
+    """``recover --json``: the file, and how many entries went which way (each problem is
+    still named by line on stderr)."""
+    counts = outcome or Counter()
+    return {
+        "file": str(path), "found": found, "imported": counts["imported"],
+        "imported_usd": format(usd, "f"), "present": counts["present"],
+        "no_conversation": counts["no_conversation"], "failed": counts["failed"],
+        "malformed": malformed,
+    }  # fmt: skip
 
 
 async def _import_all(store: SqlStore, entries: list[RecoveredReply]) -> list[str]:

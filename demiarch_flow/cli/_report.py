@@ -7,13 +7,14 @@ import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from ..errors import UsageError
+from ..errors import UnknownConversation, UsageError
 from ..paths import database_url
 from ..store.base import JournalEntry, StoredRun
 from ..store.sql import SqlStore
 from ._common import run_trio
+from ._json import json_line
 from ._recover import warn_unimported
-from ._table import table
+from ._table import plain, table
 
 
 def _open(db: str | None) -> SqlStore:
@@ -61,10 +62,13 @@ def cmd_history(args: argparse.Namespace) -> int:
                     )
                 )
             return 0
-        msgs = run_trio(lambda: store.messages(args.conversation, args.limit))
+        try:
+            msgs = run_trio(lambda: store.messages(args.conversation, args.limit))
+        except UnknownConversation as exc:  # an id the user gave: input error, as `runs show`
+            raise UsageError(str(exc)) from None
         if args.json:
             print(
-                json.dumps(
+                json_line(
                     [
                         {
                             "id": m.id,
@@ -75,8 +79,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                             "run_id": m.run_id,
                         }
                         for m in msgs
-                    ],
-                    ensure_ascii=False,
+                    ]
                 )
             )
             return 0
@@ -182,14 +185,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
                             "calls": r.calls,
                             "prompt_tokens": r.prompt_tokens,
                             "completion_tokens": r.completion_tokens,
-                            "cost_usd": str(r.cost_usd),
+                            "cost_usd": plain(r.cost_usd),
                             "interrupted_calls": r.interrupted_calls,
-                            "interrupted_cost_usd": str(r.interrupted_usd),
+                            "interrupted_cost_usd": plain(r.interrupted_usd),
                         }
                         for r in rows
                     ],
-                    "total_cost_usd": str(total),
-                    "interrupted_cost_usd": str(interrupted),
+                    "total_cost_usd": plain(total),
+                    "interrupted_cost_usd": plain(interrupted),
                 }
             )
         )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..definition import Workflow
-from ..errors import RunFailed, UsageError
+from ..errors import ErrorClass, RunFailed, UnknownConversation, UsageError
 from ..keys import resolve_key
 from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflow
 from ..runner.records import Listener
@@ -18,6 +17,7 @@ from ._common import (
     check_message,
     check_model_option,
     decode_input,
+    missing_sqlite_file,
     read_message,
     resolve_base_url,
     run_trio,
@@ -25,12 +25,15 @@ from ._common import (
     style,
     workflow_from,
 )
+from ._json import json_line
+from ._table import plain
 
+#: What to do next, by error class; ``{run_id}`` is the run's own id.
 _HINTS = {
     "auth": "check the key: `demiarch-flow key status`, then `demiarch-flow key set`",
     "payment_required": "the account or key is out of credits: add credits on openrouter.ai",
     "unknown_conversation": "list conversations with `demiarch-flow history`",
-    "all_models_failed": "see each attempt with `demiarch-flow runs show RUN_ID`",
+    "all_models_failed": "see each attempt with `demiarch-flow runs show {run_id}`",
     "persistence": "the database could not be written; check --db / DEMIARCH_FLOW_DB",
 }
 
@@ -46,8 +49,8 @@ _WHY = {
 class Progress:
     """Live progress on stderr: each attempt, each wait with its reason, and the end."""
 
-    def __init__(self, stream: TextIO = sys.stderr, *, show_fallbacks: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, *, show_fallbacks: bool = False) -> None:
+        self.stream = stream or sys.stderr  # the current one, not the one of import time
         self.show_fallbacks = show_fallbacks
 
     async def on_record(self, r: FlowRecord) -> None:
@@ -85,10 +88,10 @@ class StreamedText:
     is not the reply, and is not saved as one)."""
 
     def __init__(
-        self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, *, prefix: bool = False
+        self, out: TextIO | None = None, err: TextIO | None = None, *, prefix: bool = False
     ) -> None:
-        self.out = out
-        self.err = err
+        self.out = out or sys.stdout  # the current streams, not those of import time
+        self.err = err or sys.stderr
         self.prefix = prefix
         """Start each attempt's text with ``MODEL> `` (``chat``)."""
         self.shown = False
@@ -129,11 +132,11 @@ class StreamedText:
 class JsonLines:
     """``run --jsonl``: one JSON object per line as things happen, for an editor or a web UI."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout  # the current one, not the one of import time
 
     def emit(self, doc: dict[str, object]) -> None:
-        self.out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        self.out.write(json_line(doc) + "\n")
         self.out.flush()
 
     async def on_record(self, r: FlowRecord) -> None:
@@ -160,6 +163,58 @@ class JsonLines:
             )  # fmt: skip
 
 
+class AttemptMessages:
+    """Keeps each attempt's error message from the records, by run, so that the attempts of
+    ``--json`` carry ``error_message`` as the ``--jsonl`` events do (the outcome's attempts
+    keep the class and status only)."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, list[FlowRecord]] = {}
+        self._skipped: dict[str, list[FlowRecord]] = {}
+
+    async def on_record(self, r: FlowRecord) -> None:
+        if r.kind == "attempt":
+            self._sent.setdefault(r.run_id, []).append(r)
+        elif r.kind == "cooldown" and r.event == "skipped":
+            self._skipped.setdefault(r.run_id, []).append(r)
+
+    def json_of(self, outcome: RunOutcome) -> dict[str, Any]:
+        """``outcome.to_json()`` with ``error_message`` on each attempt (``None`` for one that
+        succeeded, or that this process did not make: before a resume) and amounts written
+        plainly; forgets the run's records."""
+        return outcome_json(outcome, self.pop(outcome))
+
+    def pop(self, outcome: RunOutcome) -> list[str | None]:
+        """The message of each of ``outcome.attempts``, in order. The records are matched from
+        the last attempt backwards, each kind with its own (sent attempts with ``attempt``
+        records, cooling skips with ``cooldown`` ones), so attempts made before a resume,
+        which this process never saw, are the ones left without."""
+        sent = self._sent.pop(outcome.run_id, [])
+        skipped = self._skipped.pop(outcome.run_id, [])
+        messages: list[str | None] = []
+        for attempt in reversed(outcome.attempts):
+            records = (
+                sent if attempt.outcome != "skipped"
+                else skipped if attempt.error_class == ErrorClass.COOLING
+                else []  # refused by a budget or a rate bucket: no record of its own
+            )  # fmt: skip
+            record = records.pop() if records and records[-1].model == attempt.model else None
+            messages.append(record.message if record and attempt.outcome != "ok" else None)
+        return messages[::-1]
+
+
+def outcome_json(outcome: RunOutcome, messages: list[str | None] | None = None) -> dict[str, Any]:
+    """A run's ``--json`` object: ``outcome.to_json()``, each attempt with its
+    ``error_message`` (from ``messages``, else ``None``) and the cost written plainly."""
+    doc = outcome.to_json()
+    if outcome.cost_usd is not None:
+        doc["cost_usd"] = plain(outcome.cost_usd)
+    messages = messages or [None] * len(doc["attempts"])
+    for attempt, message in zip(doc["attempts"], messages, strict=True):
+        attempt["error_message"] = message
+    return doc
+
+
 def _announce_conversation(outcome: RunOutcome, asked: str | None) -> None:
     if outcome.conversation_id and not asked:
         print(
@@ -180,13 +235,53 @@ def key_hint(outcome: RunOutcome) -> str | None:
     return None
 
 
+def failed_exit_code(outcome: RunOutcome) -> int:
+    """A failed run exits 1, except when it failed on an id the user gave (``--conversation``
+    naming no conversation): that is an input error, exit 2, as an unknown id is everywhere."""
+    return 2 if outcome.error_class == ErrorClass.UNKNOWN_CONVERSATION else 1
+
+
 def _fail_message(outcome: RunOutcome) -> str:
     cls = outcome.error_class or "failed"
-    hints = [h for h in (_HINTS.get(cls), key_hint(outcome)) if h]
+    hints = [h.format(run_id=outcome.run_id) for h in (_HINTS.get(cls), key_hint(outcome)) if h]
     # once the cause is dealt with (or the provider is back), the run goes on where it stopped
     hints.append(f"continue this run with `demiarch-flow runs resume {outcome.run_id}`")
     text = f"run {outcome.run_id} {outcome.status}: {str(outcome.error or 'no reply').rstrip('.')}"
     return f"{text}. Next: {'; '.join(dict.fromkeys(hints))}."
+
+
+def check_conversation_before_opening(db: str | None, conversation: str | None) -> None:
+    """``--conversation`` with a SQLite database that does not exist yet: no conversation can
+    be in it, so say so before the database is created.
+
+    Raises:
+        UsageError: the database file does not exist (exit 2, as any unknown id).
+    """
+    from ..paths import database_url
+
+    if conversation is not None and missing_sqlite_file(database_url(db)):
+        raise UsageError(
+            f"no conversation with id {conversation!r}: there is no database yet (leave out"
+            " --conversation to start one)"
+        )
+
+
+async def check_conversation(world: World, conversation: str | None) -> None:
+    """``--conversation`` names a conversation of the database: checked before the run
+    starts, so an unknown id is an input error (exit 2) that records no run and sends nothing.
+
+    Raises:
+        UsageError: the database holds no conversation with that id.
+    """
+    from ..store.sql import SqlStore
+
+    store = world.env.store
+    if conversation is None or not isinstance(store, SqlStore):
+        return
+    try:
+        await store.messages(conversation, 1)
+    except UnknownConversation as exc:
+        raise UsageError(str(exc)) from None
 
 
 async def turn(
@@ -216,14 +311,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     wf = workflow_from(args.workflow)
     key = resolve_key()
     setup_logging(quiet=args.quiet, debug=args.debug)
+    check_conversation_before_opening(args.db, args.conversation)
     jsonl = JsonLines() if args.jsonl else None
     text = None if args.json or args.jsonl else StreamedText()
-    listeners: tuple[Listener, ...] = tuple(x for x in (jsonl, text) if x is not None)
+    messages = AttemptMessages() if args.json or args.jsonl else None
+    listeners: tuple[Listener, ...] = tuple(x for x in (jsonl, text, messages) if x is not None)
     if not (args.quiet or args.json or args.jsonl):
         listeners += (Progress(),)  # after the text: a broken stream's line is ended first
 
     async def main() -> RunOutcome:
         async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
+            await check_conversation(world, args.conversation)
             return await turn(world, wf, message, args.conversation, args.model, args.stream)
 
     return report_outcome(
@@ -233,6 +331,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         asked=args.conversation,
         jsonl=jsonl,
         text=text,
+        messages=messages,
     )
 
 
@@ -244,18 +343,22 @@ def report_outcome(
     asked: str | None,
     jsonl: JsonLines | None = None,
     text: StreamedText | None = None,
+    messages: AttemptMessages | None = None,
 ) -> int:
     """Print a run's outcome as ``run`` does (the reply unless it was streamed already,
     ``--json``, or ``--jsonl``'s last event) and give its exit code.
+
+    ``messages``, when it listened to the run, gives each attempt of the JSON its message.
 
     Raises:
         RunFailed: the run failed (without ``--json``/``--jsonl``): one paragraph with what to
             do next.
     """
+    doc = messages.json_of(outcome) if messages is not None else outcome_json(outcome)
     if json_out:
-        print(json.dumps(outcome.to_json(), ensure_ascii=False))
+        print(json_line(doc))
     elif jsonl is not None:
-        jsonl.emit({"type": "result", **outcome.to_json()})
+        jsonl.emit({"type": "result", **doc})
     elif text is not None and text.shown:
         pass  # the reply is on stdout already
     elif outcome.succeeded and outcome.content is not None:
@@ -267,10 +370,12 @@ def report_outcome(
             if hint := key_hint(outcome):
                 note = f"run {outcome.run_id} {outcome.status}. Next: {hint}."
                 print(f"demiarch-flow: {note}", file=sys.stderr)
-            return 1
-        raise RunFailed(
+            return failed_exit_code(outcome)
+        failed = RunFailed(
             _fail_message(outcome), run_id=outcome.run_id, error_class=outcome.error_class
         )
+        failed.exit_code = failed_exit_code(outcome)
+        raise failed
     return 0
 
 
@@ -285,6 +390,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     listeners: tuple[Listener, ...] = (text,) if args.quiet else (text, Progress())
     stream = True if args.stream is None else args.stream  # chat streams by default
     conversation: str | None = args.conversation
+    check_conversation_before_opening(args.db, conversation)
     print(
         f"demiarch-flow chat — workflow {wf.name!r}, models {' → '.join(wf.models)}. Type /exit to leave.",
         file=sys.stderr,
@@ -293,6 +399,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     async def main() -> int:
         nonlocal conversation
         async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
+            await check_conversation(world, conversation)
             while True:
                 try:
                     line = await _ask("you> ")
@@ -317,8 +424,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     print(f"{outcome.model}> {outcome.content}\n")
                 else:
                     print(f"demiarch-flow: {_fail_message(outcome)}", file=sys.stderr)
-                    if outcome.error_class == "unknown_conversation":
-                        return 1
+                    if outcome.error_class == ErrorClass.UNKNOWN_CONVERSATION:
+                        return failed_exit_code(outcome)
 
     return run_trio(main)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 
@@ -23,8 +22,9 @@ from ._common import (
     setup_logging,
     text_problem,
 )
-from ._run import Progress, report_outcome
-from ._table import table
+from ._json import json_line
+from ._run import AttemptMessages, Progress, report_outcome
+from ._table import plain, table
 
 #: ``--status`` values: the stored ones, and ``stale`` (running, but its process is gone).
 STATUSES = ("running", "stale", "failed", "cancelled", "succeeded")
@@ -47,7 +47,7 @@ def _row(run: StoredRun, status: str) -> dict[str, object]:
         "conversation_id": run.conversation_id,
         "models": _models(run),
         "attempts": len(run.attempts),
-        "cost_usd": str(run.cost_usd),
+        "cost_usd": plain(run.cost_usd),
         "started_at": run.started_at.isoformat(),
         "resume_count": run.resume_count,
     }
@@ -81,7 +81,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if args.status in ("running", "stale"):
         listed = [(r, status) for r, status in listed if status == args.status][: args.limit]
     if args.json:
-        print(json.dumps([_row(r, status) for r, status in listed], ensure_ascii=False))
+        print(json_line([_row(r, status) for r, status in listed]))
         return 0
     if not listed:
         print("no runs" + (f" with status {args.status}" if args.status else ""))
@@ -90,7 +90,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
                "started (UTC)", "resumed"]  # fmt: skip
     body = [
         (r.run_id, status, r.current_state or "", r.conversation_id or "",
-         " → ".join(_models(r)), len(r.attempts), str(r.cost_usd),
+         " → ".join(_models(r)), len(r.attempts), plain(r.cost_usd),
          r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.resume_count)
         for r, status in listed
     ]  # fmt: skip
@@ -134,7 +134,8 @@ def cmd_runs_resume(args: argparse.Namespace) -> int:
         )
     key = resolve_key()
     base_url = resolve_base_url(args.base_url)
-    listeners = () if args.quiet or args.json else (Progress(),)
+    messages = AttemptMessages()
+    listeners = (messages,) if args.quiet or args.json else (messages, Progress())
 
     async def main() -> Resumed:
         async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
@@ -143,4 +144,6 @@ def cmd_runs_resume(args: argparse.Namespace) -> int:
     resumed = run_trio(main)
     if resumed.recovered and not args.json:
         print(f"run {args.run_id}: its reply was stored from the recovery file", file=sys.stderr)
-    return report_outcome(resumed.outcome, json_out=args.json, quiet=True, asked=None)
+    return report_outcome(
+        resumed.outcome, json_out=args.json, quiet=True, asked=None, messages=messages
+    )

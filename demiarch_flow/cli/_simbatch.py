@@ -20,6 +20,7 @@ from ..faults import FaultScript
 from ..runner import FlowRecord, RunEnv, RunOutcome, RunRequest, WaitSource, run_workflow
 from ..runner.context import utc_now
 from ..store import MemoryStore
+from ._table import plain
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class BatchPlan:
             "requests": self.requests,
             "throttle_waits": self.throttle_waits,
             "throttle_wait_seconds": round(self.throttle_wait_s, 6),
-            "spent_usd": str(self.spent_usd),
+            "spent_usd": plain(self.spent_usd),
             "budget_stops": self.budget_stops,
             "first_budget_stop_seconds": self.first_budget_stop_s,
         }
@@ -55,7 +56,7 @@ class BatchPlan:
             f"{self.runs} runs: {self.succeeded} succeeded, {self.requests} requests,"
             f" {self.virtual_s:.1f} s of virtual time",
             f"throttle: {self.throttle_waits} waits, {self.throttle_wait_s:.1f} s in all",
-            f"spend: {self.spent_usd} USD",
+            f"spend: {plain(self.spent_usd)} USD",
         ]
         if self.budget_stops:
             out.append(

@@ -20,6 +20,7 @@ from ..runner import FlowRecord, RunEnv, RunOutcome, RunRequest, WaitSource, run
 from ..runner.context import utc_now
 from ..store import MemoryStore, Store
 from ._common import check_message, check_model_option, setup_logging, workflow_from
+from ._table import plain_or_none
 
 _WHY = {
     WaitSource.BACKOFF: "backoff",
@@ -133,6 +134,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             store.close()
     if args.json:
         doc: dict[str, Any] = outcome.to_json()
+        doc["cost_usd"] = plain_or_none(outcome.cost_usd)
         doc["virtual_seconds"] = outcome.virtual_wait_s
         doc["requests"] = fake.models_called
         print(json.dumps(doc))

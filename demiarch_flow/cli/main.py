@@ -16,8 +16,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .. import __version__
+
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -107,6 +110,27 @@ def _turn_options(p: argparse.ArgumentParser) -> None:
     _base_url(p)
 
 
+def _command(
+    group: argparse._SubParsersAction[_P],
+    name: str,
+    *,
+    help: str,
+    description: str | None = None,
+) -> _P:
+    """Add command ``name``: ``help`` is its line in the list of commands and, as a sentence,
+    the description its own ``--help`` starts with (unless ``description`` says more)."""
+    return group.add_parser(
+        name, help=help, description=description or f"{help[:1].upper()}{help[1:]}."
+    )
+
+
+def _json(
+    p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
+    what: str = "print one JSON object on stdout",
+) -> None:
+    p.add_argument("--json", action="store_true", help=what)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each subcommand names its handler as a :class:`Command`."""
     parser = _Parser(
@@ -115,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"demiarch-flow {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser,
+        help="what to do (each command has its own --help)",
+    )  # fmt: skip
 
-    p = sub.add_parser("run", help="one chat turn through the workflow")
+    p = _command(sub, "run", help="one chat turn through the workflow")
     _turn_options(p)
     p.add_argument("-m", "--message", help="the user message (default: read from stdin)")
     output = p.add_mutually_exclusive_group()
@@ -128,11 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(handler=Command("run", "cmd_run"))
 
-    p = sub.add_parser("chat", help="an interactive conversation (each turn is a run)")
+    p = _command(sub, "chat", help="an interactive conversation (each turn is a run)")
     _turn_options(p)
     p.set_defaults(handler=Command("run", "cmd_chat"))
 
-    p = sub.add_parser("batch", help="many chat turns at once from a JSONL file")
+    p = _command(sub, "batch", help="many chat turns at once from a JSONL file")
     p.add_argument(
         "input",
         metavar="INPUT.jsonl",
@@ -159,17 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
     _base_url(p)
     p.set_defaults(handler=Command("batch", "cmd_batch"))
 
-    p = sub.add_parser("validate", help="check workflow files without calling anything")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = _command(sub, "validate", help="check workflow files without calling anything")
+    p.add_argument("files", nargs="+", metavar="FILE", help="workflow YAML files to check")
+    _json(
+        p,
+        'print one JSON object on stdout: {"ok", "files": [{"file", "ok", then "workflow",'
+        ' "states", "models", "max_retries" if valid, else "error" and "problems": [{"line",'
+        ' "column", "path", "message"}]}]}',
+    )
     p.set_defaults(handler=Command("define", "cmd_validate"))
 
-    p = sub.add_parser("graph", help="draw a workflow (Mermaid or Graphviz dot)")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    p = _command(sub, "graph", help="draw a workflow (Mermaid or Graphviz dot)")
+    p.add_argument("file", metavar="FILE", help="the workflow YAML file to draw")
+    p.add_argument(
+        "--format", choices=["mermaid", "dot"], default="mermaid",
+        help="Mermaid (default) or Graphviz dot",
+    )  # fmt: skip
     p.set_defaults(handler=Command("define", "cmd_graph"))
 
-    p = sub.add_parser(
-        "simulate", help="run a workflow against scripted faults in virtual time (no network)"
+    p = _command(
+        sub, "simulate", help="run a workflow against scripted faults in virtual time (no network)"
     )
     _workflow(p)
     p.add_argument(
@@ -178,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SCRIPT",
         help="per-model outcomes, e.g. 'anthropic/claude-sonnet-4=429,500;openai/gpt-4o=ok'",
     )
-    p.add_argument("-m", "--message", default="Hello from the simulator")
+    p.add_argument(
+        "-m", "--message", default="Hello from the simulator",
+        help="the user message (default: 'Hello from the simulator')",
+    )  # fmt: skip
     p.add_argument("--model", metavar="M", help="replace the first model of the chain")
     p.add_argument("--seed", type=int, default=0, help="seed for jitter (default 0)")
     p.add_argument("--json", action="store_true", help="print the timeline as JSON")
@@ -189,11 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8, help="runs at once with --batch")
     p.set_defaults(handler=Command("simulate", "cmd_simulate"))
 
-    p = sub.add_parser("demo", help="the whole thing against the bundled simulator (no key)")
+    p = _command(
+        sub, "demo", help="the whole thing against the bundled simulator (no key)",
+        description="Chat turns through the bundled workflow against the bundled simulator on"
+        " 127.0.0.1, with scripted faults (a rate limit, a server error, a fallback) and the"
+        " progress of each attempt: no key, no network, no options.",
+    )  # fmt: skip
     p.set_defaults(handler=Command("demo", "cmd_demo"))
 
-    p = sub.add_parser(
-        "simulator", help="serve the bundled OpenRouter-compatible simulator on 127.0.0.1"
+    p = _command(
+        sub, "simulator", help="serve the bundled OpenRouter-compatible simulator on 127.0.0.1"
     )
     p.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     p.add_argument("--faults", default="", metavar="SCRIPT", help="fault script, as for simulate")
@@ -201,34 +245,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpm", type=int, default=None, help="answer 429 past N requests a minute")
     p.set_defaults(handler=Command("simserver", "cmd_simulator"))
 
-    p = sub.add_parser("history", help="messages of a conversation (or the latest ones)")
-    p.add_argument("--conversation", metavar="ID", type=_utf8)
-    p.add_argument("--limit", type=_limit, default=20)
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "history", help="messages of a conversation (or the latest ones)")
+    p.add_argument(
+        "--conversation", metavar="ID", type=_utf8,
+        help="this conversation's messages, oldest first (default: the latest conversations)",
+    )  # fmt: skip
+    p.add_argument(
+        "--limit", type=_limit, default=20, metavar="N",
+        help="at most N conversations, or N messages (default 20)",
+    )  # fmt: skip
+    _json(p, "print a JSON array on stdout (one object per conversation or message)")
     _db(p)
     p.set_defaults(handler=Command("report", "cmd_history"))
 
-    p = sub.add_parser("runs", help="inspect runs")
-    runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
-    q = runs.add_parser("show", help="the journal of one run")
-    q.add_argument("run_id", metavar="RUN_ID", type=_utf8)
-    q.add_argument("--json", action="store_true")
+    p = _command(sub, "runs", help="inspect runs")
+    runs = p.add_subparsers(
+        dest="runs_command", metavar="SUBCOMMAND", required=True, help="what to do with runs"
+    )
+    q = _command(runs, "show", help="the journal of one run")
+    q.add_argument(
+        "run_id", metavar="RUN_ID", type=_utf8, help="the run's id (`runs list` shows them)"
+    )
+    _json(q)
     _db(q)
     q.set_defaults(handler=Command("report", "cmd_runs_show"))
-    q = runs.add_parser("list", help="one row per run, newest first")
+    q = _command(runs, "list", help="one row per run, newest first")
     q.add_argument(
         "--status", choices=["running", "stale", "failed", "cancelled", "succeeded"],
         help="only runs with this status (stale: running, but its process is gone)",
     )  # fmt: skip
     q.add_argument("--since", metavar="DATE", help="only runs started on or after this date")
-    q.add_argument("--limit", type=_limit, default=20)
-    q.add_argument("--json", action="store_true")
+    q.add_argument(
+        "--limit", type=_limit, default=20, metavar="N", help="at most N runs (default 20)"
+    )
+    _json(q, "print a JSON array on stdout (one object per run)")
     _db(q)
     q.set_defaults(handler=Command("runs", "cmd_runs_list"))
-    q = runs.add_parser(
-        "resume", help="continue a failed, cancelled or stale run from its last checkpoint"
+    q = _command(
+        runs, "resume", help="continue a failed, cancelled or stale run from its last checkpoint"
     )
-    q.add_argument("run_id", metavar="RUN_ID", type=_utf8)
+    q.add_argument(
+        "run_id", metavar="RUN_ID", type=_utf8, help="the run's id (`runs list` shows them)"
+    )
     q.add_argument(
         "--workflow", metavar="FILE", help="resume under this definition instead of the stored one"
     )
@@ -238,57 +296,83 @@ def build_parser() -> argparse.ArgumentParser:
     _base_url(q)
     q.set_defaults(handler=Command("runs", "cmd_runs_resume"))
 
-    p = sub.add_parser("usage", help="spend and tokens from llm_usage")
+    p = _command(sub, "usage", help="spend and tokens from llm_usage")
     p.add_argument("--since", metavar="DATE", help="only calls on or after this date (YYYY-MM-DD)")
-    p.add_argument("--by", choices=["model", "day", "conversation"], default="model")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--by", choices=["model", "day", "conversation"], default="model",
+        help="one row per model (default), day or conversation",
+    )  # fmt: skip
+    _json(p)
     _db(p)
     p.set_defaults(handler=Command("report", "cmd_usage"))
 
-    p = sub.add_parser("budget", help="budget windows: limit, spent, reserved, remaining")
+    p = _command(sub, "budget", help="budget windows: limit, spent, reserved, remaining")
     p.add_argument("--workflow", metavar="FILE", help="whose limits (default: the bundled one)")
     p.add_argument("--key", action="store_true", help="also ask OpenRouter (GET /key)")
-    p.add_argument("--json", action="store_true")
+    _json(p, "print a JSON array on stdout (one object per window)")
     _db(p)
     _base_url(p)
     p.set_defaults(handler=Command("budget", "cmd_budget"))
 
-    p = sub.add_parser("db", help="the database schema: its revision, upgrades")
-    dbs = p.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
-    q = dbs.add_parser("upgrade", help="create or upgrade the schema to this release's revision")
-    q.add_argument(
+    p = _command(sub, "db", help="the database schema: its revision, upgrades")
+    dbs = p.add_subparsers(
+        dest="db_command", metavar="SUBCOMMAND", required=True, help="what to do with the schema"
+    )
+    q = _command(dbs, "upgrade", help="create or upgrade the schema to this release's revision")
+    upgrade_output = q.add_mutually_exclusive_group()
+    upgrade_output.add_argument(
         "--sql", action="store_true", help="print the SQL for a DBA instead of running it"
+    )
+    _json(
+        upgrade_output,
+        'print one JSON object on stdout: {"database", "backend", "action" (none, created or'
+        ' upgraded), "from_revision", "revision"}',
     )
     _db(q)
     q.set_defaults(handler=Command("db", "cmd_db_upgrade"))
-    q = dbs.add_parser("current", help="the database's revision and whether it is current")
-    q.add_argument("--json", action="store_true")
+    q = _command(dbs, "current", help="the database's revision and whether it is current")
+    _json(q)
     _db(q)
     q.set_defaults(handler=Command("db", "cmd_db_current"))
 
-    p = sub.add_parser("recover", help="import the replies of recovery.jsonl into the database")
+    p = _command(sub, "recover", help="import the replies of recovery.jsonl into the database")
     p.add_argument(
         "--file",
         metavar="PATH",
         help="the recovery file (default: recovery.jsonl beside a SQLite database, else in the"
         " data folder)",
     )
+    _json(
+        p,
+        'print one JSON object on stdout: {"file", "found", "imported", "imported_usd",'
+        ' "present", "no_conversation", "failed", "malformed"} (each problem stays on stderr)',
+    )
     _db(p)
     p.set_defaults(handler=Command("recover", "cmd_recover"))
 
-    p = sub.add_parser("key", help="store, check or delete the OpenRouter API key")
-    keys = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", required=True)
-    q = keys.add_parser("set", help="store the key in the OS keyring (hidden prompt or stdin)")
+    p = _command(sub, "key", help="store, check or delete the OpenRouter API key")
+    keys = p.add_subparsers(
+        dest="key_command", metavar="SUBCOMMAND", required=True, help="what to do with the key"
+    )
+    q = _command(keys, "set", help="store the key in the OS keyring (hidden prompt or stdin)")
     q.set_defaults(handler=Command("keys", "cmd_key_set"))
-    q = keys.add_parser("status", help="say where the key comes from (never prints it)")
+    q = _command(keys, "status", help="say where the key comes from (never prints it)")
+    _json(
+        q,
+        'print one JSON object on stdout: {"usable", "source" (environment, keyring or null),'
+        ' "problem", "message"}',
+    )
     q.set_defaults(handler=Command("keys", "cmd_key_status"))
-    q = keys.add_parser("delete", help="remove the key from the OS keyring")
+    q = _command(keys, "delete", help="remove the key from the OS keyring")
     q.set_defaults(handler=Command("keys", "cmd_key_delete"))
 
-    p = sub.add_parser("models", help="model prices")
-    models = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
-    q = models.add_parser("sync", help="refresh the local price table from GET /models")
+    p = _command(sub, "models", help="model prices")
+    models = p.add_subparsers(
+        dest="models_command", metavar="SUBCOMMAND", required=True, help="what to do with prices"
+    )
+    q = _command(models, "sync", help="refresh the local price table from GET /models")
     _base_url(q)
+    _json(q, 'print one JSON object on stdout: {"file", "written", "skipped"}')
     q.set_defaults(handler=Command("keys", "cmd_models_sync"))
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def test_json_output_has_the_documented_fields(
             "latency_ms": doc["attempts"][0]["latency_ms"],
             "partial_chars": None,
             "first_token_ms": None,  # fast.yaml does not stream
+            "error_message": None,
         }
     ]
     assert [t["event"] for t in doc["transitions"]] == ["loaded", "succeeded", "saved"]
@@ -211,19 +213,22 @@ def test_bad_input_gets_a_clear_message(cli: Cli, args: list[str], code: int, te
 
 
 def test_unreachable_base_url(cli: Cli) -> None:
-    """Nothing listening at the base URL: network errors, retried per policy, exit 1."""
+    """Nothing listening at the base URL: network errors, retried per policy for the first
+    model, then the run fails naming the host — no walk down a chain behind the same host."""
     res = cli("run", FAST, "-m", "hi", "--json", "--base-url", "http://127.0.0.1:9/api/v1")
     assert res.code == 1
     doc = res.json()
-    assert doc["error_class"] == "all_models_failed"
+    assert doc["error_class"] == "network_error"
+    assert "cannot reach 127.0.0.1" in res.stderr + json.dumps(doc)
     assert {a["error_class"] for a in doc["attempts"]} == {"network_error"}
+    assert len({a["model"] for a in doc["attempts"]}) == 1
 
 
-def test_unknown_conversation_exit_1(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
-    """--conversation with an unknown id: exit 1, no request."""
+def test_unknown_conversation_exit_2(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
+    """--conversation with an unknown id: exit 2 (an unknown id is an input error), no request."""
     sim = simulator("")
     res = cli("run", FAST, "-m", "hi", "--conversation", "does-not-exist", "--base-url", sim.url)
-    assert res.code == 1
+    assert res.code == 2
     assert "no conversation with id 'does-not-exist'" in res.stderr
     assert sim.sim.chat_requests == 0
 

@@ -319,8 +319,9 @@ def test_ctrl_c_while_opening_exits_130(silent: SilentServer, tmp_path: Path) ->
 def test_history_of_an_unknown_conversation_in_an_existing_database(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Once the database exists, an unknown --conversation is the run-level error (exit 1)."""
+    """Once the database exists, an unknown --conversation is an input error (exit 2), as an
+    unknown RUN_ID is for `runs show`."""
     url = f"sqlite:///{home / 'flow.db'}"
     assert main(["db", "upgrade", "--db", url]) == 0
-    assert main(["history", "--conversation", "nope", "--db", url]) == 1
+    assert main(["history", "--conversation", "nope", "--db", url]) == 2
     assert "no conversation with id 'nope'" in capsys.readouterr().err
