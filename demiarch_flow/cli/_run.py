@@ -79,7 +79,9 @@ class Progress:
             print(style(line, "2", self.stream), file=self.stream, flush=True)
 
 
-_NEXT = {"retryable": "retrying", "model_failed": "falling back", "fatal": "giving up"}
+_NEXT = {"retry": "retrying", "next_model": "falling back", "fatal": "giving up"}
+"""What a broken stream's marker says, by the first transition that decides it (``retryable``
+and ``model_failed`` decide nothing yet: Backoff or Fallback may still give up)."""
 
 
 class StreamedText:
@@ -118,15 +120,20 @@ class StreamedText:
                 self._written = 0
             if r.error_class is not None and not r.partial_chars and self._written:
                 self._written = 0
-        elif r.kind == "transition" and self._broken is not None:
-            broken, self._broken = self._broken, None
-            self._written = 0
-            next_step = _NEXT.get(r.event or "", r.event or "")
-            line = (
-                f"— interrupted after {broken.partial_chars} characters"
-                f" ({broken.cause or broken.error_class}); {next_step}"
-            )
-            print(style(line, "2", self.err), file=self.err, flush=True)
+        elif r.kind == "transition" and self._broken is not None and r.event in _NEXT:
+            self._mark(_NEXT[r.event or ""])
+        elif r.kind == "finished" and self._broken is not None:
+            self._mark("giving up")
+
+    def _mark(self, next_step: str) -> None:
+        broken, self._broken = self._broken, None
+        assert broken is not None
+        self._written = 0
+        line = (
+            f"— interrupted after {broken.partial_chars} characters"
+            f" ({broken.cause or broken.error_class}); {next_step}"
+        )
+        print(style(line, "2", self.err), file=self.err, flush=True)
 
 
 class JsonLines:
@@ -313,7 +320,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(quiet=args.quiet, debug=args.debug)
     check_conversation_before_opening(args.db, args.conversation)
     jsonl = JsonLines() if args.jsonl else None
-    text = None if args.json or args.jsonl else StreamedText()
+    # Text as it arrives is for a person: piped (`run … > out.txt`), stdout gets exactly the
+    # reply, never a broken attempt's text — unless --stream asks for it.
+    shown = args.stream is True or (args.stream is None and sys.stdout.isatty())
+    text = None if args.json or args.jsonl or not shown else StreamedText()
     messages = AttemptMessages() if args.json or args.jsonl else None
     listeners: tuple[Listener, ...] = tuple(x for x in (jsonl, text, messages) if x is not None)
     if not (args.quiet or args.json or args.jsonl):

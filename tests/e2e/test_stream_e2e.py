@@ -57,10 +57,10 @@ def test_jsonl_events_are_readable_while_the_stream_runs(
 def test_a_streamed_run_writes_the_text_and_marks_an_interruption(
     cli: Cli, simulator: Callable[[str], SimThread]
 ) -> None:
-    """stdout gets the text as it comes; a broken stream is marked on stderr before the retry,
-    and only the retry's text is stored as the reply."""
+    """--stream: stdout gets the text as it comes; a broken stream is marked on stderr once the
+    retry is decided, and only the retry's text is stored as the reply."""
     sim = simulator(f"{SONNET}=cut:2")
-    res = cli("run", "-m", "héllo wörld", "--base-url", sim.url)
+    res = cli("run", "-m", "héllo wörld", "--stream", "--base-url", sim.url)
     assert res.code == 0, res.stderr
     assert "— interrupted after" in res.stderr and "(server_error); retrying" in res.stderr
     reply = cli.rows("select content from chat_messages where role = 'assistant'")
@@ -68,6 +68,15 @@ def test_a_streamed_run_writes_the_text_and_marks_an_interruption(
     assert res.stdout.endswith(reply[0][0] + "\n")
     usage = cli.rows("select outcome from llm_usage order by outcome")
     assert usage == [("interrupted",), ("reply",)]
+
+
+def test_piped_output_is_exactly_the_reply(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
+    """`run -m … > out.txt` (stdout not a terminal, no --stream): stdout is the reply and
+    nothing else — not the broken attempt's text, a newline, then the retry's."""
+    sim = simulator(f"{SONNET}=cut:2")
+    res = cli("run", "-m", "héllo wörld", "--base-url", sim.url)
+    assert res.code == 0, res.stderr
+    assert res.stdout == f"[simulated {SONNET}] You said: héllo wörld\n"
 
 
 def test_json_attempts_carry_partial_chars(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
