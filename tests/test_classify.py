@@ -71,6 +71,7 @@ def _err(status: int, body: Any) -> str:
             "server_error",
         ),
         (200, {"error": {"code": 429, "message": "limited"}}, "rate_limited"),
+        (200, {"error": {"code": 401, "message": "No auth credentials found"}}, "auth"),
         (
             200,
             {"error": {"code": "server_error", "message": "Provider disconnected"}},
