@@ -70,5 +70,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _report.cmd_history(argparse.Namespace(conversation=None, limit=5, json=False, db=db))
     print("\n$ demiarch-flow usage --by model")
     _report.cmd_usage(argparse.Namespace(since=None, by="model", json=False, db=db))
-    print(f"\nThe demo database stays at {folder / 'demo.db'}; inspect it with --db {db}")
+    print(f"\nThe demo's database stays at {folder / 'demo.db'}. Look at what it wrote:")
+    for command in ("history", "usage --by model", "runs list", "runs show RUN_ID"):
+        print(f"  demiarch-flow {command} --db {db}")
+    print("(RUN_ID: one of the runs above.) For a real reply: demiarch-flow key set, then run -m.")
     return 0

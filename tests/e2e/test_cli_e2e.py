@@ -340,6 +340,14 @@ def test_demo_runs(cli: Cli) -> None:
     assert "SIMULATION" in res.stdout
     assert "falling back from anthropic/claude-sonnet-4 to anthropic/claude-3.5-haiku" in res.stdout
     assert "total" in res.stdout
+    # it ends with the next commands, against the database it kept, and they work
+    nexts = [ln.split()[1:] for ln in res.stdout.splitlines() if ln.startswith("  demiarch-flow ")]
+    assert [n[0] for n in nexts] == ["history", "usage", "runs", "runs"]
+    for args in nexts[:3]:
+        after = cli(*args)
+        assert after.code == 0, after.stderr
+    runs = cli(*nexts[2], "--json").json()
+    assert len(runs) == 2 and all(r["status"] == "succeeded" for r in runs)
 
 
 def test_ctrl_c_during_a_run_records_it_cancelled(
