@@ -166,6 +166,11 @@ class Ledger(Protocol):
         the figure is an estimate (or nothing): the attempt's worst case stays counted in
         all, as :meth:`settle` keeps a timeout's (``unbooked``), until ``expires_at`` — the
         part the row does not hold stays reserved.
+
+        The reservation is the one of that attempt number; when none has it (a reservation
+        is numbered before the store gives the attempt its number, and the two differ after
+        a refused or unrecorded attempt took a number), the run's reservations still in
+        flight — the dead process's, a run has one attempt out at a time.
         """
 
     async def window_use(
@@ -254,9 +259,14 @@ class MemoryLedger:
         certain: bool,
     ) -> None:
         # this ledger reads no llm_usage: a settled amount is its spend
-        for key, (r, settled) in list(self._reservations.items()):
-            if r.run_id != run_id or r.attempt != attempt or settled is Held.SETTLED:
-                continue
+        mine = [
+            (k, r, held) for k, (r, held) in self._reservations.items()
+            if r.run_id == run_id and held is not Held.SETTLED
+        ]  # fmt: skip
+        lost = [x for x in mine if x[1].attempt == attempt] or [
+            x for x in mine if x[2] is Held.HELD
+        ]
+        for key, r, _ in lost:
             if certain:
                 kept = replace(r, amount_usd=booked_usd, expires_at=expires_at)
                 self._reservations[key] = (kept, Held.SETTLED)
@@ -428,15 +438,19 @@ class SqlLedger:
         certain: bool,
     ) -> None:
         # llm_usage is this ledger's spend: the reservation keeps only what the row does not
-        lost = and_(
+        numbered = and_(
             _RES.c.run_id == run_id, _RES.c.attempt == attempt, _RES.c.settled != Held.SETTLED
         )
+        in_flight = and_(_RES.c.run_id == run_id, _RES.c.settled == Held.HELD)
 
         def op(conn: Connection) -> None:
+            pick = select(_RES.c.id, _RES.c.amount_usd)
+            lost = conn.execute(pick.where(numbered)).all()
+            lost = lost or conn.execute(pick.where(in_flight)).all()
             if certain:
-                conn.execute(delete(_RES).where(lost))
+                conn.execute(delete(_RES).where(_RES.c.id.in_([rid for rid, _ in lost])))
                 return
-            for rid, amount in conn.execute(select(_RES.c.id, _RES.c.amount_usd).where(lost)).all():
+            for rid, amount in lost:
                 rest = max(Decimal(amount) - booked_usd, _ZERO)
                 conn.execute(
                     update(_RES)

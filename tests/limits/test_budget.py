@@ -481,3 +481,33 @@ async def test_a_lost_attempt_booked_by_a_resume_is_counted_once(
     finally:
         if store is not None:
             store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_lost_attempt_finds_its_reservation_under_another_number(
+    kind: str, tmp_path: Path
+) -> None:
+    """A reservation is numbered before the store numbers the attempt; after a refused attempt
+    took a number they differ (reserved as 1, sent as 2). A resume settling the lost attempt 2
+    still keeps its worst case (the run's reservation in flight) — it was dropped with the run's
+    end, and the spend with it (found by the paid-once property)."""
+    from demiarch_flow.store.limits import MemoryLedger, SqlLedger
+    from demiarch_flow.store.sql import SqlStore
+
+    t0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    day = [BudgetWindow("day", Decimal(1), t0.replace(hour=0))]
+    r = Reservation("res-1", "run-1", 1, SONNET, Decimal("0.1"), t0, t0 + timedelta(seconds=60))
+    store = None
+    if kind == "memory":
+        ledger: Any = MemoryLedger()
+    else:
+        store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'f.db'}")
+        ledger = SqlLedger(store.engine)
+    try:
+        assert await ledger.reserve(r, day) is None
+        await ledger.settle_lost("run-1", 2, Decimal(0), t0 + timedelta(days=32), certain=False)
+        (use,) = await ledger.window_use(day, t0 + timedelta(hours=1))  # past its expiry
+        assert use.reserved_usd == Decimal("0.1")
+    finally:
+        if store is not None:
+            store.close()
