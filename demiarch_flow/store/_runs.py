@@ -1,7 +1,8 @@
 """SQL of a run's life after it began: checkpoints, attempts, heartbeats, resumes and reads.
 
 Each function runs inside a transaction the caller owns (``SqlStore``'s group commit), on a
-``Connection``; statements are built once with bind parameters, as in ``sql.py``.
+``Connection``; statements are built once with bind parameters, as in ``sql.py``, and those a run
+writes every time are :class:`~._fast.Fixed`: compiled once, run on the DB-API cursor.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy import Connection, Table, bindparam, func, insert, select, updat
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import RunTakenOver
+from ._fast import Fixed, inserting
 from .base import (
     AttemptRow,
     BilledAttempt,
@@ -41,12 +43,12 @@ _DEFINITION: Table = WorkflowDefinition.__table__  # type: ignore[assignment]
 _USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
 _MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
 
-_INS_EVENT = insert(_EVENT)
-_INS_ATTEMPT = insert(_ATTEMPT)
+_INS_EVENT = inserting(_EVENT)
+_INS_ATTEMPT = inserting(_ATTEMPT)
 _INS_DEFINITION = insert(_DEFINITION)
-_INS_USAGE = insert(_USAGE)
+_INS_USAGE = inserting(_USAGE)
 _DEFINITION_EXISTS = select(_DEFINITION.c.sha256).where(_DEFINITION.c.sha256 == bindparam("b_sha"))
-_END_ATTEMPT = (
+_END_ATTEMPT = Fixed(
     update(_ATTEMPT)
     .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
     .values(
@@ -55,7 +57,7 @@ _END_ATTEMPT = (
         latency_ms=bindparam("b_latency"), partial_text=bindparam("b_partial"),
     )
 )  # fmt: skip
-_PROGRESS_ATTEMPT = (
+_PROGRESS_ATTEMPT = Fixed(
     update(_ATTEMPT)
     .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
     .values(generation_id=bindparam("b_gen"))
@@ -68,9 +70,10 @@ _CHECKPOINT = (
         state_json=bindparam("b_json"),
     )
 )  # fmt: skip
-_CHECKPOINT_OWNED = _CHECKPOINT.where(_RUN.c.owner == bindparam("b_owner"))
+_CHECKPOINT_OWNED = Fixed(_CHECKPOINT.where(_RUN.c.owner == bindparam("b_owner")))
 """Only while the run is still the writer's (another process may have resumed it)."""
-_HEARTBEAT = (
+_CHECKPOINT_ANY = Fixed(_CHECKPOINT)
+_HEARTBEAT = Fixed(
     update(_RUN)
     .where(_RUN.c.owner == bindparam("b_owner"), _RUN.c.status == "running")
     .values(heartbeat_at=bindparam("b_at"))
@@ -85,14 +88,17 @@ _REOPEN = (
         error_class=None, error_message=None, finished_at=None,
     )
 )  # fmt: skip
-_BILLED_EXISTS = select(_USAGE.c.id).where(
-    _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.generation_id == bindparam("b_gen")
+_BILLED_EXISTS = Fixed(
+    select(_USAGE.c.id).where(
+        _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.generation_id == bindparam("b_gen")
+    )
 )
+_LOCK_RUN = Fixed(select(_RUN.c.id).where(_RUN.c.id == bindparam("b_id")).with_for_update())
 
 
 def append_events(conn: Connection, entries: Sequence[JournalEntry]) -> None:
-    conn.execute(
-        _INS_EVENT,
+    _INS_EVENT.executemany(
+        conn,
         [
             {"run_id": e.run_id, "seq": e.seq, "from_state": e.from_state, "event": e.event,
              "to_state": e.to_state, "model": e.model, "attempt": e.attempt,
@@ -119,18 +125,18 @@ def store_definition(conn: Connection, sha256: str, name: str, text: str, at: da
 
 def checkpoint(conn: Connection, cp: Checkpoint) -> None:
     fenced = cp.owner is not None
-    done = conn.execute(
-        _CHECKPOINT_OWNED if fenced else _CHECKPOINT,
+    done = (_CHECKPOINT_OWNED if fenced else _CHECKPOINT_ANY).execute(
+        conn,
         {"b_id": cp.run_id, "b_state": cp.current_state, "b_model": cp.model,
          "b_json": cp.state.to_json(), **({"b_owner": cp.owner} if fenced else {})},
     )  # fmt: skip
-    if fenced and done.rowcount != 1:
+    if fenced and done != 1:
         raise RunTakenOver(cp.run_id)
     if cp.entries:
         append_events(conn, cp.entries)
 
 
-_FENCE_RUN = (
+_FENCE_RUN = Fixed(
     update(_RUN)
     .where(
         _RUN.c.id == bindparam("b_id"), _RUN.c.owner == bindparam("b_owner"),
@@ -140,13 +146,15 @@ _FENCE_RUN = (
 )  # fmt: skip
 """Proof of ownership before a request: it also takes the run's row lock (PostgreSQL), so a
 resume reopening the run and this owner's next attempt are serialised."""
-_LAST_ATTEMPT = select(func.max(_ATTEMPT.c.number)).where(_ATTEMPT.c.run_id == bindparam("b_run"))
+_LAST_ATTEMPT = Fixed(
+    select(func.max(_ATTEMPT.c.number)).where(_ATTEMPT.c.run_id == bindparam("b_run"))
+)
 
 
 def prove_owner(conn: Connection, run_id: str, owner: str, at: datetime) -> None:
     """:class:`RunTakenOver` unless the run is running under ``owner`` (its heartbeat is
     refreshed to ``at`` as it is checked)."""
-    if conn.execute(_FENCE_RUN, {"b_id": run_id, "b_owner": owner, "b_at": at}).rowcount != 1:
+    if _FENCE_RUN.execute(conn, {"b_id": run_id, "b_owner": owner, "b_at": at}) != 1:
         raise RunTakenOver(run_id)
 
 
@@ -159,9 +167,9 @@ def insert_attempt(conn: Connection, attempt: AttemptRow, owner: str | None = No
     """
     if owner is not None:
         prove_owner(conn, attempt.run_id, owner, attempt.started_at)
-    number = (conn.execute(_LAST_ATTEMPT, {"b_run": attempt.run_id}).scalar() or 0) + 1
-    conn.execute(
-        _INS_ATTEMPT,
+    number = (_LAST_ATTEMPT.scalar(conn, {"b_run": attempt.run_id}) or 0) + 1
+    _INS_ATTEMPT.execute(
+        conn,
         {"run_id": attempt.run_id, "number": number, "model": attempt.model,
          "started_at": attempt.started_at, "ended_at": None, "status": None,
          "error_class": None, "generation_id": None, "latency_ms": None,
@@ -171,8 +179,8 @@ def insert_attempt(conn: Connection, attempt: AttemptRow, owner: str | None = No
 
 
 def end_attempt(conn: Connection, attempt: AttemptRow) -> None:
-    conn.execute(
-        _END_ATTEMPT,
+    _END_ATTEMPT.execute(
+        conn,
         {"b_run": attempt.run_id, "b_number": attempt.number, "b_ended": attempt.ended_at,
          "b_status": attempt.status, "b_class": attempt.error_class,
          "b_gen": attempt.generation_id, "b_latency": attempt.latency_ms,
@@ -181,14 +189,14 @@ def end_attempt(conn: Connection, attempt: AttemptRow) -> None:
 
 
 def attempt_progress(conn: Connection, attempt: AttemptRow) -> None:
-    conn.execute(
-        _PROGRESS_ATTEMPT,
+    _PROGRESS_ATTEMPT.execute(
+        conn,
         {"b_run": attempt.run_id, "b_number": attempt.number, "b_gen": attempt.generation_id},
     )
 
 
 def heartbeat(conn: Connection, owner: str, at: datetime) -> None:
-    conn.execute(_HEARTBEAT, {"b_owner": owner, "b_at": at})
+    _HEARTBEAT.execute(conn, {"b_owner": owner, "b_at": at})
 
 
 def reopen(
@@ -227,15 +235,13 @@ def book_billed(conn: Connection, billed: BilledAttempt) -> None:
     # Two processes resuming one run book its lost attempts before either has taken the run:
     # the run's row lock makes the second see the first's row on PostgreSQL (SQLite's
     # BEGIN IMMEDIATE already serialises them).
-    conn.execute(select(_RUN.c.id).where(_RUN.c.id == billed.run_id).with_for_update())
-    if conn.execute(
-        _BILLED_EXISTS, {"b_run": billed.run_id, "b_gen": billed.generation_id}
-    ).first():
+    _LOCK_RUN.scalar(conn, {"b_id": billed.run_id})
+    if _BILLED_EXISTS.scalar(conn, {"b_run": billed.run_id, "b_gen": billed.generation_id}):
         return
     prompt, completion = billed.prompt_tokens, billed.completion_tokens
     total = None if prompt is None or completion is None else prompt + completion  # NULL: unknown
-    conn.execute(
-        _INS_USAGE,
+    _INS_USAGE.execute(
+        conn,
         {"id": billed.usage_id, "conversation_id": billed.conversation_id, "message_id": None,
          "outcome": billed.outcome, "run_id": billed.run_id, "project_id": billed.project_id,
          "model": billed.model, "requested_model": billed.model,

@@ -33,7 +33,6 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    insert,
     select,
     update,
 )
@@ -50,6 +49,7 @@ from ..errors import (
     redact,
 )
 from . import _runs
+from ._fast import Fixed, driver_sql, inserting
 from .base import (
     AttemptRow,
     BeganRun,
@@ -372,7 +372,7 @@ class SqlStore:
         process's write lock in WAL mode and fails at once with "database is locked"."""
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                driver_sql(conn, "BEGIN IMMEDIATE")
             yield conn
 
     async def _read_conn(self, fn: Callable[[Connection], T]) -> T:
@@ -696,11 +696,12 @@ _RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
 
 
 # Statements are built once with bind parameters: building ``insert().values(...)`` per call
-# costs more than the SQL itself.
-_INS_CONV = insert(_CONV)
-_INS_MSG = insert(_MSG)
-_INS_RUN = insert(_RUN)
-_INS_USAGE = insert(_USAGE)
+# costs more than the SQL itself; those every run writes are also compiled once and run on the
+# DB-API cursor (:mod:`._fast`).
+_INS_CONV = inserting(_CONV)
+_INS_MSG = inserting(_MSG)
+_INS_RUN = inserting(_RUN)
+_INS_USAGE = inserting(_USAGE)
 _CONV_EXISTS = select(_CONV.c.id).where(_CONV.c.id == bindparam("b_id"))
 _HISTORY = (
     select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content, _MSG.c.model,
@@ -709,7 +710,7 @@ _HISTORY = (
     .order_by(_MSG.c.created_at.desc())
     .limit(bindparam("b_limit"))
 )  # fmt: skip
-_TOUCH_CONV = (
+_TOUCH_CONV = Fixed(
     update(_CONV).where(_CONV.c.id == bindparam("b_id")).values(updated_at=bindparam("b_at"))
 )
 _FINISH = (
@@ -722,8 +723,16 @@ _FINISH = (
     )
 )  # fmt: skip
 _FINISH_OWNED = _FINISH.where(_RUN.c.owner == bindparam("b_owner"))
-_REPLY_OF_RUN = select(_USAGE.c.message_id).where(
-    _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.outcome == "reply"
+_ENDS = {
+    (fenced, again): Fixed(statement if again else statement.where(_RUN.c.status == "running"))
+    for fenced, statement in ((False, _FINISH), (True, _FINISH_OWNED))
+    for again in (False, True)
+}
+"""The run's end: (owner-fenced, even if it ended already) → statement (see ``_finish``)."""
+_REPLY_OF_RUN = Fixed(
+    select(_USAGE.c.message_id).where(
+        _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.outcome == "reply"
+    )
 )
 
 
@@ -744,8 +753,8 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
     at = run.at
     history: list[StoredMessage] = []
     if created:
-        conn.execute(
-            _INS_CONV,
+        _INS_CONV.execute(
+            conn,
             {"id": conv_id, "project_id": run.project_id, "title": run.title,
              "created_at": at, "updated_at": at},
         )  # fmt: skip
@@ -759,9 +768,9 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
             at = rows[0].created_at + _TICK  # keep the conversation strictly ordered
         if run.context_messages > 0:
             history = [StoredMessage(*r) for r in reversed(rows)]
-        conn.execute(_TOUCH_CONV, {"b_id": conv_id, "b_at": at})
-    conn.execute(
-        _INS_MSG,
+        _TOUCH_CONV.execute(conn, {"b_id": conv_id, "b_at": at})
+    _INS_MSG.execute(
+        conn,
         {"id": run.user_message_id, "conversation_id": conv_id, "project_id": run.project_id,
          "role": "user", "content": run.content, "model": None, "token_count": None,
          "run_id": run.run_id, "created_at": at},
@@ -774,8 +783,8 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
 
 
 def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None:
-    conn.execute(
-        _INS_RUN,
+    _INS_RUN.execute(
+        conn,
         {"id": run.run_id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
          "conversation_id": conversation_id, "status": "running",
          "current_state": run.state, "model": None, "error_class": None,
@@ -812,19 +821,19 @@ def _began_already(conn: Connection, run: NewRun) -> BeganRun | None:
 def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | None) -> str:
     """The reply, its usage and the run's end (with its last checkpoint), once per run: a run
     saved already keeps its first reply (whatever generation ids the endpoint reuses)."""
-    existing = conn.execute(_REPLY_OF_RUN, {"b_run": reply.run_id}).scalar()
+    existing = _REPLY_OF_RUN.scalar(conn, {"b_run": reply.run_id})
     if existing is not None:
         _finish(conn, end, cp)
         return str(existing)
-    conn.execute(
-        _INS_MSG,
+    _INS_MSG.execute(
+        conn,
         {"id": reply.message_id, "conversation_id": reply.conversation_id,
          "project_id": reply.project_id, "role": "assistant", "content": reply.content,
          "model": reply.model, "token_count": reply.completion_tokens, "run_id": reply.run_id,
          "created_at": reply.created_at},
     )  # fmt: skip
-    conn.execute(
-        _INS_USAGE,
+    _INS_USAGE.execute(
+        conn,
         {"id": reply.usage_id, "conversation_id": reply.conversation_id,
          "message_id": reply.message_id, "run_id": reply.run_id,
          "project_id": reply.project_id, "model": reply.model,
@@ -833,9 +842,9 @@ def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | No
          "total_tokens": reply.total_tokens, "cached_tokens": reply.cached_tokens,
          "cost_usd": reply.cost_usd, "cost_source": reply.cost_source,
          "latency_ms": reply.latency_ms, "attempts": reply.attempts,
-         "request_timestamp": reply.request_timestamp},
+         "request_timestamp": reply.request_timestamp, "outcome": "reply"},
     )  # fmt: skip
-    conn.execute(_TOUCH_CONV, {"b_id": reply.conversation_id, "b_at": reply.created_at})
+    _TOUCH_CONV.execute(conn, {"b_id": reply.conversation_id, "b_at": reply.created_at})
     _finish(conn, end, cp, again=True)  # the run's answer is stored: that is how it ended
     return reply.message_id
 
@@ -866,14 +875,13 @@ def _finish(
     if cp is not None:
         _runs.checkpoint(conn, cp)
     fenced = end.owner is not None
-    statement = _FINISH_OWNED if fenced else _FINISH
-    done = conn.execute(
-        statement if again else statement.where(_RUN.c.status == "running"),
+    done = _ENDS[fenced, again].execute(
+        conn,
         {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
          "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
          "b_at": end.finished_at, **({"b_owner": end.owner} if fenced else {})},
     )  # fmt: skip
-    if fenced and done.rowcount != 1:
+    if fenced and done != 1:
         owner = conn.execute(select(_RUN.c.owner).where(_RUN.c.id == end.run_id)).scalar()
         if owner != end.owner:
             raise RunTakenOver(end.run_id)
