@@ -211,7 +211,7 @@ def check_same_rows(memory: Played, sql: Played) -> None:
 # ---------------------------------------------------------------------- the properties
 
 
-@_settings(60)
+@_settings(40)
 @given(schedules(budgets=("none", "roomy", "tight")))
 def test_memory_and_sql_stores_agree(schedule: Schedule) -> None:
     """Without a crash, the in-memory and the SQLite store end with the same rows and books,
@@ -223,7 +223,7 @@ def test_memory_and_sql_stores_agree(schedule: Schedule) -> None:
     check_same_rows(memory, sql)
 
 
-@_settings(200)
+@_settings(150)
 @given(schedules(crashes=("cancel", "death"), budgets=("none", "roomy", "tight"), max_crashes=2))
 def test_paid_once_across_crashes_on_sqlite(schedule: Schedule) -> None:
     """Ctrl-C or a process death at a random await, then resumes: paid once, kept always."""
@@ -233,7 +233,7 @@ def test_paid_once_across_crashes_on_sqlite(schedule: Schedule) -> None:
 
 
 @pytest.mark.postgres
-@_settings(25)
+@_settings(20)
 @given(schedules(crashes=("cancel", "death"), budgets=("none", "roomy", "tight"), max_crashes=2))
 def test_paid_once_across_crashes_on_postgres(schedule: Schedule) -> None:
     """The same property on PostgreSQL (where a server is present)."""
