@@ -3,7 +3,9 @@ window is ever overshot — in one process (memory) and through the database (SQ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -442,6 +444,34 @@ async def test_a_ledger_that_cannot_settle_does_not_cost_the_answer() -> None:
     assert len(store.usage) == 1
 
 
+_T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
+_DAY = [BudgetWindow("day", Decimal(1), _T0.replace(hour=0))]
+
+
+@contextlib.contextmanager
+def _ledger_with_a_reservation(kind: str, tmp_path: Path) -> Iterator[Any]:
+    """A memory or SQLite ledger holding run-1's reservation of attempt 1 (0.1 USD)."""
+    from demiarch_flow.store.limits import MemoryLedger, SqlLedger
+    from demiarch_flow.store.sql import SqlStore
+
+    store = None
+    if kind == "memory":
+        ledger: Any = MemoryLedger()
+    else:
+        store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'f.db'}")
+        ledger = SqlLedger(store.engine)
+    try:
+        yield ledger
+    finally:
+        if store is not None:
+            store.close()
+
+
+async def _reserved(ledger: Any) -> None:
+    r = Reservation("res-1", "run-1", 1, SONNET, Decimal("0.1"), _T0, _T0 + timedelta(seconds=60))
+    assert await ledger.reserve(r, _DAY) is None
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest.mark.parametrize("certain", [True, False])
 async def test_a_lost_attempt_booked_by_a_resume_is_counted_once(
@@ -450,26 +480,14 @@ async def test_a_lost_attempt_booked_by_a_resume_is_counted_once(
     """A resume books a lost attempt (0.03 USD of a 0.1 USD worst case): at the provider's
     figure, the row replaces the reservation (it stayed unbooked at 0.1 for a month, counted
     beside the row); at an estimate, the worst case stays counted in all (row + the rest)."""
-    from demiarch_flow.store.limits import MemoryLedger, SqlLedger
-    from demiarch_flow.store.sql import SqlStore
-
-    t0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
-    day = [BudgetWindow("day", Decimal(1), t0.replace(hour=0))]
-    r = Reservation("res-1", "run-1", 1, SONNET, Decimal("0.1"), t0, t0 + timedelta(seconds=60))
-    store = None
-    if kind == "memory":
-        ledger: Any = MemoryLedger()
-    else:
-        store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'f.db'}")
-        ledger = SqlLedger(store.engine)
-    try:
-        assert await ledger.reserve(r, day) is None
+    with _ledger_with_a_reservation(kind, tmp_path) as ledger:
+        await _reserved(ledger)
         # Ctrl-C while the request was out: the worst case is kept, unbooked
-        await ledger.settle("res-1", Decimal("0.1"), t0 + timedelta(days=32), unbooked=True)
+        await ledger.settle("res-1", Decimal("0.1"), _T0 + timedelta(days=32), unbooked=True)
         await ledger.settle_lost(
-            "run-1", 1, Decimal("0.03"), t0 + timedelta(days=32), certain=certain
+            "run-1", 1, Decimal("0.03"), _T0 + timedelta(days=32), certain=certain
         )
-        (use,) = await ledger.window_use(day, t0 + timedelta(hours=1))
+        (use,) = await ledger.window_use(_DAY, _T0 + timedelta(hours=1))
         # (the SQL ledger's spend is llm_usage, where the resume wrote 0.03: no row here)
         expected = {
             ("memory", True): (Decimal("0.03"), 0),
@@ -478,9 +496,6 @@ async def test_a_lost_attempt_booked_by_a_resume_is_counted_once(
             ("sqlite", False): (0, Decimal("0.07")),
         }[kind, certain]
         assert (use.spent_usd, use.reserved_usd) == expected
-    finally:
-        if store is not None:
-            store.close()
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -491,23 +506,8 @@ async def test_a_lost_attempt_finds_its_reservation_under_another_number(
     took a number they differ (reserved as 1, sent as 2). A resume settling the lost attempt 2
     still keeps its worst case (the run's reservation in flight) — it was dropped with the run's
     end, and the spend with it (found by the paid-once property)."""
-    from demiarch_flow.store.limits import MemoryLedger, SqlLedger
-    from demiarch_flow.store.sql import SqlStore
-
-    t0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
-    day = [BudgetWindow("day", Decimal(1), t0.replace(hour=0))]
-    r = Reservation("res-1", "run-1", 1, SONNET, Decimal("0.1"), t0, t0 + timedelta(seconds=60))
-    store = None
-    if kind == "memory":
-        ledger: Any = MemoryLedger()
-    else:
-        store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'f.db'}")
-        ledger = SqlLedger(store.engine)
-    try:
-        assert await ledger.reserve(r, day) is None
-        await ledger.settle_lost("run-1", 2, Decimal(0), t0 + timedelta(days=32), certain=False)
-        (use,) = await ledger.window_use(day, t0 + timedelta(hours=1))  # past its expiry
+    with _ledger_with_a_reservation(kind, tmp_path) as ledger:
+        await _reserved(ledger)
+        await ledger.settle_lost("run-1", 2, Decimal(0), _T0 + timedelta(days=32), certain=False)
+        (use,) = await ledger.window_use(_DAY, _T0 + timedelta(hours=1))  # past its expiry
         assert use.reserved_usd == Decimal("0.1")
-    finally:
-        if store is not None:
-            store.close()
