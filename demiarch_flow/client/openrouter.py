@@ -112,6 +112,11 @@ class Attempt:
     billed for its prompt, and this id is how its cost is learnt."""
 
 
+FINISH_GRACE_S = 2.0
+"""How long a stream whose ``finish_reason`` has arrived is still read for its usage chunk and
+``[DONE]`` (they follow at once): the answer is whole, and until the attempt returns it is not
+checkpointed — a silent connection must not hold a paid answer for the whole idle timeout."""
+
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Failures before the request could leave: no connection, or none free in time."""
 
@@ -326,9 +331,10 @@ class OpenRouterClient:
                             async for data in reads:
                                 await take(reader.feed(data))
                                 if first_at is not None or reader.finished:
-                                    scope.deadline = min(
-                                        overall, trio.current_time() + idle_timeout_s
-                                    )
+                                    idle = idle_timeout_s
+                                    if reader.finished:  # whole: only usage and [DONE] to come
+                                        idle = min(idle, FINISH_GRACE_S)
+                                    scope.deadline = min(overall, trio.current_time() + idle)
                                 if reader.ended:
                                     break
                         finally:
