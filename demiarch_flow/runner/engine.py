@@ -192,8 +192,7 @@ async def advance(
         if own:  # stepped alone (``testing``): nothing later would write them
             await books.settle()
         return applied
-    step_, after, rec = await _apply(machine, wf, state, step, env, books)
-    return step_, after, rec
+    return await _apply(machine, wf, state, step, env, books)
 
 
 async def _apply(

@@ -19,8 +19,9 @@ says it is gone, so the store's callers map it to their own errors unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, insert
@@ -108,14 +109,9 @@ class Fixed:
         """Run it once; returns the driver's row count."""
         c = self.compiled(conn.dialect)
         args = c.args(params)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with _cursor(conn, c.sql, args) as cursor:
             cursor.execute(c.sql, args)
             return int(cursor.rowcount)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise _mapped(conn, exc, c.sql, args) from exc
-        finally:
-            cursor.close()
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run it once per row, in one driver call."""
@@ -124,26 +120,16 @@ class Fixed:
             return
         c = self.compiled(conn.dialect)
         args = [c.args(r) for r in rows]
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with _cursor(conn, c.sql, args) as cursor:
             cursor.executemany(c.sql, args)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise _mapped(conn, exc, c.sql, args) from exc
-        finally:
-            cursor.close()
 
     def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first column of the first row (``None`` when there is none)."""
         c = self.compiled(conn.dialect)
         args = c.args(params)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with _cursor(conn, c.sql, args) as cursor:
             cursor.execute(c.sql, args)
             row = cursor.fetchone()
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise _mapped(conn, exc, c.sql, args) from exc
-        finally:
-            cursor.close()
         if row is None:
             return None
         return c.result(row[0]) if c.result else row[0]
@@ -151,11 +137,19 @@ class Fixed:
 
 def driver_sql(conn: Connection, sql: str) -> None:
     """Run a parameterless statement (``BEGIN IMMEDIATE``) on the connection's cursor."""
+    with _cursor(conn, sql, None) as cursor:
+        cursor.execute(sql)
+
+
+@contextlib.contextmanager
+def _cursor(conn: Connection, sql: str, args: Any) -> Iterator[Any]:
+    """A cursor of the connection the caller's transaction holds, closed after use; a driver
+    error in the block is raised as :func:`_mapped` says."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(sql)
+        yield cursor
     except conn.dialect.loaded_dbapi.Error as exc:
-        raise _mapped(conn, exc, sql, None) from exc
+        raise _mapped(conn, exc, sql, args) from exc
     finally:
         cursor.close()
 

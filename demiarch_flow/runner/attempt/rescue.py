@@ -98,6 +98,12 @@ def _cost(env: RunEnv, state: RunState, done: Completion) -> Cost:
         return Cost(Decimal(0).quantize(NANO), "unknown")
 
 
+def _final_state(wf: Workflow, state: RunState) -> str | None:
+    """Where a stored answer leaves its run: Persist's ``saved`` target, when the run stands in
+    Persist (``None``: it keeps the state it stands in)."""
+    return wf.state(state.state).target("saved") if state.state in wf.state_names else None
+
+
 def rescue_reply(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException) -> None:
     """Write a paid-for reply that an unexpected error or a cancellation kept out of the store
     to the recovery file; nothing when ``state`` holds no answer, or its answer is stored.
@@ -105,7 +111,7 @@ def rescue_reply(env: RunEnv, wf: Workflow, state: RunState, exc: BaseException)
     done = _unstored_answer(state)
     if done is None:
         return
-    final = wf.state(state.state).target("saved") if state.state in wf.state_names else None
+    final = _final_state(wf, state)
     try:
         error = exc if isinstance(exc, Exception) else FlowError("cancelled before it was stored")
         write_recovery(env, reply_of(state, _cost(env, state, done), env.now()), final, error)
@@ -133,7 +139,7 @@ async def keep_paid_answer(env: RunEnv, wf: Workflow, state: RunState, exc: Base
         return
     if not isinstance(exc, RunTakenOver):
         reply = reply_of(state, cost, env.now())
-        final = wf.state(state.state).target("saved") if state.state in wf.state_names else None
+        final = _final_state(wf, state)
         end = RunEnd(
             state.run_id, "succeeded", final or state.state, reply.model, None, None,
             reply.request_timestamp, env.owner,
