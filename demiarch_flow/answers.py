@@ -103,6 +103,8 @@ class StreamBreak:
     """Keep-alive comments, one a second, before the first chunk (a slow first token)."""
     pause_s: float = 0.0
     """Keep-alive comments, one a second, after the first chunk (a slow but live stream)."""
+    quiet: bool = False
+    """The whole reply and its ``finish_reason``, then silence: no usage chunk, no ``[DONE]``."""
 
 
 def _pieces(text: str) -> list[str]:
@@ -175,8 +177,11 @@ def stream_plan(
     stop = f'data: {head}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}\n\n'
     usage = json.dumps(usage_of(model, messages, text, prices))
     last = f'data: {head}"choices":[],"usage":{usage}}}\n\n'
-    frames += [Frame("data", stop.encode()), Frame("data", last.encode())]
-    frames.append(Frame("data", b"data: [DONE]\n\n"))
+    frames.append(Frame("data", stop.encode()))
+    if broken.quiet:
+        frames.append(Frame("stall"))
+        return StreamPlan(frames, text)
+    frames += [Frame("data", last.encode()), Frame("data", b"data: [DONE]\n\n")]
     return StreamPlan(frames, text)
 
 

@@ -22,7 +22,9 @@ up it answers ``ok``. Syntax: ``MODEL=ITEM,ITEM,...;MODEL=...`` where an ITEM is
   (``finish_reason: "error"``) after N content chunks; ``ratecut:N`` — the same as a mid-stream
   429; ``drop:N`` — the connection is reset after N chunks; ``stall:N`` — nothing more after N
   chunks; ``end:N`` — the body ends after N chunks with neither ``finish_reason`` nor
-  ``[DONE]``; ``slowfirst:S`` — keep-alive comments for S seconds before the first token;
+  ``[DONE]``; ``quiet`` — the whole reply and its ``finish_reason``, then silence (no usage
+  chunk, no ``[DONE]``: only ``GET /generation`` knows the cost); ``slowfirst:S`` — keep-alive
+  comments for S seconds before the first token;
   ``pause:S`` — keep-alive comments for S seconds after the first token; ``chunks:N`` — a reply
   of N chunks. A blocking request meets their nearest blocking kin (``reset``, ``hang``,
   ``error200``, ``truncated``, ``slow``, ``ok``); a streamed request meets every other item
@@ -59,7 +61,7 @@ _STREAM_COUNTED = {"cut", "ratecut", "drop", "stall", "end", "chunks"}
 _STREAM_TIMED = {"slowfirst", "pause"}
 _WORDS = {
     "ok", "inflight", "error200", "html", "truncated", "nochoices", "reset", "refused", "hang",
-    "slow", *_STREAM_COUNTED, *_STREAM_TIMED,
+    "slow", "quiet", *_STREAM_COUNTED, *_STREAM_TIMED,
 }  # fmt: skip
 _HEADER_SAFE = re.compile(r"[!-~]+")
 MAX_REPEAT = 10_000
@@ -325,9 +327,13 @@ def over_rpm(wait_s: float) -> Rendered:
 
 def blocking_kind(fault: Fault) -> str:
     """What a stream fault does to a blocking request: its nearest blocking kin."""
-    return {"drop": "reset", "stall": "hang", "slowfirst": "slow", "pause": "slow"}.get(
-        fault.kind, fault.kind
-    )
+    return {
+        "drop": "reset",
+        "stall": "hang",
+        "slowfirst": "slow",
+        "pause": "slow",
+        "quiet": "ok",
+    }.get(fault.kind, fault.kind)
 
 
 def stream_break(fault: Fault) -> StreamBreak:
@@ -336,6 +342,8 @@ def stream_break(fault: Fault) -> StreamBreak:
             "end": "end"}  # fmt: skip
     if fault.kind in hows:
         return StreamBreak(after=fault.count, how=hows[fault.kind])  # type: ignore[arg-type]
+    if fault.kind == "quiet":
+        return StreamBreak(quiet=True)
     if fault.kind == "slowfirst":
         return StreamBreak(first_delay_s=fault.delay_s)
     if fault.kind == "pause":
@@ -343,7 +351,7 @@ def stream_break(fault: Fault) -> StreamBreak:
     return StreamBreak()
 
 
-STREAMED = frozenset({"ok", "slow", "chunks", *_STREAM_COUNTED, *_STREAM_TIMED})
+STREAMED = frozenset({"ok", "slow", "chunks", "quiet", *_STREAM_COUNTED, *_STREAM_TIMED})
 """Fault kinds a streamed request answers with a stream (the rest answer as blocking)."""
 
 

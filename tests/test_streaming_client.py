@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 
-from demiarch_flow.client import ApiKey, Attempt, OpenRouterClient
+from demiarch_flow.client import ApiKey, Attempt, Completion, OpenRouterClient
 from demiarch_flow.client.streaming import StreamReader
 from demiarch_flow.errors import ErrorClass
 from demiarch_flow.testing import FAKE_BASE_URL, FAKE_KEY, FakeOpenRouter
@@ -261,11 +261,18 @@ KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
 
 
 async def scripted(
-    reads: list[bytes | float | str], **clocks: float
+    reads: list[bytes | float | str],
+    finished: list[tuple[float, Completion]] | None = None,
+    **clocks: float,
 ) -> tuple[Attempt, list[str], list[str]]:
-    """One streamed attempt over ``reads``; returns it, the deltas and the generation ids."""
+    """One streamed attempt over ``reads``; returns it, the deltas and the generation ids
+    (``finished`` gets each ``on_finish`` call with its time)."""
     deltas: list[str] = []
     ids: list[str] = []
+
+    async def on_finish(answer: Completion) -> None:
+        if finished is not None:
+            finished.append((trio.current_time(), answer))
 
     async def on_delta(text: str) -> None:
         deltas.append(text)
@@ -282,7 +289,9 @@ async def scripted(
     settings = {"timeout_s": 120.0, "first_token_timeout_s": 10.0, "idle_timeout_s": 5.0}
     settings.update(clocks)
     payload = c.build_payload(M, MESSAGES)
-    result = await c.stream(payload, on_delta=on_delta, on_generation=on_generation, **settings)
+    result = await c.stream(
+        payload, on_delta=on_delta, on_generation=on_generation, on_finish=on_finish, **settings
+    )
     return result, deltas, ids
 
 
@@ -327,8 +336,8 @@ async def test_a_finish_then_silence_without_usage_is_a_completion(
     autojump_clock: object,
 ) -> None:
     """A finish_reason then nothing (no usage, no [DONE]): the reply is whole; a short grace
-    (FINISH_GRACE_S, not the 5 s idle timeout: until the attempt returns, the paid answer is not
-    checkpointed) ends the wait, and the cost is left to the generation look-up."""
+    (FINISH_GRACE_S, not the 5 s idle timeout: the user should not wait for an answer that is
+    whole) ends the wait, and the cost is left to the generation look-up."""
     from demiarch_flow.client.openrouter import FINISH_GRACE_S
 
     start = trio.current_time()
@@ -338,6 +347,56 @@ async def test_a_finish_then_silence_without_usage_is_a_completion(
     assert result.after_finish is ErrorClass.TIMEOUT
     assert FINISH_GRACE_S < 5
     assert trio.current_time() - start == pytest.approx(FINISH_GRACE_S)
+
+
+async def test_the_quiet_fault_is_a_whole_reply_then_silence(autojump_clock: object) -> None:
+    """``quiet`` (the fake's and the simulator's): every content chunk and the finish_reason,
+    then nothing — a completion with no cost, ended by the short grace."""
+    from demiarch_flow.client.openrouter import FINISH_GRACE_S
+
+    start = trio.current_time()
+    result, got = await attempt("quiet")
+    assert isinstance(result, Attempt) and result.completion is not None
+    assert result.completion.content == "".join(got) and got
+    assert result.completion.cost_usd is None and result.after_finish is ErrorClass.TIMEOUT
+    assert trio.current_time() - start == pytest.approx(FINISH_GRACE_S)
+
+
+async def test_a_finished_answer_is_handed_over_before_its_usage_arrives(
+    autojump_clock: object,
+) -> None:
+    """``on_finish`` gets the whole answer once, the moment its finish_reason arrives — before
+    a slow usage chunk (while a process could still die waiting for it) — with no cost yet."""
+    finished: list[tuple[float, Completion]] = []
+    start = trio.current_time()
+    result, _, _ = await scripted([says("Hi"), says(" there"), FINISH, 1.5, USAGE], finished)
+    [(at, answer)] = finished
+    assert at == pytest.approx(start)
+    assert (answer.content, answer.finish_reason, answer.generation_id) == (
+        "Hi there",
+        "stop",
+        "gen-s",
+    )
+    assert answer.cost_usd is None and answer.model == M
+    assert result.completion is not None and str(result.completion.cost_usd) == "0.250000000"
+    assert trio.current_time() - start == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [says("Hi"), FINISH + USAGE + DONE],  # the end came in the same read: returned at once
+        [says("Hi"), RESET],  # never whole
+        [says("Hi"), b'data: {"id":"gen-s","choices":[{"delta":{},"finish_reason":"error"}]}\n\n'],
+    ],
+    ids=["same_read", "broken", "finish_error"],
+)
+async def test_on_finish_is_not_called_without_a_whole_answer_to_keep(
+    reads: list[bytes | float | str], autojump_clock: object
+) -> None:
+    finished: list[tuple[float, Completion]] = []
+    await scripted(reads, finished)
+    assert finished == []
 
 
 async def test_an_empty_finished_reply_then_silence_is_a_completion(

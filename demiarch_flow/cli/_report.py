@@ -110,7 +110,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             {"number": a.number, "model": a.model, "status": a.status, "error_class": a.error_class,
              "generation_id": a.generation_id, "latency_ms": a.latency_ms,
              "partial_chars": len(a.partial_text) if a.partial_text is not None else None,
-             "partial_text": a.partial_text}
+             "partial_text": a.partial_text, "finish_reason": a.finish_reason,
+             "response_model": a.response_model, "error_message": a.error_message}
             for a in (stored.attempts if stored else ())
         ]  # fmt: skip
         print(json.dumps({

@@ -114,8 +114,8 @@ class Attempt:
 
 FINISH_GRACE_S = 2.0
 """How long a stream whose ``finish_reason`` has arrived is still read for its usage chunk and
-``[DONE]`` (they follow at once): the answer is whole, and until the attempt returns it is not
-checkpointed — a silent connection must not hold a paid answer for the whole idle timeout."""
+``[DONE]`` (they follow at once): the answer is whole (and kept already, through
+``on_finish``), so a silent connection must not keep the user waiting for the idle timeout."""
 
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Failures before the request could leave: no connection, or none free in time."""
@@ -132,6 +132,7 @@ class GenerationCost:
 
 OnDelta = Callable[[str], Awaitable[None]]
 OnGeneration = Callable[[str], Awaitable[None]]
+OnFinish = Callable[[Completion], Awaitable[None]]
 
 
 class OpenRouterClient:
@@ -246,6 +247,7 @@ class OpenRouterClient:
         idle_timeout_s: float = 30.0,
         on_delta: OnDelta | None = None,
         on_generation: OnGeneration | None = None,
+        on_finish: OnFinish | None = None,
     ) -> Attempt:
         """Make one streamed attempt; never raises for provider or network failures.
 
@@ -261,6 +263,10 @@ class OpenRouterClient:
         Args:
             on_delta: awaited with each piece of content, as it arrives.
             on_generation: awaited once with the generation id, as soon as a chunk names it.
+            on_finish: awaited once with the whole answer (no usage yet) as soon as its
+                ``finish_reason`` arrives, before the usage chunk is read: the moment to keep
+                it, since the attempt returns only once usage and ``[DONE]`` have come (or
+                ``FINISH_GRACE_S`` has passed).
 
         Cancellation (Ctrl-C) propagates; leaving the ``async with`` closes the connection at
         once, which stops generation (and billing) at the providers that support it.
@@ -276,6 +282,7 @@ class OpenRouterClient:
         hint: float | None = None
         first_at: float | None = None
         reported = False
+        whole = False  # on_finish has been told
         is_stream = False
         outcome: Completion | ProviderError | None = None
         broke: tuple[ErrorClass, str] | None = None  # what ended the body before its end
@@ -330,6 +337,12 @@ class OpenRouterClient:
                         try:
                             async for data in reads:
                                 await take(reader.feed(data))
+                                if reader.finished and not reader.ended and not whole:
+                                    # Whole, but the usage chunk and [DONE] are still to
+                                    # come: the moment to keep it (see ``on_finish``).
+                                    whole = True
+                                    if on_finish is not None:
+                                        await on_finish(reader.completion(reader.finish_reason))
                                 if first_at is not None or reader.finished:
                                     idle = idle_timeout_s
                                     if reader.finished:  # whole: only usage and [DONE] to come

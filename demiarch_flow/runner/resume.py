@@ -12,13 +12,18 @@ the resume as a transition. Nothing that was already paid for is paid for again:
   generation id (``GET /generation``, retried a few times: the record appears late) and booked
   in ``llm_usage`` as a billed attempt, once; without a generation id the journal says the
   earlier attempt may have been billed, and the request is sent again;
-* a completion that was checkpointed but not stored is persisted without a request.
+* a completion that was checkpointed but not stored is persisted without a request;
+* so is a stream's answer that was kept with its attempt when its ``finish_reason`` arrived,
+  the process dying (or cancelled) before the attempt returned it: the run re-enters the state
+  an answer leads to (Persist), which books it as the reply — at ``GET /generation``'s figure,
+  once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from ..client.classify import Completion
@@ -40,7 +45,7 @@ from .engine import RunOutcome, drive
 from .limits import UNBOOKED_KEPT
 from .owner import effective_status
 from .recovery import read_recovery, recovery_path
-from .state import RunState
+from .state import AttemptInfo, RunState
 
 #: Look-ups of a generation's cost (0.5 s, then doubling: OpenRouter's record appears late).
 LOOKUP_TRIES = 5
@@ -135,10 +140,17 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
     point = resume_point(wf, state)
     entries: list[JournalEntry] = []
     seq = state.seq
+    kept = _unkept_answer(wf, run, state)
     for attempt in await _unbooked_attempts(env, run):
+        if kept is not None and attempt.number == kept[0].number:
+            continue  # booked as the reply
         seq += 1
         entries.append(await _settle_lost_attempt(env, run, state, attempt, seq))
     now = env.now()  # after the look-ups: the journal's times go forward with its rows
+    if kept is not None:
+        seq += 1
+        state, point, entry = await _take_answer(env, state, kept, seq, now)
+        entries.append(entry)
     seq += 1
     entries.append(
         JournalEntry(
@@ -309,6 +321,54 @@ async def _settle_lost_attempt(
         run.run_id, seq, state.state, event, state.state, attempt.model, attempt.number,
         cls, None, now,
     )  # fmt: skip
+
+
+def _unkept_answer(wf: Workflow, run: StoredRun, state: RunState) -> tuple[AttemptRow, str] | None:
+    """The whole answer a stream delivered and its attempt never returned (the process died or
+    was cancelled while the usage chunk was awaited), with the state it leads to; ``None`` when
+    there is none, the checkpoint holds an answer already, or the definition has no way from
+    the run's Request state to a state that stores it (the request is then sent again)."""
+    if state.completion is not None:
+        return None
+    answered = [a for a in run.attempts if a.answer_unkept]
+    if not answered:
+        return None
+    asking = [n for n in wf.state_names if wf.state(n).action == "request"]
+    here = state.state if state.state in asking else (asking[0] if len(asking) == 1 else None)
+    onward = wf.state(here).target("succeeded") if here is not None else None
+    if onward is None:
+        return None
+    return answered[-1], onward
+
+
+async def _take_answer(
+    env: RunEnv, state: RunState, kept: tuple[AttemptRow, str], seq: int, now: datetime
+) -> tuple[RunState, str, JournalEntry]:
+    """The run holding the kept answer, the state it re-enters, and the journal row that says
+    so; the attempt row is closed as answered (in the commit that reopens the run)."""
+    row, onward = kept
+    assert row.partial_text is not None
+    done = Completion(
+        row.partial_text, row.response_model or row.model, row.generation_id, row.finish_reason,
+        None, None, None, None, None,
+    )  # fmt: skip
+    info = AttemptInfo(
+        number=row.number, model=row.model, outcome="ok", error_class=None, status=row.status,
+        wait_s=None, latency_ms=row.latency_ms or 0, generation_id=row.generation_id,
+    )  # fmt: skip
+    await env.store.attempt_ended(
+        dataclasses.replace(
+            row, ended_at=row.ended_at or now, status=200, error_class=None, partial_text=None
+        )
+    )
+    answered = dataclasses.replace(
+        state, completion=done, attempts=(*state.attempts, info), last_error=None
+    )
+    entry = JournalEntry(
+        state.run_id, seq, state.state, "attempt_answered", onward, row.model, row.number,
+        None, None, now,
+    )  # fmt: skip
+    return answered, onward, entry
 
 
 async def _look_up(env: RunEnv, generation_id: str) -> GenerationCost | None:

@@ -55,6 +55,8 @@ _END_ATTEMPT = Fixed(
         ended_at=bindparam("b_ended"), status=bindparam("b_status"),
         error_class=bindparam("b_class"), generation_id=bindparam("b_gen"),
         latency_ms=bindparam("b_latency"), partial_text=bindparam("b_partial"),
+        finish_reason=bindparam("b_finish"), response_model=bindparam("b_response_model"),
+        error_message=bindparam("b_message"),
     )
 )  # fmt: skip
 _PROGRESS_ATTEMPT = Fixed(
@@ -62,6 +64,15 @@ _PROGRESS_ATTEMPT = Fixed(
     .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
     .values(generation_id=bindparam("b_gen"))
 )
+_ANSWERED_ATTEMPT = Fixed(
+    update(_ATTEMPT)
+    .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
+    .values(
+        generation_id=bindparam("b_gen"), partial_text=bindparam("b_partial"), finish_reason=bindparam("b_finish"),
+        response_model=bindparam("b_response_model"), status=bindparam("b_status"),
+        latency_ms=bindparam("b_latency"),
+    )
+)  # fmt: skip
 _CHECKPOINT = (
     update(_RUN)
     .where(_RUN.c.id == bindparam("b_id"))
@@ -173,7 +184,8 @@ def insert_attempt(conn: Connection, attempt: AttemptRow, owner: str | None = No
         {"run_id": attempt.run_id, "number": number, "model": attempt.model,
          "started_at": attempt.started_at, "ended_at": None, "status": None,
          "error_class": None, "generation_id": None, "latency_ms": None,
-         "partial_text": None},
+         "partial_text": None, "finish_reason": None, "response_model": None,
+         "error_message": None},
     )  # fmt: skip
     return number
 
@@ -184,7 +196,8 @@ def end_attempt(conn: Connection, attempt: AttemptRow) -> None:
         {"b_run": attempt.run_id, "b_number": attempt.number, "b_ended": attempt.ended_at,
          "b_status": attempt.status, "b_class": attempt.error_class,
          "b_gen": attempt.generation_id, "b_latency": attempt.latency_ms,
-         "b_partial": attempt.partial_text},
+         "b_partial": attempt.partial_text, "b_finish": attempt.finish_reason,
+         "b_response_model": attempt.response_model, "b_message": attempt.error_message},
     )  # fmt: skip
 
 
@@ -193,6 +206,16 @@ def attempt_progress(conn: Connection, attempt: AttemptRow) -> None:
         conn,
         {"b_run": attempt.run_id, "b_number": attempt.number, "b_gen": attempt.generation_id},
     )
+
+
+def attempt_answered(conn: Connection, attempt: AttemptRow) -> None:
+    _ANSWERED_ATTEMPT.execute(
+        conn,
+        {"b_run": attempt.run_id, "b_number": attempt.number, "b_gen": attempt.generation_id,
+         "b_partial": attempt.partial_text, "b_finish": attempt.finish_reason,
+         "b_response_model": attempt.response_model, "b_status": attempt.status,
+         "b_latency": attempt.latency_ms},
+    )  # fmt: skip
 
 
 def heartbeat(conn: Connection, owner: str, at: datetime) -> None:
@@ -282,7 +305,8 @@ def load_runs(
     ):
         attempts.setdefault(a.run_id, []).append(
             AttemptRow(a.run_id, a.number, a.model, a.started_at, a.ended_at, a.status,
-                       a.error_class, a.generation_id, a.latency_ms, a.partial_text)
+                       a.error_class, a.generation_id, a.latency_ms, a.partial_text,
+                       a.finish_reason, a.response_model, a.error_message)
         )  # fmt: skip
     replies: dict[str, StoredReply] = {}
     for u in conn.execute(

@@ -139,8 +139,25 @@ class AttemptRow:
     generation_id: str | None = None
     latency_ms: int | None = None
     partial_text: str | None = None
-    """A streamed attempt that broke or was cancelled: the text it had received (never the
-    reply)."""
+    """A streamed attempt that broke or was cancelled: the text it had received; with
+    ``finish_reason`` (an answer delivered, its attempt not ended), the whole answer."""
+    finish_reason: str | None = None
+    """The answer's ``finish_reason`` (a stream's is committed as soon as it arrives)."""
+    response_model: str | None = None
+    """The model that answered, as the response named it."""
+    error_message: str | None = None
+    """A failed attempt: what went wrong."""
+
+    @property
+    def answer_unkept(self) -> bool:
+        """An answer was delivered whole (its text is ``partial_text``) but its attempt never
+        returned it: the process died, or was cancelled, while the stream's usage chunk was
+        still awaited. A resume stores it as the reply instead of asking again."""
+        return (
+            self.finish_reason is not None
+            and self.partial_text is not None
+            and (self.ended_at is None or self.error_class == "cancelled")
+        )
 
 
 class JsonState(Protocol):
@@ -283,6 +300,12 @@ class Store(Protocol):
     async def attempt_progress(self, attempt: AttemptRow) -> None:
         """Record an attempt's generation id while it is still streaming; returns once it is
         committed (a crash mid-stream still leaves the only handle on what it cost)."""
+
+    async def attempt_answered(self, attempt: AttemptRow) -> None:
+        """Record that a stream delivered its answer whole (``finish_reason``, the text in
+        ``partial_text``, ``response_model``, ``generation_id``, ``status``, ``latency_ms``),
+        while the attempt still waits for its usage chunk; returns once it is committed. The
+        attempt stays open (``ended_at``): see :attr:`AttemptRow.answer_unkept`."""
 
     async def save_reply(
         self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None

@@ -156,6 +156,15 @@ class MemoryStore:
             row, generation_id=attempt.generation_id
         )
 
+    async def attempt_answered(self, attempt: AttemptRow) -> None:
+        row = self.attempts[(attempt.run_id, attempt.number)]
+        self.attempts[attempt.run_id, attempt.number] = replace(
+            row, generation_id=attempt.generation_id or row.generation_id,
+            partial_text=attempt.partial_text, finish_reason=attempt.finish_reason,
+            response_model=attempt.response_model, status=attempt.status,
+            latency_ms=attempt.latency_ms,
+        )  # fmt: skip
+
     async def save_reply(
         self, reply: Reply, end: RunEnd, checkpoint: Checkpoint | None = None
     ) -> str:

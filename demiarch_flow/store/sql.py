@@ -468,6 +468,9 @@ class SqlStore:
     async def attempt_progress(self, attempt: AttemptRow) -> None:
         await self._write(functools.partial(_runs.attempt_progress, attempt=attempt))
 
+    async def attempt_answered(self, attempt: AttemptRow) -> None:
+        await self._write(functools.partial(_runs.attempt_answered, attempt=attempt))
+
     async def heartbeat(self, owner: str, at: datetime) -> None:
         await self._write(functools.partial(_runs.heartbeat, owner=owner, at=at))
 

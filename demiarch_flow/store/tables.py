@@ -231,7 +231,17 @@ class RunAttempt(Base):
     generation_id: Mapped[str | None] = mapped_column(String(200), index=True)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     partial_text: Mapped[str | None] = mapped_column(Text)
-    """What a streamed attempt had received when it broke (never the reply)."""
+    """What a streamed attempt had received when it broke or was cancelled; with
+    ``finish_reason`` and no reply for the run, the whole answer (see ``finish_reason``)."""
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    """The answer's ``finish_reason``: committed the moment a stream delivers it, with the text
+    in ``partial_text``, so that a process that dies (or is cancelled) while the stream's usage
+    chunk is still awaited leaves an answer the resume stores instead of buying again."""
+    response_model: Mapped[str | None] = mapped_column(String(200))
+    """The model that answered (the response's ``model``; may differ from ``model``)."""
+    error_message: Mapped[str | None] = mapped_column(Text)
+    """A failed attempt: what went wrong, as the run reported it (the provider's own words
+    included)."""
 
 
 class Held(IntEnum):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 from .conftest import Cli, SimThread
 
@@ -112,6 +115,33 @@ def test_ctrl_c_mid_stream_exits_130_and_keeps_the_partial_text(
     assert cli.rows("select count(*) from chat_messages where role = 'assistant'") == [(0,)]
 
 
+def test_ctrl_c_after_the_answer_is_whole_keeps_it_for_resume(
+    cli: Cli, simulator: Callable[[str], SimThread]
+) -> None:
+    """A stream delivers its whole answer, then goes silent (``quiet``: no usage, no [DONE]);
+    Ctrl-C while the run still waits for the usage chunk: the answer is already on its attempt
+    row, and ``runs resume`` stores it as the reply without a second request."""
+    sim = simulator(f"{SONNET}=quiet")
+    proc = _popen(cli, "-m", "hi", "--jsonl", "--base-url", sim.url)
+    deadline = time.monotonic() + 20
+    kept: list[tuple[Any, ...]] = []
+    while not kept and time.monotonic() < deadline:
+        time.sleep(0.02)
+        with contextlib.suppress(sqlite3.OperationalError):  # not created yet
+            kept = cli.rows("select partial_text from run_attempts where finish_reason = 'stop'")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    [(answer,)] = kept
+    assert answer.startswith(f"[simulated {SONNET}]")
+    [(run_id,)] = cli.rows("select id from workflow_runs where status = 'cancelled'")
+    assert sim.sim.chat_requests == 1
+    doc = cli("runs", "resume", run_id, "--json", "--base-url", sim.url).json()
+    assert (doc["status"], doc["content"]) == ("succeeded", answer)
+    assert sim.sim.chat_requests == 1
+    assert cli.rows("select count(*), min(outcome) from llm_usage") == [(1, "reply")]
+
+
 def test_usage_and_runs_show_report_interrupted_streams(
     cli: Cli, simulator: Callable[[str], SimThread]
 ) -> None:
@@ -127,3 +157,10 @@ def test_usage_and_runs_show_report_interrupted_streams(
     first = shown["attempts"][0]
     assert first["partial_text"] == f"[simulated {SONNET}] "
     assert first["partial_chars"] == doc["attempts"][0]["partial_chars"]
+    assert first["error_message"] and first["finish_reason"] is None
+    second = shown["attempts"][1]
+    assert (second["finish_reason"], second["response_model"], second["partial_text"]) == (
+        "stop",
+        SONNET,
+        None,
+    )

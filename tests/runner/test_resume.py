@@ -406,3 +406,74 @@ async def test_resuming_under_an_edited_model_chain_uses_it(autojump_clock: obje
     assert resumed.outcome.status == "succeeded"
     assert fake.models_called == [SONNET, mini]
     assert resumed.outcome.model == mini
+
+
+async def test_an_answer_whole_before_its_usage_is_kept_and_stored_by_resume(
+    autojump_clock: object,
+) -> None:
+    """A stream delivers its whole answer and finish_reason, then goes silent (``quiet``): the
+    answer is committed with its attempt at once, before the usage chunk is given up on; Ctrl-C
+    inside that wait leaves it there, and resume stores it as the reply — the delivered text,
+    at GET /generation's cost, one llm_usage row — without asking the provider again."""
+    fake, store = FakeOpenRouter(f"{SONNET}=quiet"), MemoryStore()
+    scope = trio.CancelScope()
+    seen: list[AttemptRow] = []
+
+    async def ctrl_c_in_the_wait() -> None:
+        await trio.sleep(1.0)  # the stream is silent; the 2 s grace has not run out
+        seen.extend(store.attempts.values())
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ctrl_c_in_the_wait)
+        with scope:
+            await run_workflow(WF, RunRequest("Hi"), env_of(fake, store))
+    [row] = seen
+    delivered = row.partial_text
+    assert delivered and delivered.startswith(f"[simulated {SONNET}]")
+    assert (row.finish_reason, row.ended_at, row.status) == ("stop", None, 200)
+    assert row.answer_unkept and row.generation_id is not None
+    (run_id,) = store.runs
+    assert store.runs[run_id]["status"] == "cancelled"
+    [cancelled] = (await loaded(store, run_id)).attempts
+    assert (cancelled.error_class, cancelled.partial_text) == ("cancelled", delivered)
+    assert cancelled.answer_unkept
+    chats = len(fake.requests)
+    resumed = await resume_run(run_id, env_of(fake, store))
+    assert resumed.outcome.status == "succeeded" and resumed.outcome.content == delivered
+    assert len(fake.requests) == chats  # the answer was not bought again
+    (reply,) = store.usage
+    assert (reply.generation_id, reply.cost_source) == (row.generation_id, "provider")
+    assert store.billed == []
+    run = await loaded(store, run_id)
+    assert not run.attempts[0].answer_unkept and run.attempts[0].partial_text is None
+    assert ("Request", "attempt_answered", "Persist") in journal(store, run_id)
+    again = await resume_run(run_id, env_of(fake, store))
+    assert not again.ran and len(store.usage) == 1
+
+
+async def test_a_process_that_died_holding_a_whole_answer_is_resumed_into_persist(
+    autojump_clock: object,
+) -> None:
+    """A process died while its stream's usage chunk was awaited: the attempt row is open with
+    the whole answer. Resume books that generation as the reply (not as a lost attempt), at the
+    provider's cost, and sends nothing."""
+    fake, store = FakeOpenRouter(f"{SONNET}=401"), MemoryStore()
+    run_id = await start(fake, store)
+    gen = new_generation_id()
+    record = generation_record(SONNET, [], fake.prices, gen, "the whole answer")
+    fake.generations.add(gen, record)
+    store.attempts[(run_id, 2)] = AttemptRow(
+        run_id, 2, SONNET, T0, status=200, generation_id=gen, latency_ms=7,
+        partial_text="the whole answer", finish_reason="stop", response_model=SONNET,
+    )  # fmt: skip
+    crashed(store, run_id, "elsewhere:1:1", T0)
+    chats = len(fake.requests)
+    resumed = await resume_run(run_id, env_of(fake, store, now=fixed_clock(T0 + timedelta(1))))
+    assert resumed.outcome.status == "succeeded"
+    assert resumed.outcome.content == "the whole answer"
+    assert len(fake.requests) == chats
+    (reply,) = store.usage
+    assert reply.generation_id == gen and reply.cost_usd == to_usd(record["data"]["total_cost"])
+    assert store.billed == []
+    assert ("Failed", "attempt_answered", "Persist") in journal(store, run_id)

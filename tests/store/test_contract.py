@@ -388,6 +388,36 @@ async def test_attempts_are_recorded_before_and_completed_after(any_store: Any) 
     assert run.attempts == (ended, AttemptRow("r1", 2, SONNET, T0 + timedelta(seconds=3)))
 
 
+async def test_a_whole_answer_is_kept_on_its_open_attempt_until_it_ends(any_store: Any) -> None:
+    """attempt_answered commits a stream's whole answer on its still-open attempt (a resume's
+    ``answer_unkept``); ending the attempt with its answer returned clears the text and keeps
+    the finish reason and answering model; a failure keeps its message."""
+    await any_store.begin_run(_new_run("r1"))
+    await any_store.attempt_started(AttemptRow("r1", 1, SONNET, T0))
+    answered = AttemptRow(
+        "r1", 1, SONNET, T0, status=200, generation_id="gen-1", latency_ms=40,
+        partial_text="the whole answer", finish_reason="stop", response_model="acme/answerer",
+    )  # fmt: skip
+    await any_store.attempt_answered(answered)
+    run = await any_store.load_run("r1")
+    assert run is not None and run.attempts == (answered,)
+    assert run.attempts[0].answer_unkept
+    ended = AttemptRow(
+        "r1", 1, SONNET, T0, T0 + timedelta(seconds=1), 200, None, "gen-1", 40,
+        finish_reason="stop", response_model="acme/answerer",
+    )  # fmt: skip
+    await any_store.attempt_ended(ended)
+    failed = AttemptRow(
+        "r1", 2, SONNET, T0, T0, 503, "server_error", error_message="upstream said no (503)"
+    )
+    await any_store.attempt_started(AttemptRow("r1", 2, SONNET, T0))
+    await any_store.attempt_ended(failed)
+    await any_store.attempt_started(AttemptRow("r1", 3, SONNET, T0))
+    run = await any_store.load_run("r1")
+    assert run is not None and run.attempts[:2] == (ended, failed)
+    assert not run.attempts[0].answer_unkept
+
+
 async def test_book_billed_counts_once_per_generation(any_store: Any) -> None:
     """book_billed: the spend joins the run's cost, once per generation (and never the
     reply's own generation a second time)."""

@@ -150,6 +150,9 @@ async def _settle(
             generation_id=(result.completion or partial or _NO_ANSWER).generation_id,
             latency_ms=result.latency_ms,
             partial_text=partial.content if partial is not None and partial.content else None,
+            finish_reason=result.completion.finish_reason if result.completion else None,
+            response_model=(result.completion or partial or _NO_ANSWER).model or None,
+            error_message=err.detail if err else None,
         )
     )
     booked = False
