@@ -353,3 +353,33 @@ async def test_a_throttle_wait_is_a_step_the_engine_sleeps(autojump_clock: objec
     sent = await run_state(wf, waited.state, env)
     assert sent.event == "succeeded" and sent.state.slot_for is None
     assert [t - start for t in fake.request_times()] == [1.0]
+
+
+async def test_ctrl_c_before_the_send_is_stamped_closes_the_attempt_as_never_sent(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the gate stamps the send (a throttle wait): the attempt row, written just
+    before, is closed as cancelled with no generation, nothing was sent, and a resume neither
+    books it as a lost request nor journals it as one."""
+    from demiarch_flow.runner.limits import Gate
+    from demiarch_flow.runner.resume import resume_run
+
+    wf = with_limits('  rate:\n    "*": {rpm: 60}\n')
+    fake, store = FakeOpenRouter(), MemoryStore()
+    scope = trio.CancelScope()
+
+    async def interrupted(self: Gate) -> None:
+        scope.cancel()
+        await trio.sleep(1.0)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Gate, "stamp", interrupted)
+        with scope:
+            await run_workflow(wf, RunRequest("a"), make_env(fake, store=store))
+    (run_id,) = store.runs
+    [row] = [a for (r, _), a in store.attempts.items() if r == run_id]
+    assert (row.error_class, row.generation_id) == ("cancelled", None)
+    assert row.ended_at is not None and fake.requests == []
+    resumed = await resume_run(run_id, make_env(fake, store=store))
+    assert resumed.outcome.status == "succeeded" and len(fake.requests) == 1
+    assert not [e for e in store.events if e.event in ("attempt_billed", "attempt_unrecorded")]

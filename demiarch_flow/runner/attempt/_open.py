@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -103,8 +104,9 @@ async def open_attempt(state: RunState, env: RunEnv, wf: Workflow) -> AttemptRes
         # own commit), so no 60 s at the provider holds more than the rule.
         try:
             await gate.stamp()
-        except BaseException:  # nothing has left: give the permits back
+        except BaseException as exc:  # nothing has left: give the permits back
             gate.release()
+            await _never_sent(env, row, exc)
             raise
     try:
         result = await send(state, env, wf, payload, row)
@@ -169,6 +171,16 @@ async def _settle(
     except FlowError as exc:  # what the attempt did matters more than the books
         log.warning("could not settle the attempt's budget reservation: %s", exc)
     return None
+
+
+async def _never_sent(env: RunEnv, row: AttemptRow, exc: BaseException) -> None:
+    """Close the row of an attempt stopped before its request left (Ctrl-C in a throttle
+    wait), so that a resume does not take it for a request that may have been billed."""
+    why = ErrorClass.CANCELLED if isinstance(exc, trio.Cancelled) else ErrorClass.INTERNAL
+    with trio.CancelScope(shield=True), contextlib.suppress(FlowError):
+        await env.store.attempt_ended(
+            dataclasses.replace(row, ended_at=env.now(), error_class=why, error_message="not sent")
+        )
 
 
 def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> AttemptResult:
