@@ -30,9 +30,12 @@ def record(
     *,
     prices: PriceTable | None = None,
     owner: str | None = None,
+    model: str | None = None,
+    stream: bool | None = None,
 ) -> list[str]:
     """Run ``wf`` once per entry of ``starts_s`` (seconds after :data:`WEEK`, one after the
-    other) against ``script``, into ``db_url``; the run ids, in order."""
+    other) against ``script``, into ``db_url``, each asking ``model`` first and streaming as
+    ``stream`` says (``run --model``, ``--stream``); the run ids, in order."""
 
     async def main() -> list[str]:
         store = await SqlStore.open(db_url)
@@ -50,7 +53,8 @@ def record(
         try:
             for i, start in enumerate(starts_s):
                 await trio.sleep_until(t0 + start)
-                outcome = await run_workflow(wf, RunRequest(f"question {i}: what is 2 + {i}?"), env)
+                asked = RunRequest(f"question {i}: what is 2 + {i}?", model=model, stream=stream)
+                outcome = await run_workflow(wf, asked, env)
                 ids.append(outcome.run_id)
         finally:
             store.close()

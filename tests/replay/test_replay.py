@@ -270,3 +270,17 @@ def test_replay_is_deterministic(week: tuple[str, list[str]]) -> None:
     assert [dataclasses.astuple(p[1]) for p in first.pairs] == [
         dataclasses.astuple(p[1]) for p in second.pairs
     ]
+
+
+def test_a_run_replays_with_its_own_model_and_stream_choice(tmp_path: Path) -> None:
+    """Runs recorded with ``--model openai/gpt-4o --no-stream`` are replayed asking gpt-4o,
+    blocking: the unchanged file reproduces them (gpt-4o timing out twice, then answering)."""
+    url = f"sqlite:///{tmp_path / 'flow.db'}"
+    wf = parse_workflow(DEFAULT_WORKFLOW.read_text("utf-8"))
+    record(url, wf, f"{GPT}=hang,hang,ok*", [0, 600], model=GPT, stream=False)
+    rec = read(url)
+    assert [(r.first_model, r.stream) for r in rec.runs] == [(GPT, False)] * 2
+    report = replay(wf, rec)
+    assert_faithful(report)
+    assert report.replayed.models[GPT].requests == 4
+    assert report.replayed.wait_s == pytest.approx(1 + 2)  # the timeouts retried after 1, 2 s
