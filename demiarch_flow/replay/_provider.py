@@ -100,10 +100,13 @@ class Provider:
     ) -> None:
         timeline: dict[str, list[Observation]] = {}
         self._own: dict[tuple[str, str], list[Observation]] = {}
+        self._sticky: dict[tuple[str, str], Observation] = {}
         for run in runs:
             for o in run.observations:
                 timeline.setdefault(o.model, []).append(o)
                 self._own.setdefault((run.run_id, o.model), []).append(o)
+                if o.error_class in _STICKY:
+                    self._sticky.setdefault((run.run_id, o.model), o)
         self._timeline = {m: sorted(obs, key=lambda o: o.at) for m, obs in timeline.items()}
         self._times = {m: [o.at for o in obs] for m, obs in self._timeline.items()}
         self.recorded = tuple(sorted(self._timeline))
@@ -148,7 +151,7 @@ class Provider:
             if abs((near.at - at).total_seconds()) <= TOLERANCE_S:
                 own.remove(near)
                 return near, False
-        sticky = next((o for o in self._own_all(run_id, model) if o.error_class in _STICKY), None)
+        sticky = self._sticky.get((run_id, model))
         if sticky is not None:
             return sticky, False
         if model in self._timeline:
@@ -159,9 +162,6 @@ class Provider:
             assert choice.like is not None
             return self._then(choice.like, at), True
         return None, True
-
-    def _own_all(self, run_id: str, model: str) -> list[Observation]:
-        return [o for o in self._timeline.get(model, ()) if o.run_id == run_id]
 
     def _then(self, model: str, at: datetime) -> Observation:
         i = bisect.bisect_right(self._times[model], at)

@@ -224,6 +224,12 @@ def _assemble(
     missing: Counter[str] = Counter()
     out: list[RecordedRun] = []
     for run in runs:
+        if run.status == "cancelled":
+            missing["cancelled (Ctrl-C, SIGTERM): not replayed — an interruption is not the"
+                    " provider's behaviour"] += 1  # fmt: skip
+            continue
+        if run.resume_count:
+            missing["resumed after a crash: replayed as one uninterrupted run"] += 1
         sha = run.workflow_sha256
         if sha not in definitions:
             definitions[sha] = _definition(texts.get(sha))

@@ -241,24 +241,31 @@ def test_runs_without_attempts_replay_with_what_they_have(
     tmp_path: Path,
 ) -> None:
     """A run with no ``run_attempts`` (as a first-release run) is replayed from the other runs
-    of its models, and the report says what was missing."""
+    of its models; a cancelled run is not replayed; the report says both."""
     url = f"sqlite:///{tmp_path / 'flow.db'}"
     wf = parse_workflow(DEFAULT_WORKFLOW.read_text("utf-8"))
     ids = record(url, wf, "", [0, 60, 120])
     store = SqlStore.open_sync(url)
     try:
         with store.engine.begin() as conn:
-            from sqlalchemy import delete
+            from sqlalchemy import delete, update
 
-            from demiarch_flow.store.tables import RunAttempt
+            from demiarch_flow.store.tables import RunAttempt, WorkflowRun
 
             conn.execute(delete(RunAttempt).where(RunAttempt.run_id == ids[1]))
+            conn.execute(
+                update(WorkflowRun).where(WorkflowRun.id == ids[2]).values(status="cancelled")
+            )
     finally:
         store.close()
     report = replay(wf, read(url))
-    assert report.replayed.succeeded == 3 and report.changed == ()
-    assert report.missing == ("1 run: no recorded attempts (first-release runs): replayed from"
-                              " the other runs of their models",)  # fmt: skip
+    assert report.replayed.succeeded == 2 and report.changed == ()
+    assert report.missing == (
+        "1 run: no recorded attempts (first-release runs): replayed from the other runs of"
+        " their models",
+        "1 run: cancelled (Ctrl-C, SIGTERM): not replayed — an interruption is not the"
+        " provider's behaviour",
+    )
 
 
 def test_replay_is_deterministic(week: tuple[str, list[str]]) -> None:
