@@ -43,6 +43,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000, help="recorded runs (default 10,000)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each replay (default 3)")
     parser.add_argument("--quick", action="store_true", help="1,000 runs, one round")
+    parser.add_argument(
+        "--db", type=Path, metavar="FILE",
+        help="record into FILE and keep it; if it exists, replay it as it is (default: a"
+        " temporary file)",
+    )  # fmt: skip
     opts, _ = parser.parse_known_args()  # `just bench` passes bench/run.py's options too
     logging.getLogger("demiarch_flow").setLevel(logging.ERROR)  # the fallbacks are expected
     runs, rounds = (1_000, 1) if opts.quick else (opts.runs, opts.repeat)
@@ -51,11 +56,14 @@ def main() -> None:
     shorter = parse_workflow(text.replace("initial_delay_s: 1", "initial_delay_s: 0.25"))
     prices = PriceTable.load()
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as folder:
-        url = f"sqlite:///{Path(folder) / 'flow.db'}"
-        started = time.perf_counter()
-        script = f"{SONNET}=" + ",".join([TEN] * (runs // 10 + 1))
-        record(url, wf, script, [60.0 * i for i in range(runs)])
-        print(f"recorded {runs:,} runs in {time.perf_counter() - started:.1f} s (not timed below)")
+        path = opts.db or Path(folder) / "flow.db"
+        url = f"sqlite:///{path}"
+        if not path.exists():
+            started = time.perf_counter()
+            script = f"{SONNET}=" + ",".join([TEN] * (runs // 10 + 1))
+            record(url, wf, script, [60.0 * i for i in range(runs)])
+            took = time.perf_counter() - started
+            print(f"recorded {runs:,} runs in {took:.1f} s (not timed below)")
         for label, edit in (("unchanged policy", wf), ("initial_delay_s: 0.25", shorter)):
             reads, totals, cpu = [], [], []
             for _ in range(rounds):

@@ -13,7 +13,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -116,8 +116,6 @@ class Record:
 
     runs: tuple[RecordedRun, ...]
     missing: tuple[str, ...] = ()
-    models: tuple[str, ...] = field(default=())
-    """Every model the record saw a request to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,9 +267,8 @@ def _assemble(
                 journal=_journal(runs_events),
             )
         )
-    models = sorted({o.model for r in out for o in r.observations})
     notes = tuple(f"{n} run{'s' if n != 1 else ''}: {what}" for what, n in missing.items())
-    return Record(tuple(out), notes, tuple(models))
+    return Record(tuple(out), notes)
 
 
 def _definition(text: str | None) -> Workflow | None:

@@ -141,3 +141,14 @@ def test_a_database_that_cannot_be_read_exits_3(
     assert main(["simulate", "--replay", "--db", f"sqlite:///{missing}"]) == 3
     assert "no database at" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_no_runs_to_replay_is_said_and_is_not_an_error(
+    recorded: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A window with no runs: one line saying so, exit 0."""
+    path, _ = recorded
+    assert main(args(path, "--until", "2026-11-02")) == 0
+    assert capsys.readouterr().out == (
+        "no ended runs of workflow 'chat' to replay since 2026-11-01 00:00 until 2026-11-02 00:00\n"
+    )
