@@ -49,6 +49,7 @@ class Usage:
     completion_tokens: int | None
     cost_usd: Decimal
     cost_source: str
+    latency_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +207,7 @@ def _assemble(
     usage_of: dict[str, list[Usage]] = {}
     for u in usage:
         row = Usage(u.model, u.outcome, u.generation_id, u.prompt_tokens, u.completion_tokens,
-                    u.cost_usd, u.cost_source)  # fmt: skip
+                    u.cost_usd, u.cost_source, u.latency_ms)  # fmt: skip
         usage_of.setdefault(u.run_id or "", []).append(row)
     events_of: dict[str, list[Any]] = {}
     for e in events:
@@ -233,19 +234,27 @@ def _assemble(
             definitions[sha] = _definition(texts.get(sha))
         wf = definitions[sha]
         if wf is None:
-            missing["no workflow definition (first-release runs): the default retry limits"
-                    " are assumed where the record needs them"] += 1  # fmt: skip
+            missing["no stored workflow definition (first-release runs): a Retry-After they"
+                    " did not wait is not guessed"] += 1  # fmt: skip
         runs_events = events_of.get(run.id, [])
         hints, guessed = _hints(runs_events, wf)
         if guessed:
             missing["a Retry-After over max_delay_s that was not waited, so not recorded:"
                     " replayed as max_delay_s + 1 s"] += guessed  # fmt: skip
         rows = by_run.get(run.id, [])
-        if not rows:
-            missing["no recorded attempts (first-release runs): replayed from the other runs"
-                    " of their models"] += 1  # fmt: skip
         observations = _observations(run.id, rows, usage_of.get(run.id, []), hints,
                                      reply_text.get(run.id))  # fmt: skip
+        if not rows:
+            reply = next((u for u in usage_of.get(run.id, []) if u.outcome == "reply"), None)
+            if reply is not None:
+                missing[
+                    "no recorded attempts (first-release runs): only their answer is known"
+                    " (its model, latency and cost), not what failed before it"
+                ] += 1
+                observations = (_answer_only(run, reply, reply_text.get(run.id)),)
+            else:
+                missing["no recorded attempts and no answer (first-release runs): replayed"
+                        " from the other runs of their models"] += 1  # fmt: skip
         first, stream = _asked(run.state_json, wf)
         out.append(
             RecordedRun(
@@ -344,6 +353,15 @@ def _observations(
 
 _CHAIN = re.compile(r'"chain":\["((?:[^"\\]|\\.)*)"')
 _STREAM = re.compile(r'"stream":(true|false)')
+
+
+def _answer_only(run: Any, reply: Usage, text: str | None) -> Observation:
+    """A first-release run's one known request: the answer it stored, asked at its start."""
+    return Observation(
+        run_id=run.id, number=1, model=reply.model, at=run.started_at, status=200,
+        error_class=None, latency_ms=reply.latency_ms, seconds=reply.latency_ms / 1000,
+        settle_s=0.0, retry_after_s=None, partial_text=None, usage=reply, content=text,
+    )  # fmt: skip
 
 
 def _asked(state_json: str | None, wf: Workflow | None) -> tuple[str | None, bool | None]:

@@ -240,8 +240,8 @@ def test_by_default_an_unrecorded_model_behaves_like_the_closest_price(
 def test_runs_without_attempts_replay_with_what_they_have(
     tmp_path: Path,
 ) -> None:
-    """A run with no ``run_attempts`` (as a first-release run) is replayed from the other runs
-    of its models; a cancelled run is not replayed; the report says both."""
+    """A run with no ``run_attempts`` (as a first-release run) is replayed from the answer it
+    stored; a cancelled run is not replayed; the report says both."""
     url = f"sqlite:///{tmp_path / 'flow.db'}"
     wf = parse_workflow(DEFAULT_WORKFLOW.read_text("utf-8"))
     ids = record(url, wf, "", [0, 60, 120])
@@ -261,8 +261,8 @@ def test_runs_without_attempts_replay_with_what_they_have(
     report = replay(wf, read(url))
     assert report.replayed.succeeded == 2 and report.changed == ()
     assert report.missing == (
-        "1 run: no recorded attempts (first-release runs): replayed from the other runs of"
-        " their models",
+        "1 run: no recorded attempts (first-release runs): only their answer is known (its"
+        " model, latency and cost), not what failed before it",
         "1 run: cancelled (Ctrl-C, SIGTERM): not replayed — an interruption is not the"
         " provider's behaviour",
     )
