@@ -6,12 +6,20 @@ and the shared state of the edited policy sees the runs together as the record s
 budget and rate ledger for all (the database's, in the record), one cooldown registry per
 recording process (``workflow_runs.owner``: a cooldown is shared by the runs of one process).
 Each run writes to a store of its own in memory; nothing leaves the process.
+
+When the edited file has neither ``limits`` nor ``cooldown``, no run's replay can change
+another's (each meets the record, which only it consumes of its own, and draws its jitter from
+a generator of its own), so large replays are split over one forked process per core: the same
+report, sooner.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 import random
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import trio
@@ -28,6 +36,9 @@ from ._provider import Provider, ReplayClient, Unrecorded
 from ._record import Record, RecordedRun
 from ._report import Assumption, Report
 
+PARALLEL_FROM = 2_000
+"""Fewer runs than this are replayed in this process (a fork costs more than it saves)."""
+
 
 def replay(
     wf: Workflow,
@@ -36,30 +47,34 @@ def replay(
     unrecorded: Unrecorded | None = None,
     prices: PriceTable | None = None,
     seed: int = 0,
+    workers: int | None = None,
 ) -> Report:
     """Replay every run of ``record`` under ``wf`` and compare it with what was recorded.
 
     Args:
         unrecorded: how a model the record never asked answers (``None``: like the recorded
             model with the closest price).
-        seed: the seed of the jitter draws (``retry.jitter: full``).
+        seed: the seed of the jitter draws (``retry.jitter: full``); each run draws from its
+            own generator, seeded with ``seed`` and its id.
+        workers: processes to split independent runs over (``None``: one per core from
+            :data:`PARALLEL_FROM` runs, where ``fork`` exists; runs that share a budget, a
+            rate bucket or a cooldown are always replayed together, in this process).
 
     Raises:
         UsageError: ``unrecorded`` names a model the record never asked.
     """
     prices = prices or PriceTable.load()
     provider = Provider(record.runs, unrecorded, prices)
-    replayed: dict[str, RunFacts] = {}
-    if record.runs:
-        trio.run(
-            _replay_all, wf, record, provider, prices, seed, replayed,
-            clock=trio.testing.MockClock(autojump_threshold=0),
-        )  # fmt: skip
+    n = _workers(wf, len(record.runs)) if workers is None else workers
+    if n > 1 and independent(wf) and "fork" in multiprocessing.get_all_start_methods():
+        replayed = _in_processes(wf, record, provider, prices, seed, n)
+    else:
+        replayed = _in_order(wf, record.runs, record, provider, prices, seed)
     pairs = [(recorded_facts(r), replayed[r.run_id]) for r in record.runs]
     assumptions = [
         Assumption(
             model,
-            provider.assumed[model].describe()
+            how.describe()
             + (" (the closest price)" if unrecorded is None and how.kind == "like" else ""),
             len(provider.assumed_runs.get(model, ())),
         )
@@ -68,36 +83,105 @@ def replay(
     return Report.of(pairs, assumptions, record.missing)
 
 
+def independent(wf: Workflow) -> bool:
+    """Whether no run's replay can change another's under ``wf`` (no shared limits or
+    cooldown)."""
+    return wf.limits is None and wf.cooldown is None
+
+
+def _workers(wf: Workflow, runs: int) -> int:
+    if runs < PARALLEL_FROM:
+        return 1
+    return min(os.cpu_count() or 1, 8)
+
+
+def _in_order(
+    wf: Workflow,
+    runs: Sequence[RecordedRun],
+    record: Record,
+    provider: Provider,
+    prices: PriceTable,
+    seed: int,
+) -> dict[str, RunFacts]:
+    """Replay ``runs`` (some or all of ``record``'s) together on one virtual timeline."""
+    out: dict[str, RunFacts] = {}
+    if runs:
+        trio.run(
+            _replay_all, wf, runs, record.runs[0].started_at, provider, prices, seed, out,
+            clock=trio.testing.MockClock(autojump_threshold=0),
+        )  # fmt: skip
+    return out
+
+
+_Share = tuple[dict[str, RunFacts], dict[str, Unrecorded], dict[str, set[str]]]
+_JOB: tuple[Workflow, Record, Provider, PriceTable, int, int] | None = None
+"""What a forked worker replays (inherited, not pickled: only the results travel back)."""
+
+
+def _share(k: int) -> _Share:
+    assert _JOB is not None
+    wf, record, provider, prices, seed, n = _JOB
+    facts = _in_order(wf, record.runs[k::n], record, provider, prices, seed)
+    return facts, provider.assumed, provider.assumed_runs
+
+
+def _in_processes(
+    wf: Workflow, record: Record, provider: Provider, prices: PriceTable, seed: int, n: int
+) -> dict[str, RunFacts]:
+    """Replay every ``n``-th run in each of ``n`` forked processes; merge what they found."""
+    global _JOB
+    _JOB = (wf, record, provider, prices, seed, n)
+    try:
+        with multiprocessing.get_context("fork").Pool(n) as pool:
+            shares = pool.map(_share, range(n))
+    finally:
+        _JOB = None
+    out: dict[str, RunFacts] = {}
+    for facts, assumed, assumed_runs in shares:
+        out.update(facts)
+        provider.assumed.update(assumed)
+        for model, runs in assumed_runs.items():
+            provider.assumed_runs.setdefault(model, set()).update(runs)
+    return out
+
+
 async def _replay_all(
     wf: Workflow,
-    record: Record,
+    runs: Sequence[RecordedRun],
+    origin: datetime,
     provider: Provider,
     prices: PriceTable,
     seed: int,
     out: dict[str, RunFacts],
 ) -> None:
-    origin = record.runs[0].started_at
     t0 = trio.current_time()
+    last: list[float | datetime] = [t0, origin]
 
     def now() -> datetime:
-        return origin + timedelta(seconds=trio.current_time() - t0)
+        """The recorded wall time of this moment of the virtual timeline."""
+        t = trio.current_time()
+        if t != last[0]:
+            last[0], last[1] = t, origin + timedelta(seconds=t - t0)
+        when = last[1]
+        assert isinstance(when, datetime)
+        return when
 
     base = RunEnv(
-        client=ReplayClient(provider, record.runs[0], now, prices),
+        client=ReplayClient(provider, runs[0], now, prices),
         store=MemoryStore(),
-        rng=random.Random(seed),
         now=now,
         prices=prices,
         limits=Limiter(),
     )
     cooldowns: dict[str | None, CooldownRegistry] = {}
     async with trio.open_nursery() as nursery:
-        for run in record.runs:
+        for run in runs:
             await trio.sleep_until(t0 + (run.started_at - origin).total_seconds())
             env = dataclasses.replace(
                 base,
                 client=ReplayClient(provider, run, now, prices),
                 store=MemoryStore(),
+                rng=random.Random(f"{seed}/{run.run_id}"),
                 cooldowns=cooldowns.setdefault(run.owner, CooldownRegistry()),
             )
             nursery.start_soon(_one, wf, run, env, provider, out)

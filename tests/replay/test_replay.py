@@ -291,3 +291,15 @@ def test_a_run_replays_with_its_own_model_and_stream_choice(tmp_path: Path) -> N
     assert_faithful(report)
     assert report.replayed.models[GPT].requests == 4
     assert report.replayed.wait_s == pytest.approx(1 + 2)  # the timeouts retried after 1, 2 s
+
+
+def test_runs_split_over_processes_give_the_same_report(week: tuple[str, list[str]]) -> None:
+    """Independent runs (no limits, no cooldown) replayed in two forked processes: the same
+    report as in one, assumptions merged."""
+    url, _ = week
+    wf = edited(**GPT_FIRST)
+    one = replay(wf, read(url), unrecorded=Unrecorded("fail"), workers=1)
+    two = replay(wf, read(url), unrecorded=Unrecorded("fail"), workers=2)
+    assert two.to_json() == one.to_json()
+    assert two.pairs == one.pairs
+    assert [(a.model, a.runs) for a in two.assumptions] == [(GPT, 28)]
