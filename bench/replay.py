@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +37,12 @@ SONNET = "anthropic/claude-sonnet-4"
 TEN = "429@2,429@2,ok,500,500,ok,cut:2,ok,slow:3,500,500,500,500,ok,ok,ok,ok,ok"
 """Sonnet's answers to ten runs (run 5 falls back to haiku, which answers)."""
 TARGET_S = 10.0
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its children that have ended (the replay's workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def main() -> None:
@@ -67,7 +74,7 @@ def main() -> None:
         for label, edit in (("unchanged policy", wf), ("initial_delay_s: 0.25", shorter)):
             reads, totals, cpu = [], [], []
             for _ in range(rounds):
-                c0 = time.process_time()
+                c0 = _cpu()
                 t0 = time.perf_counter()
                 store = SqlStore.open_sync(url, read_only=True)
                 try:
@@ -77,7 +84,7 @@ def main() -> None:
                 t1 = time.perf_counter()
                 report = replay(edit, rec, prices=prices)
                 t2 = time.perf_counter()
-                cpu.append(time.process_time() - c0)
+                cpu.append(_cpu() - c0)
                 reads.append(t1 - t0)
                 totals.append(t2 - t0)
             best, median = min(totals), statistics.median(totals)
@@ -86,7 +93,8 @@ def main() -> None:
             )
             print(
                 f"{label:24} {runs:,} runs: {best:.2f} s best, {median:.2f} s median wall"
-                f" ({statistics.median(cpu):.2f} s CPU; the read {statistics.median(reads):.2f} s),"
+                f" ({statistics.median(cpu):.2f} s CPU in all processes; the read"
+                f" {statistics.median(reads):.2f} s),"
                 f" {runs / median:,.0f} runs/s; {len(report.changed)} changed;"
                 f" target ≤ {TARGET_S:.0f} s for 10,000 runs: {verdict}"
             )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, Select, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -130,6 +130,35 @@ class Selection:
     limit: int | None = None
 
 
+class _Attempt(NamedTuple):
+    run_id: str
+    number: int
+    model: str
+    started_at: datetime
+    ended_at: datetime | None
+    status: int | None
+    error_class: str | None
+    generation_id: str | None
+    latency_ms: int | None
+    partial_text: str | None
+
+
+class _Event(NamedTuple):
+    run_id: str
+    from_state: str
+    event: str
+    model: str | None
+    attempt: int | None
+    error_class: str | None
+    wait_s: float | None
+    wait_source: str | None
+
+
+#: The journal rows the replay reads (with every row that waited): the rest say nothing of
+#: the provider, and skipping them halves the rows of a large record.
+_COUNTED = ("retry", "next_model", "exhausted")
+
+
 def _picked(sel: Selection) -> Select[Any]:
     q = select(WorkflowRun.id).where(WorkflowRun.status.in_(ENDED))
     if sel.run_ids:
@@ -160,21 +189,26 @@ def read_record(engine: Engine, sel: Selection) -> Record:
                 .where(WorkflowRun.id.in_(ids))
                 .order_by(WorkflowRun.started_at, WorkflowRun.id)
             ).all()
-            attempts = conn.execute(
-                select(RunAttempt)
-                .where(RunAttempt.run_id.in_(ids))
-                .order_by(RunAttempt.run_id, RunAttempt.number)
-            ).all()
-            usage = conn.execute(select(LlmUsage).where(LlmUsage.run_id.in_(ids))).all()
-            events = conn.execute(
-                select(
-                    RunEvent.run_id, RunEvent.from_state, RunEvent.event, RunEvent.model,
-                    RunEvent.attempt,
-                    RunEvent.error_class, RunEvent.wait_s, RunEvent.wait_source,
+            attempts = [
+                _Attempt._make(row)
+                for row in conn.execute(
+                    select(*(getattr(RunAttempt, f) for f in _Attempt._fields))
+                    .where(RunAttempt.run_id.in_(ids))
+                    .order_by(RunAttempt.run_id, RunAttempt.number)
                 )
-                .where(RunEvent.run_id.in_(ids))
-                .order_by(RunEvent.run_id, RunEvent.seq)
-            ).all()  # fmt: skip
+            ]
+            usage = conn.execute(select(LlmUsage).where(LlmUsage.run_id.in_(ids))).all()
+            events = [
+                _Event._make(row)
+                for row in conn.execute(
+                    select(*(getattr(RunEvent, f) for f in _Event._fields))
+                    .where(
+                        RunEvent.run_id.in_(ids),
+                        RunEvent.event.in_(_COUNTED) | RunEvent.wait_s.is_not(None),
+                    )
+                    .order_by(RunEvent.run_id, RunEvent.seq)
+                )
+            ]
             messages = conn.execute(
                 select(
                     ChatMessage.run_id, ChatMessage.role, ChatMessage.content, ChatMessage.id
@@ -195,13 +229,13 @@ def read_record(engine: Engine, sel: Selection) -> Record:
 
 def _assemble(
     runs: Sequence[Any],
-    attempts: Sequence[Any],
+    attempts: Sequence[_Attempt],
     usage: Sequence[Any],
-    events: Sequence[Any],
+    events: Sequence[_Event],
     messages: Sequence[Any],
     texts: dict[str, str],
 ) -> Record:
-    by_run: dict[str, list[Any]] = {}
+    by_run: dict[str, list[_Attempt]] = {}
     for a in attempts:
         by_run.setdefault(a.run_id, []).append(a)
     usage_of: dict[str, list[Usage]] = {}
@@ -209,7 +243,7 @@ def _assemble(
         row = Usage(u.model, u.outcome, u.generation_id, u.prompt_tokens, u.completion_tokens,
                     u.cost_usd, u.cost_source, u.latency_ms)  # fmt: skip
         usage_of.setdefault(u.run_id or "", []).append(row)
-    events_of: dict[str, list[Any]] = {}
+    events_of: dict[str, list[_Event]] = {}
     for e in events:
         events_of.setdefault(e.run_id, []).append(e)
     user: dict[str, str] = {}
@@ -289,7 +323,9 @@ def _definition(text: str | None) -> Workflow | None:
         return None
 
 
-def _hints(events: Sequence[Any], wf: Workflow | None) -> tuple[dict[tuple[str, int], float], int]:
+def _hints(
+    events: Sequence[_Event], wf: Workflow | None
+) -> tuple[dict[tuple[str, int], float], int]:
     """(model, attempt on that model) → the Retry-After the run waited after it; and how many
     hints had to be guessed (a model left at once after a retryable error with retries left:
     the server asked for more than ``max_delay_s``, and the journal keeps no figure)."""
@@ -316,7 +352,7 @@ def _hints(events: Sequence[Any], wf: Workflow | None) -> tuple[dict[tuple[str, 
 
 def _observations(
     run_id: str,
-    rows: Sequence[Any],
+    rows: Sequence[_Attempt],
     usage: Sequence[Usage],
     hints: dict[tuple[str, int], float],
     reply_text: str | None,
@@ -379,7 +415,7 @@ def _asked(state_json: str | None, wf: Workflow | None) -> tuple[str | None, boo
     return first, (stream[1] == "true") if stream else None
 
 
-def _journal(events: Sequence[Any]) -> Journal:
+def _journal(events: Sequence[_Event]) -> Journal:
     return Journal(
         retries=sum(1 for e in events if e.event == "retry"),
         fallbacks=sum(1 for e in events if e.event == "next_model"),
