@@ -83,26 +83,24 @@ _UNSENT = frozenset({"cooling", "budget_exceeded", "cancelled", "unrecorded"})
 
 
 def replayed_facts(run_id: str, store: MemoryStore, *, assumed: bool) -> RunFacts:
-    """The facts of a replayed run, from the in-memory store it wrote to (its own)."""
+    """The facts of a replayed run, from the in-memory store it alone wrote to."""
     row = store.runs[run_id]
-    attempts = sorted((a for (rid, _), a in store.attempts.items() if rid == run_id),
-                      key=lambda a: a.number)  # fmt: skip
-    sent = [a.model for a in attempts
+    sent = [a.model for a in store.attempts.values()  # numbered in order, one run's
             if a.latency_ms is not None and a.error_class not in _UNSENT and a.model]  # fmt: skip
-    events = [e for e in store.events if e.run_id == run_id]
-    usage = [(u.model, u.cost_usd) for u in store.usage if u.run_id == run_id]
-    usage += [(b.model, b.cost_usd) for b in store.billed if b.run_id == run_id]
-    reply = next((u.model for u in store.usage if u.run_id == run_id), None)
+    usage = [(u.model, u.cost_usd) for u in store.usage]
+    usage += [(b.model, b.cost_usd) for b in store.billed]
+    reply = store.usage[0].model if store.usage else None
     finished = row.get("finished_at")
+    waits = tuple(e.wait_s for e in store.events if e.wait_s is not None)
     return RunFacts(
         run_id=run_id,
         status=row["status"],
         error_class=row.get("error_class"),
         model=reply if row["status"] == "succeeded" else None,
         requests=tuple(Counter(sent).items()),
-        retries=sum(1 for e in events if e.event == "retry"),
-        fallbacks=sum(1 for e in events if e.event == "next_model"),
-        waits=tuple(e.wait_s for e in events if e.wait_s is not None),
+        retries=sum(1 for e in store.events if e.event == "retry"),
+        fallbacks=sum(1 for e in store.events if e.event == "next_model"),
+        waits=waits,
         seconds=(finished - row["started_at"]).total_seconds() if finished else None,
         spend_by_model=_per_model(usage),
         assumed=assumed,
