@@ -278,7 +278,7 @@ class ReplayClient(OpenRouterClient):
             own_usage = obs.usage
             cost = own_usage.cost_usd if own_usage.cost_source == "provider" else None
             return Completion(
-                obs.content or "", model, gid, "stop", own_usage.prompt_tokens,
+                obs.content or "", own_usage.model, gid, "stop", own_usage.prompt_tokens,
                 own_usage.completion_tokens,
                 _total(own_usage.prompt_tokens, own_usage.completion_tokens), 0, cost,
             )  # fmt: skip
