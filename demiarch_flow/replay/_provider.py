@@ -63,7 +63,7 @@ class Unrecorded:
 
     def describe(self) -> str:
         if self.kind == "succeed":
-            return "succeeds at once at the median recorded latency"
+            return "answers every request, after the median latency of the recorded answers"
         if self.kind == "fail":
             return "fails every request at once (HTTP 503 server_error)"
         return f"behaves like {self.like}"
@@ -179,14 +179,12 @@ class ReplayClient(OpenRouterClient):
         provider: Provider,
         run: RecordedRun,
         now: Callable[[], datetime],
-        prices: PriceTable,
     ) -> None:
         # Deliberately not OpenRouterClient.__init__: there is no key, URL or connection.
         self.base_url = "replay:"
         self._provider = provider
         self._run = run
         self._now = now
-        self._prices = prices
         self._reply = next((u for u in run.usage if u.outcome == "reply"), None)
         self._reply_text = next((o.content for o in run.observations if o.content), None)
         self._lookups: dict[str, tuple[Usage | None, float]] = {}

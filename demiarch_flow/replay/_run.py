@@ -167,7 +167,7 @@ async def _replay_all(
         return when
 
     base = RunEnv(
-        client=ReplayClient(provider, runs[0], now, prices),
+        client=ReplayClient(provider, runs[0], now),
         store=MemoryStore(),
         now=now,
         prices=prices,
@@ -179,7 +179,7 @@ async def _replay_all(
             await trio.sleep_until(t0 + (run.started_at - origin).total_seconds())
             env = dataclasses.replace(
                 base,
-                client=ReplayClient(provider, run, now, prices),
+                client=ReplayClient(provider, run, now),
                 store=MemoryStore(),
                 rng=random.Random(f"{seed}/{run.run_id}"),
                 cooldowns=cooldowns.setdefault(run.owner, CooldownRegistry()),

@@ -76,7 +76,11 @@ def test_json_has_recorded_replayed_changed_and_assumptions(
     assert sorted(c["run_id"] for c in doc["changed"]) == sorted(ids)
     assert all(c["rests_on_assumption"] for c in doc["changed"])
     assert doc["assumptions"] == [
-        {"model": GPT, "assumption": "succeeds at once at the median recorded latency", "runs": 6}
+        {
+            "model": GPT,
+            "assumption": "answers every request, after the median latency of the recorded answers",
+            "runs": 6,
+        }
     ]
 
 
