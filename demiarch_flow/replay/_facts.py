@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from ..store import MemoryStore
-from ._record import RecordedRun
+from ._record import UNSENT, RecordedRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +79,11 @@ def recorded_facts(run: RecordedRun) -> RunFacts:
     )
 
 
-_UNSENT = frozenset({"cooling", "budget_exceeded", "cancelled", "unrecorded"})
-
-
 def replayed_facts(run_id: str, store: MemoryStore, *, assumed: bool) -> RunFacts:
     """The facts of a replayed run, from the in-memory store it alone wrote to."""
     row = store.runs[run_id]
     sent = [a.model for a in store.attempts.values()  # numbered in order, one run's
-            if a.latency_ms is not None and a.error_class not in _UNSENT and a.model]  # fmt: skip
+            if a.latency_ms is not None and a.error_class not in UNSENT and a.model]  # fmt: skip
     usage = [(u.model, u.cost_usd) for u in store.usage]
     usage += [(b.model, b.cost_usd) for b in store.billed]
     reply = store.usage[0].model if store.usage else None

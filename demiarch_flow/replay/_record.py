@@ -1,7 +1,7 @@
 """Reading the record: the runs to replay and what the provider did on each of their attempts.
 
 A few bulk ``SELECT`` statements over a read-only engine (never a write, never a per-run
-query: ten thousand runs are read in well under a second), turned into frozen values. What a
+query: ten thousand runs take about two seconds of CPU), turned into frozen values. What a
 row cannot say is collected as :attr:`Record.missing`, in words, for the report: runs of the
 first release have no attempts or definition, and no release records a Retry-After that was
 not waited.
@@ -22,7 +22,7 @@ from sqlalchemy import Engine, Select, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..definition import Workflow, parse_workflow
-from ..errors import DefinitionError, StoreUnavailable
+from ..errors import DefinitionError, ErrorClass, StoreUnavailable
 from ..store.tables import (
     ChatMessage,
     LlmUsage,
@@ -33,7 +33,9 @@ from ..store.tables import (
 )
 
 #: Classes of rows the runner writes for a request it did not send (no provider behaviour).
-_UNSENT = frozenset({"cooling", "budget_exceeded", "cancelled", "unrecorded"})
+UNSENT = frozenset(
+    {ErrorClass.COOLING, ErrorClass.BUDGET_EXCEEDED, ErrorClass.CANCELLED, ErrorClass.UNRECORDED}
+)
 #: Statuses of a run that has ended (a running or stale run is not replayed).
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -362,7 +364,7 @@ def _observations(
     on_model: Counter[str] = Counter()
     out: list[Observation] = []
     for a in rows:
-        if a.latency_ms is None or a.error_class in _UNSENT or not a.model:
+        if a.latency_ms is None or a.error_class in UNSENT or not a.model:
             continue  # never sent, or never answered (a crash): no provider behaviour
         on_model[a.model] += 1
         billed = by_generation.get(a.generation_id) if a.generation_id else None
