@@ -205,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=Command("define", "cmd_graph"))
 
     p = _command(
-        sub, "simulate", help="run a workflow against scripted faults in virtual time (no network)"
+        sub,
+        "simulate",
+        help="run a workflow against scripted faults (or, with --replay, recorded runs) in virtual"
+        " time (no network)",
     )
     _workflow(p)
     p.add_argument(
