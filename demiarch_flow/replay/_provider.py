@@ -250,8 +250,10 @@ class ReplayClient(OpenRouterClient):
                            streamed=streamed, generation_id=done.generation_id)  # fmt: skip
         err = ProviderError(
             obs.error_class, f"as recorded ({obs.run_id} #{obs.number})", model=model,
-            status=obs.status, retry_after_s=obs.retry_after_s,
+            status=obs.status, retry_after_s=obs.retry_after_s, unreachable=obs.unreachable,
         )  # fmt: skip
+        if obs.unreachable:  # nothing left: nothing can have been billed
+            return Attempt(model, None, err, obs.latency_ms, None, streamed=streamed, unsent=True)
         partial = None
         gid = None
         if obs.error_class == ErrorClass.STREAM_INTERRUPTED or obs.usage is not None:

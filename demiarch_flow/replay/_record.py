@@ -79,6 +79,9 @@ class Observation:
     """The generation's ``llm_usage`` row (a reply, or an interrupted stream), if billed."""
     content: str | None = None
     """The reply's text (a successful request whose answer the run stored)."""
+    unreachable: bool = False
+    """A network error of a host that could not be reached at all (the run's checkpoint says
+    so): the request never left, and no model behind that host is asked next."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +282,8 @@ def _assemble(
                     " replayed as max_delay_s + 1 s"] += guessed  # fmt: skip
         rows = by_run.get(run.id, [])
         observations = _observations(run.id, rows, usage_of.get(run.id, []), hints,
-                                     reply_text.get(run.id))  # fmt: skip
+                                     reply_text.get(run.id),
+                                     _UNREACHABLE in (run.state_json or ""))  # fmt: skip
         if not rows:
             reply = next((u for u in usage_of.get(run.id, []) if u.outcome == "reply"), None)
             if reply is not None:
@@ -358,6 +362,7 @@ def _observations(
     usage: Sequence[Usage],
     hints: dict[tuple[str, int], float],
     reply_text: str | None,
+    unreachable: bool = False,
 ) -> tuple[Observation, ...]:
     by_generation = {u.generation_id: u for u in usage if u.generation_id}
     reply = next((u for u in usage if u.outcome == "reply"), None)
@@ -384,11 +389,15 @@ def _observations(
                 retry_after_s=hints.get((a.model, on_model[a.model])),
                 partial_text=a.partial_text, usage=billed,
                 content=reply_text if answered and billed is reply else None,
+                unreachable=unreachable and a.error_class == ErrorClass.NETWORK_ERROR
+                and a.status is None,
             )
         )  # fmt: skip
     return tuple(out)
 
 
+_UNREACHABLE = '"unreachable":true'
+"""How a checkpoint (compact JSON) marks an error of a host that could not be reached."""
 _CHAIN = re.compile(r'"chain":\["((?:[^"\\]|\\.)*)"')
 _STREAM = re.compile(r'"stream":(true|false)')
 

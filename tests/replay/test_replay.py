@@ -303,3 +303,15 @@ def test_runs_split_over_processes_give_the_same_report(week: tuple[str, list[st
     assert two.to_json() == one.to_json()
     assert two.pairs == one.pairs
     assert [(a.model, a.runs) for a in two.assumptions] == [(GPT, 28)]
+
+
+def test_an_unreachable_host_replays_as_unreachable(tmp_path: Path) -> None:
+    """A run whose connections were refused (the host down: its retries, then no fallback
+    behind the same host) replays to exactly its record, not into haiku."""
+    url = f"sqlite:///{tmp_path / 'flow.db'}"
+    wf = parse_workflow(DEFAULT_WORKFLOW.read_text("utf-8"))
+    record(url, wf, f"{SONNET}=refused*4,ok*;{HAIKU}=ok", [0, 600])
+    report = replay(wf, read(url))
+    assert_faithful(report)
+    assert report.recorded.failed == {"network_error": 1}
+    assert HAIKU not in report.replayed.models
