@@ -155,17 +155,7 @@ async def _replay_all(
     out: dict[str, RunFacts],
 ) -> None:
     t0 = trio.current_time()
-    last: list[float | datetime] = [t0, origin]
-
-    def now() -> datetime:
-        """The recorded wall time of this moment of the virtual timeline."""
-        t = trio.current_time()
-        if t != last[0]:
-            last[0], last[1] = t, origin + timedelta(seconds=t - t0)
-        when = last[1]
-        assert isinstance(when, datetime)
-        return when
-
+    now = _RecordedWall(origin, t0)
     base = RunEnv(
         client=ReplayClient(provider, runs[0], now),
         store=MemoryStore(),
@@ -185,6 +175,21 @@ async def _replay_all(
                 cooldowns=cooldowns.setdefault(run.owner, CooldownRegistry()),
             )
             nursery.start_soon(_one, wf, run, env, provider, out)
+
+
+class _RecordedWall:
+    """``now()`` of the replay: the recorded wall time of this moment of the virtual timeline
+    (``origin`` at trio's ``t0``), worked out once per instant — a run asks it a dozen times."""
+
+    def __init__(self, origin: datetime, t0: float) -> None:
+        self.origin, self.t0 = origin, t0
+        self.at, self.wall = t0, origin
+
+    def __call__(self) -> datetime:
+        t = trio.current_time()
+        if t != self.at:
+            self.at, self.wall = t, self.origin + timedelta(seconds=t - self.t0)
+        return self.wall
 
 
 async def _one(
