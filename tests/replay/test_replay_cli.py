@@ -156,3 +156,19 @@ def test_no_runs_to_replay_is_said_and_is_not_an_error(
     assert capsys.readouterr().out == (
         "no ended runs of workflow 'chat' to replay since 2026-11-01 00:00 until 2026-11-02 00:00\n"
     )
+
+
+def test_runs_are_picked_by_the_files_name_unless_told(
+    recorded: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file renamed ``chat-v2`` finds no runs of its own name; ``--workflow-name chat``
+    replays the recorded chat runs under it."""
+    path, _ = recorded
+    renamed = tmp_path / "v2.yaml"
+    renamed.write_text(
+        DEFAULT_WORKFLOW.read_text("utf-8").replace("name: chat\n", "name: chat-v2\n")
+    )
+    assert main([*args(path), str(renamed)]) == 0
+    assert "no ended runs of workflow 'chat-v2'" in capsys.readouterr().out
+    assert main([*args(path, "--json", "--workflow-name", "chat"), str(renamed)]) == 0
+    assert json.loads(capsys.readouterr().out)["replayed"]["runs"] == 6
