@@ -9,13 +9,14 @@ Each run writes to a store of its own in memory; nothing leaves the process.
 
 When the edited file has neither ``limits`` nor ``cooldown``, no run's replay can change
 another's (each meets the record, which only it consumes of its own, and draws its jitter from
-a generator of its own), so large replays are split over one forked process per core: the same
+a generator of its own), so large replays are split over one process per core: the same
 report, sooner.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import os
 import random
@@ -25,7 +26,7 @@ from datetime import datetime, timedelta
 import trio
 import trio.testing
 
-from ..definition import Workflow
+from ..definition import Workflow, parse_workflow
 from ..pricing import PriceTable
 from ..runner import RunEnv, RunRequest, run_workflow
 from ..runner.cooldown import CooldownRegistry
@@ -37,7 +38,8 @@ from ._record import Record, RecordedRun
 from ._report import Assumption, Report
 
 PARALLEL_FROM = 2_000
-"""Fewer runs than this are replayed in this process (a fork costs more than it saves)."""
+"""Fewer runs than this are replayed in this process (starting workers costs more than it
+saves)."""
 
 
 def replay(
@@ -57,8 +59,8 @@ def replay(
         seed: the seed of the jitter draws (``retry.jitter: full``); each run draws from its
             own generator, seeded with ``seed`` and its id.
         workers: processes to split independent runs over (``None``: one per core from
-            :data:`PARALLEL_FROM` runs, where ``fork`` exists; runs that share a budget, a
-            rate bucket or a cooldown are always replayed together, in this process).
+            :data:`PARALLEL_FROM` runs; runs that share a budget, a rate bucket or a cooldown
+            are always replayed together, in this process).
 
     Raises:
         UsageError: ``unrecorded`` names a model the record never asked.
@@ -66,8 +68,8 @@ def replay(
     prices = prices or PriceTable.load()
     provider = Provider(record.runs, unrecorded, prices)
     n = _workers(wf, len(record.runs)) if workers is None else workers
-    if n > 1 and independent(wf) and "fork" in multiprocessing.get_all_start_methods():
-        replayed = _in_processes(wf, record, provider, prices, seed, n)
+    if n > 1 and independent(wf) and wf.text:
+        replayed = _in_processes(wf, record, provider, unrecorded, prices, seed, n)
     else:
         replayed = _in_order(wf, record.runs, record, provider, prices, seed)
     pairs = [(recorded_facts(r), replayed[r.run_id]) for r in record.runs]
@@ -114,28 +116,36 @@ def _in_order(
 
 
 _Share = tuple[dict[str, RunFacts], dict[str, Unrecorded], dict[str, set[str]]]
-_JOB: tuple[Workflow, Record, Provider, PriceTable, int, int] | None = None
-"""What a forked worker replays (inherited, not pickled: only the results travel back)."""
+_Job = tuple[str, str, Record, Unrecorded | None, PriceTable, int, int, int, int]
 
 
-def _share(k: int) -> _Share:
-    assert _JOB is not None
-    wf, record, provider, prices, seed, n = _JOB
+def _share(job: _Job) -> _Share:
+    """A worker's share: every ``n``-th run from the ``k``-th, against the whole record."""
+    text, source, record, unrecorded, prices, seed, k, n, log_level = job
+    logging.getLogger("demiarch_flow").setLevel(log_level)  # as quiet as the command
+    wf = parse_workflow(text, source)
+    provider = Provider(record.runs, unrecorded, prices)
     facts = _in_order(wf, record.runs[k::n], record, provider, prices, seed)
     return facts, provider.assumed, provider.assumed_runs
 
 
 def _in_processes(
-    wf: Workflow, record: Record, provider: Provider, prices: PriceTable, seed: int, n: int
+    wf: Workflow,
+    record: Record,
+    provider: Provider,
+    unrecorded: Unrecorded | None,
+    prices: PriceTable,
+    seed: int,
+    n: int,
 ) -> dict[str, RunFacts]:
-    """Replay every ``n``-th run in each of ``n`` forked processes; merge what they found."""
-    global _JOB
-    _JOB = (wf, record, provider, prices, seed, n)
-    try:
-        with multiprocessing.get_context("fork").Pool(n) as pool:
-            shares = pool.map(_share, range(n))
-    finally:
-        _JOB = None
+    """Replay every ``n``-th run in each of ``n`` new processes; merge what they found.
+
+    Spawned, not forked: a fork copies whatever locks the threads of this process held.
+    """
+    level = logging.getLogger("demiarch_flow").getEffectiveLevel()
+    jobs = [(wf.text, wf.source, record, unrecorded, prices, seed, k, n, level) for k in range(n)]
+    with multiprocessing.get_context("spawn").Pool(n) as pool:
+        shares = pool.map(_share, jobs)
     out: dict[str, RunFacts] = {}
     for facts, assumed, assumed_runs in shares:
         out.update(facts)

@@ -294,7 +294,7 @@ def test_a_run_replays_with_its_own_model_and_stream_choice(tmp_path: Path) -> N
 
 
 def test_runs_split_over_processes_give_the_same_report(week: tuple[str, list[str]]) -> None:
-    """Independent runs (no limits, no cooldown) replayed in two forked processes: the same
+    """Independent runs (no limits, no cooldown) replayed in two processes: the same
     report as in one, assumptions merged."""
     url, _ = week
     wf = edited(**GPT_FIRST)
