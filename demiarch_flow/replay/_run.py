@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import random
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -129,6 +130,22 @@ def _share(job: _Job) -> _Share:
     return facts, provider.assumed, provider.assumed_runs
 
 
+_JOBS: list[_Job] = []
+"""The jobs of forked workers, which inherit them: ten thousand runs are not pickled twice."""
+
+
+def start_method() -> str:
+    """``fork`` where it exists and this process has no other thread (whose locks a fork would
+    copy, held); else ``spawn`` (the record is then pickled to each worker)."""
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+def _forked_share(k: int) -> _Share:
+    return _share(_JOBS[k])
+
+
 def _in_processes(
     wf: Workflow,
     record: Record,
@@ -138,14 +155,20 @@ def _in_processes(
     seed: int,
     n: int,
 ) -> dict[str, RunFacts]:
-    """Replay every ``n``-th run in each of ``n`` new processes; merge what they found.
-
-    Spawned, not forked: a fork copies whatever locks the threads of this process held.
-    """
+    """Replay every ``n``-th run in each of ``n`` new processes; merge what they found."""
     level = logging.getLogger("demiarch_flow").getEffectiveLevel()
     jobs = [(wf.text, wf.source, record, unrecorded, prices, seed, k, n, level) for k in range(n)]
-    with multiprocessing.get_context("spawn").Pool(n) as pool:
-        shares = pool.map(_share, jobs)
+    global _JOBS
+    _JOBS = jobs
+    method = start_method()
+    try:
+        with multiprocessing.get_context(method).Pool(n) as pool:
+            if method == "fork":  # the workers have the jobs already: send their numbers only
+                shares = pool.map(_forked_share, range(n))
+            else:
+                shares = pool.map(_share, jobs)
+    finally:
+        _JOBS = []
     out: dict[str, RunFacts] = {}
     for facts, assumed, assumed_runs in shares:
         out.update(facts)

@@ -293,9 +293,19 @@ def test_a_run_replays_with_its_own_model_and_stream_choice(tmp_path: Path) -> N
     assert report.replayed.wait_s == pytest.approx(1 + 2)  # the timeouts retried after 1, 2 s
 
 
-def test_runs_split_over_processes_give_the_same_report(week: tuple[str, list[str]]) -> None:
-    """Independent runs (no limits, no cooldown) replayed in two processes: the same
-    report as in one, assumptions merged."""
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_runs_split_over_processes_give_the_same_report(
+    week: tuple[str, list[str]], method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Independent runs (no limits, no cooldown) replayed in two processes, forked or
+    spawned: the same report as in one, assumptions merged."""
+    import threading
+
+    from demiarch_flow.replay import _run
+
+    if method == "fork" and threading.active_count() > 1:
+        pytest.skip("this process has other threads: a replay would spawn its workers")
+    monkeypatch.setattr(_run, "start_method", lambda: method)
     url, _ = week
     wf = edited(**GPT_FIRST)
     one = replay(wf, read(url), unrecorded=Unrecorded("fail"), workers=1)
