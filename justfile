@@ -25,6 +25,11 @@ demo: setup
 # every figure in the README's Performance section, against raw httpx (`--quick`, `--repeat N`)
 bench *ARGS: setup
     .venv/bin/python bench/run.py {{ARGS}}
+    .venv/bin/python bench/replay.py {{ARGS}}
+
+# simulate --replay: ten thousand recorded runs replayed (`--runs N`, `--repeat R`, `--quick`)
+bench-replay *ARGS: setup
+    .venv/bin/python bench/replay.py {{ARGS}}
 
 # the same, plus the openai SDK and LiteLLM measured from a separate venv (.peers-venv)
 bench-peers: setup

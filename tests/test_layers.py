@@ -35,6 +35,7 @@ def test_the_command_line_does_not_import_the_test_helpers() -> None:
             "_demo",
             "_keys",
             "_recover",
+            "_replay",
             "_report",
             "_run",
             "_simserver",

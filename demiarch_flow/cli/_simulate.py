@@ -107,8 +107,15 @@ def simulate(
     return outcome, timeline, fake
 
 
+DEFAULT_MESSAGE = "Hello from the simulator"
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    message = check_message(args.message)
+    if args.replay:
+        from ._replay import cmd_replay
+
+        return cmd_replay(args)
+    message = check_message(args.message if args.message is not None else DEFAULT_MESSAGE)
     check_model_option(args.model)
     wf = workflow_from(args.workflow)
     script = FaultScript.parse(args.faults)

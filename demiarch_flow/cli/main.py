@@ -205,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=Command("define", "cmd_graph"))
 
     p = _command(
-        sub, "simulate", help="run a workflow against scripted faults in virtual time (no network)"
+        sub,
+        "simulate",
+        help="run a workflow against scripted faults (or, with --replay, recorded runs) in virtual"
+        " time (no network)",
     )
     _workflow(p)
     p.add_argument(
@@ -215,17 +218,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-model outcomes, e.g. 'anthropic/claude-sonnet-4=429,500;openai/gpt-4o=ok'",
     )
     p.add_argument(
-        "-m", "--message", default="Hello from the simulator",
+        "-m", "--message",
         help="the user message (default: 'Hello from the simulator')",
     )  # fmt: skip
     p.add_argument("--model", metavar="M", help="replace the first model of the chain")
     p.add_argument("--seed", type=int, default=0, help="seed for jitter (default 0)")
     p.add_argument("--json", action="store_true", help="print the timeline as JSON")
-    p.add_argument("--db", metavar="URL", help="also write the run to this database")
+    p.add_argument(
+        "--db", metavar="URL",
+        help="also write the run to this database (with --replay: the database to read, default"
+        " $DEMIARCH_FLOW_DB, else the SQLite file in your data folder)",
+    )  # fmt: skip
     p.add_argument(
         "--batch", type=int, metavar="N", help="a batch of N runs: time, throttle, spend"
     )
     p.add_argument("--concurrency", type=int, default=8, help="runs at once with --batch")
+    r = p.add_argument_group(
+        "replay", "what the edited file would have done on recorded runs (read-only, no request)"
+    )
+    r.add_argument(
+        "--replay", action="store_true",
+        help="replay recorded runs (default: the last 7 days of the file's workflow name)",
+    )  # fmt: skip
+    r.add_argument("--since", metavar="WHEN", help="runs started at or after (ISO date/time, UTC)")
+    r.add_argument("--until", metavar="WHEN", help="runs started before (ISO date/time, UTC)")
+    r.add_argument(
+        "--workflow-name", metavar="NAME", help="runs of this workflow (default: the file's name)"
+    )
+    r.add_argument(
+        "--run", metavar="RUN_ID", nargs="+", type=_utf8, help="these runs only (any date)"
+    )
+    r.add_argument("--limit", type=_limit, metavar="N", help="the latest N runs picked")
+    r.add_argument(
+        "--unrecorded", metavar="succeed|fail|MODEL",
+        help="how a model the record never asked answers (default: like the recorded model"
+        " with the closest price)",
+    )  # fmt: skip
+    r.add_argument(
+        "--fail-if", metavar="COND", action="append", default=[],
+        help="exit 1 when the replay meets COND, e.g. 'success_rate < 0.99' (repeatable)",
+    )  # fmt: skip
     p.set_defaults(handler=Command("simulate", "cmd_simulate"))
 
     p = _command(
