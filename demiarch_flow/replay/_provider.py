@@ -204,6 +204,7 @@ class ReplayClient(OpenRouterClient):
         idle_timeout_s: float = 30.0,
         on_delta: Any = None,
         on_generation: Any = None,
+        on_finish: Any = None,
     ) -> Attempt:
         first = first_token_timeout_s if first_token_timeout_s is not None else timeout_s
         return await self._answer(payload, timeout_s, min(first, timeout_s), streamed=True)
