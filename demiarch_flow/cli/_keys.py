@@ -1,4 +1,7 @@
-"""``key set|status|delete`` and ``models sync``."""
+"""``key set|status|delete`` and ``models sync``.
+
+The key commands need only :mod:`demiarch_flow.keys` (and keyring); ``models sync`` imports the
+HTTP client when it runs, so ``key status`` starts in a fraction of the time a run needs."""
 
 from __future__ import annotations
 
@@ -7,14 +10,13 @@ import getpass
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from ..client import ApiKey, OpenRouterClient
 from ..errors import SecretsError, UnusableKey
 from ..keys import ENV_VAR, delete_key, key_status, resolve_key, store_key
-from ..paths import prices_path
-from ..pricing import SyncReport, write_synced_table
-from ..runtime import http_client
-from ._common import network_needed, resolve_base_url, run_trio
+
+if TYPE_CHECKING:
+    from ..pricing import SyncReport
 
 
 def cmd_key_set(_args: argparse.Namespace) -> int:
@@ -64,6 +66,12 @@ def cmd_key_delete(_args: argparse.Namespace) -> int:
 
 def cmd_models_sync(args: argparse.Namespace) -> int:
     """Refresh the local price table from ``GET {base_url}/models`` (no key needed)."""
+    from ..client import ApiKey, OpenRouterClient
+    from ..paths import prices_path
+    from ..pricing import write_synced_table
+    from ..runtime import http_client
+    from ._common import network_needed, resolve_base_url, run_trio
+
     base = resolve_base_url(args.base_url)
     try:
         key = resolve_key()
