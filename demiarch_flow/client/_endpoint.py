@@ -15,6 +15,7 @@ __all__ = [
     "KEY_NOT_SENDABLE",
     "ApiKey",
     "base_url_problem",
+    "is_openrouter",
     "key_problem",
 ]
 
@@ -68,3 +69,10 @@ def base_url_problem(url: str) -> str | None:
     if not host:
         return "it has no host name"
     return None
+
+
+def is_openrouter(url: str) -> bool:
+    """Whether ``url`` is OpenRouter's API (its host is ``openrouter.ai`` or a subdomain), as
+    opposed to another OpenAI-compatible endpoint: a proxy, a local server, a test double."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "openrouter.ai" or host.endswith(".openrouter.ai")

@@ -127,11 +127,12 @@ class OpenRouterClient:
         self.base_url = base_url.rstrip("/")
         self._limiter = limiter
         self._headers = {
-            "Authorization": f"Bearer {key.value}",
             "Content-Type": "application/json",
             "HTTP-Referer": app_url,
             "X-OpenRouter-Title": app_title,
         }
+        if key.value:  # `models sync` asks without a key: "Bearer " alone is no valid header
+            self._headers["Authorization"] = f"Bearer {key.value}"
 
         self._stream_headers = {**self._headers, "Accept-Encoding": "identity"}
 
