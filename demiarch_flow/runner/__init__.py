@@ -2,14 +2,34 @@
 
 Public: :func:`run_workflow`, :func:`drive`, :func:`initial_state`, :class:`RunRequest`,
 :class:`RunEnv`, :class:`RunState`, :class:`Step`, :class:`RunOutcome`, :class:`FlowRecord`,
-:class:`Listener`, :data:`HANDLERS`.
+:class:`Listener`, :data:`HANDLERS`. They are imported on first use: a command that only reads
+the recovery file (``history``, ``usage``) imports :mod:`.recovery` alone, not the engine, trio
+and the state machine behind it.
 """
 
-from .context import RunEnv, RunRequest
-from .engine import RunOutcome, advance, drive, initial_state, run_workflow
-from .handlers import HANDLERS
-from .records import FlowRecord, Listener, WaitSource
-from .state import AttemptInfo, ErrorInfo, RunState, Step, Wait
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "HANDLERS": "handlers",
+    "AttemptInfo": "state",
+    "ErrorInfo": "state",
+    "FlowRecord": "records",
+    "Listener": "records",
+    "RunEnv": "context",
+    "RunOutcome": "engine",
+    "RunRequest": "context",
+    "RunState": "state",
+    "Step": "state",
+    "Wait": "state",
+    "WaitSource": "records",
+    "advance": "engine",
+    "drive": "engine",
+    "initial_state": "engine",
+    "run_workflow": "engine",
+}
 
 __all__ = [
     "HANDLERS",
@@ -29,3 +49,19 @@ __all__ = [
     "initial_state",
     "run_workflow",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import RunEnv, RunRequest
+    from .engine import RunOutcome, advance, drive, initial_state, run_workflow
+    from .handlers import HANDLERS
+    from .records import FlowRecord, Listener, WaitSource
+    from .state import AttemptInfo, ErrorInfo, RunState, Step, Wait
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'demiarch_flow.runner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
