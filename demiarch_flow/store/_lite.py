@@ -16,6 +16,7 @@ It also holds :func:`read_only_connect`, the read-only connection both paths use
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -41,6 +42,9 @@ SQLITE_WAIT_S = 30.0
 """How long a connection waits for another process's lock (SQLite's busy timeout)."""
 
 _MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
+_ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptRow))
+"""An attempt row's fields are its table's columns (``*_at`` ones timestamps): read by name, so
+a column added to both is read here too."""
 _CHUNK = 500
 """Ids per ``IN (…)`` list (SQLite's limit on bound parameters is far above it)."""
 
@@ -283,14 +287,13 @@ class LiteReader:
         for chunk in _chunks(ids):
             marks = _marks(len(chunk))
             for a in self._rows(
-                "SELECT run_id, number, model, started_at, ended_at, status, error_class,"
-                " generation_id, latency_ms, partial_text FROM run_attempts"
+                f"SELECT {', '.join(_ATTEMPT_FIELDS)} FROM run_attempts"
                 f" WHERE run_id IN ({marks}) ORDER BY number",
                 chunk,
             ):
-                attempts.setdefault(a[0], []).append(
-                    AttemptRow(a[0], a[1], a[2], _at(a[3]), _when(a[4]), *a[5:])
-                )
+                row = dict(zip(_ATTEMPT_FIELDS, a, strict=True))
+                row.update({k: _when(row[k]) for k in _ATTEMPT_FIELDS if k.endswith("_at")})
+                attempts.setdefault(row["run_id"], []).append(AttemptRow(**row))
             for u in self._rows(
                 "SELECT u.run_id, u.message_id, m.content, u.model, u.prompt_tokens,"
                 " u.completion_tokens, u.cost_usd, u.cost_source FROM llm_usage AS u"
