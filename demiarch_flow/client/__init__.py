@@ -7,8 +7,9 @@ command that needs only the key or the base URL (``key status``) does not import
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_BASE_URL": "_endpoint",
@@ -34,10 +35,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .openrouter import Attempt, OpenRouterClient
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'demiarch_flow.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -9,8 +9,9 @@ and the state machine behind it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "HANDLERS": "handlers",
@@ -58,10 +59,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .state import AttemptInfo, ErrorInfo, RunState, Step, Wait
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'demiarch_flow.runner' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
