@@ -37,6 +37,10 @@ bench-peers: setup
     .peers-venv/bin/pip install --quiet openai litellm httpx
     .venv/bin/python bench/run.py --peers .peers-venv/bin/python
 
+# start-up: each command as a fresh process (10 cold runs), against issue 18's targets
+bench-startup: setup
+    .venv/bin/python bench/startup.py
+
 # streaming: time to first token, CPU per chunk and memory against raw httpx (same simulator)
 bench-stream: setup
     .venv/bin/python bench/stream.py

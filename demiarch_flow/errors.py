@@ -15,7 +15,8 @@ without parsing text::
     │   │   └── UnusableKey                      the key cannot be sent in a header
     │   └── StoreUnavailable                 database URL cannot be opened
     │       └── SchemaMismatch                   its tables are not what this release needs
-    ├── ProviderError                    1   one failed attempt at OpenRouter (has .error_class)
+    ├── ProviderError                    1   one failed attempt at OpenRouter (has .error_class,
+    │                                        and .upstream: the provider's own error)
     ├── AllModelsFailed                  1   every model of the chain failed
     ├── UnknownConversation              2   --conversation names no conversation (input)
     ├── PersistenceError                 1   a database write failed after its retries
@@ -248,6 +249,41 @@ class SchemaMismatch(StoreUnavailable):
 # ---------------------------------------------------------------- runs
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamError:
+    """What OpenRouter passes on from behind it, in ``error.metadata``: the upstream
+    provider's own error and a moderation block's reasons. OpenRouter's ``message`` is often
+    only "Provider returned error"; the why is here, so it is shown with the message and kept
+    as data (to be stored with the attempt).
+
+    Every text is bounded and made printable by the parser
+    (:func:`demiarch_flow.client.classify.upstream_of`); none is trusted.
+    """
+
+    provider_name: str | None = None
+    """``metadata.provider_name``: the provider that answered behind OpenRouter."""
+    raw: str | None = None
+    """``metadata.raw``: the provider's own error (a JSON value is kept as compact JSON text)."""
+    reasons: tuple[str, ...] = ()
+    """``metadata.reasons``: why a moderation check blocked the request."""
+    flagged_input: str | None = None
+    """``metadata.flagged_input``: the part of the input that moderation flagged."""
+
+    def describe(self) -> str:
+        """One line for the error message, e.g. ``Anthropic said: overloaded; moderation
+        reasons: violence; flagged input: '…'``."""
+        parts: list[str] = []
+        if self.raw:
+            parts.append(f"{self.provider_name or 'the provider'} said: {self.raw}")
+        elif self.provider_name:
+            parts.append(f"from {self.provider_name}")
+        if self.reasons:
+            parts.append(f"moderation reasons: {', '.join(self.reasons)}")
+        if self.flagged_input:
+            parts.append(f"flagged input: {self.flagged_input!r}")
+        return "; ".join(parts)
+
+
 class ProviderError(FlowError):
     """One failed attempt at the provider, classified into exactly one error class.
 
@@ -259,6 +295,9 @@ class ProviderError(FlowError):
         unreachable: the failure belongs to the endpoint, not the model (no connection to
             the base URL's host could be made): every model behind it fails alike, so a run
             does not fall back over it.
+        upstream: what OpenRouter passed on from the provider behind it (its own error,
+            moderation reasons, its name), or ``None``; :attr:`detail` already says it in
+            words, this keeps it as data.
     """
 
     def __init__(
@@ -270,12 +309,16 @@ class ProviderError(FlowError):
         status: int | None = None,
         retry_after_s: float | None = None,
         unreachable: bool = False,
+        upstream: UpstreamError | None = None,
     ) -> None:
         where = f"{model}: " if model else ""
         code = f"HTTP {status} " if status is not None else ""
         cls = ErrorClass(error_class)
+        if upstream is not None and (said := upstream.describe()):
+            message = f"{message} — {said}"
         super().__init__(f"{where}{code}{cls}: {redact(message)}")
         self.error_class = cls
+        self.upstream = upstream
         self.detail = redact(message)
         self.model = model
         self.status = status

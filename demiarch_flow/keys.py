@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .client import ApiKey
-from .client.openrouter import key_problem
+from .client._endpoint import ApiKey, key_problem
 from .errors import MIN_SECRET_LENGTH, SecretsError, UnusableKey, register_secret
 
 SERVICE = "demiarch-flow"

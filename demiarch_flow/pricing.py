@@ -236,15 +236,26 @@ def _listing_table(models: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any],
     return out, skipped
 
 
-def write_synced_table(models: Iterable[Mapping[str, Any]], path: Path) -> SyncReport:
+def write_synced_table(
+    models: Iterable[Mapping[str, Any]], path: Path, source: str | None = None
+) -> SyncReport:
     """Write the price table built from a ``/models`` listing to ``path`` atomically.
+
+    Args:
+        models: the ``data`` entries of ``GET /models``.
+        path: the table's file.
+        source: the base URL the listing came from, kept in the file as ``_source`` (a key
+            the table's reader skips) so a table from another endpoint can be told apart.
 
     Returns:
         How many models with prices were written, and how many listed models were skipped.
     """
     table, skipped = _listing_table(models)
+    written = len(table) - 1
+    if source is not None:
+        table["_source"] = source
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n", "utf-8")
     tmp.replace(path)
-    return SyncReport(written=len(table) - 1, skipped=skipped)
+    return SyncReport(written=written, skipped=skipped)

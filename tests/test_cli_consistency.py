@@ -136,7 +136,7 @@ def test_models_sync_without_a_network_is_an_environment_error(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`models sync` that cannot reach its base URL: exit 3, naming the host, nothing written."""
-    assert main(["models", "sync", "--base-url", _unreachable()]) == 3
+    assert main(["models", "sync", "--base-url", _unreachable(), "--force"]) == 3
     err = capsys.readouterr().err
     assert "cannot reach 127.0.0.1" in err
     assert KEY not in err
@@ -369,9 +369,9 @@ def test_db_upgrade_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_models_sync_json(home: Path, sim: SimThread, capsys: pytest.CaptureFixture[str]) -> None:
     """`models sync --json`: the file written and how many models were written and skipped."""
-    assert main(["models", "sync", "--base-url", sim.url, "--json"]) == 0
+    assert main(["models", "sync", "--base-url", sim.url, "--json", "--force"]) == 0
     doc = _one_object(capsys)
-    assert doc["written"] > 0 and doc["skipped"] == 0
+    assert doc["written"] > 0 and doc["skipped"] == 0 and doc["source"] == sim.url
     assert Path(doc["file"]).is_file()
 
 

@@ -11,21 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ProviderError
-from ..keys import resolve_key
 from ..paths import database_url
 from ..pricing import to_usd
 from ..runner.budget import budget_windows
-from ..runner.context import utc_now
-from ..runtime import http_client
-from ..store.limits import BudgetWindow, SqlLedger, WindowUse
+from ..store.limits import SqlLedger
 from ..store.sql import SqlStore
 from ._common import network_needed, resolve_base_url, run_trio, workflow_from
 from ._table import plain, plain_or_none, table
+
+if TYPE_CHECKING:
+    from ..store.limits import BudgetWindow, WindowUse
 
 #: OpenRouter's figure and ours may differ by this much before ``--key`` warns: $0.01, or
 #: 1 % of the larger figure when that is more (its usage lags a little behind ours).
@@ -52,6 +52,9 @@ def _row(use: WindowUse, limit: Decimal | None) -> dict[str, Any]:
 async def _key_usage(base_url: str) -> dict[str, Any]:
     """``GET {base}/key``: the key's limit and usage as OpenRouter counts them."""
     import httpx
+
+    from ..keys import resolve_key
+    from ..runtime import http_client  # the HTTP client and the runner: only for --key
 
     key = resolve_key()
     async with http_client(2) as http:
@@ -88,7 +91,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
         "month": policy.monthly_usd if policy else None,
     }
     base = resolve_base_url(args.base_url) if args.key else ""
-    now = utc_now()
+    now = datetime.now(UTC)
     store = SqlStore.open_sync(database_url(args.db), create=False)
 
     async def main() -> tuple[list[WindowUse], dict[str, Any] | None]:

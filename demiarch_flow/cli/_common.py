@@ -1,6 +1,10 @@
 """What the commands share: output styling, logging to stderr, opening the world of a run,
 and turning Ctrl-C (or SIGTERM) into a clean cancellation that is recorded before the process
-exits 130 (or 143)."""
+exits 130 (or 143).
+
+trio, the workflow definition (YAML, JSON Schema, python-statemachine) and the price table are
+imported inside the functions that use them: every command imports this module, and a command
+that reads the database or the key must not pay for what only a run needs."""
 
 from __future__ import annotations
 
@@ -11,18 +15,13 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
-import trio
-
-from .._resources import default_workflow_path
-from ..client import DEFAULT_BASE_URL
-from ..client.openrouter import base_url_problem
-from ..definition import Workflow, check_model_name, load_workflow
+from ..client._endpoint import DEFAULT_BASE_URL, base_url_problem
 from ..errors import EnvironmentProblem, ErrorClass, ProviderError, UsageError, redact
-from ..paths import prices_path
-from ..pricing import PriceTable
-from ._signals import Signals
+
+if TYPE_CHECKING:
+    from ..definition import Workflow
 
 T = TypeVar("T")
 
@@ -112,6 +111,9 @@ def missing_sqlite_file(url: str) -> bool:
 def workflow_from(arg: str | None) -> Workflow:
     """The named workflow file, or the bundled default (its budget checked against the price
     table: see :func:`check_budget_prices`)."""
+    from .._resources import default_workflow_path
+    from ..definition import load_workflow
+
     wf = load_workflow(arg if arg else default_workflow_path())
     check_budget_prices(wf)
     return wf
@@ -126,6 +128,8 @@ def check_budget_prices(wf: Workflow) -> None:
     """
     if wf.limits is None or not wf.limits.budget.any:
         return
+    from ..paths import prices_path
+    from ..pricing import PriceTable
     from ..runner.budget import price_problems
 
     problems = price_problems(wf, PriceTable.load(prices_path()))
@@ -135,6 +139,8 @@ def check_budget_prices(wf: Workflow) -> None:
 
 def model_problem(name: str) -> str | None:
     """Why ``name`` cannot be a model name (also not valid UTF-8), or ``None``."""
+    from ..definition import check_model_name
+
     return text_problem(name) or check_model_name(name)
 
 
@@ -225,6 +231,10 @@ def run_trio(fn: Callable[[], Awaitable[T]]) -> T:
     so a run is recorded as cancelled) and then raises :class:`KeyboardInterrupt` (exit 130)
     or :class:`~demiarch_flow.errors.Terminated` (exit 143)."""
 
+    import trio
+
+    from ._signals import Signals
+
     async def main() -> T:
         signals = Signals()
         async with trio.open_nursery() as nursery:
@@ -248,6 +258,8 @@ def trio_run(main: Callable[[], Awaitable[T]]) -> T:
     """``trio.run(main)`` with Ctrl-C delivered only at checkpoints (so cleanup is not torn
     mid-write) and a lone error unwrapped from trio's exception groups; ``main`` handles
     signals itself (see :mod:`demiarch_flow.cli._signals`)."""
+    import trio
+
     with unwrapped_errors():
         return trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -1,4 +1,7 @@
-"""``key set|status|delete`` and ``models sync``."""
+"""``key set|status|delete`` and ``models sync``.
+
+The key commands need only :mod:`demiarch_flow.keys` (and keyring); ``models sync`` imports the
+HTTP client when it runs, so ``key status`` starts in a fraction of the time a run needs."""
 
 from __future__ import annotations
 
@@ -7,14 +10,13 @@ import getpass
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from ..client import ApiKey, OpenRouterClient
 from ..errors import SecretsError, UnusableKey
 from ..keys import ENV_VAR, delete_key, key_status, resolve_key, store_key
-from ..paths import prices_path
-from ..pricing import SyncReport, write_synced_table
-from ..runtime import http_client
-from ._common import network_needed, resolve_base_url, run_trio
+
+if TYPE_CHECKING:
+    from ..pricing import SyncReport
 
 
 def cmd_key_set(_args: argparse.Namespace) -> int:
@@ -63,27 +65,55 @@ def cmd_key_delete(_args: argparse.Namespace) -> int:
 
 
 def cmd_models_sync(args: argparse.Namespace) -> int:
-    """Refresh the local price table from ``GET {base_url}/models`` (no key needed)."""
+    """Refresh the local price table from ``GET {base_url}/models`` (no key needed).
+
+    The table is the one every run reads for costs and budgets, and it is OpenRouter's: prices
+    listed by another endpoint (a proxy, a local server, a test double) replace it only with
+    ``--force``, and the file then says where they came from (``_source``).
+
+    Raises:
+        UsageError: ``--base-url`` (or ``OPENROUTER_BASE_URL``) is not OpenRouter and
+            ``--force`` was not given (exit 2, before anything is asked or written).
+    """
+    from urllib.parse import urlsplit
+
+    from ..client import ApiKey, OpenRouterClient
+    from ..client._endpoint import is_openrouter
+    from ..errors import UsageError
+    from ..paths import prices_path
+    from ..pricing import write_synced_table
+    from ..runtime import http_client
+    from ._common import network_needed, resolve_base_url, run_trio
+
     base = resolve_base_url(args.base_url)
+    parts = urlsplit(base)
+    source = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"  # no password
     try:
         key = resolve_key()
     except UnusableKey:
         raise
     except SecretsError:
         key = ApiKey("", "none")
+    if not is_openrouter(base) and not args.force:
+        raise UsageError(
+            f"models sync: {urlsplit(base).hostname} is not OpenRouter, and its prices would"
+            f" replace OpenRouter's price table at {prices_path()}, which every run reads for"
+            " costs and budgets. Pass --force to replace it anyway (a later `models sync`"
+            " against OpenRouter brings OpenRouter's prices back)"
+        )
 
     async def main() -> SyncReport:
         async with http_client(4) as http:
             models = await OpenRouterClient(http, key, base_url=base).list_models()
-        return write_synced_table(models, prices_path())
+        return write_synced_table(models, prices_path(), source)
 
     with network_needed(base, "GET /models"):
         report = run_trio(main)
     if args.json:
         print(json.dumps({"file": str(prices_path()), "written": report.written,
-                          "skipped": report.skipped}))  # fmt: skip
+                          "skipped": report.skipped, "source": source}))  # fmt: skip
         return 0
-    print(f"wrote prices of {report.written} models to {prices_path()}")
+    print(f"wrote prices of {report.written} models from {source} to {prices_path()}")
     if report.skipped:
         print(
             f"skipped {report.skipped} listed models without a usable price"

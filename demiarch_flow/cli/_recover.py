@@ -111,27 +111,3 @@ async def _import_all(store: SqlStore, entries: list[RecoveredReply]) -> list[st
         except PersistenceError as exc:
             results.append(str(exc))
     return results
-
-
-def warn_unimported(store: SqlStore) -> None:
-    """One line on stderr when the recovery file beside ``store`` holds replies that are not
-    in the database yet (what ``usage`` and ``history`` call; silent when there is no file)."""
-    path = recovery_file_for(store.url)
-    if not path.is_file():
-        return
-    try:
-        entries, _ = read_recovery(path)
-    except OSError:
-        return
-    if not entries:
-        return
-    pairs = [(e.reply.run_id, e.reply.conversation_id) for e in entries]
-    missing = run_trio(lambda: store.missing_replies(pairs))
-    pending = {e.reply.run_id: e.reply.cost_usd for e in entries if e.reply.run_id in missing}
-    if pending:
-        usd = sum(pending.values(), Decimal(0))
-        print(
-            f"demiarch-flow: warning: {len(pending)} replies (${usd:.6f}) in {path} are not in"
-            " the database yet: run `demiarch-flow recover`",
-            file=sys.stderr,
-        )

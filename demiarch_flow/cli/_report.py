@@ -6,21 +6,25 @@ import argparse
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from ..errors import UnknownConversation, UsageError
 from ..paths import database_url
-from ..store.base import JournalEntry, StoredRun
-from ..store.sql import SqlStore
-from ._common import run_trio
 from ._json import json_line
-from ._recover import warn_unimported
+from ._reading import read_report, unimported_warning, warn
 from ._table import plain, table
+
+if TYPE_CHECKING:
+    from ..store.base import JournalEntry, StoredRun
+    from ..store.sql import SqlStore
 
 
 def _open(db: str | None) -> SqlStore:
     """Open for reading only: a database that does not exist is an error, never created, and
     a SQLite file is opened read-only (never upgraded), so one the user cannot write still
     reads."""
+    from ..store.sql import SqlStore
+
     return SqlStore.open_sync(database_url(db), read_only=True)
 
 
@@ -32,63 +36,65 @@ def cmd_history(args: argparse.Namespace) -> int:
     """Without --conversation: the latest conversations. With it: its messages, oldest first."""
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    store = _open(args.db)
-    try:
-        warn_unimported(store)
-        if not args.conversation:
-            convs = run_trio(lambda: store.conversations(args.limit))
-            if args.json:
-                print(
-                    json.dumps(
-                        [
-                            {
-                                "id": c.id,
-                                "title": c.title,
-                                "updated_at": c.updated_at.isoformat(),
-                                "messages": c.messages,
-                            }
-                            for c in convs
-                        ]
-                    )
-                )
-            elif not convs:
-                print("no conversations yet")
-            else:
-                print(
-                    table(
-                        ["conversation", "updated (UTC)", "messages", "title"],
-                        [(c.id, _when(c.updated_at), c.messages, c.title[:60]) for c in convs],
-                        numeric=[2],
-                    )
-                )
-            return 0
-        try:
-            msgs = run_trio(lambda: store.messages(args.conversation, args.limit))
-        except UnknownConversation as exc:  # an id the user gave: input error, as `runs show`
-            raise UsageError(str(exc)) from None
+    if not args.conversation:
+        warning, convs = read_report(
+            args.db, lambda r: (unimported_warning(r), r.conversations(args.limit))
+        )
+        warn(warning)
         if args.json:
             print(
-                json_line(
+                json.dumps(
                     [
                         {
-                            "id": m.id,
-                            "role": m.role,
-                            "content": m.content,
-                            "model": m.model,
-                            "created_at": m.created_at.isoformat(),
-                            "run_id": m.run_id,
+                            "id": c.id,
+                            "title": c.title,
+                            "updated_at": c.updated_at.isoformat(),
+                            "messages": c.messages,
                         }
-                        for m in msgs
+                        for c in convs
                     ]
                 )
             )
-            return 0
-        for m in msgs:
-            who = m.role if m.role != "assistant" else f"assistant ({m.model})"
-            print(f"[{_when(m.created_at)}] {who}:\n{m.content}\n")
+        elif not convs:
+            print("no conversations yet")
+        else:
+            print(
+                table(
+                    ["conversation", "updated (UTC)", "messages", "title"],
+                    [(c.id, _when(c.updated_at), c.messages, c.title[:60]) for c in convs],
+                    numeric=[2],
+                )
+            )
         return 0
-    finally:
-        store.close()
+    try:
+        warning, msgs = read_report(
+            args.db,
+            lambda r: (unimported_warning(r), r.messages(args.conversation, args.limit)),
+        )
+    except UnknownConversation as exc:  # an id the user gave: input error, as `runs show`
+        raise UsageError(str(exc)) from None
+    warn(warning)
+    if args.json:
+        print(
+            json_line(
+                [
+                    {
+                        "id": m.id,
+                        "role": m.role,
+                        "content": m.content,
+                        "model": m.model,
+                        "created_at": m.created_at.isoformat(),
+                        "run_id": m.run_id,
+                    }
+                    for m in msgs
+                ]
+            )
+        )
+        return 0
+    for m in msgs:
+        who = m.role if m.role != "assistant" else f"assistant ({m.model})"
+        print(f"[{_when(m.created_at)}] {who}:\n{m.content}\n")
+    return 0
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
@@ -98,6 +104,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
         async def read() -> tuple[StoredRun | None, tuple[JournalEntry, ...]]:
             return await store.load_run(args.run_id), await store.journal(args.run_id)
+
+        from ._common import run_trio
 
         run, events = run_trio(read)
         stored = run
@@ -167,12 +175,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--since {args.since!r} is not a date (use YYYY-MM-DD)") from None
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
-    store = _open(args.db)
-    try:
-        warn_unimported(store)
-        rows = run_trio(lambda: store.usage(since, args.by))
-    finally:
-        store.close()
+    warning, rows = read_report(args.db, lambda r: (unimported_warning(r), r.usage(since, args.by)))
+    warn(warning)
     total = sum((r.cost_usd for r in rows), Decimal(0))
     interrupted = sum((r.interrupted_usd for r in rows), Decimal(0))
     if args.json:

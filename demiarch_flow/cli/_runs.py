@@ -5,26 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from ..definition import load_workflow
 from ..errors import UsageError
-from ..keys import resolve_key
-from ..paths import database_url
-from ..runner.context import utc_now
 from ..runner.owner import effective_status
-from ..runner.resume import NotResumable, Resumed, resume_run, saved_outcome
-from ..runtime import open_world
 from ..store.base import RunStatus, StoredRun
-from ..store.sql import SqlStore
-from ._common import (
-    resolve_base_url,
-    run_trio,
-    setup_logging,
-    text_problem,
-)
+from ._common import text_problem
 from ._json import json_line
-from ._run import AttemptMessages, Progress, report_outcome
+from ._reading import read_report
 from ._table import plain, table
+
+if TYPE_CHECKING:
+    from ..runner.resume import Resumed
 
 #: ``--status`` values: the stored ones, and ``stale`` (running, but its process is gone).
 STATUSES = ("running", "stale", "failed", "cancelled", "succeeded")
@@ -70,13 +62,9 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     since = _since(args.since)
     # 'stale' is stored as 'running': read those and keep the ones whose owner is gone.
     stored: RunStatus | None = "running" if args.status == "stale" else args.status
-    store = SqlStore.open_sync(database_url(args.db), read_only=True)  # it may be unwritable
-    try:
-        limit = args.limit if args.status not in ("running", "stale") else max(args.limit, 10_000)
-        runs = run_trio(lambda: store.list_runs(status=stored, since=since, limit=limit))
-    finally:
-        store.close()
-    now = utc_now()
+    limit = args.limit if args.status not in ("running", "stale") else max(args.limit, 10_000)
+    runs = read_report(args.db, lambda r: r.list_runs(status=stored, since=since, limit=limit))
+    now = datetime.now(UTC)
     listed = [(r, effective_status(r, now)) for r in runs]
     if args.status in ("running", "stale"):
         listed = [(r, status) for r, status in listed if status == args.status][: args.limit]
@@ -113,6 +101,15 @@ def check_run_id(run_id: str) -> None:
 
 def cmd_runs_resume(args: argparse.Namespace) -> int:
     """Continue a failed, cancelled or stale run from its last checkpoint (same run id)."""
+    from ..definition import load_workflow
+    from ..keys import resolve_key
+    from ..paths import database_url
+    from ..runner.resume import NotResumable, resume_run, saved_outcome
+    from ..runtime import open_world
+    from ..store.sql import SqlStore
+    from ._common import resolve_base_url, run_trio, setup_logging
+    from ._run import AttemptMessages, Progress, report_outcome
+
     check_run_id(args.run_id)
     wf = load_workflow(args.workflow) if args.workflow else None
     setup_logging(quiet=args.quiet, debug=args.debug)
@@ -127,7 +124,7 @@ def cmd_runs_resume(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"run {run.run_id} already succeeded; nothing was sent", file=sys.stderr)
         return report_outcome(saved_outcome(run), json_out=args.json, quiet=True, asked=None)
-    if effective_status(run, utc_now()) == "running":  # say so before asking for a key
+    if effective_status(run, datetime.now(UTC)) == "running":  # say so before asking for a key
         raise NotResumable(
             f"run {run.run_id} is still running (owner {run.owner}); it becomes resumable once"
             " its process is gone"

@@ -404,7 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q = _command(models, "sync", help="refresh the local price table from GET /models")
     _base_url(q)
-    _json(q, 'print one JSON object on stdout: {"file", "written", "skipped"}')
+    q.add_argument(
+        "--force", action="store_true",
+        help="replace the price table with the prices of a base URL that is not OpenRouter",
+    )  # fmt: skip
+    _json(q, 'print one JSON object on stdout: {"file", "written", "skipped", "source"}')
     q.set_defaults(handler=Command("keys", "cmd_models_sync"))
     return parser
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ..errors import ProviderError
+from ..errors import ProviderError, UpstreamError, redact
 from ..pricing import MAX_TOKENS, to_usd
 
 
@@ -105,12 +105,58 @@ def _error_of(payload: Any) -> Mapping[str, Any] | None:
     return None
 
 
+#: The longest text kept of ``metadata.raw`` and ``flagged_input`` (a raw error can be a
+#: whole HTML page; one paragraph of it says what went wrong).
+_MAX_UPSTREAM_TEXT = 300
+_MAX_REASONS = 10
+_SPACE = re.compile(r"\s+")
+
+
+def _bounded(value: Any, limit: int = _MAX_UPSTREAM_TEXT) -> str | None:
+    """``value`` as one short printable line (JSON text for anything but a string), or
+    ``None`` when empty; never raises, whatever the value."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        except (ValueError, TypeError, RecursionError):
+            return None
+    text = _SPACE.sub(" ", _clean(text[: limit * 4])).strip()
+    if not text:
+        return None
+    return redact(text if len(text) <= limit else f"{text[: limit - 1]}…")
+
+
+def upstream_of(metadata: Mapping[str, Any]) -> UpstreamError | None:
+    """What ``error.metadata`` says of the provider behind OpenRouter (``raw``,
+    ``provider_name``, moderation ``reasons`` and ``flagged_input``), or ``None``."""
+    reasons = metadata.get("reasons")
+    found = UpstreamError(
+        provider_name=_bounded(_name(metadata.get("provider_name")), 100),
+        raw=_bounded(metadata.get("raw")),
+        reasons=tuple(
+            text
+            for text in (_bounded(r, 100) for r in reasons[:_MAX_REASONS] if isinstance(r, str))
+            if text is not None
+        )
+        if isinstance(reasons, list)
+        else (),
+        flagged_input=_bounded(metadata.get("flagged_input"), 100),
+    )
+    return found if found != UpstreamError() else None
+
+
 def classify_error_body(
     status: int, payload: Any, model: str, retry_after_s: float | None
 ) -> ProviderError:
-    """The :class:`ProviderError` for a non-2xx response, or a 200 that carries ``error``."""
+    """The :class:`ProviderError` for a non-2xx response, or a 200 that carries ``error``
+    (with what ``error.metadata`` passes on from the provider behind, as ``upstream``)."""
     err = _error_of(payload) or {}
-    metadata = err.get("metadata") if isinstance(err.get("metadata"), Mapping) else {}
+    found = err.get("metadata")
+    metadata: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     message = _clean(str(err.get("message") or f"HTTP {status}")[:300])
     inner = _as_status(err.get("code"))
     if status == 400 and inner is not None and (inner in _TRANSIENT_INNER or inner >= 500):
@@ -123,8 +169,9 @@ def classify_error_body(
     else:
         error_class = class_for_status(status, metadata)
     return ProviderError(
-        error_class, message, model=model, status=status, retry_after_s=retry_after_s
-    )
+        error_class, message, model=model, status=status, retry_after_s=retry_after_s,
+        upstream=upstream_of(metadata),
+    )  # fmt: skip
 
 
 def _parse_int(text: str) -> int | float:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,58 +23,16 @@ import trio
 
 from ..errors import ErrorClass, ProviderError, UnusableKey, UsageError, redact, register_secret
 from ..pricing import to_usd
+from ._endpoint import DEFAULT_APP_TITLE as DEFAULT_APP_TITLE
+from ._endpoint import DEFAULT_APP_URL as DEFAULT_APP_URL
+from ._endpoint import DEFAULT_BASE_URL as DEFAULT_BASE_URL
+from ._endpoint import KEY_NOT_SENDABLE as KEY_NOT_SENDABLE
+from ._endpoint import ApiKey as ApiKey
+from ._endpoint import base_url_problem as base_url_problem
+from ._endpoint import key_problem as key_problem
 from .classify import Completion, _name, parse_completion, token_count
 from .retry_after import parse_retry_after
 from .streaming import StreamReader
-
-DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
-DEFAULT_APP_URL = "https://github.com/demiarch/demiarch-flow"
-DEFAULT_APP_TITLE = "demiarch-flow"
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """An API key and where it came from; ``repr`` and ``str`` never show the value."""
-
-    value: str = field(repr=False)
-    source: str = "unknown"
-
-    def __str__(self) -> str:
-        return f"<API key from {self.source}>"
-
-
-_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
-KEY_NOT_SENDABLE = "the API key contains characters that cannot be sent in an HTTP header"
-
-
-def key_problem(value: str) -> str | None:
-    """Why ``value`` cannot be sent as a bearer token (a newline, a non-ASCII character), or
-    ``None``. httpx would raise an encoding error or send nothing, after the run began."""
-    if _HEADER_SAFE.fullmatch(value):
-        return None
-    return f"{KEY_NOT_SENDABLE} (only printable ASCII can be; check for a stray newline)"
-
-
-def base_url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be an API base, or ``None``: only ``http``/``https`` with a host.
-
-    Checked before anything is opened, so that ``ftp://…`` is not retried as a network error
-    and ``http://[::1/api`` does not fail deep inside httpx.
-    """
-    if not url or not _HEADER_SAFE.fullmatch(url) or " " in url:
-        return "it contains spaces or characters that cannot appear in a URL"
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 -- raises ValueError for a port out of range
-        httpx.URL(url)
-    except (ValueError, httpx.InvalidURL) as exc:
-        return f"it is not a valid URL ({exc})"
-    if parts.scheme not in ("http", "https"):
-        return "only http:// and https:// URLs can be used"
-    if not host:
-        return "it has no host name"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +128,12 @@ class OpenRouterClient:
         self.base_url = base_url.rstrip("/")
         self._limiter = limiter
         self._headers = {
-            "Authorization": f"Bearer {key.value}",
             "Content-Type": "application/json",
             "HTTP-Referer": app_url,
             "X-OpenRouter-Title": app_title,
         }
+        if key.value:  # `models sync` asks without a key: "Bearer " alone is no valid header
+            self._headers["Authorization"] = f"Bearer {key.value}"
 
         self._stream_headers = {**self._headers, "Accept-Encoding": "identity"}
 

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ErrorClass, ProviderError
+from ..errors import ErrorClass, ProviderError, UpstreamError
 from ..pricing import to_usd
 from .classify import (
     Completion,
@@ -294,7 +294,9 @@ class StreamReader:
             cause = classify_error_body(200, self.error, self.model, retry_after_s)
             if not self.started:
                 return cause
-            return self.broken(cause.error_class, cause.detail, status, cause.retry_after_s)
+            return self.broken(
+                cause.error_class, cause.detail, status, cause.retry_after_s, cause.upstream
+            )
         if self.done:
             return self.completion(None)
         if self.started:
@@ -313,15 +315,18 @@ class StreamReader:
         detail: str,
         status: int | None = None,
         retry_after_s: float | None = None,
+        upstream: UpstreamError | None = None,
     ) -> ProviderError:
         """The ``stream_interrupted`` error of a stream that broke after its first token
-        (``cause`` is kept as :attr:`cause`)."""
+        (``cause`` is kept as :attr:`cause`; ``detail`` already says what ``upstream`` holds)."""
         self.cause = ErrorClass(cause)
-        return ProviderError(
+        error = ProviderError(
             ErrorClass.STREAM_INTERRUPTED,
             f"interrupted after {self.chars} characters ({ErrorClass(cause)}): {detail}",
             model=self.model, status=status, retry_after_s=retry_after_s,
         )  # fmt: skip
+        error.upstream = upstream
+        return error
 
     def completion(self, finish_reason: str | None) -> Completion:
         """The text so far with the usage (if any) as a :class:`Completion`."""

@@ -19,10 +19,12 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import trio
+from ..store.base import StoredRun
 
-from ..store.base import Store, StoredRun
+if TYPE_CHECKING:
+    from ..store.base import Store
 
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 30.0
@@ -93,6 +95,8 @@ def effective_status(
 
 async def keep_alive(store: Store, owner: str, now: Callable[[], datetime]) -> None:
     """Refresh the heartbeat of every running run of ``owner`` until cancelled."""
+    import trio  # here: `runs list` reads owners without starting trio
+
     while True:
         await trio.sleep(HEARTBEAT_S)
         try:

@@ -47,6 +47,10 @@ def recovery_path(folder: str | None) -> Path:
 def recovery_dir_for(url: str) -> str | None:
     """The folder of a SQLite database file, whose recovery file goes beside it; ``None`` for
     any other database (its recovery file lives in the data folder)."""
+    from ..store._lite import sqlite_path
+
+    if (path := sqlite_path(url)) is not None:  # the common case, without SQLAlchemy's parser
+        return str(path.resolve().parent)
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)

@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import RunTakenOver
 from ._fast import Fixed, inserting
@@ -128,6 +127,9 @@ def store_definition(conn: Connection, sha256: str, name: str, text: str, at: da
     dialect = conn.dialect.name
     row = {"sha256": sha256, "name": name, "text": text, "created_at": at}
     if dialect in ("postgresql", "sqlite"):
+        # imported here: the PostgreSQL dialect alone costs a SQLite command ~50 ms to start
+        from sqlalchemy.dialects import postgresql, sqlite
+
         module = postgresql if dialect == "postgresql" else sqlite
         conn.execute(module.insert(_DEFINITION).values(**row).on_conflict_do_nothing())
     else:

@@ -360,3 +360,27 @@ class Store(Protocol):
     async def count_rows(self) -> dict[str, int]:
         """Rows per table, named as in the SQL schema (``conversations``, ``chat_messages``,
         ``llm_usage``, ``workflow_runs``, ``run_events``): what ``demo`` and tests check."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """A line of ``history``: a conversation, newest first."""
+
+    id: str
+    title: str
+    updated_at: datetime
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """A line of ``usage``: calls, tokens and spend of one model, day or conversation."""
+
+    key: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    interrupted_calls: int = 0
+    interrupted_usd: Decimal = Decimal(0)
+    """Of ``cost_usd``: streams that broke after their first token (billed, no reply)."""

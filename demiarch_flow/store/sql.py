@@ -18,7 +18,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -50,11 +49,13 @@ from ..errors import (
 )
 from . import _runs
 from ._fast import Fixed, driver_sql, inserting
+from ._lite import read_only_connect
 from .base import (
     AttemptRow,
     BeganRun,
     BilledAttempt,
     Checkpoint,
+    ConversationSummary,
     Definition,
     ImportResult,
     JournalEntry,
@@ -64,6 +65,7 @@ from .base import (
     RunStatus,
     StoredMessage,
     StoredRun,
+    UsageRow,
 )
 from .schema import prepare
 from .tables import ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
@@ -119,53 +121,6 @@ def _sqlite_read_only_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _wal_mode(path: Path) -> bool:
-    """Whether the SQLite file's header says WAL mode (bytes 18 and 19 are 2)."""
-    try:
-        with path.open("rb") as f:
-            header = f.read(20)
-    except OSError:
-        return False
-    return header.startswith(b"SQLite format 3\0") and header[18:20] == b"\x02\x02"
-
-
-def _read_only_connect(path: Path) -> sqlite3.Connection:
-    """Open ``path`` read-only (``mode=ro``): nothing is created, upgraded or written.
-
-    A WAL database is normally read through its ``-shm`` index, which a reader must be able to
-    create: in a folder the user cannot write (or a read-only file system) that fails with
-    "attempt to write a readonly database", and where it succeeds on a file the user cannot
-    write it leaves ``-wal``/``-shm`` files behind with the file's read-only mode, which then
-    break the owner's next write. So a WAL file with no ``-wal`` beside it — every committed
-    change is in the file itself — is opened ``immutable``: no lock, no side file. A writer
-    appends to a ``-wal`` and changes the file only when it checkpoints, so a read can be
-    torn only by a writer that starts, writes and checkpoints within this short read. With a
-    ``-wal`` present (a writer at work, or one that died) the shared index is needed to see its
-    changes, and ``mode=ro`` reads through it; a rollback-journal file is read with locks.
-    """
-    settled = _wal_mode(path) and not Path(f"{path}-wal").exists()
-    conn = sqlite3.connect(
-        f"{path.absolute().as_uri()}?mode=ro{'&immutable=1' if settled else ''}",
-        uri=True,
-        check_same_thread=False,
-        timeout=_SQLITE_WAIT_S,
-    )
-    if settled:
-        return conn
-    try:
-        conn.execute("PRAGMA schema_version").close()  # the first read opens the -wal index
-    except sqlite3.OperationalError as exc:
-        conn.close()
-        if not Path(f"{path}-wal").exists():
-            raise
-        raise sqlite3.OperationalError(
-            f"{exc}: recent changes wait in {path.name}-wal, and reading them needs"
-            f" {path.name}-shm, which cannot be created in its folder; run a command that writes"
-            " (e.g. `demiarch-flow db upgrade`) once as a user who can write the folder"
-        ) from None
-    return conn
-
-
 def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> Engine:
     """Create the engine for ``url`` with our settings (not yet connected).
 
@@ -174,7 +129,7 @@ def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> En
         create: ``False`` for commands that must not create a database: a SQLite file that
             does not exist is an error instead of being created (with its folder).
         read_only: for commands that only read: implies ``create=False``, and a SQLite file
-            is opened read-only (see :func:`_read_only_connect`), so that it can be read
+            is opened read-only (see :func:`~demiarch_flow.store._lite.read_only_connect`), so that it can be read
             where it cannot be written. A ``file:`` URI is used as given.
 
     Raises:
@@ -204,7 +159,7 @@ def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> En
                         " pass --db or set DEMIARCH_FLOW_DB to read another one)"
                     )
             if read_only and path is not None:
-                engine = create_engine(parsed, creator=functools.partial(_read_only_connect, path))
+                engine = create_engine(parsed, creator=functools.partial(read_only_connect, path))
                 event.listen(engine, "connect", _sqlite_read_only_pragmas)
                 return engine
             engine = create_engine(
@@ -236,26 +191,6 @@ def opening(url: str) -> Iterator[None]:
         yield
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"cannot open database {safe_url(url)}: {_short(exc)}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationSummary:
-    id: str
-    title: str
-    updated_at: datetime
-    messages: int
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    key: str
-    calls: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: Decimal
-    interrupted_calls: int = 0
-    interrupted_usd: Decimal = Decimal(0)
-    """Of ``cost_usd``: streams that broke after their first token (billed, no reply)."""
 
 
 class SqlStore:

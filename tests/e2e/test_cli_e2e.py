@@ -327,7 +327,7 @@ def test_key_status_without_key(cli: Cli) -> None:
 def test_models_sync(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
     """models sync writes the price table from the simulator's /models."""
     sim = simulator("")
-    res = cli("models", "sync", "--base-url", sim.url)
+    res = cli("models", "sync", "--base-url", sim.url, "--force")
     assert res.code == 0, res.stderr
     assert (cli.home / "prices.json").is_file()
     assert "wrote prices of 3 models" in res.stdout

@@ -403,7 +403,7 @@ def test_models_sync_skips_absurd_prices(cli: Cli, raw_server: Callable[..., Raw
         {"id": "a/nan", "pricing": {"prompt": "NaN", "completion": "Infinity"}},
     ]}  # fmt: skip
     server = raw_server(CORPUS[0], json.dumps(listing).encode())
-    res = cli("models", "sync", "--base-url", server.url)
+    res = cli("models", "sync", "--base-url", server.url, "--force")
     assert res.code == 0, res.stderr
     assert "wrote prices of 1 models" in res.stdout
     assert "skipped 3" in res.stdout

@@ -1,0 +1,103 @@
+"""A command imports only what it needs (issue 18: every command paid 0.7–0.9 s of imports
+before doing anything). Each light command runs in a fresh interpreter, as the `demiarch-flow`
+script would, and the modules it loaded are checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from demiarch_flow.runner import RunRequest, run_workflow
+from demiarch_flow.store.sql import SqlStore
+from demiarch_flow.testing import FakeOpenRouter, make_env
+
+from .store.test_contract import WF
+
+#: What a run needs and a report or the key's status does not (each costs 0.05–0.4 s).
+HEAVY = {"sqlalchemy", "alembic", "trio", "httpx", "httpcore", "statemachine", "jsonschema",
+         "yaml"}  # fmt: skip
+
+
+def loaded_by(argv: list[str], env: dict[str, str]) -> tuple[int, set[str]]:
+    """Run ``demiarch-flow ARGV`` in a fresh interpreter; its exit code and the top-level
+    packages it imported."""
+    probe = (
+        "import contextlib, io, json, sys\n"
+        "from demiarch_flow.cli.main import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    try:\n"
+        f"        code = main({argv!r})\n"
+        "    except SystemExit as exc:\n"
+        "        code = exc.code\n"
+        "print(json.dumps([code, sorted({m.split('.')[0] for m in sys.modules})]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env,
+        check=True,
+    )  # fmt: skip
+    code, modules = json.loads(done.stdout.splitlines()[-1])
+    return code, set(modules)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small database at head, holding one run."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('startup') / 'flow.db'}"
+
+    async def one() -> None:
+        store = SqlStore.open_sync(url)
+        try:
+            await run_workflow(WF, RunRequest("hi"), make_env(FakeOpenRouter(), store=store))
+        finally:
+            store.close()
+
+    trio.run(one)
+    return url
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_", "DEMIARCH"))}
+    return {**clean, "DEMIARCH_FLOW_HOME": str(tmp_path), "OPENROUTER_API_KEY": "sk-or-" + "x" * 20}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["key", "status"],
+        ["key", "status", "--json"],
+        ["history"],
+        ["history", "--json"],
+        ["usage", "--by", "day"],
+        ["runs", "list"],
+        ["runs", "list", "--status", "stale", "--json"],
+    ],
+)
+def test_a_light_command_imports_nothing_heavy(
+    argv: list[str], db: str, env: dict[str, str]
+) -> None:
+    """`--help`, `key status` (key in the environment), and `history`, `usage` and `runs list`
+    on a SQLite file at head import none of SQLAlchemy, Alembic, trio, httpx,
+    python-statemachine, jsonschema or PyYAML — and do their job."""
+    if argv[0] in ("history", "usage", "runs"):
+        argv = [*argv, "--db", db]
+    code, modules = loaded_by(argv, env)
+    assert code == 0
+    assert not HEAVY & modules, sorted(HEAVY & modules)
+    assert "keyring" not in modules  # the key came from the environment
+
+
+def test_a_report_on_another_database_still_works(tmp_path: Path, env: dict[str, str]) -> None:
+    """The quick path declines what it does not read (here: no file); the full store then
+    answers as before (exit 3, no database) — importing SQLAlchemy only then."""
+    code, modules = loaded_by(["history", "--db", f"sqlite:///{tmp_path / 'none.db'}"], env)
+    assert code == 3 and "sqlalchemy" in modules
