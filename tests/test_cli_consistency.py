@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +23,7 @@ from demiarch_flow.cli._json import json_line
 from demiarch_flow.cli.main import build_parser, main
 from demiarch_flow.store.schema import HEAD
 
-from .conftest import MemoryKeyring
+from .conftest import DEFAULT_WORKFLOW, MemoryKeyring
 from .e2e.conftest import FAST, Cli, SimThread, cli
 from .test_recover_cli import _failed_persist
 
@@ -406,3 +409,16 @@ def test_run_json_attempts_carry_their_error_message(
     assert isinstance(result, dict)
     assert [a["error_message"] for a in result["attempts"]] == said
     assert [a["error_message"] for a in line["attempts"]] == said
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error(tmp_path: Path) -> None:
+    """`… | head -1`: stdout closed before the command writes — exit 141 (a SIGPIPE's), nothing
+    on stderr (no "internal error: BrokenPipeError", no "Exception ignored")."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demiarch_flow", "validate", "--json", str(DEFAULT_WORKFLOW)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the interpreter has even started up
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr.decode()) == (141, "")

@@ -23,6 +23,8 @@ from .. import __version__
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PIPE = 141
+"""stdout was closed by its reader (128 + SIGPIPE, as a shell reports a pipe's writer)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -426,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("demiarch-flow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`runs list | head -1`): not an error of ours. Later writes
+        # (the interpreter's own flush at exit) go nowhere; the exit code is a SIGPIPE's.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
     except Exception as exc:
         return _report(exc, debug=args.debug)
 
