@@ -78,9 +78,16 @@ def _alive(pid: int) -> bool:
 
 
 def effective_status(
-    run: StoredRun, now: datetime, *, host: str | None = None, alive: Callable[[int], bool] = _alive
+    run: StoredRun,
+    now: datetime,
+    *,
+    host: str | None = None,
+    alive: Callable[[int], bool] = _alive,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> str:
-    """The run's status, with ``running`` turned into ``stale`` when its owner is gone."""
+    """The run's status, with ``running`` turned into ``stale`` when its owner is gone (its
+    heartbeat older than ``stale_after_s``: a worker passes its ``--stall-after``, the limit
+    after which the queue has given the run's job to another worker)."""
     if run.status != "running":
         return run.status
     owner = Owner.parse(run.owner) if run.owner else None
@@ -88,7 +95,7 @@ def effective_status(
     if here and owner is not None and owner.pid != os.getpid() and not alive(owner.pid):
         return "stale"
     beat = run.heartbeat_at or run.started_at
-    return "stale" if (now - beat).total_seconds() > STALE_AFTER_S else "running"
+    return "stale" if (now - beat).total_seconds() > stale_after_s else "running"
 
 
 async def keep_alive(store: Store, owner: str, now: Callable[[], datetime]) -> None:
