@@ -91,14 +91,14 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
                           "action": action, "from_revision": before.revision,
                           "revision": HEAD, "queue": queue}))  # fmt: skip
         return 0
-    if queue is not None and queue["action"] != "none":
-        print(f"queue (procrastinate {queue['procrastinate']}): {queue['action']}")
-    elif before.status == "head":
+    if before.status == "head":
         print(f"{safe_url(url)} is already at revision {HEAD}")
     elif before.status == "empty":
         print(f"{safe_url(url)}: created at revision {HEAD}")
     else:
         print(f"{safe_url(url)}: upgraded from revision {before.revision or 'none'} to {HEAD}")
+    if queue is not None and queue["action"] != "none":
+        print(f"queue (procrastinate {queue['procrastinate']}): {queue['action']}")
     return 0
 
 

@@ -1,0 +1,299 @@
+"""Runs on many machines (issue 19): ``submit``, real ``worker`` processes and ``runs wait`` on
+PostgreSQL, against the bundled simulator.
+
+Each test owns a PostgreSQL database (uniquely named, dropped after). Sizes are small for CI;
+``DEMIARCH_FLOW_WORKERS_N`` raises the drain test's run count (the issue's 300). Waits poll an
+observable condition with a deadline: no fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from ..store.conftest import postgres_available
+from .conftest import FAST, Cli, Result, SimThread
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+N = int(os.environ.get("DEMIARCH_FLOW_WORKERS_N", "24"))
+DEADLINE_S = 60.0
+_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+CHILD = "tests.e2e.worker_child"
+
+
+@pytest.fixture
+def pg() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, dropped afterwards."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    import psycopg
+
+    name = f"dflow_workers_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def rows(url: str, sql: str, **params: Any) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql), params).all())
+    finally:
+        engine.dispose()
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def start_worker(
+    cli: Cli, url: str, sim: SimThread, *extra: str, kill_at: str | None = None
+) -> subprocess.Popen[str]:
+    head = ["-m", CHILD, kill_at] if kill_at else ["-m", "demiarch_flow"]
+    return subprocess.Popen(
+        [sys.executable, *head, "worker", "--db", url, "--base-url", sim.url, "--json", *extra],
+        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = DEADLINE_S) -> Result:
+    out, err = proc.communicate(timeout=timeout)
+    return Result(proc.returncode, out, err)
+
+
+def lines(result: Result) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def batch_file(tmp_path: Path, n: int, name: str = "in.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        "".join(json.dumps({"id": f"q{i}", "message": f"turn {i}"}) + "\n" for i in range(n))
+    )
+    return path
+
+
+def paid_once(url: str, run_ids: list[str]) -> None:
+    """Each run succeeded with exactly one reply and one ``llm_usage`` row."""
+    usage = dict(rows(url, "SELECT run_id, count(*) FROM llm_usage GROUP BY run_id"))
+    replies = dict(
+        rows(
+            url,
+            "SELECT run_id, count(*) FROM chat_messages WHERE role = 'assistant' GROUP BY run_id",
+        )
+    )
+    status = dict(rows(url, "SELECT id, status FROM workflow_runs"))
+    for run_id in run_ids:
+        assert (status.get(run_id), usage.get(run_id), replies.get(run_id)) == (
+            "succeeded",
+            1,
+            1,
+        ), run_id
+
+
+def test_three_workers_drain_a_submitted_batch_paid_once(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str, tmp_path: Path
+) -> None:
+    """3 workers drain N submitted runs: each run once in `llm_usage` with one reply, each
+    request sent once, every run reported by exactly one worker; `submit --batch` again submits
+    nothing twice, and an edited line is a new run."""
+    sim = simulator()
+    path = batch_file(tmp_path, N)
+    first = cli("submit", FAST, "--batch", str(path), "--db", pg, "--json")
+    assert first.code == 0, first.stderr
+    submitted = lines(first)
+    assert [d["status"] for d in submitted] == ["queued"] * N
+    assert len({d["run_id"] for d in submitted}) == N
+    again = cli("submit", FAST, "--batch", str(path), "--db", pg, "--json")
+    assert [d["status"] for d in lines(again)] == ["already_submitted"] * N
+    assert [d["run_id"] for d in lines(again)] == [d["run_id"] for d in submitted]
+    workers = [start_worker(cli, pg, sim, "--until-empty", "--concurrency", "8") for _ in range(3)]
+    results = [finish(w) for w in workers]
+    assert [r.code for r in results] == [0, 0, 0], [r.stderr for r in results]
+    reported = [d["run_id"] for r in results for d in lines(r)]
+    assert sorted(reported) == sorted(d["run_id"] for d in submitted)
+    paid_once(pg, reported)
+    assert sim.sim.chat_requests == N
+    # the same file, after the runs: still nothing twice; one edited line is one new run
+    edited = path.read_text().replace('"turn 0"', '"turn zero"')
+    path.write_text(edited)
+    third = lines(cli("submit", FAST, "--batch", str(path), "--db", pg, "--json"))
+    assert [d["status"] for d in third] == ["queued"] + ["already_submitted"] * (N - 1)
+    assert third[0]["run_id"] != submitted[0]["run_id"]
+
+
+def test_a_job_delivered_twice_is_paid_once(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """The job of a run that succeeded, delivered again, sends nothing and succeeds."""
+    sim = simulator()
+    run_id = cli("submit", FAST, "-m", "once", "--db", pg).stdout.strip()
+    assert finish(start_worker(cli, pg, sim, "--until-empty")).code == 0
+    assert sim.sim.chat_requests == 1
+    # procrastinate delivers at least once: put the finished job back in the queue
+    engine = create_engine(pg)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE procrastinate_jobs SET status = 'todo'"))
+    engine.dispose()
+    again = finish(start_worker(cli, pg, sim, "--until-empty"))
+    assert again.code == 0, again.stderr
+    assert [(d["run_id"], d["action"], d["status"]) for d in lines(again)] == [
+        (run_id, "ended", "succeeded")
+    ]
+    assert sim.sim.chat_requests == 1
+    paid_once(pg, [run_id])
+
+
+def test_a_worker_killed_with_the_answer_received_does_not_ask_again(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """SIGKILL in Persist (the answer arrived and was checkpointed): another worker stores it
+    from the checkpoint — no second request — within --stall-after plus 10 s."""
+    sim = simulator()
+    run_id = cli("submit", FAST, "-m", "killed in persist", "--db", pg).stdout.strip()
+    dead = start_worker(cli, pg, sim, "--stall-after", "2", kill_at="persist")
+    assert finish(dead).code == -signal.SIGKILL
+    assert sim.sim.chat_requests == 1
+    began = time.monotonic()
+    live = finish(start_worker(cli, pg, sim, "--until-empty", "--stall-after", "2"))
+    assert live.code == 0, live.stderr
+    assert time.monotonic() - began < 2 + 10
+    assert [(d["run_id"], d["status"]) for d in lines(live)] == [(run_id, "succeeded")]
+    assert sim.sim.chat_requests == 1
+    paid_once(pg, [run_id])
+
+
+def test_a_worker_killed_mid_request_has_its_run_finished_by_another(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """SIGKILL while the request is out (no answer yet): a live worker resumes the same run id,
+    sends it again (nothing had been received) and stores exactly one reply."""
+    sim = simulator("anthropic/claude-sonnet-4=hang,ok")
+    run_id = cli("submit", FAST, "-m", "killed mid-request", "--db", pg).stdout.strip()
+    dead = start_worker(cli, pg, sim, "--stall-after", "2")
+    wait_for(lambda: sim.sim.chat_requests == 1, "the request to reach the simulator")
+    dead.send_signal(signal.SIGKILL)
+    assert finish(dead).code == -signal.SIGKILL
+    live = finish(start_worker(cli, pg, sim, "--until-empty", "--stall-after", "2"))
+    assert live.code == 0, live.stderr
+    assert [(d["run_id"], d["action"]) for d in lines(live)] == [(run_id, "resumed")]
+    assert sim.sim.chat_requests == 2
+    paid_once(pg, [run_id])
+
+
+def test_runs_of_one_conversation_run_in_submission_order(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """Runs submitted for one conversation run one at a time, in order, each seeing the replies
+    before it, even with two workers taking jobs in parallel."""
+    sim = simulator("*=slow:0.05*")
+    first = cli("submit", FAST, "-m", "turn 0", "--db", pg).stdout.strip()
+    assert finish(start_worker(cli, pg, sim, "--until-empty")).code == 0
+    conversation = rows(pg, "SELECT conversation_id FROM workflow_runs WHERE id = :r", r=first)[0][
+        0
+    ]
+    ids = [first]
+    for i in range(1, 6):
+        done = cli("submit", FAST, "-m", f"turn {i}", "--conversation", conversation, "--db", pg)
+        assert done.code == 0, done.stderr
+        ids.append(done.stdout.strip())
+    workers = [start_worker(cli, pg, sim, "--until-empty", "--concurrency", "6") for _ in range(2)]
+    assert [finish(w).code for w in workers] == [0, 0]
+    paid_once(pg, ids)
+    messages = rows(
+        pg,
+        "SELECT role, run_id FROM chat_messages WHERE conversation_id = :c ORDER BY created_at",
+        c=conversation,
+    )
+    assert messages == [(role, r) for r in ids for role in ("user", "assistant")]
+    # the last request carried the whole conversation before it as context
+    assert len(sim.sim.last_messages) == 2 * len(ids) - 1
+
+
+def test_runs_wait_reports_outcomes_and_times_out(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """`runs wait` exits 124 on timeout while a run is queued, 0 once the runs succeeded (one
+    `run --json` object each), 1 when one failed; an unknown id is an input error."""
+    sim = simulator("openai/gpt-4o=401*")
+    ok = cli("submit", FAST, "-m", "fine", "--db", pg).stdout.strip()
+    bad = cli(
+        "submit", FAST, "-m", "refused", "--model", "openai/gpt-4o", "--db", pg
+    ).stdout.strip()
+    timed_out = cli("runs", "wait", ok, "--timeout", "0.2", "--db", pg)
+    assert timed_out.code == 124, timed_out.stderr
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "demiarch_flow", "runs", "wait", ok, "--db", pg, "--json"],
+        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert finish(start_worker(cli, pg, sim, "--until-empty")).code == 0
+    woken = finish(waiting)
+    assert woken.code == 0, woken.stderr
+    assert [(d["run_id"], d["status"]) for d in lines(woken)] == [(ok, "succeeded")]
+    both = cli("runs", "wait", ok, bad, "--db", pg, "--json")
+    assert both.code == 1
+    assert [(d["run_id"], d["status"]) for d in lines(both)] == [(ok, "succeeded"), (bad, "failed")]
+    unknown = cli("runs", "wait", str(uuid.uuid4()), "--db", pg)
+    assert unknown.code == 2
+    assert "no run with id" in unknown.stderr
+
+
+def test_sigterm_after_the_grace_cancels_and_requeues(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """SIGTERM with a run stuck past --grace: the run is recorded cancelled, the worker exits
+    143, and the job goes back to the queue, where another worker finishes the same run."""
+    sim = simulator("anthropic/claude-sonnet-4=hang,ok")
+    run_id = cli("submit", FAST, "-m", "stuck", "--db", pg).stdout.strip()
+    worker = start_worker(cli, pg, sim, "--grace", "0.3")
+    wait_for(lambda: sim.sim.chat_requests == 1, "the request to reach the simulator")
+    worker.send_signal(signal.SIGTERM)
+    stopped = finish(worker)
+    assert stopped.code == 143, stopped.stderr
+    assert rows(pg, "SELECT status FROM workflow_runs")[0][0] == "cancelled"
+    assert rows(pg, "SELECT status FROM procrastinate_jobs")[0][0] == "todo"
+    live = finish(start_worker(cli, pg, sim, "--until-empty"))
+    assert live.code == 0, live.stderr
+    assert [(d["run_id"], d["action"]) for d in lines(live)] == [(run_id, "resumed")]
+    paid_once(pg, [run_id])
+
+
+def test_sigterm_lets_the_runs_in_flight_finish(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """SIGTERM within the grace: no new job is taken, the run in flight finishes, exit 0."""
+    sim = simulator("*=slow:1*")
+    first = cli("submit", FAST, "-m", "in flight", "--db", pg).stdout.strip()
+    second = cli("submit", FAST, "-m", "not taken", "--db", pg).stdout.strip()
+    worker = start_worker(cli, pg, sim, "--concurrency", "1")
+    wait_for(lambda: sim.sim.chat_requests == 1, "the request to reach the simulator")
+    worker.send_signal(signal.SIGTERM)
+    stopped = finish(worker)
+    assert stopped.code == 0, stopped.stderr
+    assert [(d["run_id"], d["status"]) for d in lines(stopped)] == [(first, "succeeded")]
+    assert sim.sim.chat_requests == 1
+    assert rows(pg, "SELECT id FROM workflow_runs") == [(first,)]
+    assert rows(
+        pg, "SELECT args->>'run_id', status FROM procrastinate_jobs WHERE status = 'todo'"
+    ) == [(second, "todo")]
