@@ -83,7 +83,7 @@ class TrioGuest(Generic[E]):
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if self._ready.done():
             return self._ready.result()
-        self._done.result().unwrap()
+        _unwrap(self._done.result())
         raise RuntimeError("the trio guest ended before it was ready")  # pragma: no cover
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -125,8 +125,19 @@ class TrioGuest(Generic[E]):
         """Cancel whatever the guest still runs, let ``main`` close, and wait for the end."""
         if self._token is not None and self._stop is not None and not self._done.done():
             self._token.run_sync_soon(self._stop.set)
-        result = await self._done
+        _unwrap(await self._done)
+
+
+def _unwrap(result: outcome.Outcome[None]) -> None:
+    """The guest's end, with a lone error taken out of trio's exception groups (the command
+    line maps it to its exit code and message)."""
+    try:
         result.unwrap()
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        raise leaf from None
 
 
 def _for_asyncio(exc: BaseException) -> BaseException:
