@@ -14,9 +14,12 @@ import contextlib
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,8 +28,6 @@ from ..errors import StoreUnavailable, UsageError
 from ..paths import database_url
 from ..queue.backend import conninfo, require_postgres, require_procrastinate
 from ..queue.submit import TASK, Submission, batch_run_id, submit_runs
-from ..queue.take import Taken, ended_outcome
-from ..runner.context import new_id, utc_now
 from ..store.base import Definition
 from ..store.sql import SqlStore, safe_url
 from ._common import (
@@ -38,7 +39,9 @@ from ._common import (
     workflow_from,
 )
 from ._json import json_line
-from ._run import outcome_json
+
+if TYPE_CHECKING:
+    from ..queue.take import Taken
 
 CHANNEL = "demiarch_flow_runs"
 """``NOTIFY`` channel a worker signals each finished run on (payload: the run id)."""
@@ -93,10 +96,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     message = read_message(args.message)
     check_model_option(args.model)
     check_conversation_option(args.conversation)
-    sub = Submission(new_id(), wf.name, wf.sha256, message, args.conversation, args.model)
+    sub = Submission(str(uuid.uuid4()), wf.name, wf.sha256, message, args.conversation, args.model)
     with _open(url) as store:
         _check_conversations(store.engine, [args.conversation] if args.conversation else [])
-        submit_runs(store.engine, definition, [sub], queue=args.queue, at=utc_now())
+        submit_runs(store.engine, definition, [sub], queue=args.queue, at=datetime.now(UTC))
     if args.json:
         print(json_line({"run_id": sub.run_id, "status": "queued"}))
     else:
@@ -132,7 +135,7 @@ def _submit_batch(args: argparse.Namespace, url: str, name: str, definition: Def
             store.engine, sorted({s.conversation_id for s in subs if s.conversation_id})
         )
         statuses = submit_runs(
-            store.engine, definition, subs, queue=args.queue, at=utc_now(), dedupe=True
+            store.engine, definition, subs, queue=args.queue, at=datetime.now(UTC), dedupe=True
         )
     for sub, status in zip(subs, statuses, strict=True):
         if args.json:
@@ -343,6 +346,8 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
                 for run_id in [i for i in pending if i in ended]:
                     run = run_trio(lambda r=run_id: store.load_run(r))  # type: ignore[misc]
                     assert run is not None
+                    from ..queue.take import ended_outcome
+
                     outcome = ended_outcome(run)
                     failed |= not outcome.succeeded
                     _print_outcome(outcome, json_out=args.json)
@@ -367,6 +372,7 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
 
 def _print_outcome(outcome: object, *, json_out: bool) -> None:
     from ..runner import RunOutcome
+    from ._run import outcome_json
 
     assert isinstance(outcome, RunOutcome)
     if json_out:
