@@ -165,23 +165,80 @@ def test_a_job_delivered_twice_is_paid_once(
     paid_once(pg, [run_id])
 
 
-def test_a_worker_killed_with_the_answer_received_does_not_ask_again(
-    cli: Cli, simulator: Callable[..., SimThread], pg: str
+@pytest.mark.parametrize(
+    ("point", "action"),
+    [
+        pytest.param("loaded", "resumed", id="before-the-request"),
+        pytest.param("persist", "resumed", id="answer-received-in-persist"),
+        pytest.param("saved", "ended", id="after-the-reply-was-saved"),
+    ],
+)
+def test_a_worker_killed_at_a_point_has_its_run_finished_once_by_another(
+    point: str, action: str, cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
-    """SIGKILL in Persist (the answer arrived and was checkpointed): another worker stores it
-    from the checkpoint — no second request — within --stall-after plus 10 s."""
+    """SIGKILL before the request, in Persist (the answer arrived and was checkpointed) and
+    after the reply was saved: another worker finishes the same run within --stall-after plus
+    10 s, and the simulator sees one request in all — none again for a received answer."""
     sim = simulator()
-    run_id = cli("submit", FAST, "-m", "killed in persist", "--db", pg).stdout.strip()
-    dead = start_worker(cli, pg, sim, "--stall-after", "2", kill_at="persist")
+    run_id = cli("submit", FAST, "-m", f"killed at {point}", "--db", pg).stdout.strip()
+    dead = start_worker(cli, pg, sim, "--stall-after", "2", kill_at=point)
     assert finish(dead).code == -signal.SIGKILL
-    assert sim.sim.chat_requests == 1
     began = time.monotonic()
     live = finish(start_worker(cli, pg, sim, "--until-empty", "--stall-after", "2"))
     assert live.code == 0, live.stderr
     assert time.monotonic() - began < 2 + 10
-    assert [(d["run_id"], d["status"]) for d in lines(live)] == [(run_id, "succeeded")]
+    assert [(d["run_id"], d["status"], d["action"]) for d in lines(live)] == [
+        (run_id, "succeeded", action)
+    ]
     assert sim.sim.chat_requests == 1
     paid_once(pg, [run_id])
+
+
+def test_a_worker_killed_in_a_backoff_wait_has_the_retry_sent_by_another(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str, tmp_path: Path
+) -> None:
+    """SIGKILL while the run waits in Backoff after a 500: another worker resumes it in
+    Backoff and sends only the retry (two requests in all, one reply)."""
+    slow = tmp_path / "slow-backoff.yaml"
+    text_ = Path(FAST).read_text().replace("initial_delay_s: 0.01", "initial_delay_s: 2")
+    slow.write_text(text_.replace("max_delay_s: 0.05", "max_delay_s: 2"))
+    sim = simulator("anthropic/claude-sonnet-4=500")
+    run_id = cli("submit", str(slow), "-m", "killed in backoff", "--db", pg).stdout.strip()
+    dead = start_worker(cli, pg, sim, "--stall-after", "2")
+    in_backoff = "SELECT current_state FROM workflow_runs WHERE id = :r"
+    wait_for(lambda: rows(pg, in_backoff, r=run_id) == [("Backoff",)], "the run to wait in Backoff")
+    dead.send_signal(signal.SIGKILL)
+    assert finish(dead).code == -signal.SIGKILL
+    live = finish(start_worker(cli, pg, sim, "--until-empty", "--stall-after", "2"))
+    assert live.code == 0, live.stderr
+    assert [(d["run_id"], d["action"]) for d in lines(live)] == [(run_id, "resumed")]
+    assert sim.sim.chat_requests == 2
+    paid_once(pg, [run_id])
+
+
+def test_a_job_that_is_not_a_run_fails_alone(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """A job whose run cannot be made (its arguments name no run) fails with one clear log
+    line; the worker goes on with the next job and exits 0 with --until-empty."""
+    sim = simulator()
+    run_id = cli("submit", FAST, "-m", "after the bad one", "--db", pg).stdout.strip()
+    engine = create_engine(pg)
+    with engine.begin() as conn:  # a job deferred by hand
+        conn.execute(
+            text(
+                "INSERT INTO procrastinate_jobs (queue_name, task_name, args)"
+                " VALUES ('runs', 'demiarch_flow.run', '{\"run_id\": \"gone\"}')"
+            )
+        )
+    engine.dispose()
+    done = finish(start_worker(cli, pg, sim, "--until-empty"))
+    assert done.code == 0, done.stderr
+    assert "not a submitted run's" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert [d["run_id"] for d in lines(done)] == [run_id]
+    failed = rows(pg, "SELECT status FROM procrastinate_jobs WHERE args->>'run_id' = 'gone'")
+    assert failed == [("failed",)]
 
 
 def test_a_worker_killed_mid_request_has_its_run_finished_by_another(
