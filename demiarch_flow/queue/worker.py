@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..client import ApiKey
-from ..errors import FlowError, PersistenceError, StoreUnavailable
+from ..errors import FlowError, PersistenceError, RunTakenOver, StoreUnavailable
 from ..runtime import World, open_world
 from .backend import conninfo
 from .submit import DEFAULT_QUEUE, TASK, Submission
@@ -161,6 +161,14 @@ async def serve(
                 raise
             except RunBusy:
                 raise
+            except RunTakenOver:
+                # this worker was frozen past --stall-after and another took the run: it is
+                # that worker's now, and nothing of it was written here after the take-over
+                log.warning(
+                    f"worker: run {sub.run_id} was taken over by another worker while this one"
+                    " was not beating; left to it"
+                )
+                return "taken_over"
             except NotSubmitted as exc:
                 stats.errors += 1
                 log.error(f"worker: job {job_id}: {exc} (the job failed; the worker goes on)")

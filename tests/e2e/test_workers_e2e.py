@@ -259,6 +259,32 @@ def test_a_worker_killed_mid_request_has_its_run_finished_by_another(
     paid_once(pg, [run_id])
 
 
+def test_a_frozen_worker_is_taken_over_and_writes_nothing_when_woken(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """SIGSTOP a worker mid-request past --stall-after: another finishes the same run; woken
+    with SIGCONT, the first overwrites nothing (one reply, one usage row) and says so."""
+    sim = simulator("anthropic/claude-sonnet-4=hang,ok")
+    run_id = cli("submit", FAST, "-m", "frozen", "--db", pg).stdout.strip()
+    frozen = start_worker(cli, pg, sim, "--stall-after", "2", "--grace", "20")
+    wait_for(lambda: sim.sim.chat_requests == 1, "the request to reach the simulator")
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        live = finish(start_worker(cli, pg, sim, "--until-empty", "--stall-after", "2"))
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    assert live.code == 0, live.stderr
+    assert [(d["run_id"], d["action"]) for d in lines(live)] == [(run_id, "resumed")]
+    frozen.send_signal(signal.SIGTERM)  # its run in flight ends (the hung request times out)
+    woken = finish(frozen)
+    assert woken.code == 0, woken.stderr
+    assert "taken over by another worker" in woken.stderr
+    assert "Traceback" not in woken.stderr
+    assert lines(woken) == []
+    assert sim.sim.chat_requests == 2
+    paid_once(pg, [run_id])
+
+
 def test_runs_of_one_conversation_run_in_submission_order(
     cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
