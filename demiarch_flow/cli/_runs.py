@@ -10,8 +10,9 @@ from ..definition import load_workflow
 from ..errors import UsageError
 from ..keys import resolve_key
 from ..paths import database_url
+from ..queue.listing import QueuedRun
 from ..runner.context import utc_now
-from ..runner.owner import effective_status
+from ..runner.owner import Owner, effective_status
 from ..runner.resume import NotResumable, Resumed, resume_run, saved_outcome
 from ..runtime import open_world
 from ..store.base import RunStatus, StoredRun
@@ -26,8 +27,9 @@ from ._json import json_line
 from ._run import AttemptMessages, Progress, report_outcome
 from ._table import plain, table
 
-#: ``--status`` values: the stored ones, and ``stale`` (running, but its process is gone).
-STATUSES = ("running", "stale", "failed", "cancelled", "succeeded")
+#: ``--status`` values: the stored ones, ``stale`` (running, but its process is gone) and
+#: ``queued`` (submitted to the workers' queue, not begun yet).
+STATUSES = ("queued", "running", "stale", "failed", "cancelled", "succeeded")
 
 
 def _models(run: StoredRun) -> list[str]:
@@ -50,7 +52,25 @@ def _row(run: StoredRun, status: str) -> dict[str, object]:
         "cost_usd": plain(run.cost_usd),
         "started_at": run.started_at.isoformat(),
         "resume_count": run.resume_count,
+        "owner": _owner(run, status),
     }
+
+
+def _owner(run: StoredRun, status: str) -> dict[str, object] | None:
+    """The process that runs (or ran, for a stale run) the run: its host and pid."""
+    owner = Owner.parse(run.owner) if run.owner and status in ("running", "stale") else None
+    return {"host": owner.host, "pid": owner.pid} if owner else None
+
+
+def _queued_row(run: QueuedRun) -> dict[str, object]:
+    """A ``runs list --json`` object of a run still in the queue."""
+    return {
+        "run_id": run.run_id, "status": "queued", "state": None,
+        "conversation_id": run.conversation_id, "models": [run.model] if run.model else [],
+        "attempts": 0, "cost_usd": "0",
+        "started_at": run.submitted_at.isoformat() if run.submitted_at else None,
+        "resume_count": 0, "owner": None,
+    }  # fmt: skip
 
 
 def _since(text: str | None) -> datetime | None:
@@ -73,7 +93,12 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     store = SqlStore.open_sync(database_url(args.db), read_only=True)  # it may be unwritable
     try:
         limit = args.limit if args.status not in ("running", "stale") else max(args.limit, 10_000)
-        runs = run_trio(lambda: store.list_runs(status=stored, since=since, limit=limit))
+        queued = _queued(store, since, args.limit) if args.status in (None, "queued") else []
+        runs = (
+            []
+            if args.status == "queued"
+            else run_trio(lambda: store.list_runs(status=stored, since=since, limit=limit))
+        )
     finally:
         store.close()
     now = utc_now()
@@ -81,21 +106,42 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if args.status in ("running", "stale"):
         listed = [(r, status) for r, status in listed if status == args.status][: args.limit]
     if args.json:
-        print(json_line([_row(r, status) for r, status in listed]))
+        docs = [_queued_row(q) for q in queued] + [_row(r, status) for r, status in listed]
+        print(json_line(docs[: args.limit]))
         return 0
-    if not listed:
+    if not listed and not queued:
         print("no runs" + (f" with status {args.status}" if args.status else ""))
         return 0
     headers = ["run", "status", "state", "conversation", "models", "attempts", "cost USD",
-               "started (UTC)", "resumed"]  # fmt: skip
+               "started (UTC)", "resumed", "owner"]  # fmt: skip
     body = [
+        (q.run_id, "queued", "", q.conversation_id or "", q.model or "", 0, "0",
+         q.submitted_at.strftime("%Y-%m-%d %H:%M:%S") if q.submitted_at else "", 0, "")
+        for q in queued
+    ] + [
         (r.run_id, status, r.current_state or "", r.conversation_id or "",
          " → ".join(_models(r)), len(r.attempts), plain(r.cost_usd),
-         r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.resume_count)
+         r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.resume_count,
+         _owner_text(_owner(r, status)))
         for r, status in listed
     ]  # fmt: skip
+    body = body[: args.limit]
     print(table(headers, body, numeric=[5, 6, 8]))
     return 0
+
+
+def _owner_text(owner: dict[str, object] | None) -> str:
+    return f"{owner['host']} pid {owner['pid']}" if owner else ""
+
+
+def _queued(store: SqlStore, since: datetime | None, limit: int) -> list[QueuedRun]:
+    """Runs submitted to the workers' queue and not begun (none without a queue)."""
+    if store.engine.dialect.name != "postgresql":
+        return []
+    from ..queue.listing import queued_runs
+
+    with store.engine.connect() as conn:
+        return queued_runs(conn, since=since, limit=limit)
 
 
 def check_run_id(run_id: str) -> None:

@@ -306,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=Command("report", "cmd_runs_show"))
     q = _command(runs, "list", help="one row per run, newest first")
     q.add_argument(
-        "--status", choices=["running", "stale", "failed", "cancelled", "succeeded"],
-        help="only runs with this status (stale: running, but its process is gone)",
+        "--status", choices=["queued", "running", "stale", "failed", "cancelled", "succeeded"],
+        help="only runs with this status (stale: running, but its process is gone; queued:"
+        " submitted to the workers, not begun)",
     )  # fmt: skip
     q.add_argument("--since", metavar="DATE", help="only runs started on or after this date")
     q.add_argument(

@@ -117,6 +117,16 @@ async def serve(
             )
         stop_requested.set()
 
+    def on_loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # e.g. procrastinate failing to record the end of a job another worker took over
+        # while this one was frozen: one line, not asyncio's traceback
+        exc = context.get("exception")
+        task = context.get("task") or context.get("future")
+        name = task.get_name() if isinstance(task, asyncio.Task) else "the worker"
+        what = str(exc).strip() if exc else context.get("message", "")
+        log.warning(f"worker: {name}: {type(exc).__name__ if exc else 'error'}: {what}")
+
+    loop.set_exception_handler(on_loop_error)
     # Before trio starts: trio then leaves SIGINT to asyncio instead of raising
     # KeyboardInterrupt inside some task.
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -128,6 +128,9 @@ def test_three_workers_drain_a_submitted_batch_paid_once(
     again = cli("submit", FAST, "--batch", str(path), "--db", pg, "--json")
     assert [d["status"] for d in lines(again)] == ["already_submitted"] * N
     assert [d["run_id"] for d in lines(again)] == [d["run_id"] for d in submitted]
+    queued = cli("runs", "list", "--status", "queued", "--limit", "100000", "--db", pg, "--json")
+    assert sorted(r["run_id"] for r in queued.json()) == sorted(d["run_id"] for d in submitted)
+    assert {(r["status"], r["owner"]) for r in queued.json()} == {("queued", None)}
     workers = [start_worker(cli, pg, sim, "--until-empty", "--concurrency", "8") for _ in range(3)]
     results = [finish(w) for w in workers]
     assert [r.code for r in results] == [0, 0, 0], [r.stderr for r in results]
@@ -269,6 +272,9 @@ def test_a_frozen_worker_is_taken_over_and_writes_nothing_when_woken(
     frozen = start_worker(cli, pg, sim, "--stall-after", "2", "--grace", "20")
     wait_for(lambda: sim.sim.chat_requests == 1, "the request to reach the simulator")
     frozen.send_signal(signal.SIGSTOP)
+    (listed,) = cli("runs", "list", "--db", pg, "--json").json()
+    assert (listed["run_id"], listed["status"]) == (run_id, "running")
+    assert listed["owner"]["pid"] == frozen.pid
     try:
         live = finish(start_worker(cli, pg, sim, "--until-empty", "--stall-after", "2"))
     finally:
