@@ -291,6 +291,36 @@ def test_a_frozen_worker_is_taken_over_and_writes_nothing_when_woken(
     paid_once(pg, [run_id])
 
 
+def test_a_worker_outlives_its_database_connections(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """Every connection of the database killed under a running worker (as a PostgreSQL restart
+    does): the worker reconnects and runs what is submitted afterwards."""
+    import psycopg
+
+    sim = simulator()
+    first = cli("submit", FAST, "-m", "before", "--db", pg).stdout.strip()
+    worker = start_worker(cli, pg, sim, "--stall-after", "2")
+    try:
+        done = "SELECT status FROM workflow_runs WHERE id = :r"
+        wait_for(lambda: rows(pg, done, r=first) == [("succeeded",)], "the first run")
+        name = pg.rsplit("/", 1)[1]
+        with psycopg.connect(_ADMIN, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+        second = cli("submit", FAST, "-m", "after", "--db", pg).stdout.strip()
+        wait_for(lambda: rows(pg, done, r=second) == [("succeeded",)], "the second run")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        stopped = finish(worker)
+    assert stopped.code == 0, stopped.stderr
+    assert [d["run_id"] for d in lines(stopped)] == [first, second]
+    paid_once(pg, [first, second])
+
+
 def test_runs_of_one_conversation_run_in_submission_order(
     cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
