@@ -30,6 +30,7 @@ COMMANDS = [
     ["submit", "-m", "hi"],
     ["worker"],
     ["runs", "wait", "5f1c0d3e-0000-4000-8000-000000000000"],
+    ["batch", "in.jsonl", "--queue"],
 ]
 
 
@@ -37,7 +38,7 @@ COMMANDS = [
 def test_sqlite_is_refused_in_one_line(
     argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With SQLite, the queue's commands exit 2 with one line asking for a PostgreSQL URL, and
+    """With SQLite, the queue's commands (and `batch --queue`) exit 2 with one line asking for a PostgreSQL URL, and
     create nothing."""
     db = tmp_path / "flow.db"
     assert main([*argv, "--db", f"sqlite:///{db}"]) == 2

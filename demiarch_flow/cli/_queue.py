@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import StoreUnavailable, UsageError
 from ..paths import database_url
 from ..queue.backend import conninfo, require_postgres, require_procrastinate
-from ..queue.submit import TASK, Submission, batch_run_id, submit_runs
+from ..queue.submit import TASK, Submission, Submitted, batch_run_id, submit_runs
 from ..store.base import Definition
 from ..store.sql import SqlStore, safe_url
 from ._common import (
@@ -42,6 +42,7 @@ from ._json import json_line
 
 if TYPE_CHECKING:
     from ..queue.take import Taken
+    from ..runner import RunOutcome
 
 CHANNEL = "demiarch_flow_runs"
 """``NOTIFY`` channel a worker signals each finished run on (payload: the run id)."""
@@ -107,36 +108,49 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit_batch(args: argparse.Namespace, url: str, name: str, definition: Definition) -> int:
+def read_batch(path: str, name: str, sha256: str) -> tuple[list[Submission], int]:
+    """The submissions of a batch file (each line's run id from its id and input hash), and
+    how many lines were bad (each reported on stderr with its line number, then skipped)."""
     from ._batch import Tally, _numbered_lines, _open_input, _SeenIds, read_item
 
-    if args.message is not None:
-        raise UsageError("give -m TEXT or --batch FILE, not both")
     subs: list[Submission] = []
     bad = 0
     seen = _SeenIds()
-    with _open_input(args.batch) as fh:
+    with _open_input(path) as fh:
         for number, raw in _numbered_lines(fh, Tally()):
             try:
                 item = read_item(raw, number, seen)
             except UsageError as exc:
                 bad += 1
-                print(f"demiarch-flow: {args.batch}:{number}: {exc}; skipped", file=sys.stderr)
+                print(f"demiarch-flow: {path}:{number}: {exc}; skipped", file=sys.stderr)
                 continue
             sha = item.fingerprint
             subs.append(
                 Submission(
-                    batch_run_id(item.id, sha), name, definition.sha256, item.message,
-                    item.conversation_id, item.model, item.id, sha,
+                    batch_run_id(item.id, sha), name, sha256, item.message,
+                    item.conversation_id, item.model, item.id, sha, line=item.line,
                 )
             )  # fmt: skip
+    return subs, bad
+
+
+def submit_batch(
+    url: str, definition: Definition, subs: list[Submission], queue: str
+) -> list[Submitted]:
+    """Queue a batch's runs (those already submitted are not queued again)."""
     with _open(url) as store:
-        _check_conversations(
-            store.engine, sorted({s.conversation_id for s in subs if s.conversation_id})
+        conversations = sorted({s.conversation_id for s in subs if s.conversation_id})
+        _check_conversations(store.engine, conversations)
+        return submit_runs(
+            store.engine, definition, subs, queue=queue, at=datetime.now(UTC), dedupe=True
         )
-        statuses = submit_runs(
-            store.engine, definition, subs, queue=args.queue, at=datetime.now(UTC), dedupe=True
-        )
+
+
+def _submit_batch(args: argparse.Namespace, url: str, name: str, definition: Definition) -> int:
+    if args.message is not None:
+        raise UsageError("give -m TEXT or --batch FILE, not both")
+    subs, bad = read_batch(args.batch, name, definition.sha256)
+    statuses = submit_batch(url, definition, subs, args.queue)
     for sub, status in zip(subs, statuses, strict=True):
         if args.json:
             print(json_line({"id": sub.item_id, "run_id": sub.run_id, "status": status}))
@@ -317,11 +331,59 @@ def _ended(engine: Engine, ids: list[str]) -> tuple[set[str], set[str]]:
     return ended, {i for i in ids if i not in known}
 
 
-def cmd_runs_wait(args: argparse.Namespace) -> int:
-    """Wait until each run has ended; print each outcome as ``run`` does."""
+def wait_runs(
+    url: str,
+    store: SqlStore,
+    run_ids: list[str],
+    on_ended: Callable[[RunOutcome], None],
+    *,
+    deadline: float | None = None,
+    tick: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Wait until each run of ``run_ids`` has ended, calling ``on_ended`` with each outcome as
+    it is seen; woken by the workers' ``NOTIFY`` (and every :data:`RECHECK_S` regardless).
+    Returns the runs still pending at ``deadline`` (empty: all ended); ``tick`` hears how many
+    are pending after each look.
+
+    Raises:
+        UsageError: an id names neither a run nor a job (checked once, first).
+    """
     import psycopg
 
+    from ..queue.take import ended_outcome
     from ._common import run_trio
+
+    pending = list(dict.fromkeys(run_ids))
+    listener = psycopg.connect(conninfo(url), autocommit=True)
+    try:
+        listener.execute(f"LISTEN {CHANNEL}")
+        first = True
+        while pending:
+            ended, unknown = _ended(store.engine, pending)
+            if first and unknown:
+                raise UsageError(f"no run with id {sorted(unknown)[0]!r} in this database")
+            first = False
+            for run_id in [i for i in pending if i in ended]:
+                run = run_trio(lambda r=run_id: store.load_run(r))  # type: ignore[misc]
+                assert run is not None
+                on_ended(ended_outcome(run))
+                pending.remove(run_id)
+            if tick is not None:
+                tick(len(pending))
+            left = None if deadline is None else deadline - time.monotonic()
+            if not pending or (left is not None and left <= 0):
+                break
+            for _ in listener.notifies(
+                timeout=RECHECK_S if left is None else min(RECHECK_S, left), stop_after=1
+            ):
+                pass
+    finally:
+        listener.close()
+    return pending
+
+
+def cmd_runs_wait(args: argparse.Namespace) -> int:
+    """Wait until each run has ended; print each outcome as ``run`` does."""
     from ._runs import check_run_id
 
     for run_id in args.run_ids:
@@ -331,50 +393,28 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
     url = _queue_ready("runs wait", args.db)
     setup_logging(debug=args.debug)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    pending = list(dict.fromkeys(args.run_ids))
     failed = False
-    with _open(url) as store, _database_errors(url):
-        listener = psycopg.connect(conninfo(url), autocommit=True)
-        try:
-            listener.execute(f"LISTEN {CHANNEL}")
-            first = True
-            while pending:
-                ended, unknown = _ended(store.engine, pending)
-                if first and unknown:
-                    raise UsageError(f"no run with id {sorted(unknown)[0]!r} in this database")
-                first = False
-                for run_id in [i for i in pending if i in ended]:
-                    run = run_trio(lambda r=run_id: store.load_run(r))  # type: ignore[misc]
-                    assert run is not None
-                    from ..queue.take import ended_outcome
 
-                    outcome = ended_outcome(run)
-                    failed |= not outcome.succeeded
-                    _print_outcome(outcome, json_out=args.json)
-                    pending.remove(run_id)
-                if not pending:
-                    break
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    print(
-                        f"demiarch-flow: runs wait: timed out with {len(pending)} run(s) not"
-                        f" ended: {', '.join(pending)}",
-                        file=sys.stderr,
-                    )
-                    return 124
-                wait = RECHECK_S if left is None else min(RECHECK_S, left)
-                for _ in listener.notifies(timeout=wait, stop_after=1):
-                    pass
-        finally:
-            listener.close()
+    def ended(outcome: RunOutcome) -> None:
+        nonlocal failed
+        failed |= not outcome.succeeded
+        _print_outcome(outcome, json_out=args.json)
+
+    with _open(url) as store, _database_errors(url):
+        pending = wait_runs(url, store, args.run_ids, ended, deadline=deadline)
+    if pending:
+        print(
+            f"demiarch-flow: runs wait: timed out with {len(pending)} run(s) not ended:"
+            f" {', '.join(pending)}",
+            file=sys.stderr,
+        )
+        return 124
     return 1 if failed else 0
 
 
-def _print_outcome(outcome: object, *, json_out: bool) -> None:
-    from ..runner import RunOutcome
+def _print_outcome(outcome: RunOutcome, *, json_out: bool) -> None:
     from ._run import outcome_json
 
-    assert isinstance(outcome, RunOutcome)
     if json_out:
         print(json_line(outcome_json(outcome)), flush=True)
     elif outcome.succeeded:

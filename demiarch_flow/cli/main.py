@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --out: skip ids that succeeded there, resume failed or cancelled ones, run"
         " the missing ones; OUT then holds one line per input id (rewritten atomically)",
     )
+    p.add_argument(
+        "--queue", nargs="?", const="runs", default=None, metavar="NAME",
+        help="submit the lines to the workers' queue (PostgreSQL; default queue: runs), then"
+        " wait and write the results as they end",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _db(p)
     _base_url(p)

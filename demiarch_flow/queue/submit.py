@@ -48,6 +48,8 @@ class Submission:
     """The batch line's id (``submit --batch``)."""
     input_sha256: str | None = None
     """What the batch line asked (message, conversation, model), as ``batch`` hashes it."""
+    line: int | None = None
+    """The batch line's number in its file."""
 
     @property
     def lock(self) -> str | None:

@@ -321,6 +321,41 @@ def test_a_worker_outlives_its_database_connections(
     paid_once(pg, [first, second])
 
 
+def test_batch_queue_interrupted_then_run_again_writes_every_line_once(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str, tmp_path: Path
+) -> None:
+    """`batch --queue` submits the file and waits; Ctrl-C stops the waiting only (exit 130, the
+    runs stay queued); the same command again, with a worker running, collects every run and
+    leaves OUT with one line per input id, in input order, as `batch` writes them."""
+    sim = simulator()
+    path = batch_file(tmp_path, 6)
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "demiarch_flow", "batch", str(path), FAST, "--queue",
+            "--out", str(out), "--db", pg]  # fmt: skip
+    waiting = subprocess.Popen(argv, env=cli.env, stderr=subprocess.PIPE, text=True)
+    queued = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'"
+    wait_for(lambda: rows(pg, queued) == [(6,)] if _has_jobs(pg) else False, "the submission")
+    waiting.send_signal(signal.SIGINT)
+    _, err = waiting.communicate(timeout=DEADLINE_S)
+    assert waiting.returncode == 130, err
+    assert "the runs go on in the workers" in err
+    worker = start_worker(cli, pg, sim, "--until-empty")
+    again = cli("batch", str(path), FAST, "--queue", "--out", str(out), "--db", pg)
+    assert finish(worker).code == 0
+    assert again.code == 0, again.stderr
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in results] == [f"q{i}" for i in range(6)]
+    assert [r["line"] for r in results] == list(range(1, 7))
+    assert {r["status"] for r in results} == {"succeeded"}
+    assert all(len(r["input_sha256"]) == 64 for r in results)
+    assert sim.sim.chat_requests == 6
+    paid_once(pg, [r["run_id"] for r in results])
+
+
+def _has_jobs(url: str) -> bool:
+    return bool(rows(url, "SELECT to_regclass('procrastinate_jobs') IS NOT NULL")[0][0])
+
+
 def test_runs_of_one_conversation_run_in_submission_order(
     cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
