@@ -356,6 +356,70 @@ def _has_jobs(url: str) -> bool:
     return bool(rows(url, "SELECT to_regclass('procrastinate_jobs') IS NOT NULL")[0][0])
 
 
+def _limited(tmp_path: Path, limits: str, max_tokens: int | None = None) -> str:
+    text_ = Path(FAST).read_text("utf-8")
+    if max_tokens is not None:
+        text_ = text_.replace(
+            "  # optional: temperature, max_tokens", f"  max_tokens: {max_tokens}"
+        )
+    path = tmp_path / "limited.yaml"
+    path.write_text(text_ + "\nlimits:\n" + limits, "utf-8")
+    return str(path)
+
+
+def test_four_workers_never_overspend_a_daily_budget(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str, tmp_path: Path
+) -> None:
+    """80 runs through four workers against a daily budget that fits 20 worst cases: the spend
+    stays within it, every refused run failed as budget_exceeded and sent nothing."""
+    from decimal import Decimal
+
+    from demiarch_flow.definition import parse_workflow
+    from demiarch_flow.pricing import PriceTable
+    from demiarch_flow.runner.budget import estimate_tokens, worst_case_usd
+    from demiarch_flow.runner.state import Message
+
+    sim = simulator("", latency_s=0.02)
+    wf0 = parse_workflow(Path(FAST).read_text("utf-8"))
+    system = [Message("system", wf0.system)] if wf0.system else []
+    tokens = estimate_tokens([*system, Message("user", "turn 00")])
+    worst = worst_case_usd(PriceTable.load(), "anthropic/claude-sonnet-4", tokens, 16)
+    assert worst is not None
+    limit = worst * 20
+    wf = _limited(tmp_path, f"  budget: {{daily_usd: {limit}}}\n", max_tokens=16)
+    path = batch_file(tmp_path, 80)
+    assert cli("submit", wf, "--batch", str(path), "--db", pg).code == 0
+    workers = [start_worker(cli, pg, sim, "--until-empty", "--concurrency", "10") for _ in range(4)]
+    done = [d for w in workers for d in lines(finish(w))]
+    assert len(done) == 80
+    ok = [d for d in done if d["status"] == "succeeded"]
+    refused = [d for d in done if d["status"] != "succeeded"]
+    assert len(ok) >= 20
+    assert refused
+    assert {d["error_class"] for d in refused} == {"budget_exceeded"}
+    assert sim.sim.chat_requests == len(ok)
+    spent = sum(Decimal(d["cost_usd"]) for d in ok)
+    assert spent <= limit
+
+
+def test_four_workers_share_one_rpm(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str, tmp_path: Path
+) -> None:
+    """40 runs through four workers under rpm 1200 (one request per 50 ms): the simulator sees
+    them paced for all four together, not four times as fast."""
+    sim = simulator()
+    wf = _limited(tmp_path, '  rate:\n    "*": {rpm: 1200}\n')
+    path = batch_file(tmp_path, 40)
+    assert cli("submit", wf, "--batch", str(path), "--db", pg).code == 0
+    workers = [start_worker(cli, pg, sim, "--until-empty", "--concurrency", "10") for _ in range(4)]
+    assert [finish(w).code for w in workers] == [0, 0, 0, 0]
+    arrivals = sorted(sim.sim.arrivals)
+    assert len(arrivals) == 40
+    interval = 60 / 1200
+    for i in range(len(arrivals) - 20):  # any 20 gaps take 1 s, less a late request's jitter
+        assert arrivals[i + 20] - arrivals[i] >= 20 * interval - 0.3
+
+
 def test_runs_of_one_conversation_run_in_submission_order(
     cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
