@@ -370,7 +370,7 @@ def _limited(tmp_path: Path, limits: str, max_tokens: int | None = None) -> str:
 def test_four_workers_never_overspend_a_daily_budget(
     cli: Cli, simulator: Callable[..., SimThread], pg: str, tmp_path: Path
 ) -> None:
-    """80 runs through four workers against a daily budget that fits 20 worst cases: the spend
+    """48 runs through four workers against a daily budget that fits 12 worst cases: the spend
     stays within it, every refused run failed as budget_exceeded and sent nothing."""
     from decimal import Decimal
 
@@ -385,16 +385,16 @@ def test_four_workers_never_overspend_a_daily_budget(
     tokens = estimate_tokens([*system, Message("user", "turn 00")])
     worst = worst_case_usd(PriceTable.load(), "anthropic/claude-sonnet-4", tokens, 16)
     assert worst is not None
-    limit = worst * 20
+    limit = worst * 12
     wf = _limited(tmp_path, f"  budget: {{daily_usd: {limit}}}\n", max_tokens=16)
-    path = batch_file(tmp_path, 80)
+    path = batch_file(tmp_path, 48)
     assert cli("submit", wf, "--batch", str(path), "--db", pg).code == 0
     workers = [start_worker(cli, pg, sim, "--until-empty", "--concurrency", "10") for _ in range(4)]
     done = [d for w in workers for d in lines(finish(w))]
-    assert len(done) == 80
+    assert len(done) == 48
     ok = [d for d in done if d["status"] == "succeeded"]
     refused = [d for d in done if d["status"] != "succeeded"]
-    assert len(ok) >= 20
+    assert len(ok) >= 12
     assert refused
     assert {d["error_class"] for d in refused} == {"budget_exceeded"}
     assert sim.sim.chat_requests == len(ok)
@@ -421,7 +421,7 @@ def test_four_workers_share_one_rpm(
 
 
 def test_runs_of_one_conversation_run_in_submission_order(
-    cli: Cli, simulator: Callable[..., SimThread], pg: str
+    cli: Cli, simulator: Callable[..., SimThread], pg: str, tmp_path: Path
 ) -> None:
     """Runs submitted for one conversation run one at a time, in order, each seeing the replies
     before it, even with two workers taking jobs in parallel."""
@@ -431,11 +431,17 @@ def test_runs_of_one_conversation_run_in_submission_order(
     conversation = rows(pg, "SELECT conversation_id FROM workflow_runs WHERE id = :r", r=first)[0][
         0
     ]
-    ids = [first]
-    for i in range(1, 6):
-        done = cli("submit", FAST, "-m", f"turn {i}", "--conversation", conversation, "--db", pg)
-        assert done.code == 0, done.stderr
-        ids.append(done.stdout.strip())
+    turns = tmp_path / "turns.jsonl"
+    turns.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "message": f"turn {i}", "conversation_id": conversation})
+            + "\n"
+            for i in range(1, 6)
+        )
+    )
+    done = cli("submit", FAST, "--batch", str(turns), "--db", pg, "--json")
+    assert done.code == 0, done.stderr
+    ids = [first, *(d["run_id"] for d in lines(done))]
     workers = [start_worker(cli, pg, sim, "--until-empty", "--concurrency", "6") for _ in range(2)]
     assert [finish(w).code for w in workers] == [0, 0]
     paid_once(pg, ids)
@@ -450,15 +456,15 @@ def test_runs_of_one_conversation_run_in_submission_order(
 
 
 def test_runs_wait_reports_outcomes_and_times_out(
-    cli: Cli, simulator: Callable[..., SimThread], pg: str
+    cli: Cli, simulator: Callable[..., SimThread], pg: str, tmp_path: Path
 ) -> None:
     """`runs wait` exits 124 on timeout while a run is queued, 0 once the runs succeeded (one
     `run --json` object each), 1 when one failed; an unknown id is an input error."""
     sim = simulator("openai/gpt-4o=401*")
-    ok = cli("submit", FAST, "-m", "fine", "--db", pg).stdout.strip()
-    bad = cli(
-        "submit", FAST, "-m", "refused", "--model", "openai/gpt-4o", "--db", pg
-    ).stdout.strip()
+    both = tmp_path / "both.jsonl"
+    both.write_text('{"message": "fine"}\n{"message": "refused", "model": "openai/gpt-4o"}\n')
+    submitted = cli("submit", FAST, "--batch", str(both), "--db", pg, "--json")
+    ok, bad = (d["run_id"] for d in lines(submitted))
     timed_out = cli("runs", "wait", ok, "--timeout", "0.2", "--db", pg)
     assert timed_out.code == 124, timed_out.stderr
     waiting = subprocess.Popen(
