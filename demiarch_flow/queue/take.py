@@ -110,7 +110,9 @@ async def take_run(
     if run is None:
         wf = await workflows.get(sub)
         request = RunRequest(sub.message, conversation_id=sub.conversation_id, model=sub.model)
-        return Taken(await run_workflow(wf, request, env, run_id=sub.run_id), "ran")
+        return _retried_if_unrecorded(
+            Taken(await run_workflow(wf, request, env, run_id=sub.run_id), "ran")
+        )
     if run.reply is not None:
         return Taken(saved_outcome(run), "ended")
     if run.status == "failed" and run.error_class != ErrorClass.PERSISTENCE:
@@ -119,7 +121,21 @@ async def take_run(
     if status == "running":
         raise RunBusy(run.run_id, run.owner)
     resumed = await resume_run(run.run_id, env, stale_after_s=stale_after_s)
-    return Taken(resumed.outcome, "resumed" if resumed.ran else "ended")
+    return _retried_if_unrecorded(Taken(resumed.outcome, "resumed" if resumed.ran else "ended"))
+
+
+def _retried_if_unrecorded(taken: Taken) -> Taken:
+    """A run that failed because the database failed is the database's trouble, not the
+    run's result: its job is retried (and then resumes the run, or starts it if even its row
+    was never written).
+
+    Raises:
+        PersistenceError: the run failed with class ``persistence``.
+    """
+    outcome = taken.outcome
+    if outcome.status == "failed" and outcome.error_class == ErrorClass.PERSISTENCE:
+        raise PersistenceError(f"run {outcome.run_id}: {outcome.error}")
+    return taken
 
 
 def ended_outcome(run: StoredRun) -> RunOutcome:
