@@ -16,7 +16,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import StoreUnavailable, UsageError
 from ..paths import database_url
 from ..queue.backend import conninfo, require_postgres, require_procrastinate
+from ..queue.notify import CHANNEL
 from ..queue.submit import TASK, Submission, Submitted, batch_run_id, submit_runs
 from ..store.base import Definition
 from ..store.sql import SqlStore, safe_url
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from ..queue.take import Taken
     from ..runner import RunOutcome
 
-CHANNEL = "demiarch_flow_runs"
-"""``NOTIFY`` channel a worker signals each finished run on (payload: the run id)."""
 RECHECK_S = 5.0
 """``runs wait`` reads the runs again at least this often, for runs ended outside a worker."""
 
@@ -189,7 +187,8 @@ def _check_conversations(engine: Engine, ids: list[str]) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run submitted runs until stopped (or, with ``--until-empty``, until none is left)."""
     from ..keys import resolve_key
-    from ..queue.worker import WorkerOptions, serve
+    from ..queue.notify import Notifier
+    from ..queue.worker import WorkerOptions, WorkerStats, serve
 
     url = _queue_ready("worker", args.db)
     if args.concurrency < 1:
@@ -206,20 +205,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         db=url, base_url=base_url, concurrency=args.concurrency, queue=args.queue,
         until_empty=args.until_empty, stall_after_s=args.stall_after, grace_s=args.grace,
     )  # fmt: skip
-    notify = _Notifier(url)
+    notify = Notifier(url)
 
     def report(taken: Taken, ms: float) -> None:
         _report_run(taken, ms, json_out=args.json)
         notify.add(taken.outcome.run_id)
 
-    async def main() -> object:
+    async def main() -> WorkerStats:
         async with notify:
             return await serve(options, key, report)
 
     stats = asyncio.run(main())
-    stopped_by = getattr(stats, "stopped_by", None)
-    if getattr(stats, "cancelled", 0) and stopped_by is not None:
-        return 143 if stopped_by == signal.SIGTERM else 130
+    if stats.cancelled and stats.stopped_by is not None:
+        return 143 if stats.stopped_by == signal.SIGTERM else 130
     return 0
 
 
@@ -252,55 +250,6 @@ def _quiet_procrastinate(debug: bool) -> None:
     else:
         proc.addHandler(logging.NullHandler())
         proc.setLevel(logging.CRITICAL + 1)
-
-
-@dataclass
-class _Notifier:
-    """``NOTIFY`` the finished runs (``runs wait`` listens), in the background, batched."""
-
-    url: str
-
-    def __post_init__(self) -> None:
-        self._ids: list[str] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def add(self, run_id: str) -> None:
-        self._ids.append(run_id)
-        if self._wake is not None:
-            self._wake.set()
-
-    async def __aenter__(self) -> _Notifier:
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._send())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-        await self._flush()
-
-    async def _send(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            with contextlib.suppress(Exception):
-                await self._flush()
-
-    async def _flush(self) -> None:
-        if not self._ids:
-            return
-        import psycopg
-
-        ids, self._ids = self._ids, []
-        async with await psycopg.AsyncConnection.connect(
-            conninfo(self.url), autocommit=True
-        ) as conn:
-            for run_id in ids:
-                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
 
 
 # ---------------------------------------------------------------------------- runs wait
