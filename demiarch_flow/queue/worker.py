@@ -29,6 +29,7 @@ from typing import Any
 
 from ..client import ApiKey
 from ..errors import FlowError, PersistenceError, RunTakenOver, StoreUnavailable
+from ..runner.owner import HEARTBEAT_S
 from ..runtime import World, open_world
 from .backend import conninfo
 from .submit import DEFAULT_QUEUE, TASK, Submission
@@ -137,9 +138,12 @@ async def serve(
     async def world_main(ready: Callable[[World], None]) -> None:
         import trio
 
+        # the runs' heartbeat beats well within --stall-after, after which another worker
+        # may take them (a live one must never look stale)
         async with open_world(
             db=options.db, base_url=options.base_url, key=key,
             max_in_flight=options.concurrency,
+            heartbeat_s=min(HEARTBEAT_S, options.stall_after_s / 4),
         ) as world:  # fmt: skip
             ready(world)
             await trio.sleep_forever()

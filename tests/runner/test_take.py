@@ -102,3 +102,21 @@ async def test_a_run_the_database_failed_is_retried_not_reported(autojump_clock:
 
     with pytest.raises(PersistenceError, match="database down"):
         await take(FakeOpenRouter(""), Down(), job())
+
+
+async def test_runs_beat_at_the_interval_a_worker_asks(autojump_clock: object) -> None:
+    """A worker with --stall-after 2 beats every 0.5 s (not every 5 s): a live worker's runs
+    never look stale to the worker the queue gives a redelivered job to."""
+    import trio
+
+    from demiarch_flow.runner.owner import keep_alive
+
+    beats: list[float] = []
+
+    class Beating:
+        async def heartbeat(self, owner: str, at: datetime) -> None:
+            beats.append(trio.current_time())
+
+    with trio.move_on_after(2.1):
+        await keep_alive(Beating(), "host:1:1", fixed_clock(T0), 0.5)  # type: ignore[arg-type]
+    assert len(beats) == 4
