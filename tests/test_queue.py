@@ -239,3 +239,23 @@ def test_submit_to_an_unreachable_database_exits_3(capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "127.0.0.1:1" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.postgres
+def test_db_upgrade_sql_covers_the_queue_for_a_dba(
+    pg: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`db upgrade --sql` on a new PostgreSQL database prints our DDL and the queue's; a DBA who
+    runs it gets a database that `db current` calls current on both counts."""
+    import psycopg
+
+    assert main(["db", "upgrade", "--db", pg, "--sql"]) == 0
+    sql = capsys.readouterr().out
+    assert "procrastinate_jobs" in sql
+    assert "INSERT INTO queue_migrations" in sql
+    with psycopg.connect(pg.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(sql.encode())
+    assert main(["db", "current", "--db", pg, "--json"]) == 0
+    current = json.loads(capsys.readouterr().out)
+    assert current["is_head"] is True
+    assert current["queue"]["is_current"] is True

@@ -111,6 +111,12 @@ def _print_sql(url: str) -> int:
         try:
             with opening(url):
                 sql = upgrade_sql(engine)
+                if _has_queue(engine.dialect.name):
+                    from ..queue.schema import queue_sql, read_queue_state
+
+                    with engine.connect() as conn:
+                        queue = queue_sql(read_queue_state(conn))
+                    sql = "\n".join(part for part in (sql, queue) if part)
         finally:
             engine.dispose()
     if sql:

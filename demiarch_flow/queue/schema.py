@@ -117,6 +117,31 @@ def upgrade_queue(engine: Engine, *, create_only: bool = False) -> QueueState:
     return before
 
 
+def queue_sql(state: QueueState) -> str:
+    """What :func:`upgrade_queue` would run on a database in ``state``, for ``db upgrade
+    --sql`` (empty when the queue is current)."""
+    if state.current:
+        return ""
+    names = shipped() if not state.installed else list(state.pending)
+    parts = ["-- the queue's schema (procrastinate)"]
+    if not state.installed:
+        parts.append(_schema_sql())
+    else:
+        for name in names:
+            parts.append(f"-- {name}")
+            parts.append(
+                (resources.files("procrastinate.sql") / "migrations" / name).read_text("utf-8")
+            )
+    parts.append(
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (name VARCHAR(200) PRIMARY KEY,"
+        " applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
+    )
+    parts.extend(
+        f"INSERT INTO {TABLE} (name) VALUES ('{n}') ON CONFLICT DO NOTHING;" for n in names
+    )
+    return "\n".join(parts) + "\n"
+
+
 def check_queue(engine: Engine) -> None:
     """Before a command uses the queue: install it on a database that has none (as a first
     start creates our tables), refuse one that is behind.
