@@ -22,7 +22,7 @@ from demiarch_flow.queue import backend
 from demiarch_flow.queue.guest import TrioGuest
 from demiarch_flow.queue.submit import Submission, batch_run_id
 from demiarch_flow.queue.take import NotSubmitted, RunBusy
-from demiarch_flow.queue.worker import _retry_strategy
+from demiarch_flow.queue.worker import _retry_strategy, retry_in
 
 from .store.conftest import postgres_available
 
@@ -88,6 +88,8 @@ def test_a_batch_line_names_the_same_run_until_it_is_edited() -> None:
         (PersistenceError("down"), 40, 60),
         (OSError("connection refused"), 1, 2),
         (NotSubmitted("gone"), 0, None),
+        (UsageError("run r has no checkpoint"), 0, None),
+        (RuntimeError("server closed the connection"), 2, 4),
     ],
 )
 def test_retry_decisions(exc: BaseException, attempts: int, wait: int | None) -> None:
@@ -96,6 +98,7 @@ def test_retry_decisions(exc: BaseException, attempts: int, wait: int | None) ->
     decision = _retry_strategy().get_retry_decision(
         exception=exc, job=SimpleNamespace(attempts=attempts)
     )
+    assert retry_in(exc, attempts) == wait
     if wait is None:
         assert decision is None
         return

@@ -71,23 +71,33 @@ class WorkerStats:
     started: float = field(default_factory=time.monotonic)
 
 
+def retry_in(exc: BaseException, attempts: int) -> int | None:
+    """Seconds until a job that raised ``exc`` (after ``attempts`` earlier tries) runs again,
+    or ``None``: it failed for good.
+
+    Cancelled by a worker's grace: at once. A run another live process owns, or trouble with
+    the database or the network: 1 s, 2 s, 4 s, … at most :data:`RETRY_CAP_S`. A job that is not a
+    run, or any other error of ours (a run that cannot be continued): never.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        return 0
+    backoff = min(RETRY_CAP_S, 1 << min(attempts, 6))
+    if isinstance(exc, RunBusy | PersistenceError | StoreUnavailable | OSError):
+        return backoff
+    if isinstance(exc, FlowError):
+        return None
+    # anything else comes from the database driver or procrastinate: the database's trouble
+    return backoff if isinstance(exc, Exception) else None
+
+
 def _retry_strategy() -> Any:
-    """When a job that raised goes back to the queue, and when it fails for good."""
+    """procrastinate's side of :func:`retry_in`."""
     from procrastinate import BaseRetryStrategy, RetryDecision
 
     class Retry(BaseRetryStrategy):
         def get_retry_decision(self, *, exception: BaseException, job: Any) -> Any:
-            if isinstance(exception, asyncio.CancelledError):
-                return RetryDecision(retry_in={"seconds": 0})  # the grace ran out: at once
-            if isinstance(exception, NotSubmitted):
-                return None
-            if isinstance(exception, RunBusy | PersistenceError | StoreUnavailable | OSError):
-                wait = min(RETRY_CAP_S, 2 ** min(job.attempts, 6))
-                return RetryDecision(retry_in={"seconds": wait})
-            if isinstance(exception, FlowError):
-                return None
-            # anything else from the database driver is the database's trouble: retried
-            return RetryDecision(retry_in={"seconds": min(RETRY_CAP_S, 2 ** min(job.attempts, 6))})
+            wait = retry_in(exception, job.attempts)
+            return None if wait is None else RetryDecision(retry_in={"seconds": wait})
 
     return Retry()
 
@@ -183,13 +193,18 @@ async def serve(
                     " was not beating; left to it"
                 )
                 return "taken_over"
-            except NotSubmitted as exc:
-                stats.errors += 1
-                log.error(f"worker: job {job_id}: {exc} (the job failed; the worker goes on)")
-                raise
             except Exception as exc:
                 stats.errors += 1
-                log.warning(f"worker: job {job_id} (run {sub.run_id}): {exc}; it is tried again")
+                wait = retry_in(exc, context.job.attempts)
+                if wait is None:
+                    log.error(
+                        f"worker: job {job_id} (run {sub.run_id}): {exc} (the job failed;"
+                        " the worker goes on)"
+                    )
+                else:
+                    log.warning(
+                        f"worker: job {job_id} (run {sub.run_id}): {exc}; tried again in {wait} s"
+                    )
                 raise
             stats.finished += 1
             report(taken, (time.monotonic() - began) * 1000)
