@@ -12,7 +12,8 @@ that shares one HTTP pool, one store writer and one heartbeat. What it owes the 
 * **stopping**: SIGTERM or Ctrl-C stops taking jobs, lets those in flight finish for
   ``grace_s``, then cancels the rest — each run recorded ``cancelled``, its job given back;
 * ``until_empty``: stop once the queue has no job waiting or running (cron, CI, tests);
-* **a lost database**: the worker logs it, waits and starts taking jobs again.
+* **a lost database**: procrastinate's pool and listener connect again by themselves; should
+  its worker loop stop, the worker logs it, waits and starts taking jobs again.
 """
 
 from __future__ import annotations

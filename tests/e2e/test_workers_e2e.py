@@ -317,6 +317,7 @@ def test_a_worker_outlives_its_database_connections(
         worker.send_signal(signal.SIGTERM)
         stopped = finish(worker)
     assert stopped.code == 0, stopped.stderr
+    assert "Traceback" not in stopped.stderr
     assert [d["run_id"] for d in lines(stopped)] == [first, second]
     paid_once(pg, [first, second])
 
