@@ -23,7 +23,7 @@ from ..store.base import Definition
 from ._batch import read_results
 from ._common import setup_logging, workflow_from
 from ._json import json_line
-from ._queue import _database_errors, _open, _queue_ready, read_batch, submit_batch, wait_runs
+from ._queue import database_errors, open_queue, queue_ready, read_batch, submit_batch, wait_runs
 from ._run import outcome_json
 
 PROGRESS_S = 5.0
@@ -33,7 +33,7 @@ def cmd_batch_queue(args: argparse.Namespace) -> int:
     """Submit IN, wait for its runs, write OUT (see the module doc)."""
     if args.resume:
         raise UsageError("--queue picks up where OUT left off by itself: leave out --resume")
-    url = _queue_ready("batch --queue", args.db)
+    url = queue_ready("batch --queue", args.db)
     wf = workflow_from(args.workflow)
     setup_logging(quiet=True, debug=args.debug)
     definition = Definition(wf.name, wf.sha256, wf.text)
@@ -79,7 +79,7 @@ def cmd_batch_queue(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)  # fmt: skip
 
     try:
-        with _open(url) as store, _database_errors(url):
+        with open_queue(url) as store, database_errors(url):
             wait_runs(url, store, list(by_run), ended, tick=tick)
     except KeyboardInterrupt:
         print(

@@ -48,7 +48,7 @@ RECHECK_S = 5.0
 """``runs wait`` reads the runs again at least this often, for runs ended outside a worker."""
 
 
-def _queue_ready(command: str, db: str | None) -> str:
+def queue_ready(command: str, db: str | None) -> str:
     """The database URL, checked for the queue (see the module doc)."""
     url = database_url(db)
     require_postgres(url, command)
@@ -57,13 +57,13 @@ def _queue_ready(command: str, db: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _open(url: str) -> Iterator[SqlStore]:
+def open_queue(url: str) -> Iterator[SqlStore]:
     """Our store, its schema checked, and the queue's installed (or refused when behind)."""
     from ..queue.schema import check_queue
 
     store = SqlStore.open_sync(url)
     try:
-        with _database_errors(url):
+        with database_errors(url):
             check_queue(store.engine)
             yield store
     finally:
@@ -71,7 +71,7 @@ def _open(url: str) -> Iterator[SqlStore]:
 
 
 @contextlib.contextmanager
-def _database_errors(url: str) -> Iterator[None]:
+def database_errors(url: str) -> Iterator[None]:
     """A database failing under a queue command is the environment's (exit 3)."""
     from procrastinate.exceptions import ConnectorException
 
@@ -86,7 +86,7 @@ def _database_errors(url: str) -> Iterator[None]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Queue one run (``-m``) or one per line of a batch file (``--batch``)."""
-    url = _queue_ready("submit", args.db)
+    url = queue_ready("submit", args.db)
     wf = workflow_from(args.workflow)
     setup_logging(debug=args.debug)
     definition = Definition(wf.name, wf.sha256, wf.text)
@@ -96,7 +96,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     check_model_option(args.model)
     check_conversation_option(args.conversation)
     sub = Submission(str(uuid.uuid4()), wf.name, wf.sha256, message, args.conversation, args.model)
-    with _open(url) as store:
+    with open_queue(url) as store:
         _check_conversations(store.engine, [args.conversation] if args.conversation else [])
         submit_runs(store.engine, definition, [sub], queue=args.queue, at=datetime.now(UTC))
     if args.json:
@@ -136,7 +136,7 @@ def submit_batch(
     url: str, definition: Definition, subs: list[Submission], queue: str
 ) -> list[Submitted]:
     """Queue a batch's runs (those already submitted are not queued again)."""
-    with _open(url) as store:
+    with open_queue(url) as store:
         conversations = sorted({s.conversation_id for s in subs if s.conversation_id})
         _check_conversations(store.engine, conversations)
         return submit_runs(
@@ -190,7 +190,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..queue.notify import Notifier
     from ..queue.worker import WorkerOptions, WorkerStats, serve
 
-    url = _queue_ready("worker", args.db)
+    url = queue_ready("worker", args.db)
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     if args.stall_after <= 0 or args.grace < 0:
@@ -199,7 +199,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     key = resolve_key()
     setup_logging(debug=args.debug)
     _quiet_procrastinate(args.debug)
-    with _open(url):
+    with open_queue(url):
         pass  # schema checked (and the queue installed on a new database) before any job
     options = WorkerOptions(
         db=url, base_url=base_url, concurrency=args.concurrency, queue=args.queue,
@@ -339,7 +339,7 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
         check_run_id(run_id)
     if args.timeout is not None and args.timeout < 0:
         raise UsageError("--timeout must be at least 0")
-    url = _queue_ready("runs wait", args.db)
+    url = queue_ready("runs wait", args.db)
     setup_logging(debug=args.debug)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     failed = False
@@ -349,7 +349,7 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
         failed |= not outcome.succeeded
         _print_outcome(outcome, json_out=args.json)
 
-    with _open(url) as store, _database_errors(url):
+    with open_queue(url) as store, database_errors(url):
         pending = wait_runs(url, store, args.run_ids, ended, deadline=deadline)
     if pending:
         print(
