@@ -146,6 +146,20 @@ def test_three_workers_drain_a_submitted_batch_paid_once(
     assert third[0]["run_id"] != submitted[0]["run_id"]
 
 
+def test_eight_workers_started_at_once_on_a_new_database_all_come_up(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """Eight workers started together on an empty database: our tables and the queue's are
+    created once between them, every worker comes up and (the queue being empty) exits 0."""
+    sim = simulator()
+    workers = [start_worker(cli, pg, sim, "--until-empty") for _ in range(8)]
+    results = [finish(w) for w in workers]
+    assert [r.code for r in results] == [0] * 8, [r.stderr for r in results if r.code]
+    current = cli("db", "current", "--db", pg, "--json").json()
+    assert current["is_head"] is True
+    assert current["queue"]["is_current"] is True
+
+
 def test_a_job_delivered_twice_is_paid_once(
     cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
