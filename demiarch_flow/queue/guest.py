@@ -99,10 +99,10 @@ class TrioGuest(Generic[E]):
             try:
                 with scope:
                     result = await fn(*args)
-            except BaseException as exc:  # handed to asyncio, never to the nursery
+            except BaseException as exc:  # an error goes to asyncio, never to the nursery
                 if not future.done():
                     future.set_exception(_for_asyncio(exc))
-                if not isinstance(exc, Exception | trio.Cancelled):
+                if not isinstance(exc, Exception):  # trio.Cancelled goes on up
                     raise
                 return
             if not future.done():
