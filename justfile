@@ -48,3 +48,7 @@ bench-stream: setup
 # instructions per call (valgrind's callgrind): raw httpx, a full run on the table and on python-statemachine (`--calls N`, `--top K`)
 bench-instr *ARGS: setup
     .venv/bin/python bench/instructions.py {{ARGS}}
+
+# workers on the queue: N runs through 2 workers x 50 against one `batch --concurrency 100` (PostgreSQL on 127.0.0.1)
+bench-workers *ARGS: setup
+    .venv/bin/python bench/workers.py {{ARGS}}

@@ -27,7 +27,7 @@ from .pricing import PriceTable
 from .runner import Listener, RunEnv
 from .runner.context import utc_now
 from .runner.limiter import Limiter
-from .runner.owner import keep_alive, this_process
+from .runner.owner import HEARTBEAT_S, keep_alive, this_process
 from .runner.recovery import recovery_dir_for
 from .store.limits import SqlLedger
 from .store.sql import SqlStore
@@ -59,10 +59,12 @@ async def open_world(
     key: ApiKey,
     listeners: tuple[Listener, ...] = (),
     max_in_flight: int = 100,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> AsyncIterator[World]:
     """Open the database and the HTTP client; close both afterwards. The database is opened
     first, so a schema that does not fit (exit 3) is found before any request is sent, and
-    Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`)."""
+    Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`). ``heartbeat_s``:
+    how often the runs of this process say they are alive."""
     url = database_url(db)
     store = await SqlStore.open(url)
     try:
@@ -88,7 +90,7 @@ async def open_world(
             async with trio.open_nursery() as nursery:
                 # One heartbeat for every run of this process: a run left 'running' by a
                 # process that died is then recognisable as stale.
-                nursery.start_soon(keep_alive, store, owner, utc_now)
+                nursery.start_soon(keep_alive, store, owner, utc_now, heartbeat_s)
                 yield World(http, env)
                 nursery.cancel_scope.cancel()
     finally:

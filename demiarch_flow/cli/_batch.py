@@ -251,7 +251,12 @@ class _SeenIds:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    """Check the options and open the files, run every line, then report what happened."""
+    """Check the options and open the files, run every line, then report what happened
+    (with ``--queue``: the workers run them, see :mod:`._batchq`)."""
+    if args.queue:
+        from ._batchq import cmd_batch_queue
+
+        return cmd_batch_queue(args)
     batch = _Batch.open(args)
     try:
         trio_run(batch.main)

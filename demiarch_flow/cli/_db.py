@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sqlalchemy import Engine
+
 from ..paths import database_url
 from ..store.schema import HEAD, SchemaState, fresh_sql, prepare, read_state, upgrade_sql
 from ..store.sql import open_engine, opening, safe_url
@@ -22,16 +24,53 @@ def cmd_db_current(args: argparse.Namespace) -> int:
     """The database's revision, whether it is this release's head, and the backend."""
     url = database_url(args.db)
     engine = open_engine(url, read_only=True)
+    queue: dict[str, object] | None = None
     try:
         with opening(url), engine.connect() as conn:
             state = read_state(conn)
+            if _has_queue(state.backend):
+                from ..queue.schema import read_queue_state
+
+                queue = read_queue_state(conn).to_json()
     finally:
         engine.dispose()
     if args.json:
-        print(json.dumps(state.to_json()))
+        print(json.dumps({**state.to_json(), "queue": queue}))
     else:
         print(f"{safe_url(url)} ({state.backend}): {_describe(state)}")
+        if queue is not None:
+            print(f"queue (procrastinate {queue['procrastinate']}): {_describe_queue(queue)}")
     return 0
+
+
+def _has_queue(backend: str) -> bool:
+    """The queue lives on PostgreSQL, with procrastinate installed."""
+    import importlib.util
+
+    return backend == "postgresql" and importlib.util.find_spec("procrastinate") is not None
+
+
+def _describe_queue(queue: dict[str, object]) -> str:
+    if not queue["installed"]:
+        return "not installed yet (`db upgrade` or the first `worker`/`submit` installs it)"
+    if queue["pending"]:
+        return f"{queue['pending']} migration(s) to apply (run `db upgrade`)"
+    return f"current (last migration {queue['migration']})"
+
+
+def _upgrade_queue(engine: Engine) -> dict[str, object] | None:
+    """``db upgrade`` on PostgreSQL: procrastinate's schema too (installed, or its new
+    migrations applied; see :mod:`demiarch_flow.queue.schema`); ``None`` where there is none."""
+    if not _has_queue(engine.dialect.name):
+        return None
+    from ..queue.schema import read_queue_state, upgrade_queue
+
+    before = upgrade_queue(engine)
+    with engine.connect() as conn:
+        after = read_queue_state(conn)
+    action = "created" if not before.installed else "upgraded" if before.pending else "none"
+    return {"action": action, "applied": len(before.pending) if before.installed else 0,
+            **after.to_json()}  # fmt: skip
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -43,19 +82,23 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     try:
         with opening(url):
             before = prepare(engine, create=True, upgrade=True)
+            queue = _upgrade_queue(engine)
     finally:
         engine.dispose()
     if args.json:
         action = {"head": "none", "empty": "created"}.get(before.status, "upgraded")
         print(json.dumps({"database": safe_url(url), "backend": before.backend,
                           "action": action, "from_revision": before.revision,
-                          "revision": HEAD}))  # fmt: skip
-    elif before.status == "head":
+                          "revision": HEAD, "queue": queue}))  # fmt: skip
+        return 0
+    if before.status == "head":
         print(f"{safe_url(url)} is already at revision {HEAD}")
     elif before.status == "empty":
         print(f"{safe_url(url)}: created at revision {HEAD}")
     else:
         print(f"{safe_url(url)}: upgraded from revision {before.revision or 'none'} to {HEAD}")
+    if queue is not None and queue["action"] != "none":
+        print(f"queue (procrastinate {queue['procrastinate']}): {queue['action']}")
     return 0
 
 
@@ -68,6 +111,12 @@ def _print_sql(url: str) -> int:
         try:
             with opening(url):
                 sql = upgrade_sql(engine)
+                if _has_queue(engine.dialect.name):
+                    from ..queue.schema import queue_sql, read_queue_state
+
+                    with engine.connect() as conn:
+                        queue = queue_sql(read_queue_state(conn))
+                    sql = "\n".join(part for part in (sql, queue) if part)
         finally:
             engine.dispose()
     if sql:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..runner.owner import effective_status
+from ..runner.owner import Owner, effective_status
 from ..store.base import RunStatus, StoredRun
 from ._common import text_problem
 from ._json import json_line
@@ -16,10 +16,12 @@ from ._reading import read_report
 from ._table import plain, table
 
 if TYPE_CHECKING:
+    from ..queue.listing import QueuedRun
     from ..runner.resume import Resumed
 
-#: ``--status`` values: the stored ones, and ``stale`` (running, but its process is gone).
-STATUSES = ("running", "stale", "failed", "cancelled", "succeeded")
+#: ``--status`` values: the stored ones, ``stale`` (running, but its process is gone) and
+#: ``queued`` (submitted to the workers' queue, not begun yet).
+STATUSES = ("queued", "running", "stale", "failed", "cancelled", "succeeded")
 
 
 def _models(run: StoredRun) -> list[str]:
@@ -42,7 +44,25 @@ def _row(run: StoredRun, status: str) -> dict[str, object]:
         "cost_usd": plain(run.cost_usd),
         "started_at": run.started_at.isoformat(),
         "resume_count": run.resume_count,
+        "owner": _owner(run, status),
     }
+
+
+def _owner(run: StoredRun, status: str) -> dict[str, object] | None:
+    """The process that runs (or ran, for a stale run) the run: its host and pid."""
+    owner = Owner.parse(run.owner) if run.owner and status in ("running", "stale") else None
+    return {"host": owner.host, "pid": owner.pid} if owner else None
+
+
+def _queued_row(run: QueuedRun) -> dict[str, object]:
+    """A ``runs list --json`` object of a run still in the queue."""
+    return {
+        "run_id": run.run_id, "status": "queued", "state": None,
+        "conversation_id": run.conversation_id, "models": [run.model] if run.model else [],
+        "attempts": 0, "cost_usd": "0",
+        "started_at": run.submitted_at.isoformat() if run.submitted_at else None,
+        "resume_count": 0, "owner": None,
+    }  # fmt: skip
 
 
 def _since(text: str | None) -> datetime | None:
@@ -63,27 +83,62 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     # 'stale' is stored as 'running': read those and keep the ones whose owner is gone.
     stored: RunStatus | None = "running" if args.status == "stale" else args.status
     limit = args.limit if args.status not in ("running", "stale") else max(args.limit, 10_000)
-    runs = read_report(args.db, lambda r: r.list_runs(status=stored, since=since, limit=limit))
+    queued = _queued(args.db, since, args.limit) if args.status in (None, "queued") else []
+    runs = (
+        []
+        if args.status == "queued"
+        else read_report(args.db, lambda r: r.list_runs(status=stored, since=since, limit=limit))
+    )
     now = datetime.now(UTC)
     listed = [(r, effective_status(r, now)) for r in runs]
     if args.status in ("running", "stale"):
         listed = [(r, status) for r, status in listed if status == args.status][: args.limit]
     if args.json:
-        print(json_line([_row(r, status) for r, status in listed]))
+        docs = [_queued_row(q) for q in queued] + [_row(r, status) for r, status in listed]
+        print(json_line(docs[: args.limit]))
         return 0
-    if not listed:
+    if not listed and not queued:
         print("no runs" + (f" with status {args.status}" if args.status else ""))
         return 0
     headers = ["run", "status", "state", "conversation", "models", "attempts", "cost USD",
-               "started (UTC)", "resumed"]  # fmt: skip
+               "started (UTC)", "resumed", "owner"]  # fmt: skip
     body = [
+        (q.run_id, "queued", "", q.conversation_id or "", q.model or "", 0, "0",
+         q.submitted_at.strftime("%Y-%m-%d %H:%M:%S") if q.submitted_at else "", 0, "")
+        for q in queued
+    ] + [
         (r.run_id, status, r.current_state or "", r.conversation_id or "",
          " → ".join(_models(r)), len(r.attempts), plain(r.cost_usd),
-         r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.resume_count)
+         r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.resume_count,
+         _owner_text(_owner(r, status)))
         for r, status in listed
     ]  # fmt: skip
+    body = body[: args.limit]
     print(table(headers, body, numeric=[5, 6, 8]))
     return 0
+
+
+def _owner_text(owner: dict[str, object] | None) -> str:
+    return f"{owner['host']} pid {owner['pid']}" if owner else ""
+
+
+def _queued(db: str | None, since: datetime | None, limit: int) -> list[QueuedRun]:
+    """Runs submitted to the workers' queue and not begun (none without a queue: the queue
+    lives on PostgreSQL only)."""
+    from ..paths import database_url
+
+    url = database_url(db)
+    if not url.startswith("postgresql"):
+        return []
+    from ..queue.listing import queued_runs
+    from ..store.sql import SqlStore
+
+    store = SqlStore.open_sync(url, read_only=True)
+    try:
+        with store.engine.connect() as conn:
+            return queued_runs(conn, since=since, limit=limit)
+    finally:
+        store.close()
 
 
 def check_run_id(run_id: str) -> None:

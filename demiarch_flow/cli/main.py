@@ -183,10 +183,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --out: skip ids that succeeded there, resume failed or cancelled ones, run"
         " the missing ones; OUT then holds one line per input id (rewritten atomically)",
     )
+    p.add_argument(
+        "--queue", nargs="?", const="runs", default=None, metavar="NAME",
+        help="submit the lines to the workers' queue (PostgreSQL; default queue: runs), then"
+        " wait and write the results as they end",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _db(p)
     _base_url(p)
     p.set_defaults(handler=Command("batch", "cmd_batch"))
+
+    p = _command(
+        sub, "submit", help="queue runs for the workers (PostgreSQL): one, or one per batch line"
+    )
+    _workflow(p)
+    p.add_argument("-m", "--message", help="the user message (default: read from stdin)")
+    p.add_argument("--batch", metavar="IN", help="one run per line of a batch file (as `batch`)")
+    p.add_argument("--conversation", metavar="ID", help="continue this conversation")
+    p.add_argument("--model", metavar="M", help="replace the first model of the chain")
+    p.add_argument("--queue", default="runs", metavar="NAME", help="the queue (default: runs)")
+    _json(p, 'print {"run_id", "status"} (with --batch: {"id", "run_id", "status"} per line)')
+    _db(p)
+    p.set_defaults(handler=Command("queue", "cmd_submit"))
+
+    p = _command(sub, "worker", help="run submitted runs until stopped (PostgreSQL)")
+    p.add_argument(
+        "--concurrency", type=int, default=20, metavar="N", help="runs at once (default 20)"
+    )
+    p.add_argument("--queue", default="runs", metavar="NAME", help="the queue (default: runs)")
+    p.add_argument(
+        "--until-empty", action="store_true",
+        help="exit 0 once no job is waiting or running (cron, CI)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stall-after", type=float, default=30.0, metavar="S",
+        help="a worker silent this long is dead: its runs move to a live one (default 30)",
+    )  # fmt: skip
+    p.add_argument(
+        "--grace", type=float, default=30.0, metavar="S",
+        help="on SIGTERM/Ctrl-C, how long runs in flight may finish (default 30)",
+    )  # fmt: skip
+    _json(p, "print one JSON line per finished run")
+    _db(p)
+    _base_url(p)
+    p.set_defaults(handler=Command("queue", "cmd_worker"))
 
     p = _command(sub, "validate", help="check workflow files without calling anything")
     p.add_argument("files", nargs="+", metavar="FILE", help="workflow YAML files to check")
@@ -305,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=Command("report", "cmd_runs_show"))
     q = _command(runs, "list", help="one row per run, newest first")
     q.add_argument(
-        "--status", choices=["running", "stale", "failed", "cancelled", "succeeded"],
-        help="only runs with this status (stale: running, but its process is gone)",
+        "--status", choices=["queued", "running", "stale", "failed", "cancelled", "succeeded"],
+        help="only runs with this status (stale: running, but its process is gone; queued:"
+        " submitted to the workers, not begun)",
     )  # fmt: skip
     q.add_argument("--since", metavar="DATE", help="only runs started on or after this date")
     q.add_argument(
@@ -315,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     _json(q, "print a JSON array on stdout (one object per run)")
     _db(q)
     q.set_defaults(handler=Command("runs", "cmd_runs_list"))
+    q = _command(runs, "wait", help="wait until submitted runs have ended (PostgreSQL)")
+    q.add_argument("run_ids", nargs="+", metavar="RUN_ID", type=_utf8, help="the runs' ids")
+    q.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 124)")
+    _json(q, "print one `run --json` object per line")
+    _db(q)
+    q.set_defaults(handler=Command("queue", "cmd_runs_wait"))
     q = _command(
         runs, "resume", help="continue a failed, cancelled or stale run from its last checkpoint"
     )

@@ -80,9 +80,16 @@ def _alive(pid: int) -> bool:
 
 
 def effective_status(
-    run: StoredRun, now: datetime, *, host: str | None = None, alive: Callable[[int], bool] = _alive
+    run: StoredRun,
+    now: datetime,
+    *,
+    host: str | None = None,
+    alive: Callable[[int], bool] = _alive,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> str:
-    """The run's status, with ``running`` turned into ``stale`` when its owner is gone."""
+    """The run's status, with ``running`` turned into ``stale`` when its owner is gone (its
+    heartbeat older than ``stale_after_s``: a worker passes its ``--stall-after``, the limit
+    after which the queue has given the run's job to another worker)."""
     if run.status != "running":
         return run.status
     owner = Owner.parse(run.owner) if run.owner else None
@@ -90,15 +97,18 @@ def effective_status(
     if here and owner is not None and owner.pid != os.getpid() and not alive(owner.pid):
         return "stale"
     beat = run.heartbeat_at or run.started_at
-    return "stale" if (now - beat).total_seconds() > STALE_AFTER_S else "running"
+    return "stale" if (now - beat).total_seconds() > stale_after_s else "running"
 
 
-async def keep_alive(store: Store, owner: str, now: Callable[[], datetime]) -> None:
-    """Refresh the heartbeat of every running run of ``owner`` until cancelled."""
+async def keep_alive(
+    store: Store, owner: str, now: Callable[[], datetime], interval_s: float = HEARTBEAT_S
+) -> None:
+    """Refresh the heartbeat of every running run of ``owner`` every ``interval_s`` until
+    cancelled (a worker whose runs count as stale sooner beats faster)."""
     import trio  # here: `runs list` reads owners without starting trio
 
     while True:
-        await trio.sleep(HEARTBEAT_S)
+        await trio.sleep(interval_s)
         try:
             await store.heartbeat(owner, now())
         except Exception:  # a missed beat is not worth failing runs for

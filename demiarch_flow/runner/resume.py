@@ -43,7 +43,7 @@ from .attempt import answer_cost
 from .context import RunEnv, model_chain, new_id
 from .engine import RunOutcome, drive
 from .limits import UNBOOKED_KEPT
-from .owner import effective_status
+from .owner import STALE_AFTER_S, effective_status
 from .recovery import read_recovery, recovery_path
 from .state import AttemptInfo, RunState
 
@@ -90,11 +90,18 @@ def saved_outcome(run: StoredRun) -> RunOutcome:
     )
 
 
-async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = None) -> Resumed:
+async def resume_run(
+    run_id: str,
+    env: RunEnv,
+    *,
+    workflow: Workflow | None = None,
+    stale_after_s: float = STALE_AFTER_S,
+) -> Resumed:
     """Continue run ``run_id`` from its last checkpoint (see the module doc).
 
     Args:
         workflow: run the rest under this definition instead of the stored one.
+        stale_after_s: how old an owner's heartbeat must be for the run to be taken from it.
 
     Raises:
         NotResumable: no such run, it is still running, or it cannot be continued.
@@ -104,7 +111,7 @@ async def resume_run(run_id: str, env: RunEnv, *, workflow: Workflow | None = No
         raise NotResumable(f"no run with id {run_id!r} in this database")
     if run.reply is not None:
         return Resumed(saved_outcome(run), ran=False)
-    status = effective_status(run, env.now())
+    status = effective_status(run, env.now(), stale_after_s=stale_after_s)
     if status == "running":
         raise NotResumable(
             f"run {run_id} is still running (owner {run.owner}, heartbeat"

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 KEYS = {
     "run_id", "status", "state", "conversation_id", "models", "attempts", "cost_usd",
-    "started_at", "resume_count",
+    "started_at", "resume_count", "owner",
 }  # fmt: skip
 
 
@@ -42,6 +42,8 @@ def test_runs_list_shows_stale_runs(cli: Cli, simulator: Callable[[str], SimThre
     assert float(ok["cost_usd"]) > 0
     (stale_id,) = set(by_id) - {ok["run_id"]}
     assert by_id[stale_id]["status"] == "stale"
+    assert ok["owner"] is None
+    assert isinstance(by_id[stale_id]["owner"]["pid"], int)
     stale = cli("runs", "list", "--status", "stale", "--json")
     assert stale.code == 0, stale.stderr
     assert [(r["run_id"], r["status"]) for r in stale.json()] == [(stale_id, "stale")]

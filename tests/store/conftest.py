@@ -54,12 +54,18 @@ def drop_own_database() -> None:
 
 def drop_everything(url: str = PG_URL) -> None:
     """Empty the test database: every table, ``alembic_version`` included, whatever revision
-    (or foreign table) an earlier run left behind."""
+    (or foreign table) an earlier run left behind; on PostgreSQL the whole ``public`` schema,
+    so the queue's functions and types go too."""
     from sqlalchemy import MetaData
 
     engine = open_engine(url)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # the queue's schema (procrastinate) has functions and types beside its tables
+                conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+                conn.exec_driver_sql("CREATE SCHEMA public")
+                return
             found = MetaData()
             found.reflect(conn)
             found.drop_all(conn)

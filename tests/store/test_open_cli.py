@@ -91,6 +91,7 @@ def test_db_upgrade_then_current(home: Path, capsys: pytest.CaptureFixture[str])
         "is_head": True,
         "status": "head",
         "backend": "sqlite",
+        "queue": None,
     }
     assert main(["db", "current", "--db", url]) == 0
     assert f"revision {HEAD} (head)" in capsys.readouterr().out

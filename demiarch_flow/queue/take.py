@@ -1,0 +1,170 @@
+"""One job, on the trio side: start its run, or continue it without paying twice.
+
+procrastinate delivers a job at least once: a worker killed, frozen past ``--stall-after`` or
+cut off from the database has its jobs given to another. Whatever the job's history, the run's
+own records decide what happens, exactly as ``runs resume`` decides (:mod:`demiarch_flow.runner
+.resume`):
+
+* no run yet: it starts, under the run id the submission gave it;
+* it has ended (succeeded, or failed as a workflow fails): nothing is sent, the job succeeds;
+* it is running under a live owner (another worker has it): :class:`RunBusy`, the job is
+  retried later and by then finds it ended — the owner is never overtaken (owner fencing);
+* it was cancelled (a worker's grace ran out), its owner is gone, or it failed because the
+  database failed: resumed — a stored or recovered answer is kept, never asked again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+import trio
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..definition import Workflow, parse_workflow
+from ..errors import DefinitionError, ErrorClass, FlowError, PersistenceError, RunError, UsageError
+from ..runner import RunEnv, RunOutcome, RunRequest, run_workflow
+from ..runner.owner import effective_status
+from ..runner.resume import resume_run, saved_outcome
+from ..runner.state import RunState
+from ..store.base import StoredRun
+from ..store.sql import SqlStore
+from .submit import Submission
+
+Action = Literal["ran", "resumed", "ended"]
+
+
+class RunBusy(FlowError):
+    """The run is running under a live owner: the job is tried again later (not an error)."""
+
+    def __init__(self, run_id: str, owner: str | None) -> None:
+        super().__init__(f"run {run_id} is running under {owner}; its job is tried again later")
+
+
+class NotSubmitted(UsageError):
+    """The job cannot become a run (its definition or its arguments are gone): it fails with
+    this message, and the worker goes on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What a job did to its run."""
+
+    outcome: RunOutcome
+    action: Action
+    """``ran``: started here; ``resumed``: continued here; ``ended``: it had ended already
+    (nothing sent)."""
+
+
+_DEFINITION = text("SELECT text FROM workflow_definitions WHERE sha256 = :sha")
+
+
+class Workflows:
+    """The definitions jobs name, parsed once per SHA-256 for the life of a worker."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._parsed: dict[str, Workflow] = {}
+
+    async def get(self, sub: Submission) -> Workflow:
+        """Raises: NotSubmitted: the database has no such definition, or it does not parse."""
+        if (wf := self._parsed.get(sub.workflow_sha256)) is not None:
+            return wf
+        source = await trio.to_thread.run_sync(self._read, sub.workflow_sha256)
+        if source is None:
+            raise NotSubmitted(
+                f"run {sub.run_id}: its workflow (sha256 {sub.workflow_sha256[:12]}) is not in"
+                " workflow_definitions; submit it again"
+            )
+        try:
+            wf = parse_workflow(source, source=f"<definition {sub.workflow_sha256[:12]}>")
+        except DefinitionError as exc:
+            raise NotSubmitted(
+                f"run {sub.run_id}: its workflow no longer validates: {exc}"
+            ) from None
+        self._parsed[sub.workflow_sha256] = wf
+        return wf
+
+    def _read(self, sha: str) -> str | None:
+        try:
+            with self._store.engine.connect() as conn:
+                found: str | None = conn.execute(_DEFINITION, {"sha": sha}).scalar()
+                return found
+        except SQLAlchemyError as exc:
+            raise PersistenceError(f"cannot read the workflow definition: {exc}") from None
+
+
+async def take_run(
+    sub: Submission, env: RunEnv, workflows: Workflows, *, stale_after_s: float
+) -> Taken:
+    """Start or continue the run of ``sub`` (see the module doc).
+
+    Raises:
+        RunBusy: a live process owns the run.
+        NotSubmitted: the job cannot become a run.
+        PersistenceError: the database failed (the job is retried).
+    """
+    run = await env.store.load_run(sub.run_id)
+    if run is None:
+        wf = await workflows.get(sub)
+        request = RunRequest(sub.message, conversation_id=sub.conversation_id, model=sub.model)
+        return _retried_if_unrecorded(
+            Taken(await run_workflow(wf, request, env, run_id=sub.run_id), "ran")
+        )
+    if run.reply is not None:
+        return Taken(saved_outcome(run), "ended")
+    if run.status == "failed" and run.error_class != ErrorClass.PERSISTENCE:
+        return Taken(ended_outcome(run), "ended")
+    status = effective_status(run, env.now(), stale_after_s=stale_after_s)
+    if status == "running":
+        raise RunBusy(run.run_id, run.owner)
+    resumed = await resume_run(run.run_id, env, stale_after_s=stale_after_s)
+    return _retried_if_unrecorded(Taken(resumed.outcome, "resumed" if resumed.ran else "ended"))
+
+
+def _retried_if_unrecorded(taken: Taken) -> Taken:
+    """A run that failed because the database failed is the database's trouble, not the
+    run's result: its job is retried (and then resumes the run, or starts it if even its row
+    was never written).
+
+    Raises:
+        PersistenceError: the run failed with class ``persistence``.
+    """
+    outcome = taken.outcome
+    if outcome.status == "failed" and outcome.error_class == ErrorClass.PERSISTENCE:
+        raise PersistenceError(f"run {outcome.run_id}: {outcome.error}")
+    return taken
+
+
+def ended_outcome(run: StoredRun) -> RunOutcome:
+    """The outcome of a run that has ended, read back from its row (a succeeded run with its
+    reply, else its status and error), as ``run --json`` reports it."""
+    if run.reply is not None:
+        return saved_outcome(run)
+    state = RunState.from_json(run.state_json) if run.state_json else None
+    error = None
+    if run.error_class or run.error_message:
+        try:
+            cls = ErrorClass(run.error_class) if run.error_class else ErrorClass.INTERNAL
+        except ValueError:
+            cls = ErrorClass.INTERNAL
+        error = RunError(run.error_message or run.status, error_class=cls)
+    return RunOutcome(
+        run_id=run.run_id,
+        conversation_id=run.conversation_id,
+        status=run.status,
+        final_state=run.current_state or "",
+        model=run.model,
+        content=None,
+        prompt_tokens=None,
+        completion_tokens=None,
+        cost_usd=run.cost_usd if run.cost_usd else Decimal(0),
+        cost_source=None,
+        attempts=state.attempts if state else (),
+        transitions=(),
+        error=error,
+        virtual_wait_s=0.0,
+        resume_count=run.resume_count,
+    )
