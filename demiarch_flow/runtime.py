@@ -31,6 +31,7 @@ from .runner.owner import keep_alive, this_process
 from .runner.recovery import recovery_dir_for
 from .store.limits import SqlLedger
 from .store.sql import SqlStore
+from .telemetry import open_tracer
 
 __all__ = ["World", "http_client", "open_world"]
 
@@ -59,37 +60,46 @@ async def open_world(
     key: ApiKey,
     listeners: tuple[Listener, ...] = (),
     max_in_flight: int = 100,
+    trace: bool | None = None,
 ) -> AsyncIterator[World]:
     """Open the database and the HTTP client; close both afterwards. The database is opened
     first, so a schema that does not fit (exit 3) is found before any request is sent, and
-    Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`)."""
+    Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`).
+
+    Args:
+        trace: trace every run with OpenTelemetry (``True``), never (``False``), or as the
+            ``OTEL_*`` variables and the program's own tracer provider say (``None``; see
+            :func:`~demiarch_flow.telemetry.tracing_wanted`).
+    """
     url = database_url(db)
     store = await SqlStore.open(url)
     try:
-        async with http_client(max_in_flight) as http:
-            client = OpenRouterClient(
-                http,
-                key,
-                base_url=base_url,
-                app_url=os.environ.get("DEMIARCH_FLOW_APP_URL") or DEFAULT_APP_URL,
-                app_title=os.environ.get("DEMIARCH_FLOW_APP_TITLE") or DEFAULT_APP_TITLE,
-                limiter=trio.CapacityLimiter(max_in_flight),
-            )
-            owner = this_process(utc_now()).token
-            env = RunEnv(
-                client=client,
-                store=store,
-                prices=PriceTable.load(prices_path()),
-                listeners=listeners,
-                recovery_dir=recovery_dir_for(url),
-                owner=owner,
-                limits=Limiter(SqlLedger(store.engine)),
-            )
-            async with trio.open_nursery() as nursery:
-                # One heartbeat for every run of this process: a run left 'running' by a
-                # process that died is then recognisable as stale.
-                nursery.start_soon(keep_alive, store, owner, utc_now)
-                yield World(http, env)
-                nursery.cancel_scope.cancel()
+        with open_tracer(trace, server_url=base_url) as tracer:
+            async with http_client(max_in_flight) as http:
+                client = OpenRouterClient(
+                    http,
+                    key,
+                    base_url=base_url,
+                    app_url=os.environ.get("DEMIARCH_FLOW_APP_URL") or DEFAULT_APP_URL,
+                    app_title=os.environ.get("DEMIARCH_FLOW_APP_TITLE") or DEFAULT_APP_TITLE,
+                    limiter=trio.CapacityLimiter(max_in_flight),
+                )
+                owner = this_process(utc_now()).token
+                env = RunEnv(
+                    client=client,
+                    store=store,
+                    prices=PriceTable.load(prices_path()),
+                    listeners=(*listeners, tracer) if tracer is not None else listeners,
+                    recovery_dir=recovery_dir_for(url),
+                    owner=owner,
+                    limits=Limiter(SqlLedger(store.engine)),
+                    tracer=tracer,
+                )
+                async with trio.open_nursery() as nursery:
+                    # One heartbeat for every run of this process: a run left 'running' by a
+                    # process that died is then recognisable as stale.
+                    nursery.start_soon(keep_alive, store, owner, utc_now)
+                    yield World(http, env)
+                    nursery.cancel_scope.cancel()
     finally:
         store.close()

@@ -1,0 +1,278 @@
+"""A run as an OpenTelemetry trace, drawn from its records (:class:`OtelTracer`).
+
+Spans are made after the fact, with the times the records carry: a ``chat {model}`` span starts
+``latency_ms`` before its ``attempt`` record and ends at it, a wait span runs from its ``wait``
+record to the run's next record. Times are the run's trio clock laid on the wall clock of its
+start, so a run under ``MockClock`` (``simulate``, the tests) draws its virtual timeline.
+
+Every string that reaches an attribute passes :func:`~demiarch_flow.errors.redact` first: a
+server that echoes the API key in a model name or an id does not get it exported. Free-text
+messages are never exported; message content only with
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .. import __version__
+from ..errors import redact
+from ..runner.records import FlowRecord, RunStart
+
+log = logging.getLogger("demiarch_flow")
+
+PROVIDER = "openrouter"
+"""``gen_ai.provider.name`` of every chat span (an OpenAI-compatible endpoint named with
+``--base-url`` is told apart by ``server.address``)."""
+
+#: The bucket boundaries the GenAI conventions advise for the two client histograms.
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92)  # fmt: skip
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)  # fmt: skip
+
+_W3C = TraceContextTextMapPropagator()
+
+
+@dataclass
+class _Run:
+    """What the tracer holds of one run between its start and its ``finished`` record."""
+
+    root: Span
+    anchor_ns: int
+    anchor_mono: float
+    wait: Span | None = None
+    cost: Decimal = field(default_factory=lambda: Decimal(0))
+    answered_cost_known: bool = False
+    input: str | None = None
+
+
+def _attrs(**values: Any) -> dict[str, Any]:
+    """Attributes without the unknown ones, every string redacted (dotted names: ``__``)."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        key = name.replace("__", ".")
+        if isinstance(value, str):
+            out[key] = redact(value)
+        elif isinstance(value, Decimal):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+class OtelTracer:
+    """The runs of one process as traces and ``gen_ai.client.*`` metrics.
+
+    A :class:`~demiarch_flow.runner.records.Listener` and the engine's
+    :class:`~demiarch_flow.runner.records.RunTracer`. It never fails a run: anything it cannot
+    do is logged at debug level and skipped.
+
+    Args:
+        server_url: the endpoint's base URL (``server.address`` / ``server.port``).
+        tracer_provider, meter_provider: default: the global ones (a program's own).
+        environ: where ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` is read.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_url: str,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._tracer = trace.get_tracer("demiarch_flow", __version__, tracer_provider)
+        meter = metrics.get_meter("demiarch_flow", __version__, meter_provider=meter_provider)
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", "s", "GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )  # fmt: skip
+        self._tokens = meter.create_histogram(
+            "gen_ai.client.token.usage", "{token}", "Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )  # fmt: skip
+        self._first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", "s",
+            "Time from sending a streamed request until its first content chunk.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )  # fmt: skip
+        self._spend = meter.create_counter(
+            "demiarch_flow.client.cost", "USD", "What the attempts cost, as the provider said."
+        )
+        url = urlsplit(server_url)
+        default_port = 443 if url.scheme == "https" else 80
+        self._server = _attrs(server__address=url.hostname, server__port=url.port or default_port)
+        env = os.environ if environ is None else environ
+        capture = env.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
+        self._capture = capture.strip().lower() == "true"
+        self._runs: dict[str, _Run] = {}
+
+    # ------------------------------------------------------------------ the run's root
+
+    def start_run(self, start: RunStart) -> str | None:
+        """Open the run's ``invoke_workflow`` span: under the context kept with a resumed run
+        (or the job's ``traceparent``), else under the caller's current span. Returns the
+        ``traceparent`` to keep: a resumed run keeps the first one, so every resume is a child
+        of the run's first root and the whole run is one trace."""
+        try:
+            return self._start(start)
+        except Exception:  # tracing never fails a run
+            log.debug("could not open the run's trace", exc_info=True)
+            return start.trace
+
+    def _start(self, start: RunStart) -> str | None:
+        parent = _W3C.extract({"traceparent": start.trace}) if start.trace else None
+        anchor_ns = int(start.wall.timestamp() * 1e9)
+        root = self._tracer.start_span(
+            f"invoke_workflow {start.workflow}",
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            start_time=anchor_ns,
+            attributes=_attrs(
+                gen_ai__operation__name="invoke_workflow", gen_ai__workflow__name=start.workflow,
+                demiarch_flow__run__id=start.run_id,
+                demiarch_flow__workflow__sha256=start.workflow_sha256,
+                gen_ai__conversation__id=start.conversation_id,
+                demiarch_flow__run__resume_count=start.resume_count,
+            ),
+        )  # fmt: skip
+        self._runs[start.run_id] = _Run(root, anchor_ns, start.monotonic, input=start.message)
+        if start.trace and start.resume_count > 0:
+            return start.trace
+        carrier: dict[str, str] = {}
+        _W3C.inject(carrier, trace.set_span_in_context(root))
+        return carrier.get("traceparent", start.trace)
+
+    # ------------------------------------------------------------------ records
+
+    async def on_record(self, r: FlowRecord) -> None:
+        if r.kind == "delta":
+            return
+        run = self._runs.get(r.run_id)
+        if run is None:
+            return
+        try:
+            self._on(run, r)
+        except Exception:  # tracing never fails a run
+            log.debug("could not trace a %s record", r.kind, exc_info=True)
+
+    def _on(self, run: _Run, r: FlowRecord) -> None:
+        at = run.anchor_ns + round((r.monotonic - run.anchor_mono) * 1e9)
+        if run.wait is not None:
+            run.wait.end(end_time=at)
+            run.wait = None
+        if r.kind == "attempt":
+            self._attempt(run, r, at)
+        elif r.kind == "transition":
+            run.root.add_event("transition", _attrs(
+                demiarch_flow__from=r.from_state, demiarch_flow__event=r.event,
+                demiarch_flow__to=r.to_state, demiarch_flow__model=r.model,
+                demiarch_flow__attempt=r.attempt, error__type=r.error_class,
+                demiarch_flow__wait_s=r.wait_s, demiarch_flow__wait_source=r.wait_source,
+            ), at)  # fmt: skip
+        elif r.kind == "wait":
+            run.wait = self._tracer.start_span(
+                f"wait {r.wait_source or 'backoff'}",
+                context=trace.set_span_in_context(run.root),
+                start_time=at,
+                attributes=_attrs(
+                    demiarch_flow__wait_s=r.wait_s, demiarch_flow__wait_source=r.wait_source,
+                    demiarch_flow__model=r.model, demiarch_flow__attempt=r.attempt,
+                    error__type=r.error_class,
+                ),
+            )  # fmt: skip
+        elif r.kind in ("fallback", "cooldown"):
+            run.root.add_event(r.kind, _attrs(
+                demiarch_flow__event=r.event, demiarch_flow__model=r.model,
+                demiarch_flow__next_model=r.next_model, error__type=r.error_class,
+                demiarch_flow__wait_s=r.wait_s,
+            ), at)  # fmt: skip
+        elif r.kind == "finished":
+            self._finish(run, r, at)
+
+    def _attempt(self, run: _Run, r: FlowRecord, at: int) -> None:
+        common = _attrs(
+            gen_ai__operation__name="chat", gen_ai__provider__name=PROVIDER,
+            gen_ai__request__model=r.model, gen_ai__response__model=r.response_model,
+            error__type=r.error_class, **{k.replace(".", "__"): v for k, v in self._server.items()},
+        )  # fmt: skip
+        span_attrs = {
+            **common,
+            **_attrs(
+                gen_ai__response__id=r.response_id,
+                gen_ai__usage__input_tokens=r.input_tokens,
+                gen_ai__usage__output_tokens=r.output_tokens,
+                gen_ai__request__stream=r.streamed,
+                gen_ai__response__time_to_first_chunk=None
+                if r.first_token_ms is None else r.first_token_ms / 1000,
+                http__response__status_code=r.status, demiarch_flow__attempt=r.attempt,
+                demiarch_flow__cost_usd=r.cost_usd, demiarch_flow__stream__cause=r.cause,
+                demiarch_flow__stream__partial_chars=r.partial_chars,
+            ),
+        }  # fmt: skip
+        if r.finish_reason:
+            span_attrs["gen_ai.response.finish_reasons"] = (redact(r.finish_reason),)
+        if self._capture and run.input is not None:
+            span_attrs["gen_ai.input.messages"] = _messages("user", run.input)
+            if r.text is not None:
+                span_attrs["gen_ai.output.messages"] = _messages("assistant", r.text)
+        latency_ns = (r.latency_ms or 0) * 1_000_000
+        span = self._tracer.start_span(
+            f"chat {r.model}",
+            context=trace.set_span_in_context(run.root),
+            kind=SpanKind.CLIENT,
+            start_time=at - latency_ns,
+            attributes=span_attrs,
+        )
+        if r.error_class is not None:
+            span.set_status(Status(StatusCode.ERROR, str(r.error_class)))
+        span.end(end_time=at)
+        self._duration.record((r.latency_ms or 0) / 1000, common)
+        for kind, count in (("input", r.input_tokens), ("output", r.output_tokens)):
+            if count is not None:
+                self._tokens.record(count, {**common, "gen_ai.token.type": kind})
+        if r.first_token_ms is not None:
+            self._first_chunk.record(r.first_token_ms / 1000, common)
+        if r.cost_usd is not None:
+            run.cost += r.cost_usd
+            run.answered_cost_known = run.answered_cost_known or r.error_class is None
+            self._spend.add(float(r.cost_usd), common)
+
+    def _finish(self, run: _Run, r: FlowRecord, at: int) -> None:
+        del self._runs[r.run_id]
+        cost = run.cost
+        if r.cost_usd is not None and not run.answered_cost_known:
+            cost += r.cost_usd  # the reply's cost was learnt after its attempt (Persist)
+        root = run.root
+        root.set_attributes(_attrs(
+            gen_ai__conversation__id=r.conversation_id, demiarch_flow__run__status=r.run_status,
+            demiarch_flow__run__final_state=r.to_state, demiarch_flow__run__attempts=r.attempts,
+            demiarch_flow__run__cost_usd=cost, gen_ai__response__model=r.model,
+        ))  # fmt: skip
+        if r.run_status != "succeeded":
+            if r.error_class is not None:
+                root.set_attribute("error.type", str(r.error_class))
+            root.set_status(Status(StatusCode.ERROR, r.run_status or "failed"))
+        root.end(end_time=at)
+
+
+def _messages(role: str, content: str) -> str:
+    """``gen_ai.input.messages`` / ``gen_ai.output.messages`` as the conventions define them
+    (a JSON array of messages with text parts), redacted."""
+    doc = [{"role": role, "parts": [{"type": "text", "content": content}]}]
+    return redact(json.dumps(doc, ensure_ascii=False))
