@@ -92,6 +92,20 @@ def _workflow(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _trace(p: argparse.ArgumentParser) -> None:
+    """``--trace`` / ``--no-trace``: force OpenTelemetry on or off (default: the ``OTEL_*``
+    variables decide)."""
+    tracing = p.add_mutually_exclusive_group()
+    tracing.add_argument(
+        "--trace", dest="trace", action="store_true", default=None,
+        help="export OpenTelemetry traces and metrics (needs the otel extra; default: on when"
+        " OTEL_EXPORTER_OTLP_ENDPOINT or another OTEL_* exporter variable is set)",
+    )  # fmt: skip
+    tracing.add_argument(
+        "--no-trace", dest="trace", action="store_false", help="export no traces or metrics"
+    )
+
+
 def _turn_options(p: argparse.ArgumentParser) -> None:
     """What ``run`` and ``chat`` share: workflow, conversation, model, output, database, API."""
     _workflow(p)
@@ -106,6 +120,7 @@ def _turn_options(p: argparse.ArgumentParser) -> None:
     streaming.add_argument(
         "--no-stream", dest="stream", action="store_false", help="wait for the whole reply"
     )
+    _trace(p)
     _db(p)
     _base_url(p)
 
@@ -182,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         " the missing ones; OUT then holds one line per input id (rewritten atomically)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _trace(p)
     _db(p)
     _base_url(p)
     p.set_defaults(handler=Command("batch", "cmd_batch"))

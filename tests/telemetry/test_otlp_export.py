@@ -1,0 +1,71 @@
+"""The real command line exporting to a real OTLP receiver: ``run --trace`` against the bundled
+simulator, the spans and metrics decoded from the protobuf the exporter sent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ..e2e.conftest import FAST, KEY, Cli, SimThread, cli, simulator
+from .receiver import Receiver
+
+__all__ = ["cli", "simulator"]
+
+pytestmark = pytest.mark.e2e
+
+SONNET, HAIKU = "anthropic/claude-sonnet-4", "anthropic/claude-3.5-haiku"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_run_with_trace_exports_one_trace_and_the_metrics(
+    cli: Cli, simulator: Callable[..., SimThread], receiver: Receiver
+) -> None:
+    """A run that retries (500), falls back (404) and succeeds, exported over OTLP/HTTP: one
+    trace, the root invoke_workflow span with every chat span its child, the service name
+    from OTEL_SERVICE_NAME, both GenAI metrics — and the key in none of the bytes."""
+    sim = simulator(f"{SONNET}=500,404")
+    out = cli(
+        "run", "-m", "hello", "--base-url", sim.url, "--json", "--trace", "--no-stream", FAST,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SERVICE_NAME": "e2e-svc",
+             "OTEL_METRIC_EXPORT_INTERVAL": "60000"},
+    )  # fmt: skip
+    assert out.code == 0, out.stderr
+    run_id = out.json()["run_id"]
+    spans = receiver.spans()
+    (root,) = [s for s in spans if s.name == "invoke_workflow chat-fast"]
+    chats = [s for s in spans if s.name.startswith("chat ")]
+    assert sorted(s.name for s in chats) == sorted(
+        [f"chat {SONNET}", f"chat {SONNET}", f"chat {HAIKU}"]
+    )
+    assert {s.trace_id for s in spans} == {root.trace_id}
+    assert all(s.parent_span_id == root.span_id for s in chats)
+    attrs = {kv.key: kv.value for kv in root.attributes}
+    assert attrs["demiarch_flow.run.id"].string_value == run_id
+    assert attrs["demiarch_flow.run.status"].string_value == "succeeded"
+    assert {"e2e-svc"} == {r["service.name"] for r in receiver.resources()}
+    assert {"gen_ai.client.operation.duration", "gen_ai.client.token.usage"} <= (
+        receiver.metric_names()
+    )
+    assert receiver.raw and not [b for b in receiver.raw if KEY.encode() in b]
+
+
+def test_without_a_variable_or_the_flag_nothing_is_exported(
+    cli: Cli, simulator: Callable[..., SimThread], receiver: Receiver
+) -> None:
+    """No OTEL_* variable, no --trace: not a byte reaches the receiver; --no-trace beats the
+    variables."""
+    sim = simulator()
+    assert cli("run", "-m", "hi", "--base-url", sim.url, FAST).code == 0
+    out = cli(
+        "run", "-m", "hi", "--base-url", sim.url, "--no-trace", FAST,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url},
+    )  # fmt: skip
+    assert out.code == 0, out.stderr
+    assert receiver.raw == []
