@@ -41,20 +41,33 @@ _NOISY = (
 
 
 class _Once(logging.Filter):
-    """Lets one warning of the exporters through: a dead collector is said once."""
+    """Lets one warning of the exporters through: a dead collector is said once a process
+    (their threads run on past the block, so it stays installed)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.said = False
+        self.lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        if self.said:
+        with self.lock:
+            said, self.said = self.said, True
+        if said:
             return False
-        self.said = True
         record.msg = f"telemetry export failing (further export warnings are dropped): {record.msg}"
         return True
+
+
+_ONCE = _Once()
+
+
+def _quieten() -> None:
+    for name in _NOISY:
+        logger = logging.getLogger(name)
+        if _ONCE not in logger.filters:
+            logger.addFilter(_ONCE)
 
 
 def _names(env: Mapping[str, str], var: str) -> list[str]:
@@ -122,28 +135,26 @@ def resource(env: Mapping[str, str]) -> Resource:
 
 
 @contextmanager
-def sdk_providers(env: Mapping[str, str]) -> Iterator[tuple[TracerProvider, MeterProvider]]:
+def sdk_providers(
+    env: Mapping[str, str], flush_s: float = FLUSH_S
+) -> Iterator[tuple[TracerProvider, MeterProvider]]:
     """A tracer and a meter provider exporting as the variables say; shut down (flushed for at
-    most :data:`FLUSH_S` s) when the block ends. Neither is made the global one: a program's
-    own instrumentation is not redirected by a library."""
-    once = _Once()
-    for name in _NOISY:
-        logging.getLogger(name).addFilter(once)
+    most ``flush_s`` seconds) when the block ends. Neither is made the global one: a
+    program's own instrumentation is not redirected by a library."""
+    _quieten()
     res = resource(env)
-    tracer_provider = TracerProvider(resource=res)
+    tracer_provider = TracerProvider(resource=res, shutdown_on_exit=False)
     processors = [
         BatchSpanProcessor(_span_exporter(n, env)) for n in _names(env, "OTEL_TRACES_EXPORTER")
     ]
     for processor in processors:
         tracer_provider.add_span_processor(processor)
     readers = [_metric_reader(n, env) for n in _names(env, "OTEL_METRICS_EXPORTER")]
-    meter_provider = MeterProvider(resource=res, metric_readers=readers)
+    meter_provider = MeterProvider(resource=res, metric_readers=readers, shutdown_on_exit=False)
     try:
         yield tracer_provider, meter_provider
     finally:
-        _within(FLUSH_S, [p.shutdown for p in processors] + [r.shutdown for r in readers])
-        for name in _NOISY:
-            logging.getLogger(name).removeFilter(once)
+        _within(flush_s, [tracer_provider.shutdown, meter_provider.shutdown])
 
 
 def _within(seconds: float, calls: list[Callable[[], object]]) -> None:
