@@ -285,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     _json(q)
     _db(q)
     q.set_defaults(handler=Command("report", "cmd_runs_show"))
+    q = _command(
+        runs, "trace", help="the span tree of one run with timings, drawn from its journal"
+    )
+    q.add_argument(
+        "run_id", metavar="RUN_ID", type=_utf8, help="the run's id (`runs list` shows them)"
+    )
+    _db(q)
+    q.set_defaults(handler=Command("trace", "cmd_runs_trace"))
     q = _command(runs, "list", help="one row per run, newest first")
     q.add_argument(
         "--status", choices=["running", "stale", "failed", "cancelled", "succeeded"],

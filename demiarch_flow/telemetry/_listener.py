@@ -5,10 +5,11 @@ Spans are made after the fact, with the times the records carry: a ``chat {model
 record to the run's next record. Times are the run's trio clock laid on the wall clock of its
 start, so a run under ``MockClock`` (``simulate``, the tests) draws its virtual timeline.
 
-Every string that reaches an attribute passes :func:`~demiarch_flow.errors.redact` first: a
-server that echoes the API key in a model name or an id does not get it exported. Free-text
-messages are never exported; message content only with
-``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+Every string from outside — what a server answered (the model, the generation id, the finish
+reason) and message content — passes :func:`~demiarch_flow.errors.redact` first: a server that
+echoes the API key in a model name or an id does not get it exported. The rest are our own
+names (states, events, the workflow's models, error classes). Free-text messages are never
+exported; message content only with ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
-from ..errors import redact
+from ..errors import redact, secrets_registered
 from ..runner.records import FlowRecord, RunStart
 
 log = logging.getLogger("demiarch_flow")
@@ -51,28 +53,43 @@ class _Run:
     """What the tracer holds of one run between its start and its ``finished`` record."""
 
     root: Span
+    ctx: Context
+    """The root as a parent."""
     anchor_ns: int
     anchor_mono: float
+    input: str | None
     wait: Span | None = None
     cost: Decimal = field(default_factory=lambda: Decimal(0))
     answered_cost_known: bool = False
-    input: str | None = None
 
 
-def _attrs(**values: Any) -> dict[str, Any]:
-    """Attributes without the unknown ones, every string redacted (dotted names: ``__``)."""
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        key = name.replace("__", ".")
-        if isinstance(value, str):
-            out[key] = redact(value)
-        elif isinstance(value, Decimal):
-            out[key] = float(value)
-        else:
-            out[key] = value
-    return out
+_CLEAN: dict[str, str] = {}
+_CLEAN_FOR = [-1]
+
+
+def _clean(text: str | None) -> str | None:
+    """:func:`~demiarch_flow.errors.redact` of what came from outside (a server's model name,
+    id, finish reason), remembered — the same few come back in every run — and forgotten
+    whenever another secret is registered."""
+    if text is None:
+        return None
+    known = secrets_registered()
+    if _CLEAN_FOR[0] != known or len(_CLEAN) > 4096:
+        _CLEAN.clear()
+        _CLEAN_FOR[0] = known
+    done = _CLEAN.get(text)
+    if done is None:
+        done = _CLEAN[text] = redact(text)
+    return done
+
+
+def _some(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attributes that are known (OpenTelemetry has no null)."""
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def _usd(amount: Decimal | None) -> float | None:
+    return None if amount is None else float(amount)
 
 
 class OtelTracer:
@@ -116,11 +133,14 @@ class OtelTracer:
         )
         url = urlsplit(server_url)
         default_port = 443 if url.scheme == "https" else 80
-        self._server = _attrs(server__address=url.hostname, server__port=url.port or default_port)
+        self._server = _some(
+            {"server.address": url.hostname, "server.port": url.port or default_port}
+        )
         env = os.environ if environ is None else environ
         capture = env.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
         self._capture = capture.strip().lower() == "true"
         self._runs: dict[str, _Run] = {}
+        self._commons: dict[tuple[str | None, ...], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ the run's root
 
@@ -143,19 +163,21 @@ class OtelTracer:
             context=parent,
             kind=SpanKind.INTERNAL,
             start_time=anchor_ns,
-            attributes=_attrs(
-                gen_ai__operation__name="invoke_workflow", gen_ai__workflow__name=start.workflow,
-                demiarch_flow__run__id=start.run_id,
-                demiarch_flow__workflow__sha256=start.workflow_sha256,
-                gen_ai__conversation__id=start.conversation_id,
-                demiarch_flow__run__resume_count=start.resume_count,
-            ),
+            attributes=_some({
+                "gen_ai.operation.name": "invoke_workflow",
+                "gen_ai.workflow.name": start.workflow,
+                "demiarch_flow.run.id": start.run_id,
+                "demiarch_flow.workflow.sha256": start.workflow_sha256,
+                "gen_ai.conversation.id": start.conversation_id,
+                "demiarch_flow.run.resume_count": start.resume_count,
+            }),
         )  # fmt: skip
-        self._runs[start.run_id] = _Run(root, anchor_ns, start.monotonic, input=start.message)
+        ctx = trace.set_span_in_context(root)
+        self._runs[start.run_id] = _Run(root, ctx, anchor_ns, start.monotonic, start.message)
         if start.trace and start.resume_count > 0:
             return start.trace
         carrier: dict[str, str] = {}
-        _W3C.inject(carrier, trace.set_span_in_context(root))
+        _W3C.inject(carrier, ctx)
         return carrier.get("traceparent", start.trace)
 
     # ------------------------------------------------------------------ records
@@ -179,54 +201,63 @@ class OtelTracer:
         if r.kind == "attempt":
             self._attempt(run, r, at)
         elif r.kind == "transition":
-            run.root.add_event("transition", _attrs(
-                demiarch_flow__from=r.from_state, demiarch_flow__event=r.event,
-                demiarch_flow__to=r.to_state, demiarch_flow__model=r.model,
-                demiarch_flow__attempt=r.attempt, error__type=r.error_class,
-                demiarch_flow__wait_s=r.wait_s, demiarch_flow__wait_source=r.wait_source,
-            ), at)  # fmt: skip
+            run.root.add_event("transition", _some({
+                "demiarch_flow.from": r.from_state, "demiarch_flow.event": r.event,
+                "demiarch_flow.to": r.to_state, "demiarch_flow.model": r.model,
+                "demiarch_flow.attempt": r.attempt, "error.type": r.error_class,
+                "demiarch_flow.wait_s": r.wait_s, "demiarch_flow.wait_source": r.wait_source,
+            }), at)  # fmt: skip
         elif r.kind == "wait":
             run.wait = self._tracer.start_span(
                 f"wait {r.wait_source or 'backoff'}",
-                context=trace.set_span_in_context(run.root),
+                context=run.ctx,
                 start_time=at,
-                attributes=_attrs(
-                    demiarch_flow__wait_s=r.wait_s, demiarch_flow__wait_source=r.wait_source,
-                    demiarch_flow__model=r.model, demiarch_flow__attempt=r.attempt,
-                    error__type=r.error_class,
-                ),
+                attributes=_some({
+                    "demiarch_flow.wait_s": r.wait_s, "demiarch_flow.wait_source": r.wait_source,
+                    "demiarch_flow.model": r.model, "demiarch_flow.attempt": r.attempt,
+                    "error.type": r.error_class,
+                }),
             )  # fmt: skip
         elif r.kind in ("fallback", "cooldown"):
-            run.root.add_event(r.kind, _attrs(
-                demiarch_flow__event=r.event, demiarch_flow__model=r.model,
-                demiarch_flow__next_model=r.next_model, error__type=r.error_class,
-                demiarch_flow__wait_s=r.wait_s,
-            ), at)  # fmt: skip
+            run.root.add_event(r.kind, _some({
+                "demiarch_flow.event": r.event, "demiarch_flow.model": r.model,
+                "demiarch_flow.next_model": r.next_model, "error.type": r.error_class,
+                "demiarch_flow.wait_s": r.wait_s,
+            }), at)  # fmt: skip
         elif r.kind == "finished":
             self._finish(run, r, at)
 
+    def _common(self, r: FlowRecord) -> dict[str, Any]:
+        """The attributes a chat span shares with its metric points (few distinct: cached)."""
+        key = (r.model, r.response_model, r.error_class)
+        common = self._commons.get(key)
+        if common is None:
+            if len(self._commons) > 1024:
+                self._commons.clear()
+            common = self._commons[key] = _some({
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": PROVIDER,
+                "gen_ai.request.model": r.model,
+                "gen_ai.response.model": _clean(r.response_model),
+                "error.type": r.error_class, **self._server,
+            })  # fmt: skip
+        return common
+
     def _attempt(self, run: _Run, r: FlowRecord, at: int) -> None:
-        common = _attrs(
-            gen_ai__operation__name="chat", gen_ai__provider__name=PROVIDER,
-            gen_ai__request__model=r.model, gen_ai__response__model=r.response_model,
-            error__type=r.error_class, **{k.replace(".", "__"): v for k, v in self._server.items()},
-        )  # fmt: skip
-        span_attrs = {
+        common = self._common(r)
+        span_attrs = _some({
             **common,
-            **_attrs(
-                gen_ai__response__id=r.response_id,
-                gen_ai__usage__input_tokens=r.input_tokens,
-                gen_ai__usage__output_tokens=r.output_tokens,
-                gen_ai__request__stream=r.streamed,
-                gen_ai__response__time_to_first_chunk=None
-                if r.first_token_ms is None else r.first_token_ms / 1000,
-                http__response__status_code=r.status, demiarch_flow__attempt=r.attempt,
-                demiarch_flow__cost_usd=r.cost_usd, demiarch_flow__stream__cause=r.cause,
-                demiarch_flow__stream__partial_chars=r.partial_chars,
-            ),
-        }  # fmt: skip
+            "gen_ai.response.id": _clean(r.response_id),
+            "gen_ai.usage.input_tokens": r.input_tokens,
+            "gen_ai.usage.output_tokens": r.output_tokens,
+            "gen_ai.request.stream": r.streamed,
+            "gen_ai.response.time_to_first_chunk": None
+            if r.first_token_ms is None else r.first_token_ms / 1000,
+            "http.response.status_code": r.status, "demiarch_flow.attempt": r.attempt,
+            "demiarch_flow.cost_usd": _usd(r.cost_usd), "demiarch_flow.stream.cause": r.cause,
+            "demiarch_flow.stream.partial_chars": r.partial_chars,
+        })  # fmt: skip
         if r.finish_reason:
-            span_attrs["gen_ai.response.finish_reasons"] = (redact(r.finish_reason),)
+            span_attrs["gen_ai.response.finish_reasons"] = (_clean(r.finish_reason),)
         if self._capture and run.input is not None:
             span_attrs["gen_ai.input.messages"] = _messages("user", run.input)
             if r.text is not None:
@@ -234,7 +265,7 @@ class OtelTracer:
         latency_ns = (r.latency_ms or 0) * 1_000_000
         span = self._tracer.start_span(
             f"chat {r.model}",
-            context=trace.set_span_in_context(run.root),
+            context=run.ctx,
             kind=SpanKind.CLIENT,
             start_time=at - latency_ns,
             attributes=span_attrs,
@@ -259,11 +290,13 @@ class OtelTracer:
         if r.cost_usd is not None and not run.answered_cost_known:
             cost += r.cost_usd  # the reply's cost was learnt after its attempt (Persist)
         root = run.root
-        root.set_attributes(_attrs(
-            gen_ai__conversation__id=r.conversation_id, demiarch_flow__run__status=r.run_status,
-            demiarch_flow__run__final_state=r.to_state, demiarch_flow__run__attempts=r.attempts,
-            demiarch_flow__run__cost_usd=cost, gen_ai__response__model=r.model,
-        ))  # fmt: skip
+        root.set_attributes(_some({
+            "gen_ai.conversation.id": r.conversation_id,
+            "demiarch_flow.run.status": r.run_status,
+            "demiarch_flow.run.final_state": r.to_state,
+            "demiarch_flow.run.attempts": r.attempts, "demiarch_flow.run.cost_usd": _usd(cost),
+            "gen_ai.response.model": _clean(r.model),
+        }))  # fmt: skip
         if r.run_status != "succeeded":
             if r.error_class is not None:
                 root.set_attribute("error.type", str(r.error_class))

@@ -136,10 +136,10 @@ def resource(env: Mapping[str, str]) -> Resource:
 
 @contextmanager
 def sdk_providers(
-    env: Mapping[str, str], flush_s: float = FLUSH_S
+    env: Mapping[str, str], flush_s: float | None = None
 ) -> Iterator[tuple[TracerProvider, MeterProvider]]:
     """A tracer and a meter provider exporting as the variables say; shut down (flushed for at
-    most ``flush_s`` seconds) when the block ends. Neither is made the global one: a
+    most ``flush_s`` seconds, default :data:`FLUSH_S`) when the block ends. Neither is made the global one: a
     program's own instrumentation is not redirected by a library."""
     _quieten()
     res = resource(env)
@@ -154,7 +154,10 @@ def sdk_providers(
     try:
         yield tracer_provider, meter_provider
     finally:
-        _within(flush_s, [tracer_provider.shutdown, meter_provider.shutdown])
+        _within(
+            FLUSH_S if flush_s is None else flush_s,
+            [tracer_provider.shutdown, meter_provider.shutdown],
+        )
 
 
 def _within(seconds: float, calls: list[Callable[[], object]]) -> None:
