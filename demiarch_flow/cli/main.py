@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=int, metavar="N", help="a batch of N runs: time, throttle, spend"
     )
     p.add_argument("--concurrency", type=int, default=8, help="runs at once with --batch")
+    _trace(p)
     p.set_defaults(handler=Command("simulate", "cmd_simulate"))
 
     p = _command(

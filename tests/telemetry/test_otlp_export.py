@@ -4,8 +4,11 @@ simulator, the spans and metrics decoded from the protobuf the exporter sent."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+from demiarch_flow.cli.main import main
 
 from ..e2e.conftest import FAST, KEY, Cli, SimThread, cli, simulator
 from .receiver import Receiver
@@ -69,3 +72,21 @@ def test_without_a_variable_or_the_flag_nothing_is_exported(
     )  # fmt: skip
     assert out.code == 0, out.stderr
     assert receiver.raw == []
+
+
+def test_simulate_with_trace_draws_the_run_in_virtual_time(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``simulate --trace``: the same spans, exported, with the virtual timeline — the backoff
+    wait lasts its 1 s though the simulation took milliseconds."""
+    monkeypatch.setenv("DEMIARCH_FLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    assert main(["simulate", "--faults", f"{SONNET}=500", "--trace"]) == 0
+    spans = receiver.spans()
+    (root,) = [s for s in spans if s.name == "invoke_workflow chat"]
+    (wait,) = [s for s in spans if s.name == "wait backoff"]
+    chats = [s for s in spans if s.name.startswith("chat ")]
+    assert len(chats) == 2
+    assert all(s.trace_id == root.trace_id for s in [wait, *chats])
+    assert wait.end_time_unix_nano - wait.start_time_unix_nano == 1_000_000_000
+    assert root.end_time_unix_nano - root.start_time_unix_nano >= 1_000_000_000
