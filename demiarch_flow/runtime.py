@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -69,37 +69,39 @@ async def open_world(
     Args:
         trace: trace every run with OpenTelemetry (``True``), never (``False``), or as the
             ``OTEL_*`` variables and the program's own tracer provider say (``None``; see
-            :func:`~demiarch_flow.telemetry.tracing_wanted`).
+            :func:`~demiarch_flow.telemetry.tracing_wanted`); flushed when the world closes.
     """
     url = database_url(db)
     store = await SqlStore.open(url)
+    tracing = ExitStack()
     try:
-        with open_tracer(trace, server_url=base_url) as tracer:
-            async with http_client(max_in_flight) as http:
-                client = OpenRouterClient(
-                    http,
-                    key,
-                    base_url=base_url,
-                    app_url=os.environ.get("DEMIARCH_FLOW_APP_URL") or DEFAULT_APP_URL,
-                    app_title=os.environ.get("DEMIARCH_FLOW_APP_TITLE") or DEFAULT_APP_TITLE,
-                    limiter=trio.CapacityLimiter(max_in_flight),
-                )
-                owner = this_process(utc_now()).token
-                env = RunEnv(
-                    client=client,
-                    store=store,
-                    prices=PriceTable.load(prices_path()),
-                    listeners=(*listeners, tracer) if tracer is not None else listeners,
-                    recovery_dir=recovery_dir_for(url),
-                    owner=owner,
-                    limits=Limiter(SqlLedger(store.engine)),
-                    tracer=tracer,
-                )
-                async with trio.open_nursery() as nursery:
-                    # One heartbeat for every run of this process: a run left 'running' by a
-                    # process that died is then recognisable as stale.
-                    nursery.start_soon(keep_alive, store, owner, utc_now)
-                    yield World(http, env)
-                    nursery.cancel_scope.cancel()
+        tracer = tracing.enter_context(open_tracer(trace, server_url=base_url))
+        async with http_client(max_in_flight) as http:
+            client = OpenRouterClient(
+                http,
+                key,
+                base_url=base_url,
+                app_url=os.environ.get("DEMIARCH_FLOW_APP_URL") or DEFAULT_APP_URL,
+                app_title=os.environ.get("DEMIARCH_FLOW_APP_TITLE") or DEFAULT_APP_TITLE,
+                limiter=trio.CapacityLimiter(max_in_flight),
+            )
+            owner = this_process(utc_now()).token
+            env = RunEnv(
+                client=client,
+                store=store,
+                prices=PriceTable.load(prices_path()),
+                listeners=(*listeners, tracer) if tracer is not None else listeners,
+                recovery_dir=recovery_dir_for(url),
+                owner=owner,
+                limits=Limiter(SqlLedger(store.engine)),
+                tracer=tracer,
+            )
+            async with trio.open_nursery() as nursery:
+                # One heartbeat for every run of this process: a run left 'running' by a
+                # process that died is then recognisable as stale.
+                nursery.start_soon(keep_alive, store, owner, utc_now)
+                yield World(http, env)
+                nursery.cancel_scope.cancel()
     finally:
+        tracing.close()
         store.close()
