@@ -13,7 +13,8 @@ Architecture, outside in:
   threads, and an in-memory store.
 * ``cli`` — the ``demiarch-flow`` command; ``faults`` — the fault script language, played by
   ``simulator`` (an OpenRouter-compatible server) and ``fake`` (an httpx transport);
-  ``testing`` — helpers for users to unit-test their own workflows.
+  ``testing`` — helpers for users to unit-test their own workflows; ``telemetry`` — optional
+  OpenTelemetry traces and metrics of runs (one more listener; imported only when on).
 
 The public names are re-exported here and imported lazily, so ``demiarch-flow --help`` does not
 pay for trio, httpx or SQLAlchemy.
