@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _trace(q)
     _db(q)
     _base_url(q)
     q.set_defaults(handler=Command("runs", "cmd_runs_resume"))

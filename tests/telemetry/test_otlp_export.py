@@ -90,3 +90,29 @@ def test_simulate_with_trace_draws_the_run_in_virtual_time(
     assert all(s.trace_id == root.trace_id for s in [wait, *chats])
     assert wait.end_time_unix_nano - wait.start_time_unix_nano == 1_000_000_000
     assert root.end_time_unix_nano - root.start_time_unix_nano >= 1_000_000_000
+
+
+def test_a_run_resumed_in_another_process_continues_its_trace(
+    cli: Cli, simulator: Callable[..., SimThread], receiver: Receiver
+) -> None:
+    """``run --trace`` fails (401) and ``runs resume --trace`` finishes it, two processes and
+    the traceparent kept in the SQLite checkpoint between them: one trace, the resumed
+    invoke_workflow span a child of the first."""
+    sim = simulator(f"{SONNET}=401")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_METRICS_EXPORTER": "none"}
+    first = cli("run", "-m", "hi", "--base-url", sim.url, "--json", "--trace", FAST, env=env)
+    assert first.code == 1, first.stderr
+    run_id = first.json()["run_id"]
+    again = cli("runs", "resume", run_id, "--base-url", sim.url, "--trace", env=env)
+    assert again.code == 0, again.stderr
+    roots = sorted(
+        (s for s in receiver.spans() if s.name == "invoke_workflow chat-fast"),
+        key=lambda s: s.start_time_unix_nano,
+    )
+    assert len(roots) == 2
+    original, resumed = roots
+    assert resumed.trace_id == original.trace_id
+    assert resumed.parent_span_id == original.span_id
+    chats = [s for s in receiver.spans() if s.name.startswith("chat ")]
+    assert len(chats) == 2
+    assert {s.trace_id for s in chats} == {original.trace_id}
