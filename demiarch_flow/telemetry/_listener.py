@@ -180,6 +180,28 @@ class OtelTracer:
         _W3C.inject(carrier, ctx)
         return carrier.get("traceparent", start.trace)
 
+    def submitted(self, job_id: str, workflow: str | None = None) -> str | None:
+        """A ``submit`` span for a job put on the queue (a child of the caller's current
+        span), ended at once; returns its ``traceparent``, for the job to carry. The worker
+        that takes the job passes it as ``RunRequest(traceparent=…)``: the run's root is then
+        the submit's child, and one trace shows submit → queue wait → run → attempts."""
+        try:
+            span = self._tracer.start_span(
+                "submit",
+                kind=SpanKind.PRODUCER,
+                attributes=_some({
+                    "messaging.operation.type": "send", "demiarch_flow.job.id": job_id,
+                    "gen_ai.workflow.name": workflow,
+                }),
+            )  # fmt: skip
+            carrier: dict[str, str] = {}
+            _W3C.inject(carrier, trace.set_span_in_context(span))
+            span.end()
+            return carrier.get("traceparent")
+        except Exception:  # tracing never fails a submit
+            log.debug("could not trace a submit", exc_info=True)
+            return None
+
     # ------------------------------------------------------------------ records
 
     async def on_record(self, r: FlowRecord) -> None:
