@@ -125,7 +125,7 @@ def _import(module: str, flavour: str) -> Any:
         ) from None
 
 
-def resource(env: Mapping[str, str]) -> Resource:
+def resource() -> Resource:
     """``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` (read by the SDK), with
     ``demiarch-flow`` as the service name when neither names one."""
     res = Resource.create()
@@ -138,11 +138,15 @@ def resource(env: Mapping[str, str]) -> Resource:
 def sdk_providers(
     env: Mapping[str, str], flush_s: float | None = None
 ) -> Iterator[tuple[TracerProvider, MeterProvider]]:
-    """A tracer and a meter provider exporting as the variables say; shut down (flushed for at
-    most ``flush_s`` seconds, default :data:`FLUSH_S`) when the block ends. Neither is made the global one: a
-    program's own instrumentation is not redirected by a library."""
+    """A tracer and a meter provider exporting as the variables say; shut down (flushed for
+    at most ``flush_s`` seconds, default :data:`FLUSH_S`) when the block ends. Neither is
+    made the global one: a program's own instrumentation is not redirected by a library.
+
+    ``env`` chooses the exporters (``OTEL_TRACES_EXPORTER``, ``OTEL_METRICS_EXPORTER``, the
+    protocol); the SDK and the exporters read the rest (endpoint, headers, timeouts, batch
+    sizes, the resource) from the process environment themselves."""
     _quieten()
-    res = resource(env)
+    res = resource()
     tracer_provider = TracerProvider(resource=res, shutdown_on_exit=False)
     processors = [
         BatchSpanProcessor(_span_exporter(n, env)) for n in _names(env, "OTEL_TRACES_EXPORTER")
