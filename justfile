@@ -22,10 +22,12 @@ property-hunt SCALE="20": setup
 demo: setup
     .venv/bin/demiarch-flow demo
 
-# every figure in the README's Performance section, against raw httpx (`--quick`, `--repeat N`)
+# every figure in the README's Performance section, against raw httpx (`--quick`, `--repeat N`),
+# then what tracing costs per run, off and on (bench/trace.py)
 bench *ARGS: setup
     .venv/bin/python bench/run.py {{ARGS}}
     .venv/bin/python bench/replay.py {{ARGS}}
+    .venv/bin/python bench/trace.py {{ARGS}}
 
 # simulate --replay: ten thousand recorded runs replayed (`--runs N`, `--repeat R`, `--quick`)
 bench-replay *ARGS: setup

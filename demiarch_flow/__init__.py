@@ -15,7 +15,8 @@ Architecture, outside in:
   ``simulator`` (an OpenRouter-compatible server) and ``fake`` (an httpx transport);
   ``testing`` — helpers for users to unit-test their own workflows; ``replay`` — an edited
   workflow replayed on the recorded runs (``simulate --replay``), the provider rebuilt from
-  the record.
+  the record; ``telemetry`` — optional OpenTelemetry traces and metrics of runs (one more
+  listener; imported only when on); ``queue`` — the workers' queue on procrastinate.
 
 The public names are re-exported here and imported lazily, so ``demiarch-flow --help`` does not
 pay for trio, httpx or SQLAlchemy.

@@ -64,6 +64,12 @@ def register_secret(value: str) -> bool:
     return True
 
 
+def secrets_registered() -> int:
+    """How many secrets :func:`redact` removes: a cache of redacted text is stale once this
+    changes."""
+    return len(_SECRETS)
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Remove API keys from ``text``: the registered secrets, the given ones, bearer tokens and
     OpenRouter-style keys."""

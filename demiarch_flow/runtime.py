@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -31,6 +31,7 @@ from .runner.owner import HEARTBEAT_S, keep_alive, this_process
 from .runner.recovery import recovery_dir_for
 from .store.limits import SqlLedger
 from .store.sql import SqlStore
+from .telemetry import open_tracer
 
 __all__ = ["World", "http_client", "open_world"]
 
@@ -60,14 +61,23 @@ async def open_world(
     listeners: tuple[Listener, ...] = (),
     max_in_flight: int = 100,
     heartbeat_s: float = HEARTBEAT_S,
+    trace: bool | None = None,
 ) -> AsyncIterator[World]:
     """Open the database and the HTTP client; close both afterwards. The database is opened
     first, so a schema that does not fit (exit 3) is found before any request is sent, and
-    Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`). ``heartbeat_s``:
-    how often the runs of this process say they are alive."""
+    Ctrl-C while it connects exits 130 at once (see :meth:`SqlStore.open`).
+
+    Args:
+        heartbeat_s: how often the runs of this process say they are alive.
+        trace: trace every run with OpenTelemetry (``True``), never (``False``), or as the
+            ``OTEL_*`` variables and the program's own tracer provider say (``None``; see
+            :func:`~demiarch_flow.telemetry.tracing_wanted`); flushed when the world closes.
+    """
     url = database_url(db)
     store = await SqlStore.open(url)
+    tracing = ExitStack()
     try:
+        tracer = tracing.enter_context(open_tracer(trace, server_url=base_url))
         async with http_client(max_in_flight) as http:
             client = OpenRouterClient(
                 http,
@@ -82,10 +92,11 @@ async def open_world(
                 client=client,
                 store=store,
                 prices=PriceTable.load(prices_path()),
-                listeners=listeners,
+                listeners=(*listeners, tracer) if tracer is not None else listeners,
                 recovery_dir=recovery_dir_for(url),
                 owner=owner,
                 limits=Limiter(SqlLedger(store.engine)),
+                tracer=tracer,
             )
             async with trio.open_nursery() as nursery:
                 # One heartbeat for every run of this process: a run left 'running' by a
@@ -94,4 +105,5 @@ async def open_world(
                 yield World(http, env)
                 nursery.cancel_scope.cancel()
     finally:
+        tracing.close()
         store.close()

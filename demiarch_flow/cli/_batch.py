@@ -397,6 +397,7 @@ class _Batch:
             key=self.key,
             listeners=(tally, self.messages),
             max_in_flight=args.max_in_flight or min(args.concurrency, 32),
+            trace=args.trace,
         )
         async with world_cm as world, trio.open_nursery() as outer:
             runs_scope = trio.CancelScope()

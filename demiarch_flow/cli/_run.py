@@ -330,7 +330,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         listeners += (Progress(),)  # after the text: a broken stream's line is ended first
 
     async def main() -> RunOutcome:
-        async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
+        async with open_world(
+            db=args.db, base_url=base_url, key=key, listeners=listeners, trace=args.trace
+        ) as world:
             await check_conversation(world, args.conversation)
             return await turn(world, wf, message, args.conversation, args.model, args.stream)
 
@@ -408,7 +410,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         nonlocal conversation
-        async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
+        async with open_world(
+            db=args.db, base_url=base_url, key=key, listeners=listeners, trace=args.trace
+        ) as world:
             await check_conversation(world, conversation)
             while True:
                 try:

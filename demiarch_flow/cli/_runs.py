@@ -190,7 +190,9 @@ def cmd_runs_resume(args: argparse.Namespace) -> int:
     listeners = (messages,) if args.quiet or args.json else (messages, Progress())
 
     async def main() -> Resumed:
-        async with open_world(db=args.db, base_url=base_url, key=key, listeners=listeners) as world:
+        async with open_world(
+            db=args.db, base_url=base_url, key=key, listeners=listeners, trace=args.trace
+        ) as world:
             return await resume_run(args.run_id, world.env, workflow=wf)
 
     resumed = run_trio(main)

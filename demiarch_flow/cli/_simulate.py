@@ -7,20 +7,24 @@ import argparse
 import json
 import random
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
 
 from ..definition import Workflow
 from ..errors import UsageError
-from ..fake import FakeOpenRouter, fake_client
+from ..fake import FAKE_BASE_URL, FakeOpenRouter, fake_client
 from ..faults import FaultScript
 from ..runner import FlowRecord, RunEnv, RunOutcome, RunRequest, WaitSource, run_workflow
 from ..runner.context import utc_now
 from ..store import MemoryStore, Store
+from ..telemetry import open_tracer
 from ._common import check_message, check_model_option, setup_logging, workflow_from
 from ._table import plain_or_none
+
+if TYPE_CHECKING:
+    from ..telemetry._listener import OtelTracer
 
 _WHY = {
     WaitSource.BACKOFF: "backoff",
@@ -88,8 +92,11 @@ def simulate(
     model: str | None,
     seed: int,
     store: Store | None,
+    tracer: OtelTracer | None = None,
 ) -> tuple[RunOutcome, Timeline, FakeOpenRouter]:
-    """Run once under trio's MockClock against a fake provider; returns outcome and timeline."""
+    """Run once under trio's MockClock against a fake provider; returns outcome and timeline.
+    A ``tracer`` (``simulate --trace``; also a listener) draws the run's spans in virtual
+    time."""
     timeline = Timeline()
     fake = FakeOpenRouter(script)
 
@@ -99,7 +106,8 @@ def simulate(
             store=store if store is not None else MemoryStore(),
             rng=random.Random(seed),
             now=utc_now,
-            listeners=(timeline,),
+            listeners=(timeline, tracer) if tracer is not None else (timeline,),
+            tracer=tracer,
         )
         return await run_workflow(wf, RunRequest(message, model=model), env)
 
@@ -135,7 +143,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         store = SqlStore.open_sync(database_url(args.db))
     try:
-        outcome, timeline, fake = simulate(wf, script, message, args.model, args.seed, store)
+        with open_tracer(args.trace, server_url=FAKE_BASE_URL) as tracer:
+            outcome, timeline, fake = simulate(
+                wf, script, message, args.model, args.seed, store, tracer
+            )
     finally:
         if store is not None:
             store.close()

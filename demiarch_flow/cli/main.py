@@ -94,6 +94,20 @@ def _workflow(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _trace(p: argparse.ArgumentParser) -> None:
+    """``--trace`` / ``--no-trace``: force OpenTelemetry on or off (default: the ``OTEL_*``
+    variables decide)."""
+    tracing = p.add_mutually_exclusive_group()
+    tracing.add_argument(
+        "--trace", dest="trace", action="store_true", default=None,
+        help="export OpenTelemetry traces and metrics (needs the otel extra; default: on when"
+        " OTEL_EXPORTER_OTLP_ENDPOINT or another OTEL_* exporter variable is set)",
+    )  # fmt: skip
+    tracing.add_argument(
+        "--no-trace", dest="trace", action="store_false", help="export no traces or metrics"
+    )
+
+
 def _turn_options(p: argparse.ArgumentParser) -> None:
     """What ``run`` and ``chat`` share: workflow, conversation, model, output, database, API."""
     _workflow(p)
@@ -108,6 +122,7 @@ def _turn_options(p: argparse.ArgumentParser) -> None:
     streaming.add_argument(
         "--no-stream", dest="stream", action="store_false", help="wait for the whole reply"
     )
+    _trace(p)
     _db(p)
     _base_url(p)
 
@@ -189,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         " wait and write the results as they end",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _trace(p)
     _db(p)
     _base_url(p)
     p.set_defaults(handler=Command("batch", "cmd_batch"))
@@ -300,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-if", metavar="COND", action="append", default=[],
         help="exit 1 when the replay meets COND, e.g. 'success_rate < 0.99' (repeatable)",
     )  # fmt: skip
+    _trace(p)
     p.set_defaults(handler=Command("simulate", "cmd_simulate"))
 
     p = _command(
@@ -343,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     _json(q)
     _db(q)
     q.set_defaults(handler=Command("report", "cmd_runs_show"))
+    q = _command(
+        runs, "trace", help="the span tree of one run with timings, drawn from its journal"
+    )
+    q.add_argument(
+        "run_id", metavar="RUN_ID", type=_utf8, help="the run's id (`runs list` shows them)"
+    )
+    _db(q)
+    q.set_defaults(handler=Command("trace", "cmd_runs_trace"))
     q = _command(runs, "list", help="one row per run, newest first")
     q.add_argument(
         "--status", choices=["queued", "running", "stale", "failed", "cancelled", "succeeded"],
@@ -373,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _trace(q)
     _db(q)
     _base_url(q)
     q.set_defaults(handler=Command("runs", "cmd_runs_resume"))

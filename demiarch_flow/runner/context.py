@@ -19,7 +19,7 @@ from ..pricing import PriceTable
 from ..store.base import Store
 from .cooldown import CooldownRegistry
 from .limiter import Limiter
-from .records import Listener
+from .records import Listener, RunTracer
 
 
 def utc_now() -> datetime:
@@ -41,6 +41,9 @@ class RunRequest:
     project_id: str | None = None
     stream: bool | None = None
     """Stream the reply (``None``: as the workflow's ``request.stream`` says)."""
+    traceparent: str | None = None
+    """A W3C ``traceparent`` the run's trace continues (a queued job's submit); ``None``: the
+    caller's current OpenTelemetry context, if tracing is on."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class RunEnv:
     limits: Limiter = field(default_factory=Limiter)
     """Budgets and rate buckets (only consulted when the workflow has ``limits``): in this
     process by default; ``Limiter(SqlLedger(engine))`` shares them through the database."""
+    tracer: RunTracer | None = None
+    """Opens each run's trace (:mod:`demiarch_flow.telemetry`); ``None``: no tracing, and
+    nothing of OpenTelemetry is imported."""
 
 
 def model_chain(workflow: Workflow, override: str | None) -> tuple[str, ...]:

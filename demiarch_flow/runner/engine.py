@@ -35,7 +35,7 @@ from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
 from .attempt import keep_paid_answer, store_reply
 from .context import RunEnv, RunRequest, model_chain, new_id
 from .handlers import HANDLERS, record
-from .records import FlowRecord
+from .records import FlowRecord, RunStart
 from .state import AttemptInfo, ErrorInfo, Message, RunState, Settlement, Step
 from .table import Machine, start_machine, table_for
 from .transition import cause, journal_entry, moved, stay_entry
@@ -125,6 +125,7 @@ def initial_state(workflow: Workflow, request: RunRequest, run_id: str | None = 
         conversation_id=request.conversation_id,
         messages=(Message("user", request.message),),
         stream=request.stream,
+        trace=request.traceparent,
     )
 
 
@@ -316,6 +317,8 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
     machine = start_machine(wf, state.state if resumed else None)
     transitions: list[FlowRecord] = []
     started = trio.current_time()
+    if env.tracer is not None:  # before the first checkpoint, which keeps what it answers
+        state = dataclasses.replace(state, trace=env.tracer.start_run(_run_start(wf, state, env)))
     status: RunStatus = "failed"
     books = Books(env)
     try:
@@ -341,8 +344,7 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
             await keep_paid_answer(env, wf, state, exc)
             await books.settle()
             await _record_end(env, state, "cancelled", ErrorClass.CANCELLED, "cancelled")
-            await emit(env, [record(env, state, "finished", run_status="cancelled",
-                                    to_state=state.state)])  # fmt: skip
+            await emit(env, [_finished(env, state, "cancelled", error=ErrorClass.CANCELLED)])
         raise
     except Exception as exc:
         # A bug or an unexpected error: the run must not stay 'running' in the database, and
@@ -353,15 +355,12 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
             await _record_end(
                 env, state, "failed", ErrorClass.INTERNAL, f"{type(exc).__name__}: {exc}"
             )
-            await emit(env, [record(env, state, "finished", run_status="failed",
-                                    to_state=state.state)])  # fmt: skip
+            await emit(env, [_finished(env, state, "failed", error=ErrorClass.INTERNAL)])
         raise
     await books.settle()  # a run that ended without storing its answer (a recovery file)
     answered = state.completion.model if state.completion and state.saved_message_id else None
-    await emit(
-        env,
-        [record(env, state, "finished", run_status=status, to_state=state.state, model=answered)],
-    )
+    failed = state.failure.error_class if state.failure and status != "succeeded" else None
+    await emit(env, [_finished(env, state, status, answered, failed)])
     done = state.completion if status == "succeeded" else None
     failure = state.failure
     return RunOutcome(
@@ -383,6 +382,29 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
         virtual_wait_s=trio.current_time() - started,
         resume_count=state.resume_count,
     )
+
+
+def _run_start(wf: Workflow, state: RunState, env: RunEnv) -> RunStart:
+    return RunStart(
+        state.run_id, wf.name, wf.sha256, state.conversation_id, state.resume_count,
+        state.messages[-1].content if state.messages else None, state.trace,
+        trio.current_time(), env.now(),
+    )  # fmt: skip
+
+
+def _finished(
+    env: RunEnv,
+    state: RunState,
+    status: str,
+    model: str | None = None,
+    error: ErrorClass | None = None,
+) -> FlowRecord:
+    """The ``finished`` record: how the run ended, and what a trace's root span reports."""
+    return record(
+        env, state, "finished", run_status=status, to_state=state.state, model=model,
+        cost_usd=state.cost_usd, conversation_id=state.conversation_id,
+        attempts=state.total_attempts, error_class=error,
+    )  # fmt: skip
 
 
 async def _run_action(

@@ -153,6 +153,9 @@ class RunState:
     stream: bool | None = None
     """Stream this run's replies (``run --stream`` / ``--no-stream``); ``None``: the workflow's
     ``request.stream``."""
+    trace: str | None = None
+    """The W3C ``traceparent`` of the run's trace (:class:`~.records.RunTracer`), kept so a
+    resumed run continues the same trace."""
 
     @property
     def model(self) -> str:
@@ -326,4 +329,5 @@ def _decode_state(doc: dict[str, Any]) -> RunState:
         resume_count=doc.get("resume_count", 0),
         stream=doc.get("stream"),
         slot_for=doc.get("slot_for"),
+        trace=doc.get("trace"),
     )

@@ -199,12 +199,19 @@ def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> 
         partial_chars=len(partial.content) if partial is not None and err else None,
         first_token_ms=result.first_token_ms,
     )
+    answer = result.completion or partial
     rec = FlowRecord(
         "attempt", state.run_id, trio.current_time(), env.now(), model=row.model,
         attempt=state.attempt + 1, status=result.status, error_class=info.error_class,
         latency_ms=result.latency_ms, message=err.detail if err else None,
         partial_chars=info.partial_chars, cause=result.cause,
-        first_token_ms=result.first_token_ms,
+        first_token_ms=result.first_token_ms, response_id=info.generation_id,
+        response_model=(answer.model or None) if answer else None,
+        finish_reason=answer.finish_reason if answer else None,
+        input_tokens=answer.prompt_tokens if answer else None,
+        output_tokens=answer.completion_tokens if answer else None,
+        cost_usd=answer.cost_usd if answer else None, streamed=result.streamed,
+        text=result.completion.content if result.completion else None,
     )  # fmt: skip
     tried = dataclasses.replace(
         state,
