@@ -12,7 +12,9 @@ which is how a checkpoint is stored in ``workflow_runs.state_json``. Pure data: 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import json
 import operator
 from collections.abc import Callable
@@ -59,8 +61,7 @@ def evolve(value: _V, **changes: Any) -> _V:
         raise TypeError(f"{kind.__name__} has no field {sorted(set(changes) - known)}")
     new = object.__new__(kind)
     put = object.__setattr__
-    for name, old in zip(names, read(value), strict=True):
-        put(new, name, old)
+    collections.deque(map(put, itertools.repeat(new), names, read(value)), 0)  # loop in C
     for name, changed in changes.items():
         put(new, name, changed)
     return new

@@ -16,7 +16,7 @@ from ...store.base import AttemptRow
 from ..context import RunEnv
 from ..limits import Gate, admit
 from ..records import FlowRecord
-from ..state import AttemptInfo, ErrorInfo, RunState, Settlement, Step
+from ..state import AttemptInfo, ErrorInfo, RunState, Settlement, Step, evolve
 from ._send import send
 from .books import book_interrupted, interrupted_cost
 
@@ -191,7 +191,7 @@ def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> 
         partial_chars=info.partial_chars, cause=result.cause,
         first_token_ms=result.first_token_ms,
     )  # fmt: skip
-    tried = dataclasses.replace(
+    tried = evolve(
         state,
         attempt=state.attempt + 1,
         total_attempts=row.number,
