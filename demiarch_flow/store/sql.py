@@ -729,7 +729,8 @@ class _Writer:
         self._engine = engine
         self._conn: Connection | None = None
         self.inline = False
-        """Known once the connection is open: the first commit always runs in a thread."""
+        """Known once the connection is open (``open_sync`` opens it; a store built directly
+        on an engine opens it at its first commit, which then runs in a thread)."""
         self._since_checkpoint = 0
         # A store dropped without close() (a process dying, in tests) must not leave its
         # connection checked out: the pool would warn when the collector finds it.
