@@ -23,7 +23,7 @@ call. ``--top K`` also prints where a table run's instructions go: the differenc
 callgrind profiles, by shared object and by C function (callgrind sees the interpreter, not
 Python functions; ``bench/run.py`` has the cProfile view).
 
-Usage: ``python bench/instructions.py [--calls N] [--warmup W] [--top K]``
+Usage: ``python bench/instructions.py [--calls N] [--warmup W] [--top K] [--db-query Q]``
 (``just bench-instr``). Without valgrind on the PATH it says so and exits 0. Nothing is
 asserted: the README copies one run's output.
 """
@@ -127,8 +127,9 @@ def start_simulator() -> tuple[subprocess.Popen[str], str]:
 class Bench:
     """Spawns the measured processes: each in a fresh SQLite file under ``folder``."""
 
-    def __init__(self, folder: Path, url: str, warmup: int) -> None:
+    def __init__(self, folder: Path, url: str, warmup: int, query: str = "") -> None:
         self.folder = folder
+        self.query = query
         self.url = url
         self.warmup = warmup
         self.workflow = folder / "chat-blocking.yaml"
@@ -140,7 +141,7 @@ class Bench:
 
     def command(self, kind: str, calls: int) -> list[str]:
         self.runs += 1
-        db = f"sqlite:///{self.folder / f'{kind}-{calls}-{self.runs}.db'}"
+        db = f"sqlite:///{self.folder / f'{kind}-{calls}-{self.runs}.db'}{self.query}"
         return [sys.executable, __file__, "--child", kind, str(calls), str(self.warmup),
                 self.url, str(self.workflow), db]  # fmt: skip
 
@@ -229,6 +230,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="native processes per side")
     parser.add_argument("--jobs", type=int, default=2, help="valgrind processes at once")
     parser.add_argument("--top", type=int, default=0, metavar="K", help="print the top K costs")
+    parser.add_argument(
+        "--db-query", default="", metavar="Q",
+        help="appended to the full runs' SQLite URLs, e.g. '?synchronous=full'",
+    )  # fmt: skip
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child:
@@ -242,7 +247,7 @@ def main() -> None:
     sim, url = start_simulator()
     try:
         with tempfile.TemporaryDirectory(prefix="demiarch-instr-") as tmp:
-            bench = Bench(Path(tmp), url, opts.warmup)
+            bench = Bench(Path(tmp), url, opts.warmup, opts.db_query)
             rounds: dict[str, list[float]] = defaultdict(list)
             for _ in range(opts.rounds):  # interleaved, so load from elsewhere hits all alike
                 for kind in KINDS:

@@ -20,7 +20,6 @@ was not stored goes to the recovery file first.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from .attempt import keep_paid_answer, store_reply
 from .context import RunEnv, RunRequest, model_chain, new_id
 from .handlers import HANDLERS, record
 from .records import FlowRecord, RunStart
-from .state import AttemptInfo, ErrorInfo, Message, RunState, Settlement, Step
+from .state import AttemptInfo, ErrorInfo, Message, RunState, Settlement, Step, evolve
 from .table import Machine, start_machine, table_for
 from .transition import cause, journal_entry, moved, stay_entry
 
@@ -306,10 +305,10 @@ async def _store_reply(
     try:
         saved_id = await store_reply(env, reply, end, checkpoint(env, after, (entry,)))
     except PersistenceError as exc:
-        unsaved = dataclasses.replace(step.state, saved_message_id=None)
+        unsaved = evolve(step.state, saved_message_id=None)
         return Step("failed", unsaved.failed(ErrorInfo.of(exc)), step.records), None
-    saved = dataclasses.replace(step.state, saved_message_id=saved_id)
-    return dataclasses.replace(step, state=saved, reply=None), entry
+    saved = evolve(step.state, saved_message_id=saved_id)
+    return evolve(step, state=saved, reply=None), entry
 
 
 async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = False) -> RunOutcome:
@@ -318,7 +317,7 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
     transitions: list[FlowRecord] = []
     started = trio.current_time()
     if env.tracer is not None:  # before the first checkpoint, which keeps what it answers
-        state = dataclasses.replace(state, trace=env.tracer.start_run(_run_start(wf, state, env)))
+        state = evolve(state, trace=env.tracer.start_run(_run_start(wf, state, env)))
     status: RunStatus = "failed"
     books = Books(env)
     try:

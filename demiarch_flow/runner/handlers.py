@@ -12,7 +12,6 @@ hands its reply to the engine, the only writer of moves, which stores it with th
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,7 +25,7 @@ from ..store.base import AttemptRow, NewRun, RunEnd
 from .attempt import answer_cost, looked_up, open_attempt, reply_of
 from .context import RunEnv, new_id
 from .records import FlowRecord, RecordKind, WaitSource
-from .state import ErrorInfo, Message, RunState, Step, Wait
+from .state import ErrorInfo, Message, RunState, Step, Wait, evolve
 
 log = logging.getLogger("demiarch_flow")
 
@@ -84,7 +83,7 @@ async def load_context(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     messages = [Message("system", wf.system)] if wf.system else []
     messages += [Message(m.role, m.content) for m in began.history]
     messages.append(Message("user", user))
-    loaded = dataclasses.replace(
+    loaded = evolve(
         state,
         conversation_id=began.conversation_id,
         user_message_at=began.user_message_at,
@@ -112,7 +111,7 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
             env.cooldowns.success(model)
         # Its cost is looked up by Persist, once the answer is durable (a look-up takes
         # seconds, and a crash in them must not buy the answer again).
-        done = dataclasses.replace(tried, completion=sent.completion)
+        done = evolve(tried, completion=sent.completion)
         return Step("succeeded", done, (result.record,), settlement=result.settlement)
     error = ErrorInfo.of(err)
     tried = tried.with_error(error)
@@ -165,12 +164,12 @@ async def backoff(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     wait = Wait(plan.delay_s, source)
     attempts = state.attempts
     if attempts:
-        attempts = (*attempts[:-1], dataclasses.replace(attempts[-1], wait_s=plan.delay_s))
+        attempts = (*attempts[:-1], evolve(attempts[-1], wait_s=plan.delay_s))
     note = record(
         env, state, "wait", model=state.model, attempt=state.attempt + 1, wait_s=plan.delay_s,
         wait_source=source, error_class=last.error_class if last else None,
     )  # fmt: skip
-    waited = dataclasses.replace(state, retries=state.retries + 1, wait=wait, attempts=attempts)
+    waited = evolve(state, retries=state.retries + 1, wait=wait, attempts=attempts)
     return Step("retry", waited, (note,), wait)
 
 
@@ -198,7 +197,7 @@ async def fallback(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     if state.model_index + 1 >= len(state.chain):
         return Step("exhausted", state.failed(_all_failed(state)))
     current = state.model
-    moved = dataclasses.replace(state, model_index=state.model_index + 1, attempt=0, retries=0)
+    moved = evolve(state, model_index=state.model_index + 1, attempt=0, retries=0)
     tries = f"{state.attempt} attempt{'s' if state.attempt != 1 else ''}"
     if last is None:
         why = str(reason)
@@ -245,7 +244,7 @@ async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     streamed = wf.request.stream if state.stream is None else state.stream
     if streamed and done.cost_usd is None and state.cost_usd is None:
         done = await looked_up(env, done)
-        state = dataclasses.replace(state, completion=done)
+        state = evolve(state, completion=done)
     cost = answer_cost(env, state, done)
     if cost.source == "unknown":
         log.warning(
@@ -253,11 +252,9 @@ async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
             " not know the model (run `demiarch-flow models sync`); recorded as 0 USD",
             done.model,
         )
-    costed = dataclasses.replace(state, cost_usd=cost.usd, cost_source=cost.source)
+    costed = evolve(state, cost_usd=cost.usd, cost_source=cost.source)
     reply = reply_of(costed, cost, env.now())
-    return Step(
-        "saved", dataclasses.replace(costed, saved_message_id=reply.message_id), reply=reply
-    )
+    return Step("saved", evolve(costed, saved_message_id=reply.message_id), reply=reply)
 
 
 async def fail(state: RunState, env: RunEnv, wf: Workflow) -> Step:

@@ -8,12 +8,11 @@ its last journal row commit in one transaction. It then checks that the machine 
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 
 from ..errors import ErrorClass
 from ..store.base import JournalEntry
-from .state import RunState, Step
+from .state import RunState, Step, evolve
 
 #: Events that carry no error (their transition records no error class).
 _HAPPY = frozenset({"loaded", "succeeded", "saved", "retry", "next_model"})
@@ -32,7 +31,7 @@ def cause(step: Step) -> ErrorClass | None:
 
 def moved(before: RunState, step: Step, to_state: str) -> RunState:
     """The run state after ``step``'s event took the machine from ``before`` to ``to_state``."""
-    return dataclasses.replace(
+    return evolve(
         step.state,
         state=to_state,
         entered_by=step.event,
@@ -65,7 +64,7 @@ def stay_entry(state: RunState, step: Step, at: datetime) -> tuple[RunState, Jou
     from and to the same state, the wait and the bucket it waits for."""
     wait = step.wait
     assert wait is not None, "a stay step without a wait"
-    after = dataclasses.replace(step.state, seq=step.state.seq + 1)
+    after = evolve(step.state, seq=step.state.seq + 1)
     return after, JournalEntry(
         run_id=after.run_id, seq=after.seq, from_state=state.state, event=step.event,
         to_state=state.state, model=step.state.model, attempt=step.state.attempt + 1,

@@ -49,6 +49,9 @@ class MemoryStore:
     """run id → the message id of its reply (one reply per run, found without a scan)."""
     _ahead: dict[str, int] = field(default_factory=dict, repr=False)
     """run id → the number of its next request, recorded with the run (``first_attempt``)."""
+    _last_attempt: dict[str, int] = field(default_factory=dict, repr=False)
+    """run id → its highest attempt number (numbering without a scan of every attempt: a
+    benchmark's thousands of runs would otherwise make each new attempt slower)."""
 
     def _add(self, message: StoredMessage) -> None:
         self.messages.append(message)
@@ -123,7 +126,7 @@ class MemoryStore:
     def _insert_attempt(self, attempt: AttemptRow, owner: str | None) -> int:
         """As the SQL store: fenced by owner, numbered one above the run's highest."""
         self._fence_running(attempt.run_id, owner)
-        number = 1 + max((n for rid, n in self.attempts if rid == attempt.run_id), default=0)
+        number = self._last_attempt[attempt.run_id] = 1 + self._last_attempt.get(attempt.run_id, 0)
         self.attempts[attempt.run_id, number] = replace(attempt, number=number)
         return number
 

@@ -17,6 +17,7 @@ import functools
 import logging
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -36,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -92,7 +93,13 @@ def safe_url(url: str) -> str:
 _SQLITE_WAIT_S = 30.0
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+#: ``?synchronous=`` of a SQLite URL → the PRAGMA's value. ``normal`` (the default): in WAL
+#: mode a commit survives the process's crash but not a power loss or an OS crash (the WAL is
+#: synced only at checkpoints); ``full``: every commit is synced to disk before it returns.
+SQLITE_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, synchronous: str = "NORMAL") -> None:
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout={int(_SQLITE_WAIT_S * 1000)}")
     # Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is
@@ -108,7 +115,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
                 raise
             time.sleep(0.02)
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA synchronous={synchronous}")
     cur.close()
 
 
@@ -150,6 +157,8 @@ def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> En
             if create and database not in ("", ":memory:") and not database.startswith("file:"):
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             memory = database in ("", ":memory:")
+            synchronous = _synchronous(parsed.query.get("synchronous", "normal"))
+            parsed = parsed.difference_update_query(["synchronous"])
             path: Path | None = None
             if not create and not memory and not database.startswith("file:"):
                 path = Path(database).expanduser()
@@ -168,7 +177,11 @@ def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> En
                 poolclass=StaticPool if memory else None,
             )
             event.listen(
-                engine, "connect", _sqlite_read_only_pragmas if read_only else _sqlite_pragmas
+                engine,
+                "connect",
+                _sqlite_read_only_pragmas
+                if read_only
+                else functools.partial(_sqlite_pragmas, synchronous=synchronous),
             )
             return engine
         timeout = (
@@ -182,6 +195,18 @@ def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> En
             f"cannot open database {safe_url(url)}: {redact(str(exc))}"
             " (for PostgreSQL install the extra: pip install 'demiarch-flow[postgres]')"
         ) from None
+
+
+def _synchronous(value: Any) -> str:
+    """The ``synchronous`` PRAGMA a SQLite URL's ``?synchronous=`` asks for."""
+    found = SQLITE_SYNCHRONOUS.get(str(value).lower()) if isinstance(value, str) else None
+    if found is None:
+        raise StoreUnavailable(
+            f"the database URL's synchronous={value!r} is not one of"
+            f" {', '.join(SQLITE_SYNCHRONOUS)} (normal survives a crash of the process,"
+            " full also a power loss, at the cost of a disk sync per commit)"
+        )
+    return found
 
 
 @contextlib.contextmanager
@@ -215,6 +240,10 @@ class SqlStore:
         self._recorded: dict[str, tuple[int, float]] = {}
         """Run → the number of its next request, committed with the run (``attempt_started``
         then has nothing to do), and when (trio's clock)."""
+        self._writer = _Writer(engine)
+        """SQLite's one write connection, kept open between commits (see :class:`_Writer`)."""
+        self._inline = False
+        """A commit on trio's own thread is under way: it must not wait for a lock."""
 
     @classmethod
     def open_sync(cls, url: str, *, create: bool = True, read_only: bool = False) -> SqlStore:
@@ -240,10 +269,14 @@ class SqlStore:
         try:
             with opening(url):
                 prepare(engine, create=create, read_only=read_only)
+            store = cls(engine, url)
+            if not read_only:
+                with opening(url):
+                    store._writer.open()  # so that the first commit may run inline too
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, url)
+        return store
 
     @classmethod
     async def open(cls, url: str, *, create: bool = True, read_only: bool = False) -> SqlStore:
@@ -259,6 +292,7 @@ class SqlStore:
         try:
             self.flush_sync()
         finally:
+            self._writer.close()
             self.engine.dispose()
 
     # ------------------------------------------------------------------ plumbing
@@ -271,7 +305,23 @@ class SqlStore:
         async with self._write_lock:
             if not pending.done:
                 batch = self._take_queue()
-                await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+                if self._writer.inline:
+                    self._inline = True
+                    try:
+                        self._commit(batch)
+                    finally:
+                        self._inline = False
+                if not pending.done:  # not inline, or it would have waited, or it failed
+                    # Shielded: cancelled before the thread starts, the batch — other tasks'
+                    # writes too, taken off the queue — would be dropped, and those tasks
+                    # told it was written. Once started, the thread cannot be cancelled anyway.
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+                if self._writer.checkpoint_due():
+                    with trio.CancelScope(shield=True):  # short; the commit is done already
+                        await trio.to_thread.run_sync(
+                            self._writer.checkpoint, limiter=self._limiter
+                        )
         return pending.result()  # type: ignore[no-any-return]
 
     def _take_queue(self) -> list[_Pending]:
@@ -282,11 +332,20 @@ class SqlStore:
 
     def _commit(self, batch: list[_Pending]) -> None:
         """All of ``batch`` in one transaction; if any fails, each alone, so one bad write
-        cannot take the others down with it."""
+        cannot take the others down with it.
+
+        Inline (on trio's thread, ``self._inline``) only if the write lock is free at once and
+        the transaction succeeds: otherwise nothing is settled, and the caller commits the batch
+        from a worker thread, which waits for another process's lock (the busy timeout)."""
+        inline = self._inline
         try:
-            with self._writing() as conn:
+            with self._writing(wait=not inline) as conn:
                 values = [p.op(conn) for p in batch]
+        except _Busy:
+            return
         except Exception as exc:
+            if inline:  # rolled back: the worker thread redoes it, group first, then each alone
+                return
             if len(batch) == 1:
                 batch[0].settle(error=exc)
                 return
@@ -301,13 +360,17 @@ class SqlStore:
             p.settle(value=value)
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
+    def _writing(self, *, wait: bool = True) -> Iterator[Connection]:
         """A write transaction. On SQLite it takes the write lock at its start (``BEGIN
         IMMEDIATE``): a deferred one that reads first and writes later cannot wait for another
-        process's write lock in WAL mode and fails at once with "database is locked"."""
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                driver_sql(conn, "BEGIN IMMEDIATE")
+        process's write lock in WAL mode and fails at once with "database is locked". SQLite
+        writes on the store's one kept connection (:class:`_Writer`); PostgreSQL checks one out
+        of the pool (pinged first: a server may have dropped an idle one)."""
+        if self.engine.dialect.name != "sqlite":
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._writer.transaction(wait=wait) as conn:
             yield conn
 
     async def _read_conn(self, fn: Callable[[Connection], T]) -> T:
@@ -571,6 +634,137 @@ class SqlStore:
 
 
 # ---------------------------------------------------------------------- transactions
+
+
+class _Busy(Exception):
+    """Another process holds SQLite's write lock: an inline commit would have to wait."""
+
+
+#: Inline commits between two WAL checkpoints (run from a worker thread, see :class:`_Writer`).
+CHECKPOINT_EVERY = 200
+
+
+class _Writer:
+    """SQLite's write connection, opened once and kept: a commit then costs its statements and
+    the ``COMMIT``, not a pool checkout, a reset and a rollback on return as well.
+
+    It also says whether a commit may run inline, on trio's own thread, instead of paying a
+    hop to a worker thread and back: only when the file is in WAL mode with
+    ``synchronous=NORMAL``. Such a commit appends the transaction's pages to the WAL, in the
+    OS's cache, with no ``fsync``, and never waits for a reader: it takes microseconds. What
+    could make it long is kept off trio's thread: another process's write lock (the inline
+    ``BEGIN IMMEDIATE`` gives up at once, with a busy timeout of 0, and the same batch is
+    committed from a worker thread, which waits for the lock), and the WAL checkpoint (copying
+    the WAL into the file and syncing both; automatic checkpoints are off on this connection,
+    and one runs from a worker thread every :data:`CHECKPOINT_EVERY` inline commits).
+    ``synchronous=FULL`` syncs the WAL at every commit, and PostgreSQL's commit is a round
+    trip: those commit from a worker thread, as before.
+    """
+
+    __slots__ = ("__weakref__", "_conn", "_engine", "_since_checkpoint", "inline")
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+        self.inline = False
+        """Known once the connection is open (``open_sync`` opens it; a store built directly
+        on an engine opens it at its first commit, which then runs in a thread)."""
+        self._since_checkpoint = 0
+        # A store dropped without close() (a process dying, in tests) must not leave its
+        # connection checked out: the pool would warn when the collector finds it.
+        event.listen(engine, "engine_disposed", _Writer._disposed(weakref.ref(self)))
+
+    @staticmethod
+    def _disposed(writer: weakref.ref[_Writer]) -> Callable[[Engine], None]:
+        def close(_engine: Engine) -> None:
+            found = writer()
+            if found is not None:
+                found.close()
+
+        return close
+
+    def open(self) -> None:
+        """Open the connection now (SQLite; nothing for another database)."""
+        if self._engine.dialect.name == "sqlite":
+            self._connection()
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._engine.connect()
+            with _cursor_of(conn) as cur:
+                mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+                synchronous = cur.execute("PRAGMA synchronous").fetchone()[0]
+                self.inline = str(mode).lower() == "wal" and synchronous == 1  # NORMAL
+                if self.inline:
+                    cur.execute("PRAGMA busy_timeout=0")
+                    cur.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn = conn
+            weakref.finalize(self, conn.close)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self, *, wait: bool) -> Iterator[Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` on the kept connection; without ``wait``,
+        :class:`_Busy` at once if another process holds the write lock. After a failure the
+        connection is closed, and the next transaction opens another."""
+        conn = self._connection()
+        try:
+            with conn.begin():
+                self._begin(conn, wait)
+                yield conn
+        except _Busy:
+            raise
+        except BaseException:
+            self.close()
+            raise
+        self._since_checkpoint += 1
+
+    def _begin(self, conn: Connection, wait: bool) -> None:
+        if not self.inline:
+            driver_sql(conn, "BEGIN IMMEDIATE")
+            return
+        if not wait:
+            try:
+                driver_sql(conn, "BEGIN IMMEDIATE")
+            except OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise _Busy from None
+                raise
+            return
+        driver_sql(conn, f"PRAGMA busy_timeout={int(_SQLITE_WAIT_S * 1000)}")
+        try:
+            driver_sql(conn, "BEGIN IMMEDIATE")
+        finally:
+            driver_sql(conn, "PRAGMA busy_timeout=0")
+
+    def checkpoint_due(self) -> bool:
+        return self.inline and self._since_checkpoint >= CHECKPOINT_EVERY
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (``PASSIVE``: never waits for a reader); a
+        failure is logged, not raised — the WAL keeps the commits, and the next one retries."""
+        self._since_checkpoint = 0
+        try:
+            with _cursor_of(self._connection()) as cur:
+                cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except (sqlite3.Error, SQLAlchemyError) as exc:
+            logging.getLogger("demiarch_flow").warning("WAL checkpoint failed: %s", _short(exc))
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+@contextlib.contextmanager
+def _cursor_of(conn: Connection) -> Iterator[Any]:
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor
+    finally:
+        cursor.close()
 
 
 class _CheckpointOp:

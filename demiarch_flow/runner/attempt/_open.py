@@ -17,7 +17,7 @@ from ...store.base import AttemptRow
 from ..context import RunEnv
 from ..limits import Gate, admit
 from ..records import FlowRecord
-from ..state import AttemptInfo, ErrorInfo, RunState, Settlement, Step
+from ..state import AttemptInfo, ErrorInfo, RunState, Settlement, Step, evolve
 from ._send import send
 from .books import book_interrupted, interrupted_cost
 
@@ -213,7 +213,7 @@ def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> 
         cost_usd=answer.cost_usd if answer else None, streamed=result.streamed,
         text=result.completion.content if result.completion else None,
     )  # fmt: skip
-    tried = dataclasses.replace(
+    tried = evolve(
         state,
         attempt=state.attempt + 1,
         total_attempts=row.number,

@@ -1,0 +1,50 @@
+"""``evolve``: the engine's copy of a run's frozen values, equal to ``dataclasses.replace``."""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+
+import pytest
+
+from demiarch_flow.errors import ErrorClass
+from demiarch_flow.runner.records import WaitSource
+from demiarch_flow.runner.state import ErrorInfo, Message, RunState, Step, Wait, evolve
+
+STATE = RunState(
+    run_id="r", state="Request", chain=("a", "b"), messages=(Message("user", "hi"),),
+    last_error=ErrorInfo(ErrorClass.TIMEOUT, "slow"), cost_usd=Decimal("0.5"),
+    wait=Wait(1.5, WaitSource.BACKOFF),
+)  # fmt: skip
+
+
+def test_evolve_is_replace() -> None:
+    """Every field copied, the changed ones replaced, the original untouched, the type kept."""
+    changes = {"state": "Persist", "seq": 4, "wait": None, "model_index": 1}
+    new = evolve(STATE, **changes)
+    assert new == dataclasses.replace(STATE, **changes)  # type: ignore[arg-type]
+    assert type(new) is RunState
+    assert STATE.state == "Request"
+    assert STATE.seq == 0
+    assert evolve(STATE) == STATE
+    assert evolve(STATE) is not STATE
+
+
+def test_evolve_keeps_values_frozen() -> None:
+    """A copy is as frozen as one made by the constructor."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evolve(STATE, seq=1).seq = 2  # type: ignore[misc]
+
+
+def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
+    """As ``replace`` does: a typo is an error, not a silently ignored change."""
+    with pytest.raises(TypeError, match="nope"):
+        evolve(STATE, nope=1)
+    with pytest.raises(TypeError, match="reply_to"):
+        evolve(Step("saved", STATE), reply_to=None)
+
+
+def test_evolve_round_trips_through_json() -> None:
+    """A copy checkpoints and reads back like the original."""
+    new = evolve(STATE, attempt=2, saved_message_id="m")
+    assert RunState.from_json(new.to_json()) == new

@@ -1,0 +1,214 @@
+"""SQLite's writer: one kept connection; commits inline on trio's thread with WAL and
+``synchronous=NORMAL``, from a worker thread with ``FULL``, when another process holds the
+write lock, and for the WAL checkpoint; ``?synchronous=`` chooses, and a bad value is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from sqlalchemy import Connection, text
+
+from demiarch_flow.errors import StoreUnavailable
+from demiarch_flow.runner import RunRequest, run_workflow
+from demiarch_flow.store import sql
+from demiarch_flow.store.sql import SqlStore
+from demiarch_flow.testing import FakeOpenRouter, make_env
+
+from .test_journal_durability import WF
+
+
+def _store(tmp_path: Path, query: str = "") -> SqlStore:
+    store = SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}{query}")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE probe (x INTEGER)")
+    return store
+
+
+def _insert(x: int) -> Callable[[Connection], None]:
+    def op(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO probe VALUES (:x)"), {"x": x})
+
+    return op
+
+
+def _probed(store: SqlStore) -> list[int]:
+    with sqlite3.connect(store.engine.url.database or "") as other:
+        return [x for (x,) in other.execute("SELECT x FROM probe ORDER BY x")]
+
+
+def _pragma(store: SqlStore, name: str) -> Any:
+    cur = store._writer._connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return cur.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        cur.close()
+
+
+class Hops:
+    """Counts ``trio.to_thread.run_sync`` calls (and still makes them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        real = trio.to_thread.run_sync
+
+        async def counting(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            self.calls.append(getattr(fn, "__name__", repr(fn)))
+            return await real(fn, *args, **kwargs)
+
+        monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+
+
+async def test_a_run_commits_inline_on_one_kept_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WAL + NORMAL: every commit of a run happens on trio's thread (no worker thread), on the
+    one connection the store opened, with automatic WAL checkpoints off on it."""
+    store = _store(tmp_path)
+    writer = store._writer._connection().connection.dbapi_connection
+    assert store._writer.inline
+    assert _pragma(store, "wal_autocheckpoint") == 0
+    hops = Hops(monkeypatch)
+    out = await run_workflow(
+        WF, RunRequest("hi", stream=False), make_env(FakeOpenRouter(), store=store)
+    )
+    assert out.succeeded
+    assert "_commit" not in hops.calls
+    assert store._writer._connection().connection.dbapi_connection is writer
+    assert (await store.load_run(out.run_id)).status == "succeeded"  # type: ignore[union-attr]
+    store.close()
+
+
+async def test_full_synchronous_commits_from_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?synchronous=full``: the PRAGMA is FULL (2) and each commit (a disk sync) goes to a
+    worker thread, never trio's."""
+    store = _store(tmp_path, "?synchronous=full")
+    assert _pragma(store, "synchronous") == 2
+    assert not store._writer.inline
+    hops = Hops(monkeypatch)
+    await store._write(_insert(1))
+    await store._write(_insert(2))
+    assert hops.calls == ["_commit", "_commit"]
+    assert _probed(store) == [1, 2]
+    store.close()
+
+
+def test_an_unknown_synchronous_is_refused(tmp_path: Path) -> None:
+    """A typo in ``?synchronous=`` is an unavailable store naming the field, not a driver's
+    ``TypeError`` (and not silently NORMAL)."""
+    with pytest.raises(StoreUnavailable, match="synchronous='fast' is not one of normal, full"):
+        SqlStore.open_sync(f"sqlite:///{tmp_path / 'flow.db'}?synchronous=fast")
+
+
+async def test_a_locked_database_moves_the_commit_off_trios_thread(tmp_path: Path) -> None:
+    """Another process holding the write lock does not stall the loop: the inline commit gives
+    up at once and a worker thread waits for the lock; once it is released the write lands."""
+    store = _store(tmp_path)
+    holder = sqlite3.connect(str(tmp_path / "flow.db"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    written = trio.Event()
+
+    async def write() -> None:
+        await store._write(_insert(7))
+        written.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits in a worker thread
+        assert not written.is_set()
+        assert _probed(store) == []
+        holder.execute("COMMIT")
+    holder.close()
+    assert _probed(store) == [7]
+    assert store._writer.inline
+    assert _pragma(store, "busy_timeout") == 0  # the wait was for that commit only
+    store.close()
+
+
+async def test_the_wal_is_checkpointed_from_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With automatic checkpoints off, one runs every ``CHECKPOINT_EVERY`` inline commits,
+    off trio's thread (it syncs the file)."""
+    monkeypatch.setattr(sql, "CHECKPOINT_EVERY", 3)
+    store = _store(tmp_path)
+    threads: list[bool] = []
+    real = sql._Writer.checkpoint
+
+    def checkpoint(writer: Any) -> None:
+        threads.append(threading.current_thread() is threading.main_thread())
+        real(writer)
+
+    monkeypatch.setattr(sql._Writer, "checkpoint", checkpoint)
+    for x in range(7):
+        await store._write(_insert(x))
+    assert threads == [False, False]
+    assert _probed(store) == list(range(7))
+    store.close()
+
+
+async def test_a_failed_inline_commit_is_redone_in_a_thread_on_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    """A batch whose transaction fails inline is rolled back and redone from a worker thread,
+    group then each alone: the good write lands, the bad one gets its error, and the broken
+    connection is replaced."""
+    store = _store(tmp_path)
+    first = store._writer._connection()
+
+    def bad(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO nowhere VALUES (1)"))
+
+    async def failing() -> None:
+        with pytest.raises(Exception, match="nowhere"):
+            await store._write(bad)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(failing)
+        nursery.start_soon(store._write, _insert(3))
+    assert _probed(store) == [3]
+    assert store._writer._connection() is not first
+    store.close()
+
+
+async def test_a_write_cancelled_as_it_takes_the_queue_still_commits_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task that takes the queue commits every queued write, its own cancelled or not
+    (from a worker thread: ``synchronous=full``); no write is reported done and then lost."""
+    store = _store(tmp_path, "?synchronous=full")
+    scopes: dict[Any, trio.CancelScope] = {}
+    real = store._take_queue
+    taken: list[int] = []
+
+    def take() -> list[Any]:
+        batch = real()
+        if not taken:
+            scopes[trio.lowlevel.current_task()].cancel()
+        taken.append(len(batch))
+        return batch
+
+    monkeypatch.setattr(store, "_take_queue", take)
+
+    async def write(x: int) -> None:
+        with trio.CancelScope() as scope:
+            scopes[trio.lowlevel.current_task()] = scope
+            await store._write(_insert(x))
+
+    async with trio.open_nursery() as nursery:
+        await store._write_lock.acquire()  # both queue up behind it
+        nursery.start_soon(write, 1)
+        nursery.start_soon(write, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        store._write_lock.release()
+    assert taken == [2]
+    assert _probed(store) == [1, 2]
+    store.close()
