@@ -5,7 +5,9 @@ The suite runs on several pytest-xdist workers at once (``scripts/test.sh``), so
 touches may be shared between two of them: files live under ``tmp_path`` (per worker, per test),
 servers listen on port 0, each worker process creates its own PostgreSQL database (see
 ``tests/store/conftest.py``), the keyring is per process, and the data folder (recovery file,
-synced prices) is per test here.
+synced prices) is per test here. Hypothesis's example database (``.hypothesis/``; off on CI,
+where its ``ci`` profile applies, and off for the property tests) is safe to share: each test
+runs on one worker, keys its entries by its own id, and every entry is written by atomic rename.
 """
 
 from __future__ import annotations
