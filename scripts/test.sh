@@ -12,5 +12,6 @@ step mypy .venv/bin/mypy
 step wheel bash scripts/check_wheel.sh
 echo "== took${took%,}"
 # One worker per CPU (pytest-xdist), whole test files each, in collection order (pyproject.toml);
-# PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides the count.
-echo "== pytest"; .venv/bin/python -m pytest -n auto
+# PYTEST_XDIST_AUTO_NUM_WORKERS=N overrides the count. The 15 slowest tests are listed, so that
+# what eats the ten minutes is seen in every CI log.
+echo "== pytest"; .venv/bin/python -m pytest -n auto --durations=15
