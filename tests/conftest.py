@@ -1,7 +1,19 @@
-"""Shared fixtures: the default workflow's text and path, an in-memory keyring, seeded randomness."""
+"""Shared fixtures: the default workflow's text and path, an in-memory keyring, seeded randomness,
+and a private data folder for every test.
+
+The suite runs on several pytest-xdist workers at once (``scripts/test.sh``), so nothing a test
+touches may be shared between two of them: files live under ``tmp_path`` (per worker, per test),
+servers listen on port 0, each worker process creates its own PostgreSQL database (see
+``tests/store/conftest.py``), the keyring is per process, and the data folder (recovery file,
+synced prices) is per test here. Hypothesis's example database (``.hypothesis/``; off on CI,
+where its ``ci`` profile applies, and off for the property tests) is safe to share: each test
+runs on one worker, keys its entries by its own id, and every entry is written by atomic rename.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +24,45 @@ from keyring.backend import KeyringBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = ROOT / "workflows" / "chat.yaml"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a given PostgreSQL database on more than one worker: each worker empties the
+    database before its tests, so two would drop each other's tables mid-test."""
+    workers = config.getoption("numprocesses", default=None) if _has_xdist(config) else None
+    if os.environ.get("DEMIARCH_FLOW_TEST_PG_DB") and isinstance(workers, int) and workers > 1:
+        raise pytest.UsageError(
+            "DEMIARCH_FLOW_TEST_PG_DB names one PostgreSQL database, which the "
+            f"{workers} workers of -n {workers} would empty under each other; run with -n 0 "
+            "(or -n 1), or unset it so that each worker creates and drops its own."
+        )
+
+
+def _has_xdist(config: pytest.Config) -> bool:
+    return config.pluginmanager.hasplugin("xdist")
+
+
+_homes = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def _data_homes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data-homes")
+
+
+@pytest.fixture(autouse=True)
+def _private_data_folder(_data_homes: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the data folder at a fresh path (not created) and drop ``DEMIARCH_FLOW_DB``.
+
+    Without it, a run on an in-memory or PostgreSQL store writes its recovery file into the
+    user's real ``~/.local/share/demiarch-flow``, and every runtime reads ``prices.json`` from
+    there: a developer's ``models sync`` would change what tests compute, and a test on one
+    xdist worker could read the recovery rows another worker's test just wrote.
+    """
+    home = _data_homes / str(next(_homes))
+    monkeypatch.setenv("DEMIARCH_FLOW_HOME", str(home))
+    monkeypatch.delenv("DEMIARCH_FLOW_DB", raising=False)
+    return home
 
 
 @pytest.fixture

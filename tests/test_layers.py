@@ -4,6 +4,7 @@ interpreter (``sys.modules`` after the import)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -13,13 +14,17 @@ from typing import Any
 import pytest
 
 
-def modules_after(code: str) -> set[str]:
-    """The top-level and ``demiarch_flow.*`` modules loaded after running ``code``."""
+@functools.cache
+def modules_after(code: str) -> frozenset[str]:
+    """The top-level and ``demiarch_flow.*`` modules loaded after running ``code``.
+
+    Cached: a fresh interpreter gives the same answer for the same code, so the parametrized
+    cases of one import share one subprocess instead of starting one each."""
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
-    return set(json.loads(out.stdout.splitlines()[-1]))
+    return frozenset(json.loads(out.stdout.splitlines()[-1]))
 
 
 def test_the_command_line_does_not_import_the_test_helpers() -> None:

@@ -4,6 +4,7 @@ stale``, and a live run refused (exit 2)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -50,11 +51,19 @@ def test_runs_list_shows_stale_runs(cli: Cli, simulator: Callable[[str], SimThre
     assert cli("runs", "list", "--status", "running", "--json").json() == []
 
 
-def test_a_live_run_is_not_resumed(cli: Cli, simulator: Callable[[str], SimThread]) -> None:
+def test_a_live_run_is_not_resumed(
+    cli: Cli, simulator: Callable[[str], SimThread], tmp_path: Path
+) -> None:
     """``runs resume`` of a run whose process is alive (waiting on the provider): exit 2, one
     paragraph, and nothing sent; an unknown id is exit 2 too."""
     sim = simulator("*=hang*")
-    proc = start_run(cli, cli.db, sim, FAST)
+    # The live run's attempt must outlast the refused resume: with fast.yaml's 5 s it timed out
+    # and retried while ``runs resume`` was still starting on a loaded machine (2 requests).
+    text = Path(FAST).read_text("utf-8")
+    assert "timeout_s: 5 " in text
+    patient = tmp_path / "patient.yaml"
+    patient.write_text(text.replace("timeout_s: 5 ", "timeout_s: 600 "), "utf-8")
+    proc = start_run(cli, cli.db, sim, str(patient))
     try:
         wait_until(lambda: sim.sim.chat_requests >= 1, "the hanging request")
         ((run_id,),) = cli.rows("select id from workflow_runs")

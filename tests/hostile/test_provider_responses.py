@@ -296,7 +296,9 @@ async def test_runner_turns_every_answer_into_a_reply_or_one_error_class(
     assert not (tmp_path / "recovery.jsonl").exists()
 
 
-async def test_every_paid_answer_fits_the_sql_columns(sql_store: SqlStore, tmp_path: Path) -> None:
+async def test_every_paid_answer_fits_the_sql_columns(
+    sql_store: SqlStore, tmp_path: Path, autojump_clock: object
+) -> None:
     """Each success-shaped answer is stored by SQLite and PostgreSQL alike (NUMERIC(20, 9),
     32-bit token counts, VARCHAR(200) names), none goes to the recovery file."""
     paid = [a for a in CORPUS if a.expect == OK]
