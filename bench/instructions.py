@@ -44,6 +44,9 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sim import start_simulator
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("raw", "table", "statemachine")
 KEY = "sk-or-bench"
@@ -109,19 +112,6 @@ def child(kind: str, calls: int, warmup: int, url: str, workflow: str, db: str) 
 
 
 # ------------------------------------------------------------------ the parent
-
-
-def start_simulator() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "demiarch_flow", "simulator"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit("the simulator did not start")
-    return proc, url
 
 
 class Bench:

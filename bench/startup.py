@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sim import start_simulator
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "demiarch_flow"]
 
@@ -38,19 +41,6 @@ TARGETS: dict[str, float] = {
     "budget": 0.35,
     "run (simulator)": 0.45,
 }
-
-
-def start_simulator() -> tuple[subprocess.Popen[str], str]:
-    """The bundled simulator in its own process on 127.0.0.1; its base URL."""
-    proc = subprocess.Popen(
-        [*CLI, "simulator"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit("the simulator did not start")
-    return proc, url
 
 
 def _children_cpu() -> float:

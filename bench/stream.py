@@ -29,6 +29,9 @@ from pathlib import Path
 import httpx
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _sim
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -41,16 +44,7 @@ CLI = [sys.executable, "-m", "demiarch_flow"]
 
 
 def start_simulator(chunks: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [*CLI, "simulator", "--faults", f"*=chunks:{chunks}*"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit("the simulator did not start")
-    return proc, url
+    return _sim.start_simulator("--faults", f"*=chunks:{chunks}*")
 
 
 def payload() -> dict[str, object]:

@@ -36,6 +36,9 @@ from typing import Any
 import httpx
 import trio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sim import start_simulator
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -77,18 +80,6 @@ class Sink:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
-def start_simulator() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [*CLI, "simulator"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit("the simulator did not start")
-    return proc, url
 
 
 async def timed(call: Callable[[], Awaitable[Any]], n: int, cpu: list[float]) -> list[float]:
