@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sim import start_simulator
+from _common import start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("raw", "table", "statemachine")

@@ -50,8 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import spread, start_simulator  # noqa: E402
 from startup import report as startup_report  # noqa: E402
-from startup import start_simulator, startup_figures  # noqa: E402
+from startup import startup_figures  # noqa: E402
 
 from demiarch_flow.client import ApiKey, OpenRouterClient  # noqa: E402
 from demiarch_flow.definition import load_workflow, machine_class  # noqa: E402
@@ -340,14 +341,6 @@ async def profiled_sqlite(url: str, folder: Path, runs: int) -> None:
 
 
 # ------------------------------------------------------------------ report
-
-
-def spread(values: list[float], digits: int = 0) -> str:
-    """``median (min–max)`` of the rounds."""
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:,.{digits}f}"
-    return f"{med:,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
 
 
 def main() -> None:

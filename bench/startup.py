@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sim import start_simulator
+from _common import start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "demiarch_flow"]

@@ -30,7 +30,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sim
+import _common
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,7 +44,7 @@ CLI = [sys.executable, "-m", "demiarch_flow"]
 
 
 def start_simulator(chunks: int) -> tuple[subprocess.Popen[str], str]:
-    return _sim.start_simulator("--faults", f"*=chunks:{chunks}*")
+    return _common.start_simulator("--faults", f"*=chunks:{chunks}*")
 
 
 def payload() -> dict[str, object]:

@@ -37,7 +37,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sim import start_simulator
+from _common import spread, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -209,13 +209,6 @@ def instructions(url: str, folder: Path, calls: int) -> dict[str, float] | None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = dict(zip(jobs, pool.map(total, jobs), strict=True))
     return {side: (done[side, 2 * calls] - done[side, calls]) / calls for side in ("off", "on")}
-
-
-def spread(values: list[float], digits: int = 0) -> str:
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:,.{digits}f}"
-    return f"{med:,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
 
 
 def main() -> None:

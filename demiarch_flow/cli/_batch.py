@@ -190,6 +190,17 @@ def _open_out(name: str | None, *, resume: bool = False) -> TextIO:
         ) from None
 
 
+def replace_lines(name: str, lines: list[str]) -> None:
+    """File ``name`` becomes exactly ``lines``: written aside, flushed to disk, then renamed
+    over it, so a crash leaves the old file or the new one, never half of either."""
+    tmp = f"{name}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(line + "\n" for line in lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, name)
+
+
 def read_results(name: str) -> dict[str, dict[str, object]]:
     """An earlier batch's ``--out`` lines by input id (the last line of an id wins); a missing
     file is an empty batch, an unreadable line is ignored (its id simply runs again).
@@ -376,12 +387,7 @@ class _Batch:
             for i in ids
             if i in self.results or i in self.earlier
         ]
-        tmp = f"{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(line + "\n" for line in lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, name)
+        replace_lines(name, lines)
         with contextlib.suppress(OSError):
             os.remove(f"{name}.partial")
 

@@ -20,7 +20,7 @@ import time
 from ..errors import EnvironmentProblem, UsageError
 from ..runner import RunOutcome
 from ..store.base import Definition
-from ._batch import read_results
+from ._batch import read_results, replace_lines
 from ._common import setup_logging, workflow_from
 from ._json import json_line
 from ._queue import database_errors, open_queue, queue_ready, read_batch, submit_batch, wait_runs
@@ -100,11 +100,6 @@ def cmd_batch_queue(args: argparse.Namespace) -> int:
 
 def _rewrite(name: str, lines: list[str]) -> None:
     """OUT becomes exactly one line per input id, in input order (written aside, renamed)."""
-    tmp = f"{name}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(line + "\n" for line in lines)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, name)
+    replace_lines(name, lines)
     with contextlib.suppress(OSError):
         os.remove(f"{name}.runs")

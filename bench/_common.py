@@ -1,7 +1,9 @@
-"""The bundled simulator in its own process, for the benchmarks that measure against it."""
+"""What the benchmarks share: the bundled simulator in its own process, and how a figure of
+several rounds is printed."""
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 
@@ -19,3 +21,11 @@ def start_simulator(*args: str) -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         raise SystemExit("the simulator did not start")
     return proc, url
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    """``median (min–max)`` of the rounds."""
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:,.{digits}f}"
+    return f"{med:,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
