@@ -36,6 +36,7 @@ forgiven: the answer could have been kept.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import json
@@ -875,6 +876,7 @@ def prepare(backend: Backend, folder: Path, pg_url: str | None) -> str:
         return pg_url
     if not _TEMPLATE:
         template = Path(tempfile.mkdtemp(prefix="paid-once-template-")) / "flow.db"
+        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
         SqlStore.open_sync(f"sqlite:///{template}").close()
         _TEMPLATE.append(template)
     shutil.copyfile(_TEMPLATE[0], folder / "flow.db")
