@@ -34,7 +34,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _reservations(url: str, now: datetime) -> Decimal:
+def reservations(url: str, now: datetime) -> Decimal:
     """Add one reservation of each kind around ``now``; what the day window must count."""
     store = SqlStore.open_sync(url)
     table = BudgetReservation.__table__
@@ -86,7 +86,7 @@ def test_the_quick_books_are_the_ledgers(template: Path, tmp_path: Path, now: da
     path = tmp_path / "flow.db"
     shutil.copy(template, path)
     url = f"sqlite:///{path}"
-    day_reserved = _reservations(url, now)
+    day_reserved = reservations(url, now)
     starts = window_starts(now)
     reader = LiteReader.open(url)
     try:
