@@ -152,3 +152,14 @@ def test_budget_json_is_the_same_on_a_hit(db: str, env: dict[str, str], tmp_path
     assert [(r["window"], r["limit_usd"]) for r in rows] == [
         ("day", "5.000000000"), ("month", "50.000000000"),
     ]  # fmt: skip
+
+
+def test_a_run_without_a_key_says_so_before_importing_the_engine(env: dict[str, str]) -> None:
+    """`run` with no key anywhere exits 3 having imported neither the engine's libraries
+    (trio, SQLAlchemy, python-statemachine) nor, on a checked workflow, the checks' ones."""
+    env = {k: v for k, v in env.items() if k != "OPENROUTER_API_KEY"}
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+    assert loaded_by(["run", "-m", "hi"], env)[0] == 3
+    code, modules = loaded_by(["run", "-m", "hi"], env)
+    assert code == 3
+    assert not (HEAVY - {"httpx", "httpcore"}) & modules, sorted(HEAVY & modules)
