@@ -105,7 +105,7 @@ def remember(folder: Path, doc: dict[str, Any], wf: Workflow) -> None:
         again = build_workflow(json.loads(doc_text), source=wf.source, sha256=wf.sha256)
     except (TypeError, ValueError, KeyError, RecursionError):
         return  # a value JSON does not hold as it is (a date, a float that is not finite)
-    if again != wf:
+    if again != wf or repr(again) != repr(wf):  # repr: 1 and 1.0, or 1.1 and 1.10, differ
         return
     entry = {
         "format": CACHE_FORMAT,
