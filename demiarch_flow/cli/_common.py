@@ -118,7 +118,11 @@ def workflow_from(arg: str | None, *, check_prices: bool = True) -> Workflow:
     from ..definition import load_workflow
     from ..paths import cache_dir
 
-    wf = load_workflow(arg if arg else default_workflow_path(), cache=cache_dir())
+    try:
+        cache: Path | None = cache_dir()
+    except RuntimeError:  # no home folder to be found: no cache, the workflow is checked
+        cache = None
+    wf = load_workflow(arg if arg else default_workflow_path(), cache=cache)
     if check_prices:
         check_budget_prices(wf)
     return wf

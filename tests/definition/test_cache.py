@@ -263,3 +263,17 @@ def test_the_cache_folder_follows_the_data_home(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("XDG_CACHE_HOME")
     if os.name == "posix" and os.uname().sysname == "Linux":
         assert cache_dir() == Path.home() / ".cache" / "demiarch-flow"
+
+
+def test_without_a_home_folder_the_workflow_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `DEMIARCH_FLOW_HOME`, no XDG folder and no home to be found (`Path.home()` fails):
+    commands still read their workflow, checked in full, with no cache."""
+    from demiarch_flow.cli._common import workflow_from
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("DEMIARCH_FLOW_HOME")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert workflow_from(None).name == "chat"
