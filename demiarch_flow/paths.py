@@ -5,7 +5,11 @@
   ``%APPDATA%\\demiarch-flow`` on Windows);
 * database: ``--db URL``, else ``$DEMIARCH_FLOW_DB``, else ``sqlite:///<data folder>/demiarch-flow.db``;
 * synced prices: ``<data folder>/prices.json``; recovery file: beside a SQLite database, else in
-  the data folder.
+  the data folder;
+* cache (checked workflows, safe to delete): ``$DEMIARCH_FLOW_HOME/cache``, else
+  ``$XDG_CACHE_HOME/demiarch-flow``, else ``~/.cache/demiarch-flow``
+  (``~/Library/Caches/demiarch-flow`` on macOS, ``%LOCALAPPDATA%\\demiarch-flow\\Cache`` on
+  Windows).
 """
 
 from __future__ import annotations
@@ -26,6 +30,20 @@ def data_dir() -> Path:
     if sys.platform == "win32" and (appdata := os.environ.get("APPDATA")):
         return Path(appdata) / "demiarch-flow"
     return Path.home() / ".local" / "share" / "demiarch-flow"
+
+
+def cache_dir() -> Path:
+    """The per-user cache folder (not created here): what is in it only saves time, and any of
+    it may be deleted at any moment."""
+    if home := os.environ.get("DEMIARCH_FLOW_HOME"):
+        return Path(home) / "cache"
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg) / "demiarch-flow"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "demiarch-flow"
+    if sys.platform == "win32" and (local := os.environ.get("LOCALAPPDATA")):
+        return Path(local) / "demiarch-flow" / "Cache"
+    return Path.home() / ".cache" / "demiarch-flow"
 
 
 def database_url(explicit: str | None = None) -> str:

@@ -38,3 +38,21 @@ def test_a_cold_process_is_timed_after_a_warm_up(tmp_path: Path) -> None:
     env = {**os.environ, "DEMIARCH_FLOW_HOME": str(tmp_path)}
     walls, cpus = startup.cold(["--help"], env, 2)
     assert len(walls) == len(cpus) == 2 and all(w > 0 for w in walls)
+
+
+def test_a_miss_of_the_workflow_cache_is_its_own_row_without_a_target() -> None:
+    """`budget (not cached)` (a new or edited workflow, checked in full) is reported beside
+    `budget`, with no target and neither met nor NOT met."""
+    startup = _startup()
+    figures = {name: ([0.5], [0.4]) for name in startup.TARGETS}
+    line = next(x for x in startup.report(figures).splitlines() if "not cached" in x)
+    assert line.rstrip().endswith("-") and "met" not in line
+
+
+def test_the_uncached_row_empties_the_cache_before_each_process(tmp_path: Path) -> None:
+    """`cold` runs ``before`` ahead of every process, the warm-up included."""
+    startup = _startup()
+    env = {**os.environ, "DEMIARCH_FLOW_HOME": str(tmp_path)}
+    calls: list[int] = []
+    startup.cold(["--help"], env, 2, lambda: calls.append(1))
+    assert len(calls) == 3

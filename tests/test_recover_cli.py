@@ -73,6 +73,19 @@ def test_recover_imports_once_and_the_warning_goes_away(
     assert path.is_file()
 
 
+def test_an_unknown_conversation_still_warns_of_the_recovery_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`history --conversation ID` with an id the database does not hold is exit 2, and it
+    still says that replies wait in the recovery file (the id may be among them)."""
+    url, path, cost = _failed_persist(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["history", "--conversation", "nope", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert f"warning: 1 replies ({cost}) in {path} are not in the database yet" in err
+    assert "nope" in err.split("warning:")[1].split("\n", 1)[1]
+
+
 def test_bad_lines_and_gone_conversations_are_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -101,3 +101,65 @@ def test_a_report_on_another_database_still_works(tmp_path: Path, env: dict[str,
     answers as before (exit 3, no database) — importing SQLAlchemy only then."""
     code, modules = loaded_by(["history", "--db", f"sqlite:///{tmp_path / 'none.db'}"], env)
     assert code == 3 and "sqlalchemy" in modules
+
+
+BUDGETED = """\
+version: 1
+name: budgeted
+models: [anthropic/claude-sonnet-4]
+request: {max_tokens: 64}
+retry: {max_retries: 1, initial_delay_s: 1, backoff_rate: 2, max_delay_s: 5}
+fallback: {when: [retries_exhausted]}
+limits:
+  budget: {daily_usd: 5, monthly_usd: 50}
+initial: Request
+states:
+  Request: {action: request, transitions: {succeeded: Done, retryable: Failed, model_failed: Failed, fatal: Failed}}
+  Done: {final: true}
+  Failed: {final: true}
+"""
+
+
+@pytest.mark.parametrize("workflow", ["bundled", "budgeted"])
+def test_budget_on_a_checked_workflow_imports_nothing_heavy(
+    workflow: str, db: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`budget` on a SQLite file at head, once its workflow has been checked (the first
+    command left it in the cache), imports none of the heavy libraries — and reads the books
+    and the limits as before."""
+    argv = ["budget", "--db", db, "--json"]
+    if workflow == "budgeted":
+        path = tmp_path / "budgeted.yaml"
+        path.write_text(BUDGETED, "utf-8")
+        argv += ["--workflow", str(path)]
+    first_code, first = loaded_by(argv, env)  # a miss: the full check, which fills the cache
+    assert first_code == 0 and {"yaml", "jsonschema", "statemachine"} <= first
+    code, modules = loaded_by(argv, env)
+    assert code == 0
+    assert not HEAVY & modules, sorted(HEAVY & modules)
+
+
+def test_budget_json_is_the_same_on_a_hit(db: str, env: dict[str, str], tmp_path: Path) -> None:
+    """The books and limits `budget --json` prints do not depend on the cache."""
+    path = tmp_path / "budgeted.yaml"
+    path.write_text(BUDGETED, "utf-8")
+    argv = [sys.executable, "-m", "demiarch_flow", "budget", "--db", db, "--json",
+            "--workflow", str(path)]  # fmt: skip
+    miss, hit = (subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+                 for _ in range(2))  # fmt: skip
+    rows = json.loads(hit.stdout)
+    assert json.loads(miss.stdout) == rows
+    assert [(r["window"], r["limit_usd"]) for r in rows] == [
+        ("day", "5.000000000"), ("month", "50.000000000"),
+    ]  # fmt: skip
+
+
+def test_a_run_without_a_key_says_so_before_importing_the_engine(env: dict[str, str]) -> None:
+    """`run` with no key anywhere exits 3 having imported neither the engine's libraries
+    (trio, SQLAlchemy, python-statemachine) nor, on a checked workflow, the checks' ones."""
+    env = {k: v for k, v in env.items() if k != "OPENROUTER_API_KEY"}
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+    assert loaded_by(["run", "-m", "hi"], env)[0] == 3
+    code, modules = loaded_by(["run", "-m", "hi"], env)
+    assert code == 3
+    assert not (HEAVY - {"httpx", "httpcore"}) & modules, sorted(HEAVY & modules)

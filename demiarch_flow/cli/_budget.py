@@ -13,40 +13,88 @@ import json
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ProviderError
 from ..paths import database_url
-from ..pricing import to_usd
-from ..runner.budget import budget_windows
-from ..store.limits import SqlLedger
-from ..store.sql import SqlStore
-from ._common import network_needed, resolve_base_url, run_trio, workflow_from
+from ..pricing import NANO, to_usd
+from ._common import network_needed, resolve_base_url, workflow_from
 from ._table import plain, plain_or_none, table
-
-if TYPE_CHECKING:
-    from ..store.limits import BudgetWindow, WindowUse
 
 #: OpenRouter's figure and ours may differ by this much before ``--key`` warns: $0.01, or
 #: 1 % of the larger figure when that is more (its usage lags a little behind ours).
 TOLERANCE_USD = Decimal("0.01")
 TOLERANCE_SHARE = Decimal("0.01")
 
-
-def _windows(limits: dict[str, Decimal | None], now: datetime) -> list[BudgetWindow]:
-    """The day and month windows, with a placeholder limit where the workflow sets none."""
-    from ..definition.limits import BudgetPolicy
-
-    policy = BudgetPolicy(daily_usd=limits["day"] or Decimal(0),
-                          monthly_usd=limits["month"] or Decimal(0))  # fmt: skip
-    return [w for w in budget_windows(policy, now) if w.name != "run"]
+#: (window, spent, reserved), day then month.
+Books = list[tuple[str, Decimal, Decimal]]
 
 
-def _row(use: WindowUse, limit: Decimal | None) -> dict[str, Any]:
-    doc: dict[str, Any] = use.to_json()
-    if limit is None:
-        doc["limit_usd"] = doc["remaining_usd"] = None
-    return doc
+def window_starts(now: datetime) -> dict[str, datetime]:
+    """When the day and the month windows began at ``now`` (UTC midnight, the first of the
+    month): :func:`demiarch_flow.runner.budget.budget_windows`'s, which a test holds equal."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"day": day, "month": day.replace(day=1)}
+
+
+def read_books(db: str | None, now: datetime) -> Books:
+    """Each window's spend and reservations at ``now``: through the standard library's
+    ``sqlite3`` on a plain SQLite file at this release's revision (no SQLAlchemy, no trio),
+    else through the store's ledger, which reads any database or says what is wrong with it.
+
+    Raises:
+        StoreUnavailable: no database, or one the store cannot read.
+    """
+    from ..store._lite import LiteReader, NotLite
+
+    url = database_url(db)
+    starts = window_starts(now)
+    try:
+        reader = LiteReader.open(url)
+    except NotLite:
+        pass
+    else:
+        try:
+            books = reader.window_books(list(starts.values()), now)
+            return [(w, s, r) for w, (s, r) in zip(starts, books, strict=True)]
+        except NotLite:
+            pass  # the full store reads it, or says what is wrong
+        finally:
+            reader.close()
+    return _ledger_books(url, starts, now)
+
+
+def _ledger_books(url: str, starts: dict[str, datetime], now: datetime) -> Books:
+    """:func:`read_books` through :class:`~demiarch_flow.store.limits.SqlLedger` (any backend)."""
+    from ..store.limits import BudgetWindow, SqlLedger
+    from ..store.sql import SqlStore
+    from ._common import run_trio
+
+    store = SqlStore.open_sync(url, create=False)
+    windows = [BudgetWindow("day", Decimal(0), starts["day"]),
+               BudgetWindow("month", Decimal(0), starts["month"])]  # fmt: skip
+    try:
+        uses = run_trio(lambda: SqlLedger(store.engine).window_use(windows, now))
+    finally:
+        store.close()
+    return [(u.window, u.spent_usd, u.reserved_usd) for u in uses]
+
+
+def _row(window: str, limit: Decimal | None, spent: Decimal, reserved: Decimal) -> dict[str, Any]:
+    """The ``budget --json`` object of a window: amounts as plain decimal strings to the
+    nano-dollar; no limit, no ``remaining`` (``None``)."""
+
+    def text(amount: Decimal) -> str:
+        return plain(amount.quantize(NANO))
+
+    remaining = None if limit is None else max(limit - spent - reserved, Decimal(0))
+    return {
+        "window": window,
+        "limit_usd": None if limit is None else text(limit),
+        "spent_usd": text(spent),
+        "reserved_usd": text(reserved),
+        "remaining_usd": None if remaining is None else text(remaining),
+    }
 
 
 async def _key_usage(base_url: str) -> dict[str, Any]:
@@ -84,37 +132,32 @@ def _differs(ours: Decimal, theirs: Decimal | None) -> bool:
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
-    wf = workflow_from(args.workflow)
+    wf = workflow_from(args.workflow, check_prices=False)  # it reports, it enforces nothing
     policy = wf.limits.budget if wf.limits is not None else None
     limits = {
         "day": policy.daily_usd if policy else None,
         "month": policy.monthly_usd if policy else None,
     }
     base = resolve_base_url(args.base_url) if args.key else ""
-    now = datetime.now(UTC)
-    store = SqlStore.open_sync(database_url(args.db), create=False)
+    books = read_books(args.db, datetime.now(UTC))
+    key = None
+    if args.key:
+        from ._common import run_trio
 
-    async def main() -> tuple[list[WindowUse], dict[str, Any] | None]:
-        uses = await SqlLedger(store.engine).window_use(_windows(limits, now), now)
-        return uses, (await _key_usage(base) if args.key else None)
-
-    try:
         with network_needed(base, "GET /key"):
-            uses, key = run_trio(main)
-    finally:
-        store.close()
-    rows = [_row(u, limits[u.window]) for u in uses]
+            key = run_trio(lambda: _key_usage(base))
+    rows = [_row(window, limits[window], spent, reserved) for window, spent, reserved in books]
     theirs: dict[str, Decimal | None] = {}
     if key is not None:
         theirs = {"day": to_usd(key.get("usage_daily")), "month": to_usd(key.get("usage_monthly"))}
         for row in rows:
             row["openrouter_usd"] = plain_or_none(theirs[row["window"]])
-        for use in uses:
-            if _differs(use.spent_usd, theirs[use.window]):
+        for window, spent, _ in books:
+            if _differs(spent, theirs[window]):
                 print(
-                    f"demiarch-flow: warning: this {use.window}'s spend differs:"
-                    f" {plain(use.spent_usd)} USD in the database,"
-                    f" {plain_or_none(theirs[use.window])} USD at OpenRouter (other tools may"
+                    f"demiarch-flow: warning: this {window}'s spend differs:"
+                    f" {plain(spent)} USD in the database,"
+                    f" {plain_or_none(theirs[window])} USD at OpenRouter (other tools may"
                     " use the same key, or usage was not booked here)",
                     file=sys.stderr,
                 )

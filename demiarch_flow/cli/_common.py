@@ -108,14 +108,23 @@ def missing_sqlite_file(url: str) -> bool:
     return not database.startswith("file:") and not Path(database).expanduser().exists()
 
 
-def workflow_from(arg: str | None) -> Workflow:
-    """The named workflow file, or the bundled default (its budget checked against the price
-    table: see :func:`check_budget_prices`)."""
+def workflow_from(arg: str | None, *, check_prices: bool = True) -> Workflow:
+    """The named workflow file, or the bundled default, through the user's cache of checked
+    workflows (a text checked before costs no YAML, schema or graph imports; a new or changed
+    one is checked in full); its budget checked against the price table unless ``check_prices``
+    is false (``budget`` reports the books and enforces nothing: see
+    :func:`check_budget_prices`)."""
     from .._resources import default_workflow_path
     from ..definition import load_workflow
+    from ..paths import cache_dir
 
-    wf = load_workflow(arg if arg else default_workflow_path())
-    check_budget_prices(wf)
+    try:
+        cache: Path | None = cache_dir()
+    except RuntimeError:  # no home folder to be found: no cache, the workflow is checked
+        cache = None
+    wf = load_workflow(arg if arg else default_workflow_path(), cache=cache)
+    if check_prices:
+        check_budget_prices(wf)
     return wf
 
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 from ..errors import UnknownConversation, UsageError
 from ..paths import database_url
 from ._json import json_line
-from ._reading import read_report, unimported_warning, warn
+from ._reading import Reports, read_report, unimported_warning, warn
 from ._table import plain, table
 
 if TYPE_CHECKING:
-    from ..store.base import JournalEntry, StoredRun
+    from ..store.base import JournalEntry, StoredMessage, StoredRun
     from ..store.sql import SqlStore
 
 
@@ -66,14 +66,18 @@ def cmd_history(args: argparse.Namespace) -> int:
                 )
             )
         return 0
-    try:
-        warning, msgs = read_report(
-            args.db,
-            lambda r: (unimported_warning(r), r.messages(args.conversation, args.limit)),
-        )
-    except UnknownConversation as exc:  # an id the user gave: input error, as `runs show`
-        raise UsageError(str(exc)) from None
+
+    def read(r: Reports) -> tuple[str | None, list[StoredMessage] | UnknownConversation]:
+        warning = unimported_warning(r)  # first: the unknown id may be a reply not imported yet
+        try:
+            return warning, r.messages(args.conversation, args.limit)
+        except UnknownConversation as exc:
+            return warning, exc
+
+    warning, msgs = read_report(args.db, read)
     warn(warning)
+    if isinstance(msgs, UnknownConversation):  # an id the user gave: input error, as `runs show`
+        raise UsageError(str(msgs))
     if args.json:
         print(
             json_line(

@@ -1,17 +1,18 @@
-"""``run`` (one chat turn) and ``chat`` (an interactive conversation)."""
+"""``run`` (one chat turn) and ``chat`` (an interactive conversation).
+
+The engine and the world of a run (trio, httpx, SQLAlchemy) are imported once the input, the
+workflow and the key have been checked: a run that cannot start (no key, a bad option) says so
+without paying for them."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from ..definition import Workflow
 from ..errors import ErrorClass, RunFailed, UnknownConversation, UsageError
 from ..keys import resolve_key
-from ..runner import FlowRecord, RunOutcome, RunRequest, WaitSource, run_workflow
-from ..runner.records import Listener
-from ..runtime import World, open_world
+from ..runner.records import FlowRecord, Listener, WaitSource
 from ._common import (
     check_conversation_option,
     check_message,
@@ -27,6 +28,11 @@ from ._common import (
 )
 from ._json import json_line
 from ._table import plain
+
+if TYPE_CHECKING:
+    from ..definition import Workflow
+    from ..runner import RunOutcome
+    from ..runtime import World
 
 #: What to do next, by error class; ``{run_id}`` is the run's own id.
 _HINTS = {
@@ -302,6 +308,8 @@ async def turn(
 ) -> RunOutcome:
     """One chat turn through the workflow (what ``run``, ``chat``, ``batch`` and ``demo``
     call)."""
+    from ..runner import RunRequest, run_workflow
+
     return await run_workflow(
         wf,
         RunRequest(message, conversation_id=conversation, model=model, stream=stream),
@@ -328,6 +336,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     listeners: tuple[Listener, ...] = tuple(x for x in (jsonl, text, messages) if x is not None)
     if not (args.quiet or args.json or args.jsonl):
         listeners += (Progress(),)  # after the text: a broken stream's line is ended first
+
+    from ..runtime import open_world
 
     async def main() -> RunOutcome:
         async with open_world(
@@ -407,6 +417,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         f"demiarch-flow chat — workflow {wf.name!r}, models {' → '.join(wf.models)}. Type /exit to leave.",
         file=sys.stderr,
     )
+
+    from ..runtime import open_world
 
     async def main() -> int:
         nonlocal conversation

@@ -5,19 +5,24 @@ Public here: :func:`load_workflow`, :func:`parse_workflow`, the model classes, t
 command line applies to ``--model`` and batch lines too). The three checks run in order (YAML
 syntax, JSON Schema, graph) and each failure is a :class:`~demiarch_flow.errors.DefinitionError`
 subclass with file, line, column and field path as attributes.
+
+The checks' libraries (PyYAML, jsonschema, python-statemachine) are imported when a text is
+checked, not with this package: :func:`load_workflow` given a ``cache`` folder rebuilds a text
+it has checked before without them (see :mod:`._cache`), and the model classes alone import
+nothing heavy. ``machine_class``, ``WorkflowMachine`` and ``workflow_schema`` are imported on
+first use.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path as FsPath
+from typing import TYPE_CHECKING, Any
 
+from .._lazy import lazy_exports
 from ..errors import DefinitionError, Location, YamlSyntaxError
-from ._graph import check_graph
-from ._schema import check_schema, workflow_schema
+from ._source import MAX_FILE_BYTES
 from ._text import MAX_MODEL_NAME, check_model_name
-from ._yaml import MAX_FILE_BYTES, load_yaml
-from .machine import WorkflowMachine, machine_class
 from .model import (
     CooldownPolicy,
     FallbackPolicy,
@@ -57,6 +62,15 @@ __all__ = [
     "workflow_schema",
 ]
 
+__getattr__ = lazy_exports(
+    __name__,
+    {"machine_class": "machine", "WorkflowMachine": "machine", "workflow_schema": "_schema"},
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._schema import workflow_schema
+    from .machine import WorkflowMachine, machine_class
+
 
 def parse_workflow(text: str, source: str = "<string>") -> Workflow:
     """Check ``text`` (YAML syntax, schema, graph) and return the frozen workflow.
@@ -68,6 +82,16 @@ def parse_workflow(text: str, source: str = "<string>") -> Workflow:
     Raises:
         DefinitionError: a ``YamlSyntaxError``, ``SchemaError`` or ``GraphError``.
     """
+    return _checked(text, source, hashlib.sha256(text.encode("utf-8")).hexdigest())[0]
+
+
+def _checked(text: str, source: str, sha256: str) -> tuple[Workflow, dict[str, Any]]:
+    """The three checks and the build: the workflow and the document it was built from."""
+    from ._graph import check_graph
+    from ._schema import check_schema
+    from ._yaml import load_yaml
+    from .machine import machine_class
+
     doc, positions = load_yaml(text, source)
     if not isinstance(doc, dict):
         raise YamlSyntaxError(
@@ -75,15 +99,20 @@ def parse_workflow(text: str, source: str = "<string>") -> Workflow:
             location=positions.locate(()),
         )
     check_schema(doc, positions)
-    sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     wf = build_workflow(doc, source=source, sha256=sha256, text=text)
     check_graph(wf, positions)
     machine_class(wf)
-    return wf
+    return wf, doc
 
 
-def load_workflow(path: str | FsPath) -> Workflow:
+def load_workflow(path: str | FsPath, *, cache: FsPath | None = None) -> Workflow:
     """Read and check the workflow file at ``path``.
+
+    Args:
+        path: the file, named as the user gave it (messages and the run record say it so).
+        cache: a folder of checked workflows (:func:`demiarch_flow.paths.cache_dir`): a text
+            checked before is rebuilt from there without the checks' libraries, and a text
+            checked now is added. ``None``: always check (library use, ``validate``).
 
     Raises:
         DefinitionError: the file is missing, unreadable, too large or invalid.
@@ -117,4 +146,14 @@ def load_workflow(path: str | FsPath) -> Workflow:
             f"the file is not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.end]!r})",
             location=Location(name, line, column),
         ) from None
-    return parse_workflow(text, name)
+    sha256 = hashlib.sha256(raw).hexdigest()  # the text's UTF-8, as parse_workflow hashes it
+    if cache is None:
+        return _checked(text, name, sha256)[0]
+    from ._cache import cached, remember
+
+    folder = cache / "workflows"
+    wf = cached(folder, text, sha256, name)
+    if wf is None:
+        wf, doc = _checked(text, name, sha256)
+        remember(folder, doc, wf)
+    return wf

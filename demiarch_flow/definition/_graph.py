@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..errors import DefinitionError, GraphError
-from ._yaml import Positions, format_path
+from ._source import Positions, format_path
 from .model import Workflow
 from .vocabulary import ACTION_EVENTS, CONSUMING_EDGES
 

@@ -30,8 +30,8 @@ from jsonschema.protocols import Validator
 
 from .._resources import bundled_path
 from ..errors import DefinitionError, SchemaError
+from ._source import Path, Positions, format_path, shorten
 from ._text import unsafe_strings
-from ._yaml import Path, Positions, format_path, shorten
 
 _INT64 = 2**63
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import SchemaError
-from ._yaml import Path, Positions, format_path
+from ._source import Path, Positions, format_path
 
 #: The width of every ``model`` column of the store (``String(200)``).
 MAX_MODEL_NAME = 200

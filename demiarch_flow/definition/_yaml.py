@@ -22,23 +22,18 @@ Every refusal is a :class:`YamlSyntaxError` with the line and column where the l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from ..errors import Location, YamlSyntaxError
-
-Path = tuple[str | int, ...]
+from ._source import MAX_FILE_BYTES, Path, Positions, shorten
 
 #: Guards against alias bombs ("billion laughs"): no workflow is anywhere near this size.
 _MAX_NODES = 20_000
 
 #: Nesting limit: a workflow nests five levels deep; the composer recurses once per level.
 MAX_DEPTH = 100
-
-#: Size limit of a workflow file: the default one is 2 KB; this bounds parse time to about 1 s.
-MAX_FILE_BYTES = 256 * 1024
 
 #: Limit on scalar text after alias expansion, so that aliases cannot multiply a long string.
 _MAX_EXPANDED_CHARS = 1_000_000
@@ -49,47 +44,6 @@ _YAML = "tag:yaml.org,2002:"
 _SCALAR_TAGS = frozenset(_YAML + t for t in ("str", "int", "float", "bool", "null", "timestamp"))
 _COLLECTION_TAGS = frozenset({_YAML + "seq", _YAML + "map"})
 _NUMBER_TAGS = frozenset({_YAML + "int", _YAML + "float"})
-
-
-@dataclass
-class Positions:
-    """Source positions of values (and of mapping keys) by field path."""
-
-    file: str
-    values: dict[Path, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
-    typed_keys: dict[Path, str] = field(default_factory=dict)
-    """Plain keys that YAML reads as a value, not text: what it reads (``"the boolean true"``)."""
-
-    def locate(self, path: Path, *, key: bool = False) -> Location:
-        """The closest known location of ``path`` (walking up to a parent when needed)."""
-        table = self.keys if key else self.values
-        probe = path
-        while True:
-            if probe in table:
-                line, col = table[probe]
-                return Location(self.file, line, col)
-            if probe in self.values:
-                line, col = self.values[probe]
-                return Location(self.file, line, col)
-            if not probe:
-                return Location(self.file, 1, 1)
-            probe = probe[:-1]
-
-
-def format_path(path: Path) -> str:
-    """``("retry", "when", 2)`` → ``retry.when[2]``; a key with unprintable characters is quoted.
-
-    Quoting keeps a message on its line and keeps escape sequences out of the terminal.
-    """
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            name = part if part.isprintable() else shorten(part)
-            out += f".{name}" if out else name
-    return out
 
 
 def load_yaml(text: str, file: str) -> tuple[Any, Positions]:
@@ -148,12 +102,6 @@ def _line_col(text: str, index: int) -> tuple[int, int]:
 
 def _tag_name(tag: str) -> str:
     return "!!" + tag.removeprefix(_YAML) if tag.startswith(_YAML) else tag
-
-
-def shorten(value: object, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters: messages must stay one paragraph."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _BoundedLoader(yaml.SafeLoader):

@@ -11,6 +11,10 @@ the user): another URL form or backend, a missing file, a revision other than he
 caller then opens :class:`SqlStore`, which reads it or says exactly what is wrong. So this
 module adds no second set of checks or messages, only a second way to read the happy case.
 
+``budget`` reads its windows' books here too (:meth:`LiteReader.window_books`), as
+:class:`~demiarch_flow.store.limits.SqlLedger` reads them, without the expired reservations
+that ledger drops before it reads (a report writes nothing: it leaves them out instead).
+
 It also holds :func:`read_only_connect`, the read-only connection both paths use.
 """
 
@@ -318,6 +322,44 @@ class LiteReader:
             )
             for r in rows
         ]  # fmt: skip
+
+    def window_books(
+        self, starts: Sequence[datetime], now: datetime
+    ) -> list[tuple[Decimal, Decimal]]:
+        """The spend and reservations of the budget windows that began at ``starts``, as :meth:`SqlLedger.window_use` counts them for a day or a month window
+        (``store/limits.py``: ``_use`` after ``_clean``), in one read transaction.
+
+        Spent: every ``llm_usage`` cost since the window began. Reserved: the reservations
+        ``_clean`` would keep at ``now`` — not expired, and not gone with a run that has ended
+        (unless unbooked) — that count in this window: all of those in flight or settled, and
+        the unbooked ones made since it began. Sums are exact (amounts are text on SQLite).
+        """
+        kept = (
+            "expires_at >= ? AND NOT (settled != 2 AND run_id IN"
+            " (SELECT id FROM workflow_runs WHERE status != 'running'))"
+        )
+        books = []
+        self._rows("BEGIN")  # one snapshot for every window (a read lock, never a write)
+        try:
+            for since in starts:
+                at = _stamp(since)
+                spent = self._rows(
+                    "SELECT cost_usd FROM llm_usage WHERE request_timestamp >= ?", (at,)
+                )
+                reserved = self._rows(
+                    f"SELECT amount_usd FROM budget_reservations WHERE {kept}"
+                    " AND (settled != 2 OR created_at >= ?)",
+                    (_stamp(now), at),
+                )
+                books.append(
+                    (
+                        sum((_usd(c) for (c,) in spent), _usd(0)),
+                        sum((_usd(a) for (a,) in reserved), _usd(0)),
+                    )
+                )
+        finally:
+            self._conn.rollback()
+        return books
 
     def missing_replies(self, runs: Sequence[tuple[str, str]]) -> set[str]:
         """As :meth:`SqlStore.missing_replies`."""
