@@ -88,6 +88,7 @@ class _Encoder:
 
     def __init__(self) -> None:
         self._pairs: dict[tuple[str, str], bytes] = {}
+        self._keys: dict[str, bytes] = {}
         self._once: dict[int, tuple[object, bytes]] = {}
 
     def _attributes(self, tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -106,7 +107,12 @@ class _Encoder:
                     done = pairs[key, value] = _field(tag, _key_value(key, value))
                 out.append(done)
             else:
-                out.append(_field(tag, _key_value(key, value)))
+                encoded_key = self._keys.get(key)
+                if encoded_key is None:
+                    if len(self._keys) >= self.LIMIT:
+                        self._keys.clear()
+                    encoded_key = self._keys[key] = _field(b"\x0a", key.encode())
+                out.append(_field(tag, encoded_key + _field(b"\x12", _any(value))))
         return b"".join(out)
 
     def _remembered(self, obj: Any, build: Any) -> bytes:
