@@ -190,8 +190,8 @@ class OtelTracer:
             return start.trace
         return _traceparent(root.get_span_context()) or start.trace
 
-    def submitted(self, job_id: str, workflow: str | None = None) -> str | None:
-        """A ``submit`` span for a job put on the queue (a child of the caller's current
+    def submitted(self, run_id: str, workflow: str | None = None) -> str | None:
+        """A ``submit`` span for a run put on the queue (a child of the caller's current
         span), ended at once; returns its ``traceparent``, for the job to carry. The worker
         that takes the job passes it as ``RunRequest(traceparent=…)``: the run's root is then
         the submit's child, and one trace shows submit → queue wait → run → attempts."""
@@ -200,7 +200,7 @@ class OtelTracer:
                 "submit",
                 kind=SpanKind.PRODUCER,
                 attributes=_some({
-                    "messaging.operation.type": "send", "demiarch_flow.job.id": job_id,
+                    "messaging.operation.type": "send", "demiarch_flow.run.id": run_id,
                     "gen_ai.workflow.name": workflow,
                 }),
             )  # fmt: skip
