@@ -5,8 +5,9 @@ object per span, per attribute and per value, and hashes the resource (a JSON du
 span to group them: about 225 µs a span, 1.2 M instructions a run — more than the run's own
 spans cost to make. :func:`encode_spans` writes the same ``ExportTraceServiceRequest`` (equal
 once decoded: tested against the SDK's encoder) straight to the wire format, with the
-resource and scope encoded once and the key-value pairs whose value is a string (the same
-few models, states and events come back in every run) remembered as bytes.
+resource and scope encoded once and the key-value pairs whose value is a string, an int or a
+bool (the same few models, states, events and counts come back in every run) remembered as
+bytes.
 
 :class:`SpanExporter` is the SDK's OTLP/HTTP exporter with only the encoding changed: its
 endpoint, headers, compression, timeouts, retries and certificates are the exporter's own,
@@ -87,32 +88,30 @@ class _Encoder:
     """Remembered key-value pairs at most (then forgotten, all at once)."""
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[str, str], bytes] = {}
-        self._keys: dict[str, bytes] = {}
+        self._pairs: dict[tuple[bytes, str, Any, type], bytes] = {}
         self._once: dict[int, tuple[object, bytes]] = {}
 
     def _attributes(self, tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
-        """Each pair as a repeated ``KeyValue`` field numbered by ``tag``."""
+        """Each pair as a repeated ``KeyValue`` field numbered by ``tag``; a pair whose value
+        is a string, an int or a bool is remembered by its tag, key, value and type (``True``
+        and ``1`` are equal keys of a dict, not the same attribute)."""
         if not attributes:
             return b""
         pairs = self._pairs
         out = []
         # the SDK's BoundedAttributes keeps a plain dict: read it, not the slow Mapping view
         for key, value in getattr(attributes, "_dict", attributes).items():
-            if type(value) is str:
-                done = pairs.get((key, value))
+            kind = type(value)
+            if kind is str or kind is int or kind is bool:
+                memo = (tag, key, value, kind)
+                done = pairs.get(memo)
                 if done is None:
                     if len(pairs) >= self.LIMIT:
                         pairs.clear()
-                    done = pairs[key, value] = _field(tag, _key_value(key, value))
+                    done = pairs[memo] = _field(tag, _key_value(key, value))
                 out.append(done)
             else:
-                encoded_key = self._keys.get(key)
-                if encoded_key is None:
-                    if len(self._keys) >= self.LIMIT:
-                        self._keys.clear()
-                    encoded_key = self._keys[key] = _field(b"\x0a", key.encode())
-                out.append(_field(tag, encoded_key + _field(b"\x12", _any(value))))
+                out.append(_field(tag, _key_value(key, value)))
         return b"".join(out)
 
     def _remembered(self, obj: Any, build: Any) -> bytes:

@@ -46,7 +46,7 @@ def _spans() -> list[ReadableSpan]:
     values: dict[str, Any] = {
         "s": "text", "u": "ünïcode ✓", "empty": "", "t": True, "f": False, "i": 42, "neg": -7,
         "zero": 0, "big": 2**62, "x": 0.25, "nx": -1.5e300, "b": b"\x00\xff",
-        "strs": ("a", "b"), "ints": [1, -2], "mixed": ["a", 1, 2.5, True], "none": [],
+        "negzero": -0.0, "strs": ("a", "b"), "ints": [1, -2], "mixed": ["a", 1, 2.5, True], "none": [],
         "long": "y" * 300,
     }  # fmt: skip
     with one.start_as_current_span(
@@ -54,6 +54,9 @@ def _spans() -> list[ReadableSpan]:
         attributes=values, links=[Link(remote, {"why": "because"}), Link(remote)],
     ) as root:  # fmt: skip
         root.add_event("e1", {"k": "v", "n": 1}, timestamp=1_700_000_000_000_000_001)
+        # the same pairs as the span's and the resource's own, under another field number
+        root.add_event("e3", {"s": "text", "i": 42, "t": True, "service.name": "enc"})
+        root.add_event("e4", {"i": True, "t": 1, "x": -0.0, "zero": 0.0})
         root.add_event("e2")
         for kind in (SpanKind.CLIENT, SpanKind.INTERNAL, SpanKind.PRODUCER, SpanKind.CONSUMER):
             with two.start_as_current_span(f"child {kind.name}", kind=kind) as child:
