@@ -159,7 +159,8 @@ class _Encoder:
             out.append(b"\x39" + _FIXED64(span.start_time))
         if span.end_time:
             out.append(b"\x41" + _FIXED64(span.end_time))
-        out.append(self._attributes(b"\x4a", span.attributes))
+        # a ReadableSpan's attributes are a read-only view of what it keeps: read that
+        out.append(self._attributes(b"\x4a", getattr(span, "_attributes", None) or span.attributes))
         if span.dropped_attributes:
             out.append(b"\x50" + _varint(span.dropped_attributes))
         for event in span.events:
