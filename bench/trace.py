@@ -11,7 +11,11 @@ and the import time of the ``otel`` extra.
   the tracer and the SDK set-up (what ``--trace`` adds);
 * with valgrind on the PATH, instructions per full run off and on (callgrind, all threads:
   the exporter's encoding included; processes of N and 2N runs, the difference / N, as
-  ``bench/instructions.py`` counts) — the figure that does not move with the machine's load.
+  ``bench/instructions.py`` counts) — the figure that does not move with the machine's load;
+* with valgrind, the listener alone: one run's records (taken from an in-memory run) replayed
+  through the tracer ``--trace`` builds, exporting to the receiver, with run, conversation and
+  generation ids new each run; the same replay without the tracer is subtracted — what tracing
+  costs apart from the run, without the noise of the SQLite threads' timing.
 
 Usage: ``python bench/trace.py [--quick] [--repeat N] [--calls N]`` (``just bench`` runs it
 after ``bench/run.py``). Nothing is asserted; the README's Performance section copies one run.
@@ -184,6 +188,88 @@ def child(trace: bool, calls: int, url: str, db: str) -> None:
     trio.run(main)
 
 
+def replay_child(trace: bool, calls: int, url: str) -> None:
+    """A measured process: one in-memory run's records replayed 3 + ``calls`` times, through
+    the tracer (``trace``) or not, each replay with ids of its own."""
+    import dataclasses
+
+    from demiarch_flow.runner.records import FlowRecord, RunStart
+    from demiarch_flow.telemetry import _setup, open_tracer
+
+    _setup.FLUSH_S = 3600.0
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "3600000"
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
+
+    class Capture:
+        def __init__(self) -> None:
+            self.start: RunStart | None = None
+            self.records: list[FlowRecord] = []
+
+        def start_run(self, start: RunStart) -> None:
+            self.start = start
+
+        async def on_record(self, record: FlowRecord) -> None:
+            self.records.append(record)
+
+    async def main() -> None:
+        cap = Capture()
+        http = httpx.AsyncClient(transport=FakeOpenRouter())
+        client = OpenRouterClient(http, KEY, base_url="http://bench.invalid/api/v1")
+        env = RunEnv(client=client, store=MemoryStore(), listeners=(cap,), tracer=cap)
+        assert (await run_workflow(WORKFLOW, RunRequest("Hello, benchmark"), env)).succeeded
+        with open_tracer(trace, server_url="https://openrouter.ai/api/v1") as tracer:
+            for i in range(3 + calls):
+                run_id = f"{i:08d}-0000-4000-8000-000000000000"
+                assert cap.start is not None
+                start = dataclasses.replace(cap.start, run_id=run_id, conversation_id=f"c{i}")
+                records = [
+                    dataclasses.replace(
+                        r, run_id=run_id, response_id=r.response_id and f"gen-{i}"
+                    )
+                    for r in cap.records
+                ]  # fmt: skip
+                if tracer is not None:
+                    tracer.start_run(start)
+                    for record in records:
+                        await tracer.on_record(record)
+
+    trio.run(main)
+
+
+def callgrind_total(folder: Path, name: str, args: list[str]) -> int:
+    """Instructions of ``python bench/trace.py ARGS`` under callgrind, all threads."""
+    import re
+
+    out = folder / f"callgrind.{name}.out"
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+         __file__, *args],
+        env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, check=True,
+    )  # fmt: skip
+    found = re.search(r"^(?:totals|summary):\s*(\d+)", out.read_text(), re.MULTILINE)
+    assert found, f"no totals in {out}"
+    return int(found.group(1))
+
+
+def listener_instructions(url: str, folder: Path, calls: int) -> float | None:
+    """Instructions per replayed run that the tracer adds (``None`` without valgrind)."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    if shutil.which("valgrind") is None:
+        return None
+    jobs = [(side, n) for side in ("off", "on") for n in (calls, 2 * calls)]
+
+    def total(job: tuple[str, int]) -> int:
+        side, n = job
+        return callgrind_total(folder, f"replay.{side}.{n}", ["--replay", side, str(n), url])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(jobs, pool.map(total, jobs), strict=True))
+    per = {side: (done[side, 2 * calls] - done[side, calls]) / calls for side in ("off", "on")}
+    return per["on"] - per["off"]
+
+
 def instructions(url: str, folder: Path, calls: int) -> dict[str, float] | None:
     """Instructions per full run, tracing off and on (``None`` without valgrind)."""
     import re
@@ -217,7 +303,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, help="rounds of each measurement (default 3)")
     parser.add_argument("--calls", type=int, default=20, help="callgrind: N and 2N runs")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--replay", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--listener-only", action="store_true",
+        help="only the listener's instructions per replayed run (needs valgrind)",
+    )  # fmt: skip
     opts = parser.parse_args()
+    if opts.replay:
+        side, calls, url = opts.replay
+        replay_child(side == "on", int(calls), url)
+        return
+    if opts.listener_only:
+        sink = Sink()
+        with tempfile.TemporaryDirectory(prefix="demiarch-bench-trace-") as tmp:
+            extra = listener_instructions(sink.url, Path(tmp), 50)
+        print(f"listener alone, instructions per replayed run: {extra:,.0f}")
+        return
     if opts.child:
         side, calls, url, db = opts.child
         child(side == "on", int(calls), url, db)
@@ -242,6 +343,7 @@ def main() -> None:
                 for k, v in eng.items():
                     fig[f"eng_{k}"].append(v)
             instr = instructions(url, Path(tmp), opts.calls)
+            listener = listener_instructions(sink.url, Path(tmp), 50)
     finally:
         sim.terminate()
         sim.wait()
@@ -274,6 +376,11 @@ def main() -> None:
             f"instructions per full run (callgrind, all threads, {opts.calls} and"
             f" {2 * opts.calls} runs): off {instr['off']:,.0f}, on {instr['on']:,.0f}"
             f" → {instr['on'] / instr['off']:.3f}× (+{instr['on'] - instr['off']:,.0f})"
+        )
+    if listener is not None:
+        print(
+            "the listener alone (one run's records replayed, ids new each time, 50 and 100"
+            f" replays, the replay without the tracer subtracted): {listener:,.0f} per run"
         )
     print("target: tracing on ≤ 1.15× per full run")
     print(

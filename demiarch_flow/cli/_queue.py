@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..client._endpoint import DEFAULT_BASE_URL
 from ..errors import StoreUnavailable, UsageError
 from ..paths import database_url
 from ..queue.backend import conninfo, require_postgres, require_procrastinate
@@ -30,6 +32,7 @@ from ..queue.notify import CHANNEL
 from ..queue.submit import TASK, Submission, Submitted, batch_run_id, submit_runs
 from ..store.base import Definition
 from ..store.sql import SqlStore, safe_url
+from ..telemetry import open_tracer
 from ._common import (
     check_conversation_option,
     check_model_option,
@@ -96,7 +99,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     check_model_option(args.model)
     check_conversation_option(args.conversation)
     sub = Submission(str(uuid.uuid4()), wf.name, wf.sha256, message, args.conversation, args.model)
-    with open_queue(url) as store:
+    with traced(args.trace, [sub]) as (sub,), open_queue(url) as store:
         _check_conversations(store.engine, [args.conversation] if args.conversation else [])
         submit_runs(store.engine, definition, [sub], queue=args.queue, at=datetime.now(UTC))
     if args.json:
@@ -104,6 +107,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         print(sub.run_id)
     return 0
+
+
+@contextlib.contextmanager
+def traced(flag: bool | None, subs: list[Submission]) -> Iterator[list[Submission]]:
+    """``subs``, each carrying the ``traceparent`` of its own ``submit`` span when submits are
+    traced (``--trace``, or the ``OTEL_*`` variables), so the worker's run continues that
+    trace; the spans are flushed when the block ends (bounded, as for any traced command)."""
+    with open_tracer(flag, server_url=DEFAULT_BASE_URL) as tracer:
+        if tracer is None:
+            yield subs
+        else:
+            yield [
+                dataclasses.replace(s, traceparent=tracer.submitted(s.run_id, s.workflow))
+                for s in subs
+            ]
 
 
 def read_batch(path: str, name: str, sha256: str) -> tuple[list[Submission], int]:
@@ -148,7 +166,8 @@ def _submit_batch(args: argparse.Namespace, url: str, name: str, definition: Def
     if args.message is not None:
         raise UsageError("give -m TEXT or --batch FILE, not both")
     subs, bad = read_batch(args.batch, name, definition.sha256)
-    statuses = submit_batch(url, definition, subs, args.queue)
+    with traced(args.trace, subs) as subs:
+        statuses = submit_batch(url, definition, subs, args.queue)
     for sub, status in zip(subs, statuses, strict=True):
         if args.json:
             print(json_line({"id": sub.item_id, "run_id": sub.run_id, "status": status}))
@@ -204,6 +223,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     options = WorkerOptions(
         db=url, base_url=base_url, concurrency=args.concurrency, queue=args.queue,
         until_empty=args.until_empty, stall_after_s=args.stall_after, grace_s=args.grace,
+        trace=args.trace,
     )  # fmt: skip
     notify = Notifier(url)
 

@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="M", help="replace the first model of the chain")
     p.add_argument("--queue", default="runs", metavar="NAME", help="the queue (default: runs)")
     _json(p, 'print {"run_id", "status"} (with --batch: {"id", "run_id", "status"} per line)')
+    _trace(p)
     _db(p)
     p.set_defaults(handler=Command("queue", "cmd_submit"))
 
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM/Ctrl-C, how long runs in flight may finish (default 30)",
     )  # fmt: skip
     _json(p, "print one JSON line per finished run")
+    _trace(p)
     _db(p)
     _base_url(p)
     p.set_defaults(handler=Command("queue", "cmd_worker"))

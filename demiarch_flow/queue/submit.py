@@ -50,6 +50,9 @@ class Submission:
     """What the batch line asked (message, conversation, model), as ``batch`` hashes it."""
     line: int | None = None
     """The batch line's number in its file."""
+    traceparent: str | None = None
+    """The W3C ``traceparent`` of the ``submit`` span (``submit --trace``): the worker's run
+    continues that trace, as the submit's child."""
 
     @property
     def lock(self) -> str | None:

@@ -109,7 +109,10 @@ async def take_run(
     run = await env.store.load_run(sub.run_id)
     if run is None:
         wf = await workflows.get(sub)
-        request = RunRequest(sub.message, conversation_id=sub.conversation_id, model=sub.model)
+        request = RunRequest(
+            sub.message, conversation_id=sub.conversation_id, model=sub.model,
+            traceparent=sub.traceparent,
+        )  # fmt: skip
         return _retried_if_unrecorded(
             Taken(await run_workflow(wf, request, env, run_id=sub.run_id), "ran")
         )

@@ -57,6 +57,8 @@ class WorkerOptions:
     stall_after_s: float = 30.0
     grace_s: float = 30.0
     empty_poll_s: float = 0.5
+    trace: bool | None = None
+    """``--trace`` / ``--no-trace`` (``None``: as the ``OTEL_*`` variables say)."""
 
 
 @dataclass
@@ -154,7 +156,7 @@ async def serve(
         async with open_world(
             db=options.db, base_url=options.base_url, key=key,
             max_in_flight=options.concurrency,
-            heartbeat_s=min(HEARTBEAT_S, options.stall_after_s / 4),
+            heartbeat_s=min(HEARTBEAT_S, options.stall_after_s / 4), trace=options.trace,
         ) as world:  # fmt: skip
             ready(world)
             await trio.sleep_forever()

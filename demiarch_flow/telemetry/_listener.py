@@ -25,8 +25,16 @@ from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
@@ -128,9 +136,13 @@ class OtelTracer:
             "Time from sending a streamed request until its first content chunk.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )  # fmt: skip
-        self._spend = meter.create_counter(
-            "demiarch_flow.client.cost", "USD", "What the attempts cost, as the provider said."
-        )
+        # The spend is a sum kept here and observed at each collection: a counter's add()
+        # would cost a run a fourth metric point (its attributes cleaned, copied and hashed).
+        self._spent: dict[tuple[str | None, ...], tuple[dict[str, Any], list[Decimal]]] = {}
+        meter.create_observable_counter(
+            "demiarch_flow.client.cost", [self._observe_spend], "USD",
+            "What the attempts cost, as the provider said.",
+        )  # fmt: skip
         url = urlsplit(server_url)
         default_port = 443 if url.scheme == "https" else 80
         self._server = _some(
@@ -176,12 +188,10 @@ class OtelTracer:
         self._runs[start.run_id] = _Run(root, ctx, anchor_ns, start.monotonic, start.message)
         if start.trace and start.resume_count > 0:
             return start.trace
-        carrier: dict[str, str] = {}
-        _W3C.inject(carrier, ctx)
-        return carrier.get("traceparent", start.trace)
+        return _traceparent(root.get_span_context()) or start.trace
 
-    def submitted(self, job_id: str, workflow: str | None = None) -> str | None:
-        """A ``submit`` span for a job put on the queue (a child of the caller's current
+    def submitted(self, run_id: str, workflow: str | None = None) -> str | None:
+        """A ``submit`` span for a run put on the queue (a child of the caller's current
         span), ended at once; returns its ``traceparent``, for the job to carry. The worker
         that takes the job passes it as ``RunRequest(traceparent=…)``: the run's root is then
         the submit's child, and one trace shows submit → queue wait → run → attempts."""
@@ -190,14 +200,12 @@ class OtelTracer:
                 "submit",
                 kind=SpanKind.PRODUCER,
                 attributes=_some({
-                    "messaging.operation.type": "send", "demiarch_flow.job.id": job_id,
+                    "messaging.operation.type": "send", "demiarch_flow.run.id": run_id,
                     "gen_ai.workflow.name": workflow,
                 }),
             )  # fmt: skip
-            carrier: dict[str, str] = {}
-            _W3C.inject(carrier, trace.set_span_in_context(span))
             span.end()
-            return carrier.get("traceparent")
+            return _traceparent(span.get_span_context())
         except Exception:  # tracing never fails a submit
             log.debug("could not trace a submit", exc_info=True)
             return None
@@ -249,8 +257,9 @@ class OtelTracer:
         elif r.kind == "finished":
             self._finish(run, r, at)
 
-    def _common(self, r: FlowRecord) -> dict[str, Any]:
-        """The attributes a chat span shares with its metric points (few distinct: cached)."""
+    def _common(self, r: FlowRecord) -> tuple[tuple[str | None, ...], dict[str, Any]]:
+        """The attributes a chat span shares with its metric points (few distinct: cached),
+        and their key."""
         key = (r.model, r.response_model, r.error_class)
         common = self._commons.get(key)
         if common is None:
@@ -262,10 +271,10 @@ class OtelTracer:
                 "gen_ai.response.model": _clean(r.response_model),
                 "error.type": r.error_class, **self._server,
             })  # fmt: skip
-        return common
+        return key, common
 
     def _attempt(self, run: _Run, r: FlowRecord, at: int) -> None:
-        common = self._common(r)
+        key, common = self._common(r)
         span_attrs = _some({
             **common,
             "gen_ai.response.id": _clean(r.response_id),
@@ -304,7 +313,10 @@ class OtelTracer:
         if r.cost_usd is not None:
             run.cost += r.cost_usd
             run.answered_cost_known = run.answered_cost_known or r.error_class is None
-            self._spend.add(float(r.cost_usd), common)
+            spent = self._spent.get(key)
+            if spent is None:
+                spent = self._spent[key] = (common, [Decimal(0)])
+            spent[1][0] += r.cost_usd
 
     def _finish(self, run: _Run, r: FlowRecord, at: int) -> None:
         del self._runs[r.run_id]
@@ -324,6 +336,18 @@ class OtelTracer:
                 root.set_attribute("error.type", str(r.error_class))
             root.set_status(Status(StatusCode.ERROR, r.run_status or "failed"))
         root.end(end_time=at)
+
+    def _observe_spend(self, _options: CallbackOptions) -> list[Observation]:
+        """The spend so far by model (the reader's thread: a copy of the items is taken at
+        once, and a total read is one whole Decimal)."""
+        return [Observation(float(total[0]), attrs) for attrs, total in list(self._spent.values())]
+
+
+def _traceparent(ctx: SpanContext) -> str | None:
+    """The W3C ``traceparent`` of ``ctx``, as the W3C propagator writes it."""
+    if ctx == INVALID_SPAN_CONTEXT:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 def _messages(role: str, content: str) -> str:

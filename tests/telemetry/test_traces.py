@@ -166,13 +166,13 @@ async def test_a_queued_run_is_a_child_of_its_submit(sdk: Sdk, autojump_clock: o
     """The hook for workers: ``submitted()`` makes a ``submit`` span and gives its
     traceparent to the job; the run started with it is the submit's child, in its trace."""
     tracer = sdk.tracer()
-    carried = tracer.submitted("job-1", "chat")
+    carried = tracer.submitted("run-1", "chat")
     assert carried is not None
     env = make_env(FakeOpenRouter(""), listeners=(tracer,), tracer=tracer)
     await run_workflow(WF, RunRequest("Hi", traceparent=carried), env)
     submit = only(sdk.named("submit"))
     assert submit.kind is SpanKind.PRODUCER
-    assert (submit.attributes or {})["demiarch_flow.job.id"] == "job-1"
+    assert (submit.attributes or {})["demiarch_flow.run.id"] == "run-1"
     root = only(sdk.named("invoke_workflow"))
     assert root.context.trace_id == submit.context.trace_id
     assert root.parent is not None and root.parent.span_id == submit.context.span_id
