@@ -33,7 +33,7 @@ from ..errors import ErrorClass, FlowError, PersistenceError, redact
 from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
 from .attempt import keep_paid_answer, store_reply
 from .context import RunEnv, RunRequest, model_chain, new_id
-from .handlers import HANDLERS, record
+from .handlers import HANDLERS, looks_up_cost, record
 from .records import FlowRecord, RunStart
 from .state import AttemptInfo, ErrorInfo, Message, RunState, Settlement, Step, evolve
 from .table import Machine, start_machine, table_for
@@ -223,7 +223,8 @@ async def _apply(
     if step.wait is not None:
         await trio.sleep(step.wait.seconds)
     committed: JournalEntry | None = None
-    if step.reply is not None:
+    replied = step.reply is not None
+    if replied:
         cost = step.reply.cost_usd, step.reply.cost_source
         step, committed = await _store_reply(wf, state, step, env)
         if books is not None:
@@ -244,11 +245,22 @@ async def _apply(
     )  # fmt: skip
     if committed is None:
         # A paid-for answer not stored yet is made durable at once: after a crash before
-        # Persist commits, resume stores it instead of paying for the request again.
-        paid = after.completion is not None and after.saved_message_id is None
-        await env.store.checkpoint(checkpoint(env, after, (entry,)), durable=paid)
+        # Persist commits, resume stores it instead of paying for the request again — unless
+        # the run moves into a Persist that commits before anything else can happen (no
+        # cost to look up: no request, no wait), where it rides on Persist's commit with
+        # the reply, one commit fewer (the window until then holds the same kind of work as
+        # the one before a checkpoint of its own would: records to listeners, no I/O).
+        # (A reply the database refused is in the recovery file already: not kept twice.)
+        paid = after.completion is not None and after.saved_message_id is None and not replied
+        durable = paid and not _persists_next(wf, after)
+        await env.store.checkpoint(checkpoint(env, after, (entry,)), durable=durable)
     await emit(env, (rec,))
     return step, after, rec
+
+
+def _persists_next(wf: Workflow, state: RunState) -> bool:
+    """``state`` stands in a Persist state that stores its answer without a request first."""
+    return wf.state(state.state).action == "persist" and not looks_up_cost(state, wf)
 
 
 class Books:

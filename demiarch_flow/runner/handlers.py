@@ -230,19 +230,28 @@ def _all_failed(state: RunState) -> ErrorInfo:
     return ErrorInfo(ErrorClass.ALL_MODELS_FAILED, f"all models failed — {lines}")
 
 
+def looks_up_cost(state: RunState, wf: Workflow) -> bool:
+    """Whether Persist asks ``GET /generation`` for the answer's cost before storing it: a
+    streamed answer whose usage chunk gave none. Otherwise Persist does no I/O before its
+    commit, and the engine lets the answer ride on that commit (see ``engine._apply``)."""
+    done = state.completion
+    streamed = wf.request.stream if state.stream is None else state.stream
+    return bool(streamed) and done is not None and done.cost_usd is None and state.cost_usd is None
+
+
 async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """Cost the answer and hand the reply to the engine, which stores it with the move.
 
-    The answer is durable already (the engine checkpointed it as it arrived), so its cost may
-    be looked up here (``GET /generation``, for a stream without ``usage.cost``) and a crash
-    meanwhile resumes into Persist again. Emits ``saved`` with the reply: the engine commits
+    When its cost must be looked up (``GET /generation``, for a stream without
+    ``usage.cost``: :func:`looks_up_cost`) the answer is durable already — the engine
+    checkpointed it as it arrived — and a crash meanwhile resumes into Persist again; when
+    not, nothing here waits or sends, and the answer's checkpoint commits with the reply. Emits ``saved`` with the reply: the engine commits
     the reply, its usage row, the run's end and the move in one transaction (or, if the
     database keeps refusing, keeps the reply in the recovery file and moves on ``failed``).
     """
     done = state.completion
     assert done is not None, "Persist without a completion"
-    streamed = wf.request.stream if state.stream is None else state.stream
-    if streamed and done.cost_usd is None and state.cost_usd is None:
+    if looks_up_cost(state, wf):
         done = await looked_up(env, done)
         state = evolve(state, completion=done)
     cost = answer_cost(env, state, done)
