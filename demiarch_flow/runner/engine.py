@@ -33,7 +33,7 @@ from ..errors import ErrorClass, FlowError, PersistenceError, redact
 from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
 from .attempt import keep_paid_answer, store_reply
 from .context import RunEnv, RunRequest, model_chain, new_id
-from .handlers import HANDLERS, looks_up_cost, record
+from .handlers import HANDLERS, record
 from .records import FlowRecord, RunStart
 from .state import AttemptInfo, ErrorInfo, Message, RunState, Settlement, Step, evolve
 from .table import Machine, start_machine, table_for
@@ -223,14 +223,15 @@ async def _apply(
     if step.wait is not None:
         await trio.sleep(step.wait.seconds)
     committed: JournalEntry | None = None
-    replied = step.reply is not None
-    if replied:
+    stored: RunState | None = None
+    if step.reply is not None:
         cost = step.reply.cost_usd, step.reply.cost_source
-        step, committed = await _store_reply(wf, state, step, env)
+        step, committed, stored = await _store_reply(wf, state, step, env)
         if books is not None:
             await books.settle(*cost)
     machine.send(step.event)
-    after = moved(state, step, machine.current_state_value)
+    target = machine.current_state_value
+    after = stored if stored is not None and stored.state == target else moved(state, step, target)
     entry = committed or journal_entry(state, step, after, env.now())
     if entry.to_state != after.state:
         raise AssertionError(
@@ -245,22 +246,11 @@ async def _apply(
     )  # fmt: skip
     if committed is None:
         # A paid-for answer not stored yet is made durable at once: after a crash before
-        # Persist commits, resume stores it instead of paying for the request again — unless
-        # the run moves into a Persist that commits before anything else can happen (no
-        # cost to look up: no request, no wait), where it rides on Persist's commit with
-        # the reply, one commit fewer (the window until then holds the same kind of work as
-        # the one before a checkpoint of its own would: records to listeners, no I/O).
-        # (A reply the database refused is in the recovery file already: not kept twice.)
-        paid = after.completion is not None and after.saved_message_id is None and not replied
-        durable = paid and not _persists_next(wf, after)
-        await env.store.checkpoint(checkpoint(env, after, (entry,)), durable=durable)
+        # Persist commits, resume stores it instead of paying for the request again.
+        paid = after.completion is not None and after.saved_message_id is None
+        await env.store.checkpoint(checkpoint(env, after, (entry,)), durable=paid)
     await emit(env, (rec,))
     return step, after, rec
-
-
-def _persists_next(wf: Workflow, state: RunState) -> bool:
-    """``state`` stands in a Persist state that stores its answer without a request first."""
-    return wf.state(state.state).action == "persist" and not looks_up_cost(state, wf)
 
 
 class Books:
@@ -301,12 +291,13 @@ class Books:
 
 async def _store_reply(
     wf: Workflow, state: RunState, step: Step, env: RunEnv
-) -> tuple[Step, JournalEntry | None]:
+) -> tuple[Step, JournalEntry | None, RunState | None]:
     """Commit a step's reply with its move: the reply, its usage row, the run's end, the
     checkpoint of the state the move leads to and its journal row, in one transaction (one
     commit ends a run). The target comes from the workflow's transition table, before the
     machine moves; a database that keeps failing turns the step into ``failed`` (the reply is
-    in the recovery file). Returns the step to send and the journal row committed with it."""
+    in the recovery file). Returns the step to send, the journal row committed with it and the
+    state it committed (``None``: the engine works it out from the step)."""
     reply = step.reply
     assert reply is not None
     target = table_for(wf).target(state.state, step.event)
@@ -318,9 +309,11 @@ async def _store_reply(
         saved_id = await store_reply(env, reply, end, checkpoint(env, after, (entry,)))
     except PersistenceError as exc:
         unsaved = evolve(step.state, saved_message_id=None)
-        return Step("failed", unsaved.failed(ErrorInfo.of(exc)), step.records), None
-    saved = evolve(step.state, saved_message_id=saved_id)
-    return evolve(step, state=saved, reply=None), entry
+        return Step("failed", unsaved.failed(ErrorInfo.of(exc)), step.records), None, None
+    if saved_id != step.state.saved_message_id:  # the run had a reply already: that one
+        saved = evolve(step.state, saved_message_id=saved_id)
+        return evolve(step, state=saved, reply=None), entry, None
+    return evolve(step, reply=None), entry, after
 
 
 async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = False) -> RunOutcome:

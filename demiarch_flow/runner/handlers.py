@@ -110,9 +110,8 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         if wf.cooldown is not None:
             env.cooldowns.success(model)
         # Its cost is looked up by Persist, once the answer is durable (a look-up takes
-        # seconds, and a crash in them must not buy the answer again).
-        done = evolve(tried, completion=sent.completion)
-        return Step("succeeded", done, (result.record,), settlement=result.settlement)
+        # seconds, and a crash in them must not buy the answer again). ``tried`` holds it.
+        return Step("succeeded", tried, (result.record,), settlement=result.settlement)
     error = ErrorInfo.of(err)
     tried = tried.with_error(error)
     cls = err.error_class
@@ -230,28 +229,19 @@ def _all_failed(state: RunState) -> ErrorInfo:
     return ErrorInfo(ErrorClass.ALL_MODELS_FAILED, f"all models failed — {lines}")
 
 
-def looks_up_cost(state: RunState, wf: Workflow) -> bool:
-    """Whether Persist asks ``GET /generation`` for the answer's cost before storing it: a
-    streamed answer whose usage chunk gave none. Otherwise Persist does no I/O before its
-    commit, and the engine lets the answer ride on that commit (see ``engine._apply``)."""
-    done = state.completion
-    streamed = wf.request.stream if state.stream is None else state.stream
-    return bool(streamed) and done is not None and done.cost_usd is None and state.cost_usd is None
-
-
 async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
     """Cost the answer and hand the reply to the engine, which stores it with the move.
 
-    When its cost must be looked up (``GET /generation``, for a stream without
-    ``usage.cost``: :func:`looks_up_cost`) the answer is durable already — the engine
-    checkpointed it as it arrived — and a crash meanwhile resumes into Persist again; when
-    not, nothing here waits or sends, and the answer's checkpoint commits with the reply. Emits ``saved`` with the reply: the engine commits
+    The answer is durable already (the engine checkpointed it as it arrived), so its cost may
+    be looked up here (``GET /generation``, for a stream without ``usage.cost``) and a crash
+    meanwhile resumes into Persist again. Emits ``saved`` with the reply: the engine commits
     the reply, its usage row, the run's end and the move in one transaction (or, if the
     database keeps refusing, keeps the reply in the recovery file and moves on ``failed``).
     """
     done = state.completion
     assert done is not None, "Persist without a completion"
-    if looks_up_cost(state, wf):
+    streamed = wf.request.stream if state.stream is None else state.stream
+    if streamed and done.cost_usd is None and state.cost_usd is None:
         done = await looked_up(env, done)
         state = evolve(state, completion=done)
     cost = answer_cost(env, state, done)
@@ -261,9 +251,11 @@ async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
             " not know the model (run `demiarch-flow models sync`); recorded as 0 USD",
             done.model,
         )
-    costed = evolve(state, cost_usd=cost.usd, cost_source=cost.source)
-    reply = reply_of(costed, cost, env.now())
-    return Step("saved", evolve(costed, saved_message_id=reply.message_id), reply=reply)
+    reply = reply_of(state, cost, env.now())
+    costed = evolve(
+        state, cost_usd=cost.usd, cost_source=cost.source, saved_message_id=reply.message_id
+    )
+    return Step("saved", costed, reply=reply)
 
 
 async def fail(state: RunState, env: RunEnv, wf: Workflow) -> Step:

@@ -709,13 +709,19 @@ class _Writer:
         :class:`_Busy` at once if another process holds the write lock. After a failure the
         connection is closed, and the next transaction opens another."""
         conn = self._connection()
+        self._begin(conn, wait)  # _Busy: nothing began, the connection stays
         try:
-            with conn.begin():
-                self._begin(conn, wait)
-                yield conn
-        except _Busy:
-            raise
+            yield conn
+            # Committed on the driver's connection: the statements ran on its cursor, and
+            # SQLAlchemy's transaction object (its events, its reset) would cost more than
+            # they do; one that a Core ``execute`` in the block began is committed through it.
+            if conn.in_transaction():
+                conn.commit()
+            else:
+                conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
         except BaseException:
+            with contextlib.suppress(Exception):
+                conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
             self.close()
             raise
         self._since_checkpoint += 1
@@ -910,7 +916,7 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
     _add_run(conn, run, conv_id)
     first = None
     if run.first_attempt is not None:  # after the run row it refers to
-        first = _runs.insert_attempt(conn, run.first_attempt)
+        first = _runs.insert_attempt(conn, run.first_attempt, new_run=True)
     return BeganRun(conv_id, tuple(history), at, first)
 
 
