@@ -31,6 +31,7 @@ asserted: the README copies one run's output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -49,12 +50,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("raw", "table", "statemachine", "sync-full")
+KINDS = ("raw", "table", "statemachine", "sync-full", "memory")
 LABELS = {
     "raw": "raw httpx.AsyncClient POST (trio)",
     "table": "full run, SQLite, transition table",
     "statemachine": "full run, SQLite, python-statemachine",
     "sync-full": "full run, SQLite ?synchronous=full",
+    "memory": "the same run, in-memory store",
 }
 KEY = "sk-or-bench"
 PAYLOAD = {
@@ -112,9 +114,14 @@ def child(kind: str, calls: int, warmup: int, url: str, workflow: str, db: str) 
         assert not wf.request.stream
         key = ApiKey(KEY, "bench")
         async with open_world(db=db, base_url=url, key=key, max_in_flight=1) as world:
+            env = world.env
+            if kind == "memory":
+                from demiarch_flow.store import MemoryStore
+
+                env = dataclasses.replace(env, store=MemoryStore())
 
             async def call() -> None:
-                outcome = await run_workflow(wf, RunRequest("Hello, benchmark"), world.env)
+                outcome = await run_workflow(wf, RunRequest("Hello, benchmark"), env)
                 assert outcome.succeeded, outcome.error
 
             await measured(call)

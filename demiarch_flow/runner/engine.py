@@ -364,7 +364,8 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
     await books.settle()  # a run that ended without storing its answer (a recovery file)
     answered = state.completion.model if state.completion and state.saved_message_id else None
     failed = state.failure.error_class if state.failure and status != "succeeded" else None
-    await emit(env, [_finished(env, state, status, answered, failed)])
+    if env.listeners:  # the record is theirs alone
+        await emit(env, [_finished(env, state, status, answered, failed)])
     done = state.completion if status == "succeeded" else None
     failure = state.failure
     return RunOutcome(

@@ -302,27 +302,42 @@ class SqlStore:
         write (checkpoints and journal rows included) in one transaction and one thread hop."""
         pending = _Pending(op)
         self._queue.append(pending)
-        async with self._write_lock:
-            if not pending.done:
-                batch = self._take_queue()
-                if self._writer.inline:
-                    self._inline = True
-                    try:
-                        self._commit(batch)
-                    finally:
-                        self._inline = False
-                if not pending.done:  # not inline, or it would have waited, or it failed
-                    # Shielded: cancelled before the thread starts, the batch — other tasks'
-                    # writes too, taken off the queue — would be dropped, and those tasks
-                    # told it was written. Once started, the thread cannot be cancelled anyway.
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
-                if self._writer.checkpoint_due():
-                    with trio.CancelScope(shield=True):  # short; the commit is done already
-                        await trio.to_thread.run_sync(
-                            self._writer.checkpoint, limiter=self._limiter
-                        )
+        lock = self._write_lock
+        if self._writer.inline and not lock.locked():
+            # Free, and an inline commit cannot wait: taken without the trip through trio's
+            # scheduler that ``acquire`` makes (a commit is then no checkpoint of trio's;
+            # the run's next I/O is).
+            lock.acquire_nowait()
+            try:
+                await self._group_commit(pending)
+            finally:
+                lock.release()
+        else:
+            async with lock:
+                await self._group_commit(pending)
         return pending.result()  # type: ignore[no-any-return]
+
+    async def _group_commit(self, pending: _Pending) -> None:
+        """Under the write lock: commit the queue, ``pending`` in it (unless another holder
+        of the lock committed it already)."""
+        if pending.done:
+            return
+        batch = self._take_queue()
+        if self._writer.inline:
+            self._inline = True
+            try:
+                self._commit(batch)
+            finally:
+                self._inline = False
+        if not pending.done:  # not inline, or it would have waited, or it failed
+            # Shielded: cancelled before the thread starts, the batch — other tasks' writes
+            # too, taken off the queue — would be dropped, and those tasks told it was
+            # written. Once started, the thread cannot be cancelled anyway.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+        if self._writer.checkpoint_due():
+            with trio.CancelScope(shield=True):  # short; the commit is done already
+                await trio.to_thread.run_sync(self._writer.checkpoint, limiter=self._limiter)
 
     def _take_queue(self) -> list[_Pending]:
         """Everything queued, in order (a run's checkpoint sits where it was first queued)."""
@@ -867,6 +882,12 @@ _ENDS = {
     for again in (False, True)
 }
 """The run's end: (owner-fenced, even if it ended already) → statement (see ``_finish``)."""
+_ENDS_WITH_STATE = {
+    fenced: Fixed(statement.values(state_json=bindparam("b_json")))
+    for fenced, statement in ((False, _FINISH), (True, _FINISH_OWNED))
+}
+"""The run's end with its last checkpoint's JSON, even if it ended already: owner-fenced →
+statement."""
 _REPLY_OF_RUN = Fixed(
     select(_USAGE.c.message_id).where(
         _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.outcome == "reply"
@@ -1010,15 +1031,22 @@ def _finish(
     """End the run: only a running one (an end is never overwritten — a SIGTERM just after
     Persist committed once marked a succeeded run cancelled), unless ``again`` (an import of
     the run's paid answer, which is the truth about it). Owner-fenced when ``end.owner``."""
-    if cp is not None:
-        _runs.checkpoint(conn, cp)
     fenced = end.owner is not None
-    done = _ENDS[fenced, again].execute(
-        conn,
-        {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
-         "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
-         "b_at": end.finished_at, **({"b_owner": end.owner} if fenced else {})},
-    )  # fmt: skip
+    params = {
+        "b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
+        "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
+        "b_at": end.finished_at, **({"b_owner": end.owner} if fenced else {}),
+    }  # fmt: skip
+    if cp is not None and again and (cp.run_id, cp.owner) == (end.run_id, end.owner):
+        # The checkpoint and the end update the same row under the same condition (its
+        # owner): one UPDATE, the end's columns over the checkpoint's, as two would leave it.
+        done = _ENDS_WITH_STATE[fenced].execute(conn, {**params, "b_json": cp.state.to_json()})
+        if cp.entries:
+            _runs.append_events(conn, cp.entries)
+    else:
+        if cp is not None:
+            _runs.checkpoint(conn, cp)
+        done = _ENDS[fenced, again].execute(conn, params)
     if fenced and done != 1:
         owner = conn.execute(select(_RUN.c.owner).where(_RUN.c.id == end.run_id)).scalar()
         if owner != end.owner:
