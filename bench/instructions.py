@@ -13,7 +13,13 @@ in trio's worker thread). The sides:
   Request → Persist, checkpoints and journal, SQLite file in WAL), driven by the transition
   table (the default);
 * ``statemachine`` — the same run driven by a python-statemachine instance per run
-  (``DEMIARCH_FLOW_MACHINE=statemachine``): the engine before the table.
+  (``DEMIARCH_FLOW_MACHINE=statemachine``): the engine before the table;
+* ``sync-full`` — the table run on a SQLite URL with ``?synchronous=full`` (a sync per commit);
+* ``memory`` — the table run on the in-memory store: ``table − memory`` is the SQL store's cost.
+
+Each process collects garbage once after its warm-up, so that the first full collection after
+start-up falls in neither process's extra calls (it added ~2 M instructions a call to the one
+it fell in). ``--kinds`` picks the sides (raw is always measured).
 
 Both full-run sides use the composition root (``runtime.open_world``: the store, the client,
 the owner) with one connection, as raw httpx has; the owner's heartbeat (one ``UPDATE`` per 5 s
@@ -23,7 +29,8 @@ call. ``--top K`` also prints where a table run's instructions go: the differenc
 callgrind profiles, by shared object and by C function (callgrind sees the interpreter, not
 Python functions; ``bench/run.py`` has the cProfile view).
 
-Usage: ``python bench/instructions.py [--calls N] [--warmup W] [--top K] [--db-query Q]``
+Usage: ``python bench/instructions.py [--calls N] [--warmup W] [--top K] [--db-query Q]
+[--kinds K,…]``
 (``just bench-instr``). Without valgrind on the PATH it says so and exits 0. Nothing is
 asserted: the README copies one run's output.
 """

@@ -302,19 +302,11 @@ class SqlStore:
         write (checkpoints and journal rows included) in one transaction and one thread hop."""
         pending = _Pending(op)
         self._queue.append(pending)
-        lock = self._write_lock
-        if self._writer.inline and not lock.locked():
-            # Free, and an inline commit cannot wait: taken without the trip through trio's
-            # scheduler that ``acquire`` makes (a commit is then no checkpoint of trio's;
-            # the run's next I/O is).
-            lock.acquire_nowait()
-            try:
-                await self._group_commit(pending)
-            finally:
-                lock.release()
-        else:
-            async with lock:
-                await self._group_commit(pending)
+        # The lock's ``acquire`` yields to trio's scheduler even when the lock is free: that
+        # trip is what lets the other runs' writes of the moment join this commit (taken
+        # without it, a stream's generation id and its answer each commit alone).
+        async with self._write_lock:
+            await self._group_commit(pending)
         return pending.result()  # type: ignore[no-any-return]
 
     async def _group_commit(self, pending: _Pending) -> None:
