@@ -75,6 +75,8 @@ FINISH_GRACE_S = 2.0
 ``on_finish``), so a silent connection must not keep the user waiting for the idle timeout."""
 
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""A request body's encoder, made once (``json.dumps`` with options makes one per call)."""
 """Failures before the request could leave: no connection, or none free in time."""
 
 
@@ -163,7 +165,7 @@ class OpenRouterClient:
         through trio's clock, so a hang costs no real time under ``MockClock``.
         """
         model = str(payload.get("model", ""))
-        content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        content = _JSON.encode(payload).encode()
         started = trio.current_time()
         status: int | None = None
         try:
@@ -231,7 +233,7 @@ class OpenRouterClient:
         """
         model = str(payload.get("model", ""))
         body = {**payload, "stream": True}
-        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        content = _JSON.encode(body).encode()
         started = trio.current_time()
         overall = started + timeout_s
         first_wait = min(first_token_timeout_s or timeout_s, timeout_s)

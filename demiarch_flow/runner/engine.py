@@ -223,13 +223,15 @@ async def _apply(
     if step.wait is not None:
         await trio.sleep(step.wait.seconds)
     committed: JournalEntry | None = None
+    stored: RunState | None = None
     if step.reply is not None:
         cost = step.reply.cost_usd, step.reply.cost_source
-        step, committed = await _store_reply(wf, state, step, env)
+        step, committed, stored = await _store_reply(wf, state, step, env)
         if books is not None:
             await books.settle(*cost)
     machine.send(step.event)
-    after = moved(state, step, machine.current_state_value)
+    target = machine.current_state_value
+    after = stored if stored is not None and stored.state == target else moved(state, step, target)
     entry = committed or journal_entry(state, step, after, env.now())
     if entry.to_state != after.state:
         raise AssertionError(
@@ -289,12 +291,13 @@ class Books:
 
 async def _store_reply(
     wf: Workflow, state: RunState, step: Step, env: RunEnv
-) -> tuple[Step, JournalEntry | None]:
+) -> tuple[Step, JournalEntry | None, RunState | None]:
     """Commit a step's reply with its move: the reply, its usage row, the run's end, the
     checkpoint of the state the move leads to and its journal row, in one transaction (one
     commit ends a run). The target comes from the workflow's transition table, before the
     machine moves; a database that keeps failing turns the step into ``failed`` (the reply is
-    in the recovery file). Returns the step to send and the journal row committed with it."""
+    in the recovery file). Returns the step to send, the journal row committed with it and the
+    state it committed (``None``: the engine works it out from the step)."""
     reply = step.reply
     assert reply is not None
     target = table_for(wf).target(state.state, step.event)
@@ -306,9 +309,11 @@ async def _store_reply(
         saved_id = await store_reply(env, reply, end, checkpoint(env, after, (entry,)))
     except PersistenceError as exc:
         unsaved = evolve(step.state, saved_message_id=None)
-        return Step("failed", unsaved.failed(ErrorInfo.of(exc)), step.records), None
-    saved = evolve(step.state, saved_message_id=saved_id)
-    return evolve(step, state=saved, reply=None), entry
+        return Step("failed", unsaved.failed(ErrorInfo.of(exc)), step.records), None, None
+    if saved_id != step.state.saved_message_id:  # the run had a reply already: that one
+        saved = evolve(step.state, saved_message_id=saved_id)
+        return evolve(step, state=saved, reply=None), entry, None
+    return evolve(step, reply=None), entry, after
 
 
 async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = False) -> RunOutcome:
@@ -359,7 +364,8 @@ async def drive(wf: Workflow, state: RunState, env: RunEnv, *, resumed: bool = F
     await books.settle()  # a run that ended without storing its answer (a recovery file)
     answered = state.completion.model if state.completion and state.saved_message_id else None
     failed = state.failure.error_class if state.failure and status != "succeeded" else None
-    await emit(env, [_finished(env, state, status, answered, failed)])
+    if env.listeners:  # the record is theirs alone
+        await emit(env, [_finished(env, state, status, answered, failed)])
     done = state.completion if status == "succeeded" else None
     failure = state.failure
     return RunOutcome(

@@ -110,9 +110,8 @@ async def request(state: RunState, env: RunEnv, wf: Workflow) -> Step:
         if wf.cooldown is not None:
             env.cooldowns.success(model)
         # Its cost is looked up by Persist, once the answer is durable (a look-up takes
-        # seconds, and a crash in them must not buy the answer again).
-        done = evolve(tried, completion=sent.completion)
-        return Step("succeeded", done, (result.record,), settlement=result.settlement)
+        # seconds, and a crash in them must not buy the answer again). ``tried`` holds it.
+        return Step("succeeded", tried, (result.record,), settlement=result.settlement)
     error = ErrorInfo.of(err)
     tried = tried.with_error(error)
     cls = err.error_class
@@ -252,9 +251,11 @@ async def persist(state: RunState, env: RunEnv, wf: Workflow) -> Step:
             " not know the model (run `demiarch-flow models sync`); recorded as 0 USD",
             done.model,
         )
-    costed = evolve(state, cost_usd=cost.usd, cost_source=cost.source)
-    reply = reply_of(costed, cost, env.now())
-    return Step("saved", evolve(costed, saved_message_id=reply.message_id), reply=reply)
+    reply = reply_of(state, cost, env.now())
+    costed = evolve(
+        state, cost_usd=cost.usd, cost_source=cost.source, saved_message_id=reply.message_id
+    )
+    return Step("saved", costed, reply=reply)
 
 
 async def fail(state: RunState, env: RunEnv, wf: Workflow) -> Step:

@@ -19,9 +19,8 @@ says it is gone, so the store's callers map it to their own errors unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, insert
@@ -56,7 +55,10 @@ class _Compiled:
         slots: list[tuple[str, bool, Any, _Processor]] = []
         for name in names:
             bind = binds[name]
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            fast = getattr(bind.type, "fast_bind_processor", None)  # one call, not two
+            process = (fast and fast(dialect)) or bind.type.dialect_impl(dialect).bind_processor(
+                dialect
+            )
             if bind.required:
                 slots.append((name, False, None, process))
             else:  # a constant of the statement (``status = 'running'``): processed once
@@ -90,7 +92,7 @@ class Fixed:
         columns: for an ``insert``: every column it writes (the keys each row must have).
     """
 
-    __slots__ = ("_by_dialect", "_columns", "statement")
+    __slots__ = ("_by_dialect", "_columns", "_last", "statement")
 
     def __init__(self, statement: ClauseElement, columns: Sequence[str] | None = None) -> None:
         self.statement = statement
@@ -98,20 +100,32 @@ class Fixed:
         self._by_dialect: weakref.WeakKeyDictionary[Dialect, _Compiled] = (
             weakref.WeakKeyDictionary()
         )
+        self._last: tuple[Dialect | None, _Compiled | None] = (None, None)
+        """The dialect asked last and its compiled form: a process has one (a weak dict's
+        lookup costs more than the statement's parameters)."""
 
     def compiled(self, dialect: Dialect) -> _Compiled:
+        last, found = self._last
+        if last is dialect and found is not None:
+            return found
         found = self._by_dialect.get(dialect)
         if found is None:
             found = self._by_dialect[dialect] = _Compiled(self.statement, dialect, self._columns)
+        self._last = (dialect, found)
         return found
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Run it once; returns the driver's row count."""
         c = self.compiled(conn.dialect)
         args = c.args(params)
-        with _cursor(conn, c.sql, args) as cursor:
+        cursor = _cursor(conn)
+        try:
             cursor.execute(c.sql, args)
             return int(cursor.rowcount)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise _mapped(conn, exc, c.sql, args) from exc
+        finally:
+            cursor.close()
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run it once per row, in one driver call."""
@@ -120,16 +134,26 @@ class Fixed:
             return
         c = self.compiled(conn.dialect)
         args = [c.args(r) for r in rows]
-        with _cursor(conn, c.sql, args) as cursor:
+        cursor = _cursor(conn)
+        try:
             cursor.executemany(c.sql, args)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise _mapped(conn, exc, c.sql, args) from exc
+        finally:
+            cursor.close()
 
     def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first column of the first row (``None`` when there is none)."""
         c = self.compiled(conn.dialect)
         args = c.args(params)
-        with _cursor(conn, c.sql, args) as cursor:
+        cursor = _cursor(conn)
+        try:
             cursor.execute(c.sql, args)
             row = cursor.fetchone()
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise _mapped(conn, exc, c.sql, args) from exc
+        finally:
+            cursor.close()
         if row is None:
             return None
         return c.result(row[0]) if c.result else row[0]
@@ -137,21 +161,20 @@ class Fixed:
 
 def driver_sql(conn: Connection, sql: str) -> None:
     """Run a parameterless statement (``BEGIN IMMEDIATE``) on the connection's cursor."""
-    with _cursor(conn, sql, None) as cursor:
-        cursor.execute(sql)
-
-
-@contextlib.contextmanager
-def _cursor(conn: Connection, sql: str, args: Any) -> Iterator[Any]:
-    """A cursor of the connection the caller's transaction holds, closed after use; a driver
-    error in the block is raised as :func:`_mapped` says."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = _cursor(conn)
     try:
-        yield cursor
+        cursor.execute(sql)
     except conn.dialect.loaded_dbapi.Error as exc:
-        raise _mapped(conn, exc, sql, args) from exc
+        raise _mapped(conn, exc, sql, None) from exc
     finally:
         cursor.close()
+
+
+def _cursor(conn: Connection) -> Any:
+    """A new cursor of the DB-API connection the caller's transaction holds (the callers
+    close it, and map a driver error in its use as :func:`_mapped` says: inline, a context
+    manager costs more than a row's parameters)."""
+    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
 def _mapped(conn: Connection, exc: Any, sql: str, args: Any) -> StatementError:

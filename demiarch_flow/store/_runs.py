@@ -171,16 +171,20 @@ def prove_owner(conn: Connection, run_id: str, owner: str, at: datetime) -> None
         raise RunTakenOver(run_id)
 
 
-def insert_attempt(conn: Connection, attempt: AttemptRow, owner: str | None = None) -> int:
+def insert_attempt(
+    conn: Connection, attempt: AttemptRow, owner: str | None = None, *, new_run: bool = False
+) -> int:
     """Record a request about to leave under the run's next free number (returned).
 
     With ``owner``, only while the run is running under it (:class:`RunTakenOver` otherwise,
     nothing written). The number is allocated here, in the transaction, one above the run's
     highest: numbers chosen by the caller collided after a take-over or a skipped request.
+    ``new_run``: the run's row was inserted in this transaction, so it has no attempt yet
+    (its number is 1, not read).
     """
     if owner is not None:
         prove_owner(conn, attempt.run_id, owner, attempt.started_at)
-    number = (_LAST_ATTEMPT.scalar(conn, {"b_run": attempt.run_id}) or 0) + 1
+    number = 1 if new_run else (_LAST_ATTEMPT.scalar(conn, {"b_run": attempt.run_id}) or 0) + 1
     _INS_ATTEMPT.execute(
         conn,
         {"run_id": attempt.run_id, "number": number, "model": attempt.model,

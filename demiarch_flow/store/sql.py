@@ -302,27 +302,34 @@ class SqlStore:
         write (checkpoints and journal rows included) in one transaction and one thread hop."""
         pending = _Pending(op)
         self._queue.append(pending)
+        # The lock's ``acquire`` yields to trio's scheduler even when the lock is free: that
+        # trip is what lets the other runs' writes of the moment join this commit (taken
+        # without it, a stream's generation id and its answer each commit alone).
         async with self._write_lock:
-            if not pending.done:
-                batch = self._take_queue()
-                if self._writer.inline:
-                    self._inline = True
-                    try:
-                        self._commit(batch)
-                    finally:
-                        self._inline = False
-                if not pending.done:  # not inline, or it would have waited, or it failed
-                    # Shielded: cancelled before the thread starts, the batch — other tasks'
-                    # writes too, taken off the queue — would be dropped, and those tasks
-                    # told it was written. Once started, the thread cannot be cancelled anyway.
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
-                if self._writer.checkpoint_due():
-                    with trio.CancelScope(shield=True):  # short; the commit is done already
-                        await trio.to_thread.run_sync(
-                            self._writer.checkpoint, limiter=self._limiter
-                        )
+            await self._group_commit(pending)
         return pending.result()  # type: ignore[no-any-return]
+
+    async def _group_commit(self, pending: _Pending) -> None:
+        """Under the write lock: commit the queue, ``pending`` in it (unless another holder
+        of the lock committed it already)."""
+        if pending.done:
+            return
+        batch = self._take_queue()
+        if self._writer.inline:
+            self._inline = True
+            try:
+                self._commit(batch)
+            finally:
+                self._inline = False
+        if not pending.done:  # not inline, or it would have waited, or it failed
+            # Shielded: cancelled before the thread starts, the batch — other tasks' writes
+            # too, taken off the queue — would be dropped, and those tasks told it was
+            # written. Once started, the thread cannot be cancelled anyway.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+        if self._writer.checkpoint_due():
+            with trio.CancelScope(shield=True):  # short; the commit is done already
+                await trio.to_thread.run_sync(self._writer.checkpoint, limiter=self._limiter)
 
     def _take_queue(self) -> list[_Pending]:
         """Everything queued, in order (a run's checkpoint sits where it was first queued)."""
@@ -709,13 +716,19 @@ class _Writer:
         :class:`_Busy` at once if another process holds the write lock. After a failure the
         connection is closed, and the next transaction opens another."""
         conn = self._connection()
+        self._begin(conn, wait)  # _Busy: nothing began, the connection stays
         try:
-            with conn.begin():
-                self._begin(conn, wait)
-                yield conn
-        except _Busy:
-            raise
+            yield conn
+            # Committed on the driver's connection: the statements ran on its cursor, and
+            # SQLAlchemy's transaction object (its events, its reset) would cost more than
+            # they do; one that a Core ``execute`` in the block began is committed through it.
+            if conn.in_transaction():
+                conn.commit()
+            else:
+                conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
         except BaseException:
+            with contextlib.suppress(Exception):
+                conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
             self.close()
             raise
         self._since_checkpoint += 1
@@ -861,6 +874,12 @@ _ENDS = {
     for again in (False, True)
 }
 """The run's end: (owner-fenced, even if it ended already) → statement (see ``_finish``)."""
+_ENDS_WITH_STATE = {
+    fenced: Fixed(statement.values(state_json=bindparam("b_json")))
+    for fenced, statement in ((False, _FINISH), (True, _FINISH_OWNED))
+}
+"""The run's end with its last checkpoint's JSON, even if it ended already: owner-fenced →
+statement."""
 _REPLY_OF_RUN = Fixed(
     select(_USAGE.c.message_id).where(
         _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.outcome == "reply"
@@ -910,7 +929,7 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
     _add_run(conn, run, conv_id)
     first = None
     if run.first_attempt is not None:  # after the run row it refers to
-        first = _runs.insert_attempt(conn, run.first_attempt)
+        first = _runs.insert_attempt(conn, run.first_attempt, new_run=True)
     return BeganRun(conv_id, tuple(history), at, first)
 
 
@@ -1004,15 +1023,22 @@ def _finish(
     """End the run: only a running one (an end is never overwritten — a SIGTERM just after
     Persist committed once marked a succeeded run cancelled), unless ``again`` (an import of
     the run's paid answer, which is the truth about it). Owner-fenced when ``end.owner``."""
-    if cp is not None:
-        _runs.checkpoint(conn, cp)
     fenced = end.owner is not None
-    done = _ENDS[fenced, again].execute(
-        conn,
-        {"b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
-         "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
-         "b_at": end.finished_at, **({"b_owner": end.owner} if fenced else {})},
-    )  # fmt: skip
+    params = {
+        "b_id": end.run_id, "b_status": end.status, "b_state": end.current_state,
+        "b_model": end.model, "b_class": end.error_class, "b_message": end.error_message,
+        "b_at": end.finished_at, **({"b_owner": end.owner} if fenced else {}),
+    }  # fmt: skip
+    if cp is not None and again and (cp.run_id, cp.owner) == (end.run_id, end.owner):
+        # The checkpoint and the end update the same row under the same condition (its
+        # owner): one UPDATE, the end's columns over the checkpoint's, as two would leave it.
+        done = _ENDS_WITH_STATE[fenced].execute(conn, {**params, "b_json": cp.state.to_json()})
+        if cp.entries:
+            _runs.append_events(conn, cp.entries)
+    else:
+        if cp is not None:
+            _runs.checkpoint(conn, cp)
+        done = _ENDS[fenced, again].execute(conn, params)
     if fenced and done != 1:
         owner = conn.execute(select(_RUN.c.owner).where(_RUN.c.id == end.run_id)).scalar()
         if owner != end.owner:

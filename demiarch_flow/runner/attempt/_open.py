@@ -184,7 +184,7 @@ async def _never_sent(env: RunEnv, row: AttemptRow, exc: BaseException) -> None:
 
 
 def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> AttemptResult:
-    """The run with the attempt counted, and its record."""
+    """The run with the attempt counted (and its answer, if it brought one), and its record."""
     err, partial = result.error, result.partial
     info = AttemptInfo(
         number=row.number,
@@ -218,6 +218,7 @@ def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> 
         attempt=state.attempt + 1,
         total_attempts=row.number,
         attempts=(*state.attempts, info),
+        completion=result.completion if err is None else state.completion,
     )
     return AttemptResult(tried, sent=result, record=rec)
 
