@@ -258,6 +258,35 @@ def test_a_job_that_is_not_a_run_fails_alone(
     assert failed == [("failed",)]
 
 
+def test_a_run_deleted_while_its_job_is_queued_fails_its_job_alone(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """A run that had begun and paid, its rows deleted by hand while its job was back in the
+    queue: the job fails with one clear log line, nothing is sent again (it used to start
+    afresh and pay twice), and the worker goes on with the next job."""
+    sim = simulator()
+    gone = cli("submit", FAST, "-m", "deleted later", "--db", pg).stdout.strip()
+    assert finish(start_worker(cli, pg, sim, "--until-empty")).code == 0
+    assert sim.sim.chat_requests == 1
+    engine = create_engine(pg)
+    with engine.begin() as conn:
+        for table in ("run_events", "run_attempts"):
+            conn.execute(text(f"DELETE FROM {table} WHERE run_id = :r"), {"r": gone})
+        conn.execute(text("DELETE FROM workflow_runs WHERE id = :r"), {"r": gone})
+        conn.execute(text("UPDATE procrastinate_jobs SET status = 'todo'"))
+    engine.dispose()
+    after = cli("submit", FAST, "-m", "after it", "--db", pg).stdout.strip()
+    done = finish(start_worker(cli, pg, sim, "--until-empty"))
+    assert done.code == 0, done.stderr
+    assert f"run {gone} was deleted from workflow_runs after it had begun" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert [d["run_id"] for d in lines(done)] == [after]
+    assert sim.sim.chat_requests == 2
+    assert rows(pg, "SELECT count(*) FROM workflow_runs WHERE id = :r", r=gone) == [(0,)]
+    failed = rows(pg, "SELECT status FROM procrastinate_jobs WHERE args->>'run_id' = :r", r=gone)
+    assert failed == [("failed",)]
+
+
 def test_a_worker_killed_mid_request_has_its_run_finished_by_another(
     cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
