@@ -146,6 +146,17 @@ def test_three_workers_drain_a_submitted_batch_paid_once(
     assert third[0]["run_id"] != submitted[0]["run_id"]
 
 
+def test_runs_show_a_queued_run(cli: Cli, pg: str) -> None:
+    """A submitted run no worker has begun is shown as queued (it was "no run with id")."""
+    run_id = cli("submit", FAST, "-m", "waiting", "--db", pg).stdout.strip()
+    shown = cli("runs", "show", run_id, "--db", pg, "--json").json()
+    assert (shown["run_id"], shown["status"], shown["events"]) == (run_id, "queued", [])
+    assert shown["submitted_at"] is not None
+    text_form = cli("runs", "show", run_id, "--db", pg)
+    assert f"run {run_id}" in text_form.stdout
+    assert "queued" in text_form.stdout
+
+
 def test_eight_workers_started_at_once_on_a_new_database_all_come_up(
     cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
