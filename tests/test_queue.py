@@ -262,3 +262,57 @@ def test_db_upgrade_sql_covers_the_queue_for_a_dba(
     current = json.loads(capsys.readouterr().out)
     assert current["is_head"] is True
     assert current["queue"]["is_current"] is True
+
+
+def test_an_idle_connection_is_checked_only_when_the_server_spoke() -> None:
+    """The pool's check looks for anything the server sent to an idle connection (its goodbye
+    before a restart): nothing to read, no round trip; something, or the end, the full check."""
+    import socket
+
+    from demiarch_flow.queue.pool import has_news
+
+    ours, server = socket.socketpair()
+    try:
+        assert not has_news(ours.fileno())
+        server.sendall(b"E")  # an error message, as PostgreSQL sends before it closes
+        assert has_news(ours.fileno())
+        ours.recv(1)
+        server.close()
+        assert has_news(ours.fileno())
+    finally:
+        ours.close()
+
+
+@pytest.mark.postgres
+def test_the_queue_pool_is_in_autocommit_and_replaces_a_terminated_connection(pg: str) -> None:
+    """procrastinate's queries run one round trip each (autocommit: no BEGIN, no COMMIT), and a
+    connection whose backend the server ended while it sat idle is replaced, not handed out."""
+    import psycopg
+    from procrastinate import PsycopgConnector
+
+    from demiarch_flow.queue.backend import conninfo
+    from demiarch_flow.queue.pool import autocommit, pool_factory
+
+    async def scenario() -> tuple[bool, int, int]:
+        connector = PsycopgConnector(
+            conninfo=conninfo(pg), min_size=1, max_size=1, configure=autocommit,
+            pool_factory=pool_factory,
+        )  # fmt: skip
+        await connector.open_async()
+        try:
+            async with connector.pool.connection() as conn:
+                first = conn.info.backend_pid
+                in_autocommit = conn.autocommit
+            with psycopg.connect(conninfo(pg), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+                gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+                while admin.execute(gone, (first,)).fetchone() != (0,):
+                    await asyncio.sleep(0.01)  # until the backend has said goodbye and left
+            row = await connector.execute_query_one_async(query="SELECT pg_backend_pid() AS p")
+            return in_autocommit, first, row["p"]
+        finally:
+            await connector.close_async()
+
+    in_autocommit, before, after = asyncio.run(scenario())
+    assert in_autocommit
+    assert after != before

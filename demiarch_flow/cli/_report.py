@@ -15,6 +15,7 @@ from ._reading import Reports, read_report, unimported_warning, warn
 from ._table import plain, table
 
 if TYPE_CHECKING:
+    from ..queue.listing import QueuedRun
     from ..store.base import JournalEntry, StoredMessage, StoredRun
     from ..store.sql import SqlStore
 
@@ -101,6 +102,27 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_queued(queued: QueuedRun, *, json_out: bool) -> int:
+    """``runs show`` of a run that is still only its job: queued, no journal yet."""
+    if json_out:
+        print(json.dumps({
+            "run_id": queued.run_id, "workflow": queued.workflow,
+            "workflow_sha256": queued.workflow_sha256, "conversation_id": queued.conversation_id,
+            "status": "queued", "current_state": None, "model": queued.model,
+            "error_class": None, "error_message": None, "started_at": None, "finished_at": None,
+            "submitted_at": queued.submitted_at.isoformat() if queued.submitted_at else None,
+            "events": [], "attempts": [],
+        }))  # fmt: skip
+        return 0
+    sha = (queued.workflow_sha256 or "")[:12]
+    print(f"run {queued.run_id} — workflow {queued.workflow} ({sha}), queued")
+    print(
+        f"submitted {_when(queued.submitted_at)}, conversation {queued.conversation_id or 'new'};"
+        " no worker has begun it yet (`demiarch-flow worker` takes it)"
+    )
+    return 0
+
+
 def cmd_runs_show(args: argparse.Namespace) -> int:
     """The journal of one run: every transition with its time, model, attempt and wait."""
     store = _open(args.db)
@@ -113,6 +135,13 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
         run, events = run_trio(read)
         stored = run
+        if run is None:  # submitted to the workers' queue and not begun yet?
+            from ..queue.listing import queued_run
+
+            with store.engine.connect() as conn:
+                queued = queued_run(conn, args.run_id)
+            if queued is not None:
+                return _show_queued(queued, json_out=args.json)
     finally:
         store.close()
     if run is None:

@@ -27,12 +27,26 @@ _QUEUED = text(
 )
 
 
+_ONE_QUEUED = text(
+    "SELECT j.args->>'run_id' AS run_id, j.args->>'conversation_id' AS conversation_id,"
+    " j.args->>'model' AS model, j.args->>'workflow' AS workflow,"
+    " j.args->>'workflow_sha256' AS workflow_sha256,"
+    " (SELECT min(e.at) FROM procrastinate_events e WHERE e.job_id = j.id) AS submitted_at"
+    " FROM procrastinate_jobs j WHERE j.task_name = :task AND j.status IN ('todo', 'doing')"
+    " AND j.args->>'run_id' = :run_id"
+    " AND NOT EXISTS (SELECT 1 FROM workflow_runs r WHERE r.id = :run_id)"
+    " ORDER BY j.id LIMIT 1"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedRun:
     run_id: str
     conversation_id: str | None
     model: str | None
     submitted_at: datetime | None
+    workflow: str | None = None
+    workflow_sha256: str | None = None
 
 
 def queued_runs(conn: Connection, *, since: datetime | None, limit: int) -> list[QueuedRun]:
@@ -41,3 +55,16 @@ def queued_runs(conn: Connection, *, since: datetime | None, limit: int) -> list
         return []
     found = conn.execute(_QUEUED, {"task": TASK, "since": since, "limit": limit}).all()
     return [QueuedRun(r.run_id, r.conversation_id, r.model, r.submitted_at) for r in found]
+
+
+def queued_run(conn: Connection, run_id: str) -> QueuedRun | None:
+    """The submitted run ``run_id`` if no worker has begun it yet (``runs show``), else
+    ``None`` (also where there is no queue)."""
+    if conn.dialect.name != "postgresql" or not inspect(conn).has_table("procrastinate_jobs"):
+        return None
+    r = conn.execute(_ONE_QUEUED, {"task": TASK, "run_id": run_id}).first()
+    if r is None:
+        return None
+    return QueuedRun(
+        r.run_id, r.conversation_id, r.model, r.submitted_at, r.workflow, r.workflow_sha256
+    )

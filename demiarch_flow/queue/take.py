@@ -6,6 +6,9 @@ own records decide what happens, exactly as ``runs resume`` decides (:mod:`demia
 .resume`):
 
 * no run yet: it starts, under the run id the submission gave it;
+* no run, but it had begun (its usage or budget rows are there): its row was deleted by hand
+  after it began; the job fails with that said (:class:`NotSubmitted`) and nothing is sent
+  again;
 * it has ended (succeeded, or failed as a workflow fails): nothing is sent, the job succeeds;
 * it is running under a live owner (another worker has it): :class:`RunBusy`, the job is
   retried later and by then finds it ended — the owner is never overtaken (owner fencing);
@@ -34,6 +37,9 @@ from ..store.sql import SqlStore
 from .submit import Submission
 
 Action = Literal["ran", "resumed", "ended"]
+Seen = Literal["new", "begun", "deleted"]
+"""What a run id has in the database: nothing (a first delivery), a run, or what a run leaves
+when it paid or reserved something and then its row was deleted."""
 
 
 class RunBusy(FlowError):
@@ -59,10 +65,19 @@ class Taken:
 
 
 _DEFINITION = text("SELECT text FROM workflow_definitions WHERE sha256 = :sha")
+_SEEN = text(
+    "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE id = :run) AS begun,"
+    " EXISTS (SELECT 1 FROM llm_usage WHERE run_id = :run)"
+    " OR EXISTS (SELECT 1 FROM budget_reservations WHERE run_id = :run) AS left_rows"
+)
+"""One round trip on indexed columns; the run's row and its user message are written in one
+transaction that has committed before anything else of the run, so no write of this process
+still queued can change the answer."""
 
 
 class Workflows:
-    """The definitions jobs name, parsed once per SHA-256 for the life of a worker."""
+    """The worker's own reads: the definitions jobs name (parsed once per SHA-256 for the life
+    of a worker) and what a job's run id has in the database (:meth:`seen`)."""
 
     def __init__(self, store: SqlStore) -> None:
         self._store = store
@@ -87,6 +102,27 @@ class Workflows:
         self._parsed[sub.workflow_sha256] = wf
         return wf
 
+    async def seen(self, run_id: str) -> Seen:
+        """Whether ``run_id`` is new, has begun, or was deleted after it began.
+
+        A first delivery (the common case) costs this one light query, not the run's whole
+        record (:meth:`~demiarch_flow.store.sql.SqlStore.load_run` reads its attempts and
+        definition too, and commits the store's queued writes first to read its own).
+
+        Raises:
+            PersistenceError: the database failed.
+        """
+        return await trio.to_thread.run_sync(self._seen, run_id)
+
+    def _seen(self, run_id: str) -> Seen:
+        try:
+            with self._store.engine.connect() as conn:
+                auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+                begun, left_rows = auto.execute(_SEEN, {"run": run_id}).one()
+        except SQLAlchemyError as exc:
+            raise PersistenceError(f"cannot read the run: {exc}") from None
+        return "begun" if begun else "deleted" if left_rows else "new"
+
     def _read(self, sha: str) -> str | None:
         try:
             with self._store.engine.connect() as conn:
@@ -103,10 +139,16 @@ async def take_run(
 
     Raises:
         RunBusy: a live process owns the run.
-        NotSubmitted: the job cannot become a run.
+        NotSubmitted: the job cannot become a run, or its run was deleted after it began.
         PersistenceError: the database failed (the job is retried).
     """
-    run = await env.store.load_run(sub.run_id)
+    seen = await workflows.seen(sub.run_id)
+    run = await env.store.load_run(sub.run_id) if seen == "begun" else None
+    if seen != "new" and run is None:
+        raise NotSubmitted(
+            f"run {sub.run_id} was deleted from workflow_runs after it had begun (its"
+            " llm_usage or budget rows remain); its job fails and nothing is sent again"
+        )
     if run is None:
         wf = await workflows.get(sub)
         request = RunRequest(

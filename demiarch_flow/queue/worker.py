@@ -33,6 +33,7 @@ from ..errors import FlowError, PersistenceError, RunTakenOver, StoreUnavailable
 from ..runner.owner import HEARTBEAT_S
 from ..runtime import World, open_world
 from .backend import conninfo
+from .pool import autocommit, pool_factory
 from .submit import DEFAULT_QUEUE, TASK, Submission
 from .take import NotSubmitted, RunBusy, Taken, Workflows, take_run
 
@@ -166,7 +167,11 @@ async def serve(
         workflows = Workflows(world.env.store)  # type: ignore[arg-type]
         app = App(
             connector=PsycopgConnector(
-                conninfo=conninfo(options.db), min_size=1, max_size=max(4, options.concurrency // 4)
+                conninfo=conninfo(options.db),
+                min_size=1,
+                max_size=max(4, options.concurrency // 4),
+                configure=autocommit,
+                pool_factory=pool_factory,
             )
         )
 

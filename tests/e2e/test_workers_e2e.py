@@ -146,6 +146,17 @@ def test_three_workers_drain_a_submitted_batch_paid_once(
     assert third[0]["run_id"] != submitted[0]["run_id"]
 
 
+def test_runs_show_a_queued_run(cli: Cli, pg: str) -> None:
+    """A submitted run no worker has begun is shown as queued (it was "no run with id")."""
+    run_id = cli("submit", FAST, "-m", "waiting", "--db", pg).stdout.strip()
+    shown = cli("runs", "show", run_id, "--db", pg, "--json").json()
+    assert (shown["run_id"], shown["status"], shown["events"]) == (run_id, "queued", [])
+    assert shown["submitted_at"] is not None
+    text_form = cli("runs", "show", run_id, "--db", pg)
+    assert f"run {run_id}" in text_form.stdout
+    assert "queued" in text_form.stdout
+
+
 def test_eight_workers_started_at_once_on_a_new_database_all_come_up(
     cli: Cli, simulator: Callable[..., SimThread], pg: str
 ) -> None:
@@ -255,6 +266,35 @@ def test_a_job_that_is_not_a_run_fails_alone(
     assert "Traceback" not in done.stderr
     assert [d["run_id"] for d in lines(done)] == [run_id]
     failed = rows(pg, "SELECT status FROM procrastinate_jobs WHERE args->>'run_id' = 'gone'")
+    assert failed == [("failed",)]
+
+
+def test_a_run_deleted_while_its_job_is_queued_fails_its_job_alone(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """A run that had begun and paid, its rows deleted by hand while its job was back in the
+    queue: the job fails with one clear log line, nothing is sent again (it used to start
+    afresh and pay twice), and the worker goes on with the next job."""
+    sim = simulator()
+    gone = cli("submit", FAST, "-m", "deleted later", "--db", pg).stdout.strip()
+    assert finish(start_worker(cli, pg, sim, "--until-empty")).code == 0
+    assert sim.sim.chat_requests == 1
+    engine = create_engine(pg)
+    with engine.begin() as conn:
+        for table in ("run_events", "run_attempts"):
+            conn.execute(text(f"DELETE FROM {table} WHERE run_id = :r"), {"r": gone})
+        conn.execute(text("DELETE FROM workflow_runs WHERE id = :r"), {"r": gone})
+        conn.execute(text("UPDATE procrastinate_jobs SET status = 'todo'"))
+    engine.dispose()
+    after = cli("submit", FAST, "-m", "after it", "--db", pg).stdout.strip()
+    done = finish(start_worker(cli, pg, sim, "--until-empty"))
+    assert done.code == 0, done.stderr
+    assert f"run {gone} was deleted from workflow_runs after it had begun" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert [d["run_id"] for d in lines(done)] == [after]
+    assert sim.sim.chat_requests == 2
+    assert rows(pg, "SELECT count(*) FROM workflow_runs WHERE id = :r", r=gone) == [(0,)]
+    failed = rows(pg, "SELECT status FROM procrastinate_jobs WHERE args->>'run_id' = :r", r=gone)
     assert failed == [("failed",)]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from demiarch_flow.errors import PersistenceError
 from demiarch_flow.queue.submit import Submission
-from demiarch_flow.queue.take import RunBusy, take_run
+from demiarch_flow.queue.take import NotSubmitted, RunBusy, take_run
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.base import NewRun
 from demiarch_flow.testing import FakeOpenRouter, fixed_clock, make_env
@@ -22,10 +22,21 @@ WF = default_workflow()
 
 
 class Definitions:
-    """The one workflow every job names (the SQL store keeps them in workflow_definitions)."""
+    """The one workflow every job names (the SQL store keeps them in workflow_definitions),
+    and what a run id left in the memory store (the SQL one asks one query: see
+    tests/e2e/test_workers_e2e.py)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
 
     async def get(self, sub: Submission) -> Any:
         return WF
+
+    async def seen(self, run_id: str) -> str:
+        if run_id in self.store.runs:
+            return "begun"
+        paid = [r for r in (*self.store.usage, *self.store.billed) if r.run_id == run_id]
+        return "deleted" if paid else "new"
 
 
 def job(run_id: str = "11111111-1111-4111-8111-111111111111") -> Submission:
@@ -34,7 +45,7 @@ def job(run_id: str = "11111111-1111-4111-8111-111111111111") -> Submission:
 
 async def take(fake: FakeOpenRouter, store: MemoryStore, sub: Submission, **kw: Any) -> Any:
     env = make_env(fake, store=store, now=kw.pop("now", fixed_clock(T0)), **kw)
-    return await take_run(sub, env, Definitions(), stale_after_s=30)  # type: ignore[arg-type]
+    return await take_run(sub, env, Definitions(store), stale_after_s=30)  # type: ignore[arg-type]
 
 
 async def test_a_job_starts_its_run_once_and_a_second_delivery_sends_nothing(
@@ -90,6 +101,17 @@ async def test_a_run_whose_owner_is_gone_is_resumed(autojump_clock: object) -> N
     fake.cursor = FakeOpenRouter("").cursor
     resumed = await take(fake, store, job())
     assert (resumed.action, resumed.outcome.status) == ("resumed", "succeeded")
+
+
+async def test_a_run_deleted_after_it_paid_is_not_started_again(autojump_clock: object) -> None:
+    """Its row deleted by hand while its job was back in the queue: the job fails with that
+    said, and nothing is asked again (it would have started afresh and paid twice)."""
+    fake, store = FakeOpenRouter(""), MemoryStore()
+    await take(fake, store, job())
+    del store.runs[job().run_id]
+    with pytest.raises(NotSubmitted, match="was deleted from workflow_runs after it had begun"):
+        await take(fake, store, job())
+    assert len(fake.models_called) == 1
 
 
 async def test_a_run_the_database_failed_is_retried_not_reported(autojump_clock: object) -> None:
