@@ -23,7 +23,15 @@ from ..store.base import Definition
 from ._batch import read_results, replace_lines
 from ._common import setup_logging, workflow_from
 from ._json import json_line
-from ._queue import database_errors, open_queue, queue_ready, read_batch, submit_batch, wait_runs
+from ._queue import (
+    database_errors,
+    open_queue,
+    queue_ready,
+    read_batch,
+    submit_batch,
+    traced,
+    wait_runs,
+)
 from ._run import outcome_json
 
 PROGRESS_S = 5.0
@@ -44,7 +52,8 @@ def cmd_batch_queue(args: argparse.Namespace) -> int:
         for s in subs
         if s.item_id in earlier and earlier[s.item_id].get("input_sha256") == s.input_sha256
     }
-    statuses = submit_batch(url, definition, subs, args.queue)
+    with traced(args.trace, subs) as subs:  # each line's own submit span, as `submit --batch`
+        statuses = submit_batch(url, definition, subs, args.queue)
     queued = statuses.count("queued")
     if not args.quiet:
         print(

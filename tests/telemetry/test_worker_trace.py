@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from ..e2e.conftest import FAST, Cli, Result, SimThread, cli, simulator
-from ..e2e.test_workers_e2e import finish, lines, pg
+from ..e2e.test_workers_e2e import (
+    _has_jobs,
+    batch_file,
+    finish,
+    lines,
+    paid_once,
+    pg,
+    rows,
+    wait_for,
+)
 from .receiver import Receiver
 
 __all__ = ["cli", "pg", "simulator"]
@@ -86,3 +96,42 @@ def test_without_trace_flags_nothing_is_exported(
     done = worker(cli, pg, sim, otel, "--no-trace")
     assert done.code == 0, done.stderr
     assert receiver.raw == []
+
+
+def test_batch_queue_traces_each_line_from_its_submit(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    """``batch --queue --trace`` gives every line its own ``submit`` span, as ``submit --batch``
+    does, and a worker run under ``--trace`` continues each one: one trace per line, its
+    ``invoke_workflow`` the child of that line's submit (before, the runs began traces of
+    their own)."""
+    sim = simulator()
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_METRICS_EXPORTER": "none"}
+    path = batch_file(tmp_path, 3)
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "demiarch_flow", "batch", str(path), FAST, "--queue",
+            "--out", str(out), "--db", pg, "--trace"]  # fmt: skip
+    waiting = subprocess.Popen(argv, env={**cli.env, **otel}, stderr=subprocess.PIPE, text=True)
+    try:
+        queued = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'"
+        wait_for(lambda: _has_jobs(pg) and rows(pg, queued) == [(3,)], "the submission")
+        done = worker(cli, pg, sim, otel, "--trace")
+    finally:
+        _, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, err
+    assert done.code == 0, done.stderr
+    run_ids = [json.loads(line)["run_id"] for line in out.read_text().splitlines()]
+    paid_once(pg, run_ids)
+    spans = receiver.spans()
+    submits = {
+        {kv.key: kv.value.string_value for kv in s.attributes}["demiarch_flow.run.id"]: s
+        for s in spans
+        if s.name == "submit"
+    }
+    assert set(submits) == set(run_ids)
+    roots = [s for s in spans if s.name.startswith("invoke_workflow ")]
+    assert len(roots) == 3
+    for root in roots:
+        (parent,) = [s for s in submits.values() if s.span_id == root.parent_span_id]
+        assert root.trace_id == parent.trace_id
+    assert len({s.trace_id for s in submits.values()}) == 3
