@@ -45,23 +45,16 @@ def read_books(db: str | None, now: datetime) -> Books:
     Raises:
         StoreUnavailable: no database, or one the store cannot read.
     """
-    from ..store._lite import LiteReader, NotLite
+    from ..store._lite import NotLite
+    from ._reading import read_lite
 
     url = database_url(db)
     starts = window_starts(now)
     try:
-        reader = LiteReader.open(url)
+        books = read_lite(url, lambda r: r.window_books(list(starts.values()), now))
     except NotLite:
-        pass
-    else:
-        try:
-            books = reader.window_books(list(starts.values()), now)
-            return [(w, s, r) for w, (s, r) in zip(starts, books, strict=True)]
-        except NotLite:
-            pass  # the full store reads it, or says what is wrong
-        finally:
-            reader.close()
-    return _ledger_books(url, starts, now)
+        return _ledger_books(url, starts, now)  # it reads it, or says what is wrong
+    return [(w, s, r) for w, (s, r) in zip(starts, books, strict=True)]
 
 
 def _ledger_books(url: str, starts: dict[str, datetime], now: datetime) -> Books:

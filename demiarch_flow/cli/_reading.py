@@ -21,6 +21,7 @@ from ..paths import database_url
 from ..store.base import ConversationSummary, RunStatus, StoredMessage, StoredRun, UsageRow
 
 if TYPE_CHECKING:
+    from ..store._lite import LiteReader
     from ..store.sql import SqlStore
 
 T = TypeVar("T")
@@ -72,6 +73,23 @@ class _FullStore:
         return self._run(lambda: self._store.missing_replies(runs))
 
 
+def read_lite(url: str, read: Callable[[LiteReader], T]) -> T:
+    """``read`` through the quick reader, closed afterwards.
+
+    Raises:
+        NotLite: the quick reader does not take the database (another backend, another
+            revision, no file) or could not run a query of ``read``: the caller reads it the
+            full way, which also says exactly what is wrong.
+    """
+    from ..store._lite import LiteReader
+
+    reader = LiteReader.open(url)
+    try:
+        return read(reader)
+    finally:
+        reader.close()
+
+
 def read_report(db: str | None, read: Callable[[Reports], T]) -> T:
     """``read`` against the database of ``--db`` (or the default), opened for reading only:
     the quick reader if it takes the database, else the full store.
@@ -80,20 +98,13 @@ def read_report(db: str | None, read: Callable[[Reports], T]) -> T:
         StoreUnavailable: the database does not exist, cannot be opened or its schema does not
             fit (the full store's messages).
     """
-    from ..store._lite import LiteReader, NotLite
+    from ..store._lite import NotLite
 
     url = database_url(db)
     try:
-        reader = LiteReader.open(url)
+        return read_lite(url, read)
     except NotLite:
-        pass
-    else:
-        try:
-            return read(reader)
-        except NotLite:
-            pass  # a query it could not run: the full store reads it, or says what is wrong
-        finally:
-            reader.close()
+        pass  # the full store reads it, or says what is wrong
     from ..store.sql import SqlStore
 
     store = SqlStore.open_sync(url, read_only=True)  # it may be unwritable: never upgraded
