@@ -50,6 +50,17 @@ def pg() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def write(url: str, *statements: str, **params: Any) -> None:
+    """Run ``statements`` in one transaction (a test's edit of the database by hand)."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for sql in statements:
+                conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
 def rows(url: str, sql: str, **params: Any) -> list[Any]:
     engine = create_engine(url)
     try:
@@ -180,10 +191,7 @@ def test_a_job_delivered_twice_is_paid_once(
     assert finish(start_worker(cli, pg, sim, "--until-empty")).code == 0
     assert sim.sim.chat_requests == 1
     # procrastinate delivers at least once: put the finished job back in the queue
-    engine = create_engine(pg)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE procrastinate_jobs SET status = 'todo'"))
-    engine.dispose()
+    write(pg, "UPDATE procrastinate_jobs SET status = 'todo'")
     again = finish(start_worker(cli, pg, sim, "--until-empty"))
     assert again.code == 0, again.stderr
     assert [(d["run_id"], d["action"], d["status"]) for d in lines(again)] == [
@@ -251,15 +259,11 @@ def test_a_job_that_is_not_a_run_fails_alone(
     line; the worker goes on with the next job and exits 0 with --until-empty."""
     sim = simulator()
     run_id = cli("submit", FAST, "-m", "after the bad one", "--db", pg).stdout.strip()
-    engine = create_engine(pg)
-    with engine.begin() as conn:  # a job deferred by hand
-        conn.execute(
-            text(
-                "INSERT INTO procrastinate_jobs (queue_name, task_name, args)"
-                " VALUES ('runs', 'demiarch_flow.run', '{\"run_id\": \"gone\"}')"
-            )
-        )
-    engine.dispose()
+    write(  # a job deferred by hand
+        pg,
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, args)"
+        " VALUES ('runs', 'demiarch_flow.run', '{\"run_id\": \"gone\"}')",
+    )
     done = finish(start_worker(cli, pg, sim, "--until-empty"))
     assert done.code == 0, done.stderr
     assert "not a submitted run's" in done.stderr
@@ -279,13 +283,14 @@ def test_a_run_deleted_while_its_job_is_queued_fails_its_job_alone(
     gone = cli("submit", FAST, "-m", "deleted later", "--db", pg).stdout.strip()
     assert finish(start_worker(cli, pg, sim, "--until-empty")).code == 0
     assert sim.sim.chat_requests == 1
-    engine = create_engine(pg)
-    with engine.begin() as conn:
-        for table in ("run_events", "run_attempts"):
-            conn.execute(text(f"DELETE FROM {table} WHERE run_id = :r"), {"r": gone})
-        conn.execute(text("DELETE FROM workflow_runs WHERE id = :r"), {"r": gone})
-        conn.execute(text("UPDATE procrastinate_jobs SET status = 'todo'"))
-    engine.dispose()
+    write(
+        pg,
+        "DELETE FROM run_events WHERE run_id = :r",
+        "DELETE FROM run_attempts WHERE run_id = :r",
+        "DELETE FROM workflow_runs WHERE id = :r",
+        "UPDATE procrastinate_jobs SET status = 'todo'",
+        r=gone,
+    )
     after = cli("submit", FAST, "-m", "after it", "--db", pg).stdout.strip()
     done = finish(start_worker(cli, pg, sim, "--until-empty"))
     assert done.code == 0, done.stderr
