@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..pricing import NANO
 from ._lite import _when
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from sqlalchemy.exc import StatementError
     from sqlalchemy.sql import ClauseElement
 
+T = TypeVar("T")
 _Processor = Callable[[Any], Any] | None
 Slot = tuple[str, bool, Any, _Processor]
 """A parameter: (name, constant?, the constant's processed value, its bind processor)."""
@@ -236,19 +237,25 @@ class Fixed:
             self._lite = found
         return found
 
-    def execute(self, tx: Tx | Connection, params: Mapping[str, Any]) -> int:
-        """Run it once; returns the driver's row count."""
+    def _run(
+        self, tx: Tx | Connection, params: Mapping[str, Any], fetch: Callable[[Any], T]
+    ) -> tuple[_Compiled, T]:
+        """Run it once on a new cursor; its compiled form and ``fetch(cursor)``."""
         tx = as_tx(tx)
         c = tx.compiled(self)
         args = c.args(params)
         cursor = tx.cursor()
         try:
             cursor.execute(c.sql, args)
-            return int(cursor.rowcount)
+            return c, fetch(cursor)
         except tx.errors as exc:
             raise tx.mapped(exc, c.sql, args) from exc
         finally:
             cursor.close()
+
+    def execute(self, tx: Tx | Connection, params: Mapping[str, Any]) -> int:
+        """Run it once; returns the driver's row count."""
+        return self._run(tx, params, _rowcount)[1]
 
     def executemany(self, tx: Tx | Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run it once per row, in one driver call."""
@@ -268,36 +275,28 @@ class Fixed:
 
     def rows(self, tx: Tx | Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Every row, each column through its type's result processor."""
-        tx = as_tx(tx)
-        c = tx.compiled(self)
-        args = c.args(params)
-        cursor = tx.cursor()
-        try:
-            cursor.execute(c.sql, args)
-            found = cursor.fetchall()
-        except tx.errors as exc:
-            raise tx.mapped(exc, c.sql, args) from exc
-        finally:
-            cursor.close()
+        c, found = self._run(tx, params, _fetchall)
         return [c.row(r) for r in found]
 
     def scalar(self, tx: Tx | Connection, params: Mapping[str, Any]) -> Any:
         """The first column of the first row (``None`` when there is none)."""
-        tx = as_tx(tx)
-        c = tx.compiled(self)
-        args = c.args(params)
-        cursor = tx.cursor()
-        try:
-            cursor.execute(c.sql, args)
-            row = cursor.fetchone()
-        except tx.errors as exc:
-            raise tx.mapped(exc, c.sql, args) from exc
-        finally:
-            cursor.close()
+        c, row = self._run(tx, params, _fetchone)
         if row is None:
             return None
         process = c.results[0] if c.results else None
         return process(row[0]) if process else row[0]
+
+
+def _rowcount(cursor: Any) -> int:
+    return int(cursor.rowcount)
+
+
+def _fetchall(cursor: Any) -> list[Any]:
+    return list(cursor.fetchall())
+
+
+def _fetchone(cursor: Any) -> Any:
+    return cursor.fetchone()
 
 
 class Tx:

@@ -844,7 +844,7 @@ class _Writer:
             from sqlalchemy import create_engine
             from sqlalchemy.pool import StaticPool
 
-            conn = self._conn
+            conn = _WriterOwnsRollback(self._conn)
             engine = create_engine(
                 "sqlite://", creator=lambda: conn, poolclass=StaticPool, pool_reset_on_return=None
             )
@@ -924,6 +924,28 @@ class _Writer:
         if conn is not None and self._engine is None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+class _WriterOwnsRollback:
+    """The writer's ``sqlite3`` connection as the SQLAlchemy engine made over it sees it: the
+    same connection, but its ``rollback`` does nothing. That engine is made in the middle of
+    a transaction, and SQLAlchemy rolls a new engine's first connection back once it has read
+    the server's settings: that would drop the writes the transaction made before it (and end
+    the ``BEGIN IMMEDIATE``). The writer rolls back the connection itself on any failure."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        object.__setattr__(self, "_conn", conn)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._conn, name, value)
+
+    def rollback(self) -> None:
+        """Nothing: see the class doc."""
 
 
 def _database_error(exc: BaseException) -> bool:

@@ -277,3 +277,37 @@ def test_only_a_plain_file_at_head_with_every_column_is_opened_without_sqlalchem
     assert not _writer_for(url)
     with pytest.raises(Exception, match="error_message"):
         SqlStore.open_sync(url)  # the schema check's own message
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_sqlalchemy_joins_the_transaction_it_is_first_needed_in(
+    tmp_path: Path, fails: bool
+) -> None:
+    """The SQLAlchemy connection made over the writer's own, in the middle of a transaction
+    (a resume's first statement built as it goes), keeps what the transaction wrote before it
+    and commits or rolls back with it."""
+    from sqlalchemy import text
+
+    url = _fresh(tmp_path, "f.db")
+    with sqlite3.connect(tmp_path / "f.db") as conn:
+        conn.execute("CREATE TABLE probe (x INTEGER)")
+    store = _lite_store(url)
+
+    def op(tx: Any) -> None:
+        tx.driver_sql("INSERT INTO probe VALUES (1)")
+        tx.execute(text("INSERT INTO probe VALUES (2)"))
+        if fails:
+            tx.driver_sql("INSERT INTO nowhere VALUES (3)")
+
+    try:
+        if fails:
+            with pytest.raises(PersistenceError, match="nowhere"):
+                await store._write(op)
+        else:
+            await store._write(op)
+        await store._write(lambda tx: tx.driver_sql("INSERT INTO probe VALUES (4)"))
+    finally:
+        store.close()
+    with sqlite3.connect(tmp_path / "f.db") as conn:
+        found = [x for (x,) in conn.execute("SELECT x FROM probe ORDER BY x")]
+    assert found == ([4] if fails else [1, 2, 4])
