@@ -1,8 +1,10 @@
 """SQL of a run's life after it began: checkpoints, attempts, heartbeats, resumes and reads.
 
-Each function runs inside a transaction the caller owns (``SqlStore``'s group commit), on a
-``Connection``; statements are built once with bind parameters, as in ``sql.py``, and those a run
-writes every time are :class:`~._fast.Fixed`: compiled once, run on the DB-API cursor.
+Each function runs inside a transaction the caller owns (``SqlStore``'s group commit), on its
+executor (:class:`~._fast.Tx`; a SQLAlchemy ``Connection`` is taken too). The statements a run
+writes every time are :class:`~._fast.Fixed`, named in :mod:`._statements`: run on the DB-API
+cursor without SQLAlchemy on the store's own SQLite connection. The rare ones (a resume, the
+reads) are built as they go and imported with SQLAlchemy when first needed.
 """
 
 from __future__ import annotations

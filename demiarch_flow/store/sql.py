@@ -3,10 +3,15 @@
 SQLAlchemy's async engine is asyncio-only, so the sync engine runs in ``trio.to_thread``. Writes
 go through one writer at a time per process (a ``trio.Lock``): with SQLite in WAL mode and a busy
 timeout that removes "database is locked" under load, and with PostgreSQL it keeps one process
-from hogging the pool. Every public method maps SQLAlchemy errors to
-:class:`~demiarch_flow.errors.PersistenceError` (or :class:`StoreUnavailable` when opening).
-Opening checks the schema first (:mod:`demiarch_flow.store.schema`): it creates, adopts or
-upgrades it, or refuses to run.
+from hogging the pool. Every public method maps database errors (SQLAlchemy's, or the driver's
+on SQLite's own connection) to :class:`~demiarch_flow.errors.PersistenceError` (or
+:class:`StoreUnavailable` when opening). Opening checks the schema first
+(:mod:`demiarch_flow.store.schema`): it creates, adopts or upgrades it, or refuses to run.
+
+A SQLite file already at this release's revision — what every run after the first finds — is
+checked with ``sqlite3`` and written through the store's own ``sqlite3`` connection, with the
+statements :mod:`._sqlite_sql` holds (:class:`_Writer`, :mod:`._fast`): SQLAlchemy is imported
+only when a report, a budget, a resume or a recovery needs it.
 """
 
 from __future__ import annotations
@@ -316,11 +321,6 @@ class SqlStore:
                 if engine is None:
                     engine = self._engine = open_engine(self.url)
         return engine
-
-    @property
-    def dialect(self) -> str:
-        """The database's kind: ``sqlite``, ``postgresql``, …"""
-        return "sqlite" if self._writer.sqlite else self.engine.dialect.name
 
     @property
     def _sessions(self) -> sessionmaker[Session]:
