@@ -12,6 +12,7 @@ line's private modules)::
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
@@ -29,7 +30,7 @@ from .runner.context import utc_now
 from .runner.limiter import Limiter
 from .runner.owner import HEARTBEAT_S, keep_alive, this_process
 from .runner.recovery import recovery_dir_for
-from .store.limits import SqlLedger
+from .store.limits import LazyLedger, Ledger
 from .store.sql import SqlStore
 from .telemetry import open_tracer
 
@@ -41,6 +42,14 @@ def http_client(max_in_flight: int = 100) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
     # Per-attempt deadlines come from the workflow (trio's clock); this is only a backstop.
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(3600.0))
+
+
+def _sql_ledger(store: SqlStore) -> Ledger:
+    """The database's ledger, made when a workflow first needs it (budgets, shared buckets):
+    SQLAlchemy is imported then, not for every run."""
+    from .store.limits import SqlLedger
+
+    return SqlLedger(store.engine)
 
 
 @dataclass
@@ -95,7 +104,7 @@ async def open_world(
                 listeners=(*listeners, tracer) if tracer is not None else listeners,
                 recovery_dir=recovery_dir_for(url),
                 owner=owner,
-                limits=Limiter(SqlLedger(store.engine)),
+                limits=Limiter(LazyLedger(functools.partial(_sql_ledger, store))),
                 tracer=tracer,
             )
             async with trio.open_nursery() as nursery:

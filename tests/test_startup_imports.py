@@ -163,3 +163,33 @@ def test_a_run_without_a_key_says_so_before_importing_the_engine(env: dict[str, 
     code, modules = loaded_by(["run", "-m", "hi"], env)
     assert code == 3
     assert not (HEAVY - {"httpx", "httpcore"}) & modules, sorted(HEAVY & modules)
+
+
+def test_a_run_on_a_database_at_head_imports_no_sqlalchemy(db: str, env: dict[str, str]) -> None:
+    """`run` of the bundled workflow (no budget, no shared bucket) against a local server,
+    on a SQLite file at head, writes its rows through the store's own sqlite3 connection:
+    neither SQLAlchemy nor Alembic is imported — and the run, its reply and its usage are
+    stored."""
+    import sqlite3
+
+    from .e2e.conftest import SimThread
+
+    def counts() -> list[int]:
+        with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
+            return [
+                conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("workflow_runs", "chat_messages", "llm_usage", "run_events")
+            ]
+
+    before = counts()
+    sim = SimThread("")
+    try:
+        argv = ["run", "-m", "hello", "--base-url", sim.url, "--db", db, "--no-stream", "--quiet"]
+        code, modules = loaded_by(argv, env)
+    finally:
+        sim.stop()
+    assert code == 0
+    assert not {"sqlalchemy", "alembic"} & modules, sorted({"sqlalchemy", "alembic"} & modules)
+    after = counts()
+    assert [a - b for a, b in zip(after, before, strict=True)][:3] == [1, 2, 1]
+    assert after[3] > before[3]

@@ -1,8 +1,10 @@
 """SQL of a run's life after it began: checkpoints, attempts, heartbeats, resumes and reads.
 
-Each function runs inside a transaction the caller owns (``SqlStore``'s group commit), on a
-``Connection``; statements are built once with bind parameters, as in ``sql.py``, and those a run
-writes every time are :class:`~._fast.Fixed`: compiled once, run on the DB-API cursor.
+Each function runs inside a transaction the caller owns (``SqlStore``'s group commit), on its
+executor (:class:`~._fast.Tx`; a SQLAlchemy ``Connection`` is taken too). The statements a run
+writes every time are :class:`~._fast.Fixed`, named in :mod:`._statements`: run on the DB-API
+cursor without SQLAlchemy on the store's own SQLite connection. The rare ones (a resume, the
+reads) are built as they go and imported with SQLAlchemy when first needed.
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
-
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RunTakenOver
-from ._fast import Fixed, inserting
+from ._fast import Fixed, Tx, sa_of
 from .base import (
     AttemptRow,
     BilledAttempt,
@@ -26,87 +26,30 @@ from .base import (
     StoredReply,
     StoredRun,
 )
-from .tables import (
-    ChatMessage,
-    LlmUsage,
-    RunAttempt,
-    RunEvent,
-    WorkflowDefinition,
-    WorkflowRun,
-)
 
-_RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
-_EVENT: Table = RunEvent.__table__  # type: ignore[assignment]
-_ATTEMPT: Table = RunAttempt.__table__  # type: ignore[assignment]
-_DEFINITION: Table = WorkflowDefinition.__table__  # type: ignore[assignment]
-_USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
-_MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
-_INS_EVENT = inserting(_EVENT)
-_INS_ATTEMPT = inserting(_ATTEMPT)
-_INS_DEFINITION = insert(_DEFINITION)
-_INS_USAGE = inserting(_USAGE)
-_DEFINITION_EXISTS = select(_DEFINITION.c.sha256).where(_DEFINITION.c.sha256 == bindparam("b_sha"))
-_END_ATTEMPT = Fixed(
-    update(_ATTEMPT)
-    .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
-    .values(
-        ended_at=bindparam("b_ended"), status=bindparam("b_status"),
-        error_class=bindparam("b_class"), generation_id=bindparam("b_gen"),
-        latency_ms=bindparam("b_latency"), partial_text=bindparam("b_partial"),
-        finish_reason=bindparam("b_finish"), response_model=bindparam("b_response_model"),
-        error_message=bindparam("b_message"),
-    )
-)  # fmt: skip
-_PROGRESS_ATTEMPT = Fixed(
-    update(_ATTEMPT)
-    .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
-    .values(generation_id=bindparam("b_gen"))
-)
-_ANSWERED_ATTEMPT = Fixed(
-    update(_ATTEMPT)
-    .where(_ATTEMPT.c.run_id == bindparam("b_run"), _ATTEMPT.c.number == bindparam("b_number"))
-    .values(
-        generation_id=bindparam("b_gen"), partial_text=bindparam("b_partial"), finish_reason=bindparam("b_finish"),
-        response_model=bindparam("b_response_model"), status=bindparam("b_status"),
-        latency_ms=bindparam("b_latency"),
-    )
-)  # fmt: skip
-_CHECKPOINT = (
-    update(_RUN)
-    .where(_RUN.c.id == bindparam("b_id"))
-    .values(
-        current_state=bindparam("b_state"), model=bindparam("b_model"),
-        state_json=bindparam("b_json"),
-    )
-)  # fmt: skip
-_CHECKPOINT_OWNED = Fixed(_CHECKPOINT.where(_RUN.c.owner == bindparam("b_owner")))
+_INS_EVENT = Fixed("insert_event")
+_INS_ATTEMPT = Fixed("insert_attempt")
+_INS_DEFINITION = Fixed("insert_definition")
+_INS_USAGE = Fixed("insert_usage")
+_DEFINITION_EXISTS = Fixed("definition_exists")
+_END_ATTEMPT = Fixed("end_attempt")
+_PROGRESS_ATTEMPT = Fixed("attempt_progress")
+_ANSWERED_ATTEMPT = Fixed("attempt_answered")
+_CHECKPOINT_OWNED = Fixed("checkpoint_owned")
 """Only while the run is still the writer's (another process may have resumed it)."""
-_CHECKPOINT_ANY = Fixed(_CHECKPOINT)
-_HEARTBEAT = Fixed(
-    update(_RUN)
-    .where(_RUN.c.owner == bindparam("b_owner"), _RUN.c.status == "running")
-    .values(heartbeat_at=bindparam("b_at"))
-)
-_REOPEN = (
-    update(_RUN)
-    .where(_RUN.c.id == bindparam("b_id"))
-    .values(
-        status="running", current_state=bindparam("b_state"), model=bindparam("b_model"),
-        state_json=bindparam("b_json"), owner=bindparam("b_owner"),
-        heartbeat_at=bindparam("b_at"), resume_count=_RUN.c.resume_count + 1,
-        error_class=None, error_message=None, finished_at=None,
-    )
-)  # fmt: skip
-_BILLED_EXISTS = Fixed(
-    select(_USAGE.c.id).where(
-        _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.generation_id == bindparam("b_gen")
-    )
-)
-_LOCK_RUN = Fixed(select(_RUN.c.id).where(_RUN.c.id == bindparam("b_id")).with_for_update())
+_CHECKPOINT_ANY = Fixed("checkpoint")
+_HEARTBEAT = Fixed("heartbeat")
+_BILLED_EXISTS = Fixed("billed_exists")
+_LOCK_RUN = Fixed("lock_run")
+_FENCE_RUN = Fixed("fence_run")
+"""Proof of ownership before a request (see :mod:`._statements`)."""
+_LAST_ATTEMPT = Fixed("last_attempt")
 
 
-def append_events(conn: Connection, entries: Sequence[JournalEntry]) -> None:
+def append_events(conn: Tx | Connection, entries: Sequence[JournalEntry]) -> None:
     _INS_EVENT.executemany(
         conn,
         [
@@ -119,24 +62,17 @@ def append_events(conn: Connection, entries: Sequence[JournalEntry]) -> None:
     )  # fmt: skip
 
 
-def store_definition(conn: Connection, sha256: str, name: str, text: str, at: datetime) -> None:
+def store_definition(
+    conn: Tx | Connection, sha256: str, name: str, text: str, at: datetime
+) -> None:
     """Keep a workflow's text once per SHA-256 (processes starting together may both try:
     the second insert is a no-op, not a duplicate-key error)."""
-    if conn.execute(_DEFINITION_EXISTS, {"b_sha": sha256}).first() is not None:
+    if _DEFINITION_EXISTS.scalar(conn, {"b_sha": sha256}) is not None:
         return
-    dialect = conn.dialect.name
-    row = {"sha256": sha256, "name": name, "text": text, "created_at": at}
-    if dialect in ("postgresql", "sqlite"):
-        # imported here: the PostgreSQL dialect alone costs a SQLite command ~50 ms to start
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        module = postgresql if dialect == "postgresql" else sqlite
-        conn.execute(module.insert(_DEFINITION).values(**row).on_conflict_do_nothing())
-    else:
-        conn.execute(_INS_DEFINITION, row)
+    _INS_DEFINITION.execute(conn, {"sha256": sha256, "name": name, "text": text, "created_at": at})
 
 
-def checkpoint(conn: Connection, cp: Checkpoint) -> None:
+def checkpoint(conn: Tx | Connection, cp: Checkpoint) -> None:
     fenced = cp.owner is not None
     done = (_CHECKPOINT_OWNED if fenced else _CHECKPOINT_ANY).execute(
         conn,
@@ -149,22 +85,7 @@ def checkpoint(conn: Connection, cp: Checkpoint) -> None:
         append_events(conn, cp.entries)
 
 
-_FENCE_RUN = Fixed(
-    update(_RUN)
-    .where(
-        _RUN.c.id == bindparam("b_id"), _RUN.c.owner == bindparam("b_owner"),
-        _RUN.c.status == "running",
-    )
-    .values(heartbeat_at=bindparam("b_at"))
-)  # fmt: skip
-"""Proof of ownership before a request: it also takes the run's row lock (PostgreSQL), so a
-resume reopening the run and this owner's next attempt are serialised."""
-_LAST_ATTEMPT = Fixed(
-    select(func.max(_ATTEMPT.c.number)).where(_ATTEMPT.c.run_id == bindparam("b_run"))
-)
-
-
-def prove_owner(conn: Connection, run_id: str, owner: str, at: datetime) -> None:
+def prove_owner(conn: Tx | Connection, run_id: str, owner: str, at: datetime) -> None:
     """:class:`RunTakenOver` unless the run is running under ``owner`` (its heartbeat is
     refreshed to ``at`` as it is checked)."""
     if _FENCE_RUN.execute(conn, {"b_id": run_id, "b_owner": owner, "b_at": at}) != 1:
@@ -172,7 +93,7 @@ def prove_owner(conn: Connection, run_id: str, owner: str, at: datetime) -> None
 
 
 def insert_attempt(
-    conn: Connection, attempt: AttemptRow, owner: str | None = None, *, new_run: bool = False
+    conn: Tx | Connection, attempt: AttemptRow, owner: str | None = None, *, new_run: bool = False
 ) -> int:
     """Record a request about to leave under the run's next free number (returned).
 
@@ -196,7 +117,7 @@ def insert_attempt(
     return number
 
 
-def end_attempt(conn: Connection, attempt: AttemptRow) -> None:
+def end_attempt(conn: Tx | Connection, attempt: AttemptRow) -> None:
     _END_ATTEMPT.execute(
         conn,
         {"b_run": attempt.run_id, "b_number": attempt.number, "b_ended": attempt.ended_at,
@@ -207,14 +128,14 @@ def end_attempt(conn: Connection, attempt: AttemptRow) -> None:
     )  # fmt: skip
 
 
-def attempt_progress(conn: Connection, attempt: AttemptRow) -> None:
+def attempt_progress(conn: Tx | Connection, attempt: AttemptRow) -> None:
     _PROGRESS_ATTEMPT.execute(
         conn,
         {"b_run": attempt.run_id, "b_number": attempt.number, "b_gen": attempt.generation_id},
     )
 
 
-def attempt_answered(conn: Connection, attempt: AttemptRow) -> None:
+def attempt_answered(conn: Tx | Connection, attempt: AttemptRow) -> None:
     _ANSWERED_ATTEMPT.execute(
         conn,
         {"b_run": attempt.run_id, "b_number": attempt.number, "b_gen": attempt.generation_id,
@@ -224,24 +145,28 @@ def attempt_answered(conn: Connection, attempt: AttemptRow) -> None:
     )  # fmt: skip
 
 
-def heartbeat(conn: Connection, owner: str, at: datetime) -> None:
+def heartbeat(conn: Tx | Connection, owner: str, at: datetime) -> None:
     _HEARTBEAT.execute(conn, {"b_owner": owner, "b_at": at})
 
 
 def reopen(
-    conn: Connection,
+    conn: Tx | Connection,
     cp: Checkpoint,
     owner: str | None,
     at: datetime,
     expect: tuple[RunStatus, str | None] | None = None,
     definition: Definition | None = None,
 ) -> bool:
-    statement = _REOPEN
+    from sqlalchemy import update
+
+    from ._statements import REOPEN, RUN
+
+    statement = REOPEN
     if expect is not None:
-        statement = _REOPEN.where(
-            _RUN.c.status == expect[0], _RUN.c.owner.is_not_distinct_from(expect[1])
+        statement = REOPEN.where(
+            RUN.c.status == expect[0], RUN.c.owner.is_not_distinct_from(expect[1])
         )
-    done = conn.execute(
+    done = sa_of(conn).execute(
         statement,
         {"b_id": cp.run_id, "b_state": cp.current_state, "b_model": cp.model,
          "b_json": cp.state.to_json(), "b_owner": owner, "b_at": at},
@@ -250,9 +175,9 @@ def reopen(
         return False
     if definition is not None:
         store_definition(conn, definition.sha256, definition.name, definition.text, at)
-        conn.execute(
-            update(_RUN)
-            .where(_RUN.c.id == cp.run_id)
+        sa_of(conn).execute(
+            update(RUN)
+            .where(RUN.c.id == cp.run_id)
             .values(workflow=definition.name, workflow_sha256=definition.sha256)
         )
     if cp.entries:
@@ -260,7 +185,7 @@ def reopen(
     return True
 
 
-def book_billed(conn: Connection, billed: BilledAttempt) -> None:
+def book_billed(conn: Tx | Connection, billed: BilledAttempt) -> None:
     # Two processes resuming one run book its lost attempts before either has taken the run:
     # the run's row lock makes the second see the first's row on PostgreSQL (SQLite's
     # BEGIN IMMEDIATE already serialises them).
@@ -294,6 +219,14 @@ def load_runs(
     with_definition: bool = False,
 ) -> list[StoredRun]:
     """Runs (newest first) with their attempts, reply and booked cost."""
+    from sqlalchemy import select
+
+    from ._statements import ATTEMPT as _ATTEMPT
+    from ._statements import DEFINITION as _DEFINITION
+    from ._statements import MSG as _MSG
+    from ._statements import RUN as _RUN
+    from ._statements import USAGE as _USAGE
+
     query = select(_RUN).order_by(_RUN.c.started_at.desc()).limit(limit)
     if run_id is not None:
         query = query.where(_RUN.c.id == run_id)
@@ -370,6 +303,10 @@ def load_runs(
 
 def load_journal(conn: Connection, run_id: str) -> tuple[JournalEntry, ...]:
     """The run's journal rows in order."""
+    from sqlalchemy import select
+
+    from ._statements import EVENT as _EVENT
+
     rows = conn.execute(select(_EVENT).where(_EVENT.c.run_id == run_id).order_by(_EVENT.c.seq))
     return tuple(
         JournalEntry(e.run_id, e.seq, e.from_state, e.event, e.to_state, e.model, e.attempt,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import IntEnum
 from typing import Literal, Protocol
 
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
@@ -384,3 +385,15 @@ class UsageRow:
     interrupted_calls: int = 0
     interrupted_usd: Decimal = Decimal(0)
     """Of ``cost_usd``: streams that broke after their first token (billed, no reply)."""
+
+
+class Held(IntEnum):
+    """``budget_reservations.settled``: what a reservation stands for now."""
+
+    HELD = 0
+    """The attempt's worst case while it is in flight."""
+    SETTLED = 1
+    """The attempt's real cost (goes with its run: ``llm_usage`` then holds it)."""
+    UNBOOKED = 2
+    """The worst case of an attempt that may have been billed without a figure, kept past its
+    run's end (see ``Ledger.settle``)."""

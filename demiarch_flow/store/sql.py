@@ -3,10 +3,15 @@
 SQLAlchemy's async engine is asyncio-only, so the sync engine runs in ``trio.to_thread``. Writes
 go through one writer at a time per process (a ``trio.Lock``): with SQLite in WAL mode and a busy
 timeout that removes "database is locked" under load, and with PostgreSQL it keeps one process
-from hogging the pool. Every public method maps SQLAlchemy errors to
-:class:`~demiarch_flow.errors.PersistenceError` (or :class:`StoreUnavailable` when opening).
-Opening checks the schema first (:mod:`demiarch_flow.store.schema`): it creates, adopts or
-upgrades it, or refuses to run.
+from hogging the pool. Every public method maps database errors (SQLAlchemy's, or the driver's
+on SQLite's own connection) to :class:`~demiarch_flow.errors.PersistenceError` (or
+:class:`StoreUnavailable` when opening). Opening checks the schema first
+(:mod:`demiarch_flow.store.schema`): it creates, adopts or upgrades it, or refuses to run.
+
+A SQLite file already at this release's revision — what every run after the first finds — is
+checked with ``sqlite3`` and written through the store's own ``sqlite3`` connection, with the
+statements :mod:`._sqlite_sql` holds (:class:`_Writer`, :mod:`._fast`): SQLAlchemy is imported
+only when a report, a budget, a resume or a recovery needs it.
 """
 
 from __future__ import annotations
@@ -16,30 +21,17 @@ import dataclasses
 import functools
 import logging
 import sqlite3
+import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Table,
-    bindparam,
-    create_engine,
-    event,
-    func,
-    select,
-    update,
-)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
 
 from ..errors import (
     PersistenceError,
@@ -49,8 +41,8 @@ from ..errors import (
     redact,
 )
 from . import _runs
-from ._fast import Fixed, driver_sql, inserting
-from ._lite import read_only_connect
+from ._fast import Fixed, LiteTx, SaTx, Tx
+from ._lite import read_only_connect, sqlite_path
 from .base import (
     AttemptRow,
     BeganRun,
@@ -68,8 +60,12 @@ from .base import (
     StoredRun,
     UsageRow,
 )
-from .schema import prepare
-from .tables import ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from .tables import ChatMessage
 
 T = TypeVar("T")
 _TICK = timedelta(microseconds=1)
@@ -83,6 +79,9 @@ that accepts the connection and never answers would otherwise hang the command f
 
 def safe_url(url: str) -> str:
     """The URL with any password hidden, for messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -143,6 +142,11 @@ def open_engine(url: str, *, create: bool = True, read_only: bool = False) -> En
         StoreUnavailable: the URL is malformed, names a driver that is not installed, or (with
             ``create=False``) a SQLite file that does not exist.
     """
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.pool import StaticPool
+
     create = create and not read_only
     try:
         parsed = make_url(url)
@@ -212,6 +216,8 @@ def _synchronous(value: Any) -> str:
 @contextlib.contextmanager
 def opening(url: str) -> Iterator[None]:
     """Map a database error while opening ``url`` to :class:`StoreUnavailable` (exit 3)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         yield
     except SQLAlchemyError as exc:
@@ -222,13 +228,16 @@ class SqlStore:
     """The :class:`~demiarch_flow.store.base.Store` over a SQLAlchemy engine.
 
     Use :meth:`open` (which checks, creates or upgrades the schema) rather than the
-    constructor.
+    constructor. Opened on a SQLite file at this release's revision, it writes through its own
+    ``sqlite3`` connection (:class:`_Writer`) and creates the engine only when something needs
+    it (a report, budgets, a resume): a run then never imports SQLAlchemy.
     """
 
-    def __init__(self, engine: Engine, url: str) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine | None, url: str, *, writer: _Writer | None = None) -> None:
+        self._engine = engine
         self.url = url
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._engine_lock = threading.Lock()
+        self._sessions_made: sessionmaker[Session] | None = None
         self._write_lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
         self._queue: list[_Pending] = []
@@ -240,7 +249,7 @@ class SqlStore:
         self._recorded: dict[str, tuple[int, float]] = {}
         """Run → the number of its next request, committed with the run (``attempt_started``
         then has nothing to do), and when (trio's clock)."""
-        self._writer = _Writer(engine)
+        self._writer = writer if writer is not None else _Writer(engine)
         """SQLite's one write connection, kept open between commits (see :class:`_Writer`)."""
         self._inline = False
         """A commit on trio's own thread is under way: it must not wait for a lock."""
@@ -265,8 +274,14 @@ class SqlStore:
                 (:class:`~demiarch_flow.errors.SchemaMismatch`).
         """
         create = create and not read_only
+        if not read_only:
+            writer = _Writer.at_head(url)
+            if writer is not None:
+                return cls(None, url, writer=writer)
         engine = open_engine(url, create=create, read_only=read_only)
         try:
+            from .schema import prepare
+
             with opening(url):
                 prepare(engine, create=create, read_only=read_only)
             store = cls(engine, url)
@@ -293,11 +308,32 @@ class SqlStore:
             self.flush_sync()
         finally:
             self._writer.close()
-            self.engine.dispose()
+            if self._engine is not None:
+                self._engine.dispose()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (created at first use on a store that writes without it)."""
+        engine = self._engine
+        if engine is None:
+            with self._engine_lock:
+                engine = self._engine
+                if engine is None:
+                    engine = self._engine = open_engine(self.url)
+        return engine
+
+    @property
+    def _sessions(self) -> sessionmaker[Session]:
+        made = self._sessions_made
+        if made is None:
+            from sqlalchemy.orm import sessionmaker
+
+            made = self._sessions_made = sessionmaker(self.engine, expire_on_commit=False)
+        return made
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _write(self, op: Callable[[Connection], T]) -> T:
+    async def _write(self, op: Callable[[Tx], T]) -> T:
         """Run ``op`` in the next group commit: whoever holds the writer lock runs every queued
         write (checkpoints and journal rows included) in one transaction and one thread hop."""
         pending = _Pending(op)
@@ -367,18 +403,18 @@ class SqlStore:
             p.settle(value=value)
 
     @contextlib.contextmanager
-    def _writing(self, *, wait: bool = True) -> Iterator[Connection]:
+    def _writing(self, *, wait: bool = True) -> Iterator[Tx]:
         """A write transaction. On SQLite it takes the write lock at its start (``BEGIN
         IMMEDIATE``): a deferred one that reads first and writes later cannot wait for another
         process's write lock in WAL mode and fails at once with "database is locked". SQLite
         writes on the store's one kept connection (:class:`_Writer`); PostgreSQL checks one out
         of the pool (pinged first: a server may have dropped an idle one)."""
-        if self.engine.dialect.name != "sqlite":
+        if not self._writer.sqlite:
             with self.engine.begin() as conn:
-                yield conn
+                yield SaTx(conn)
             return
-        with self._writer.transaction(wait=wait) as conn:
-            yield conn
+        with self._writer.transaction(wait=wait) as tx:
+            yield tx
 
     async def _read_conn(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` on a connection in a read transaction (after committing the queue)."""
@@ -396,6 +432,8 @@ class SqlStore:
         )
 
     def _in_session(self, fn: Callable[[Session], T]) -> T:
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             with self._sessions.begin() as session:
                 return fn(session)
@@ -543,6 +581,10 @@ class SqlStore:
         no assistant reply yet, and the conversation still exists."""
 
         def read(session: Session) -> set[str]:
+            from sqlalchemy import select
+
+            from .tables import ChatMessage, Conversation
+
             replied: set[str | None] = set()
             conversations: set[str] = set()
             for start in range(0, len(runs), 500):
@@ -568,6 +610,10 @@ class SqlStore:
 
     async def conversations(self, limit: int) -> list[ConversationSummary]:
         def read(session: Session) -> list[ConversationSummary]:
+            from sqlalchemy import func, select
+
+            from .tables import ChatMessage, Conversation
+
             counts = (
                 select(ChatMessage.conversation_id, func.count().label("n"))
                 .group_by(ChatMessage.conversation_id)
@@ -585,6 +631,10 @@ class SqlStore:
 
     async def messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
         def read(session: Session) -> list[StoredMessage]:
+            from sqlalchemy import select
+
+            from .tables import ChatMessage, Conversation
+
             if session.get(Conversation, conversation_id) is None:
                 raise UnknownConversation(conversation_id)
             rows = session.scalars(
@@ -601,6 +651,10 @@ class SqlStore:
         """Calls, tokens and spend grouped by model, day or conversation (summed exactly)."""
 
         def read(session: Session) -> list[UsageRow]:
+            from sqlalchemy import select
+
+            from .tables import LlmUsage
+
             query = select(LlmUsage)
             if since is not None:
                 query = query.where(LlmUsage.request_timestamp >= since)
@@ -632,6 +686,10 @@ class SqlStore:
         """Rows per table (for tests and ``demo``)."""
 
         def read(session: Session) -> dict[str, int]:
+            from sqlalchemy import func, select
+
+            from .tables import ChatMessage, Conversation, LlmUsage, RunEvent, WorkflowRun
+
             return {
                 t.__tablename__: session.scalar(select(func.count()).select_from(t)) or 0
                 for t in (Conversation, ChatMessage, LlmUsage, WorkflowRun, RunEvent)
@@ -666,20 +724,72 @@ class _Writer:
     and one runs from a worker thread every :data:`CHECKPOINT_EVERY` inline commits).
     ``synchronous=FULL`` syncs the WAL at every commit, and PostgreSQL's commit is a round
     trip: those commit from a worker thread, as before.
+
+    Opened by :meth:`at_head` on a SQLite file at this release's revision, it is a ``sqlite3``
+    connection of its own, set up as :func:`open_engine`'s are (busy timeout, WAL,
+    foreign keys, ``synchronous``), and SQLAlchemy is not imported unless a statement built
+    as it goes (a resume, a recovery) needs a SQLAlchemy connection in the same transaction
+    (:attr:`~._fast.Tx.sa`, made once over this connection). Otherwise it is the driver's
+    connection of one of the engine's. The store's statements run on it as a
+    :class:`~._fast.LiteTx` either way.
     """
 
-    __slots__ = ("__weakref__", "_conn", "_engine", "_since_checkpoint", "inline")
+    __slots__ = (
+        "__weakref__", "_conn", "_engine", "_path", "_sa", "_since_checkpoint", "_tx", "inline",
+    )  # fmt: skip
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine | None, path: Path | None = None) -> None:
         self._engine = engine
-        self._conn: Connection | None = None
+        self._path = path
+        """The file this writer opens itself (no engine)."""
+        self._conn: sqlite3.Connection | None = None
+        self._sa: Connection | None = None
+        """A SQLAlchemy connection over ``_conn`` (the engine's own, or made at first need)."""
+        self._tx: LiteTx | None = None
         self.inline = False
         """Known once the connection is open (``open_sync`` opens it; a store built directly
         on an engine opens it at its first commit, which then runs in a thread)."""
         self._since_checkpoint = 0
-        # A store dropped without close() (a process dying, in tests) must not leave its
-        # connection checked out: the pool would warn when the collector finds it.
-        event.listen(engine, "engine_disposed", _Writer._disposed(weakref.ref(self)))
+        if engine is not None and engine.dialect.name == "sqlite":
+            from sqlalchemy import event
+
+            # A store dropped without close() (a process dying, in tests) must not leave its
+            # connection checked out: the pool would warn when the collector finds it.
+            event.listen(engine, "engine_disposed", _Writer._disposed(weakref.ref(self)))
+
+    @classmethod
+    def at_head(cls, url: str) -> _Writer | None:
+        """The writer of ``url`` if it is a plain SQLite file (``sqlite:///path``) at this
+        release's revision, with every table and column of it; ``None`` for anything else —
+        another URL, a missing file, another revision, a missing column, any driver error —
+        which :func:`~demiarch_flow.store.schema.prepare` then creates, upgrades or refuses
+        with its own message, as it checks (here without SQLAlchemy) the common case."""
+        path = sqlite_path(url)
+        if path is None or "~" in url or not path.is_file():
+            return None  # (SQLAlchemy opens ``~`` as written, not as the home folder)
+        writer = cls(None, path)
+        try:
+            cur = writer._connection().cursor()
+            try:
+                from ._sqlite_sql import HEAD, LAYOUT
+
+                if cur.execute("SELECT version_num FROM alembic_version").fetchall() != [(HEAD,)]:
+                    raise LookupError(HEAD)
+                for table, columns in LAYOUT.items():
+                    have = {r[1] for r in cur.execute(f'PRAGMA table_info("{table}")')}
+                    if not have.issuperset(columns):
+                        raise LookupError(table)
+            finally:
+                cur.close()
+        except (sqlite3.Error, LookupError):
+            writer.close()
+            return None
+        return writer
+
+    @property
+    def sqlite(self) -> bool:
+        """Whether the database is SQLite (else there is no kept connection)."""
+        return self._engine is None or self._engine.dialect.name == "sqlite"
 
     @staticmethod
     def _disposed(writer: weakref.ref[_Writer]) -> Callable[[Engine], None]:
@@ -692,64 +802,98 @@ class _Writer:
 
     def open(self) -> None:
         """Open the connection now (SQLite; nothing for another database)."""
-        if self._engine.dialect.name == "sqlite":
+        if self.sqlite:
             self._connection()
 
-    def _connection(self) -> Connection:
+    def _connection(self) -> sqlite3.Connection:
         conn = self._conn
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._engine.connect()
-            with _cursor_of(conn) as cur:
+        if conn is None or (self._sa is not None and (self._sa.closed or self._sa.invalidated)):
+            if self._engine is None:
+                assert self._path is not None
+                conn = sqlite3.connect(self._path, check_same_thread=False, timeout=_SQLITE_WAIT_S)
+                try:
+                    _sqlite_pragmas(conn, None)
+                except BaseException:
+                    conn.close()
+                    raise
+            else:
+                self._sa = self._engine.connect()
+                conn = self._sa.connection.dbapi_connection  # type: ignore[assignment]
+                assert conn is not None
+            cur = conn.cursor()
+            try:
                 mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
                 synchronous = cur.execute("PRAGMA synchronous").fetchone()[0]
                 self.inline = str(mode).lower() == "wal" and synchronous == 1  # NORMAL
                 if self.inline:
                     cur.execute("PRAGMA busy_timeout=0")
                     cur.execute("PRAGMA wal_autocheckpoint=0")
+            finally:
+                cur.close()
             self._conn = conn
-            weakref.finalize(self, conn.close)
+            self._tx = LiteTx(conn, self._sa_connection)
+            weakref.finalize(self, (self._sa or conn).close)
         return conn
 
+    def _sa_connection(self) -> Connection:
+        """A SQLAlchemy connection in the writer's transaction: the engine's own, or one made
+        (once) over the writer's ``sqlite3`` connection, which SQLAlchemy never resets (the
+        writer commits and rolls back itself)."""
+        sa = self._sa
+        if sa is None:
+            from sqlalchemy import create_engine
+            from sqlalchemy.pool import StaticPool
+
+            conn = _WriterOwnsRollback(self._conn)
+            engine = create_engine(
+                "sqlite://", creator=lambda: conn, poolclass=StaticPool, pool_reset_on_return=None
+            )
+            sa = self._sa = engine.connect()
+        return sa
+
     @contextlib.contextmanager
-    def transaction(self, *, wait: bool) -> Iterator[Connection]:
+    def transaction(self, *, wait: bool) -> Iterator[LiteTx]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` on the kept connection; without ``wait``,
         :class:`_Busy` at once if another process holds the write lock. After a failure the
         connection is closed, and the next transaction opens another."""
         conn = self._connection()
-        self._begin(conn, wait)  # _Busy: nothing began, the connection stays
+        tx = self._tx
+        assert tx is not None
+        self._begin(tx, wait)  # _Busy: nothing began, the connection stays
         try:
-            yield conn
+            yield tx
             # Committed on the driver's connection: the statements ran on its cursor, and
             # SQLAlchemy's transaction object (its events, its reset) would cost more than
             # they do; one that a Core ``execute`` in the block began is committed through it.
-            if conn.in_transaction():
-                conn.commit()
+            sa = self._sa
+            if sa is not None and sa.in_transaction():
+                sa.commit()
             else:
-                conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+                conn.commit()
         except BaseException:
             with contextlib.suppress(Exception):
-                conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+                conn.rollback()
             self.close()
             raise
         self._since_checkpoint += 1
 
-    def _begin(self, conn: Connection, wait: bool) -> None:
+    def _begin(self, tx: LiteTx, wait: bool) -> None:
         if not self.inline:
-            driver_sql(conn, "BEGIN IMMEDIATE")
+            tx.driver_sql("BEGIN IMMEDIATE")
             return
         if not wait:
             try:
-                driver_sql(conn, "BEGIN IMMEDIATE")
-            except OperationalError as exc:
+                tx.driver_sql("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     raise _Busy from None
                 raise
             return
-        driver_sql(conn, f"PRAGMA busy_timeout={int(_SQLITE_WAIT_S * 1000)}")
+        tx.driver_sql(f"PRAGMA busy_timeout={int(_SQLITE_WAIT_S * 1000)}")
         try:
-            driver_sql(conn, "BEGIN IMMEDIATE")
+            tx.driver_sql("BEGIN IMMEDIATE")
         finally:
-            driver_sql(conn, "PRAGMA busy_timeout=0")
+            tx.driver_sql("PRAGMA busy_timeout=0")
 
     def checkpoint_due(self) -> bool:
         return self.inline and self._since_checkpoint >= CHECKPOINT_EVERY
@@ -759,25 +903,57 @@ class _Writer:
         failure is logged, not raised — the WAL keeps the commits, and the next one retries."""
         self._since_checkpoint = 0
         try:
-            with _cursor_of(self._connection()) as cur:
+            cur = self._connection().cursor()
+            try:
                 cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except (sqlite3.Error, SQLAlchemyError) as exc:
+            finally:
+                cur.close()
+        except Exception as exc:
+            if not _database_error(exc):
+                raise
             logging.getLogger("demiarch_flow").warning("WAL checkpoint failed: %s", _short(exc))
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        conn, self._conn, self._tx = self._conn, None, None
+        sa, self._sa = self._sa, None
+        with contextlib.suppress(Exception):
+            if sa is not None:
+                sa.close()
+                if self._engine is None:
+                    sa.engine.dispose()  # the one made over ``conn``
+        if conn is not None and self._engine is None:
             with contextlib.suppress(Exception):
                 conn.close()
 
 
-@contextlib.contextmanager
-def _cursor_of(conn: Connection) -> Iterator[Any]:
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        yield cursor
-    finally:
-        cursor.close()
+class _WriterOwnsRollback:
+    """The writer's ``sqlite3`` connection as the SQLAlchemy engine made over it sees it: the
+    same connection, but its ``rollback`` does nothing. That engine is made in the middle of
+    a transaction, and SQLAlchemy rolls a new engine's first connection back once it has read
+    the server's settings: that would drop the writes the transaction made before it (and end
+    the ``BEGIN IMMEDIATE``). The writer rolls back the connection itself on any failure."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        object.__setattr__(self, "_conn", conn)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._conn, name, value)
+
+    def rollback(self) -> None:
+        """Nothing: see the class doc."""
+
+
+def _database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database's (the driver's, or SQLAlchemy's if it is loaded)."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    return sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.SQLAlchemyError)
 
 
 class _CheckpointOp:
@@ -791,8 +967,8 @@ class _CheckpointOp:
     def merge(self, later: Checkpoint) -> None:
         self.cp = dataclasses.replace(later, entries=(*self.cp.entries, *later.entries))
 
-    def __call__(self, conn: Connection) -> None:
-        _runs.checkpoint(conn, self.cp)
+    def __call__(self, tx: Tx) -> None:
+        _runs.checkpoint(tx, self.cp)
 
 
 class _Pending:
@@ -800,7 +976,7 @@ class _Pending:
 
     __slots__ = ("done", "error", "op", "value")
 
-    def __init__(self, op: Callable[[Connection], Any]) -> None:
+    def __init__(self, op: Callable[[Tx], Any]) -> None:
         self.op = op
         self.done = False
         self.value: Any = None
@@ -814,12 +990,12 @@ class _Pending:
             return self.value
         if isinstance(self.error, UnknownConversation | PersistenceError):
             raise self.error
-        if isinstance(self.error, SQLAlchemyError):
+        if _database_error(self.error):
             raise PersistenceError(f"database error: {_short(self.error)}") from None
         raise self.error
 
 
-def _nothing(conn: Connection) -> None:
+def _nothing(tx: Tx) -> None:
     return None
 
 
@@ -834,68 +1010,39 @@ def _stored(m: ChatMessage) -> StoredMessage:
     )
 
 
-_CONV: Table = Conversation.__table__  # type: ignore[assignment]
-_MSG: Table = ChatMessage.__table__  # type: ignore[assignment]
-_USAGE: Table = LlmUsage.__table__  # type: ignore[assignment]
-_RUN: Table = WorkflowRun.__table__  # type: ignore[assignment]
-
-
-# Statements are built once with bind parameters: building ``insert().values(...)`` per call
-# costs more than the SQL itself; those every run writes are also compiled once and run on the
-# DB-API cursor (:mod:`._fast`).
-_INS_CONV = inserting(_CONV)
-_INS_MSG = inserting(_MSG)
-_INS_RUN = inserting(_RUN)
-_INS_USAGE = inserting(_USAGE)
-_CONV_EXISTS = select(_CONV.c.id).where(_CONV.c.id == bindparam("b_id"))
-_HISTORY = (
-    select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content, _MSG.c.model,
-           _MSG.c.created_at, _MSG.c.run_id, _MSG.c.token_count)
-    .where(_MSG.c.conversation_id == bindparam("b_id"))
-    .order_by(_MSG.c.created_at.desc())
-    .limit(bindparam("b_limit"))
-)  # fmt: skip
-_TOUCH_CONV = Fixed(
-    update(_CONV).where(_CONV.c.id == bindparam("b_id")).values(updated_at=bindparam("b_at"))
-)
-_FINISH = (
-    update(_RUN)
-    .where(_RUN.c.id == bindparam("b_id"))
-    .values(
-        status=bindparam("b_status"), current_state=bindparam("b_state"),
-        model=bindparam("b_model"), error_class=bindparam("b_class"),
-        error_message=bindparam("b_message"), finished_at=bindparam("b_at"),
-    )
-)  # fmt: skip
-_FINISH_OWNED = _FINISH.where(_RUN.c.owner == bindparam("b_owner"))
+# The statements every run writes, by name (:mod:`._statements`), run on the DB-API cursor
+# (:mod:`._fast`): built and compiled once, or generated ahead of time for SQLite.
+_INS_CONV = Fixed("insert_conversation")
+_INS_MSG = Fixed("insert_message")
+_INS_RUN = Fixed("insert_run")
+_INS_USAGE = Fixed("insert_usage")
+_CONV_EXISTS = Fixed("conversation_exists")
+_HISTORY = Fixed("history")
+_TOUCH_CONV = Fixed("touch_conversation")
 _ENDS = {
-    (fenced, again): Fixed(statement if again else statement.where(_RUN.c.status == "running"))
-    for fenced, statement in ((False, _FINISH), (True, _FINISH_OWNED))
+    (fenced, again): Fixed(f"end{'_owned' if fenced else ''}{'_again' if again else ''}")
+    for fenced in (False, True)
     for again in (False, True)
 }
 """The run's end: (owner-fenced, even if it ended already) → statement (see ``_finish``)."""
 _ENDS_WITH_STATE = {
-    fenced: Fixed(statement.values(state_json=bindparam("b_json")))
-    for fenced, statement in ((False, _FINISH), (True, _FINISH_OWNED))
+    fenced: Fixed(f"end{'_owned' if fenced else ''}_with_state") for fenced in (False, True)
 }
 """The run's end with its last checkpoint's JSON, even if it ended already: owner-fenced →
 statement."""
-_REPLY_OF_RUN = Fixed(
-    select(_USAGE.c.message_id).where(
-        _USAGE.c.run_id == bindparam("b_run"), _USAGE.c.outcome == "reply"
-    )
-)
+_REPLY_OF_RUN = Fixed("reply_of_run")
+_OWNER_OF_RUN = Fixed("owner_of_run")
 
 
-def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
+def _begin_run(tx: Tx, run: NewRun, define: bool = False) -> BeganRun:
     if define:
-        _runs.store_definition(conn, run.workflow_sha256, run.workflow, run.definition, run.at)
+        _runs.store_definition(tx, run.workflow_sha256, run.workflow, run.definition, run.at)
     if run.resumed:
-        began = _began_already(conn, run)
+        began = _began_already(tx, run)
         if began is not None:
             if run.first_attempt is not None:
                 began = dataclasses.replace(
-                    began, first_attempt=_runs.insert_attempt(conn, run.first_attempt, run.owner)
+                    began, first_attempt=_runs.insert_attempt(tx, run.first_attempt, run.owner)
                 )
             return began
     created = run.conversation_id is None
@@ -905,37 +1052,35 @@ def _begin_run(conn: Connection, run: NewRun, define: bool = False) -> BeganRun:
     history: list[StoredMessage] = []
     if created:
         _INS_CONV.execute(
-            conn,
+            tx,
             {"id": conv_id, "project_id": run.project_id, "title": run.title,
              "created_at": at, "updated_at": at},
         )  # fmt: skip
     else:
-        if conn.execute(_CONV_EXISTS, {"b_id": conv_id}).first() is None:
+        if _CONV_EXISTS.scalar(tx, {"b_id": conv_id}) is None:
             raise UnknownConversation(conv_id)
-        rows = conn.execute(
-            _HISTORY, {"b_id": conv_id, "b_limit": max(run.context_messages, 1)}
-        ).all()
-        if rows and at <= rows[0].created_at:
-            at = rows[0].created_at + _TICK  # keep the conversation strictly ordered
+        rows = _HISTORY.rows(tx, {"b_id": conv_id, "b_limit": max(run.context_messages, 1)})
+        if rows and at <= rows[0][5]:  # created_at
+            at = rows[0][5] + _TICK  # keep the conversation strictly ordered
         if run.context_messages > 0:
             history = [StoredMessage(*r) for r in reversed(rows)]
-        _TOUCH_CONV.execute(conn, {"b_id": conv_id, "b_at": at})
+        _TOUCH_CONV.execute(tx, {"b_id": conv_id, "b_at": at})
     _INS_MSG.execute(
-        conn,
+        tx,
         {"id": run.user_message_id, "conversation_id": conv_id, "project_id": run.project_id,
          "role": "user", "content": run.content, "model": None, "token_count": None,
          "run_id": run.run_id, "created_at": at},
     )  # fmt: skip
-    _add_run(conn, run, conv_id)
+    _add_run(tx, run, conv_id)
     first = None
     if run.first_attempt is not None:  # after the run row it refers to
-        first = _runs.insert_attempt(conn, run.first_attempt, new_run=True)
+        first = _runs.insert_attempt(tx, run.first_attempt, new_run=True)
     return BeganRun(conv_id, tuple(history), at, first)
 
 
-def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None:
+def _add_run(tx: Tx, run: NewRun, conversation_id: str | None) -> None:
     _INS_RUN.execute(
-        conn,
+        tx,
         {"id": run.run_id, "workflow": run.workflow, "workflow_sha256": run.workflow_sha256,
          "conversation_id": conversation_id, "status": "running",
          "current_state": run.state, "model": None, "error_class": None,
@@ -946,9 +1091,13 @@ def _add_run(conn: Connection, run: NewRun, conversation_id: str | None) -> None
     )  # fmt: skip
 
 
-def _began_already(conn: Connection, run: NewRun) -> BeganRun | None:
+def _began_already(tx: Tx, run: NewRun) -> BeganRun | None:
     """A resumed LoadContext: the run's message is stored already; read back what it got."""
-    user = conn.execute(
+    from sqlalchemy import select
+
+    from ._statements import MSG as _MSG
+
+    user = tx.sa.execute(
         select(_MSG.c.conversation_id, _MSG.c.created_at).where(
             _MSG.c.run_id == run.run_id, _MSG.c.role == "user"
         )
@@ -958,7 +1107,7 @@ def _began_already(conn: Connection, run: NewRun) -> BeganRun | None:
     conv_id, at = user
     history: list[StoredMessage] = []
     if run.context_messages > 0:
-        rows = conn.execute(
+        rows = tx.sa.execute(
             select(_MSG.c.id, _MSG.c.conversation_id, _MSG.c.role, _MSG.c.content,
                    _MSG.c.model, _MSG.c.created_at, _MSG.c.run_id, _MSG.c.token_count)
             .where(_MSG.c.conversation_id == conv_id, _MSG.c.created_at < at)
@@ -969,22 +1118,22 @@ def _began_already(conn: Connection, run: NewRun) -> BeganRun | None:
     return BeganRun(conv_id, tuple(history), at)
 
 
-def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | None) -> str:
+def _save_reply(tx: Tx, reply: Reply, end: RunEnd, cp: Checkpoint | None) -> str:
     """The reply, its usage and the run's end (with its last checkpoint), once per run: a run
     saved already keeps its first reply (whatever generation ids the endpoint reuses)."""
-    existing = _REPLY_OF_RUN.scalar(conn, {"b_run": reply.run_id})
+    existing = _REPLY_OF_RUN.scalar(tx, {"b_run": reply.run_id})
     if existing is not None:
-        _finish(conn, end, cp)
+        _finish(tx, end, cp)
         return str(existing)
     _INS_MSG.execute(
-        conn,
+        tx,
         {"id": reply.message_id, "conversation_id": reply.conversation_id,
          "project_id": reply.project_id, "role": "assistant", "content": reply.content,
          "model": reply.model, "token_count": reply.completion_tokens, "run_id": reply.run_id,
          "created_at": reply.created_at},
     )  # fmt: skip
     _INS_USAGE.execute(
-        conn,
+        tx,
         {"id": reply.usage_id, "conversation_id": reply.conversation_id,
          "message_id": reply.message_id, "run_id": reply.run_id,
          "project_id": reply.project_id, "model": reply.model,
@@ -995,31 +1144,25 @@ def _save_reply(conn: Connection, reply: Reply, end: RunEnd, cp: Checkpoint | No
          "latency_ms": reply.latency_ms, "attempts": reply.attempts,
          "request_timestamp": reply.request_timestamp, "outcome": "reply"},
     )  # fmt: skip
-    _TOUCH_CONV.execute(conn, {"b_id": reply.conversation_id, "b_at": reply.created_at})
-    _finish(conn, end, cp, again=True)  # the run's answer is stored: that is how it ended
+    _TOUCH_CONV.execute(tx, {"b_id": reply.conversation_id, "b_at": reply.created_at})
+    _finish(tx, end, cp, again=True)  # the run's answer is stored: that is how it ended
     return reply.message_id
 
 
-_ASSISTANT_OF_RUN = select(_MSG.c.id).where(
-    _MSG.c.run_id == bindparam("b_run"), _MSG.c.role == "assistant"
-)
-_RUN_STATE = select(_RUN.c.current_state).where(_RUN.c.id == bindparam("b_id"))
+def _import_reply(tx: Tx, reply: Reply, final_state: str | None) -> ImportResult:
+    from ._statements import ASSISTANT_OF_RUN, RUN_STATE
 
-
-def _import_reply(conn: Connection, reply: Reply, final_state: str | None) -> ImportResult:
-    if conn.execute(_ASSISTANT_OF_RUN, {"b_run": reply.run_id}).first() is not None:
+    if tx.sa.execute(ASSISTANT_OF_RUN, {"b_run": reply.run_id}).first() is not None:
         return "present"
-    if conn.execute(_CONV_EXISTS, {"b_id": reply.conversation_id}).first() is None:
+    if _CONV_EXISTS.scalar(tx, {"b_id": reply.conversation_id}) is None:
         return "no_conversation"
-    state = final_state or conn.execute(_RUN_STATE, {"b_id": reply.run_id}).scalar() or ""
+    state = final_state or tx.sa.execute(RUN_STATE, {"b_id": reply.run_id}).scalar() or ""
     end = RunEnd(reply.run_id, "succeeded", state, reply.model, None, None, reply.request_timestamp)
-    _save_reply(conn, reply, end, None)
+    _save_reply(tx, reply, end, None)
     return "imported"
 
 
-def _finish(
-    conn: Connection, end: RunEnd, cp: Checkpoint | None = None, *, again: bool = False
-) -> None:
+def _finish(tx: Tx, end: RunEnd, cp: Checkpoint | None = None, *, again: bool = False) -> None:
     """End the run: only a running one (an end is never overwritten — a SIGTERM just after
     Persist committed once marked a succeeded run cancelled), unless ``again`` (an import of
     the run's paid answer, which is the truth about it). Owner-fenced when ``end.owner``."""
@@ -1032,20 +1175,20 @@ def _finish(
     if cp is not None and again and (cp.run_id, cp.owner) == (end.run_id, end.owner):
         # The checkpoint and the end update the same row under the same condition (its
         # owner): one UPDATE, the end's columns over the checkpoint's, as two would leave it.
-        done = _ENDS_WITH_STATE[fenced].execute(conn, {**params, "b_json": cp.state.to_json()})
+        done = _ENDS_WITH_STATE[fenced].execute(tx, {**params, "b_json": cp.state.to_json()})
         if cp.entries:
-            _runs.append_events(conn, cp.entries)
+            _runs.append_events(tx, cp.entries)
     else:
         if cp is not None:
-            _runs.checkpoint(conn, cp)
-        done = _ENDS[fenced, again].execute(conn, params)
+            _runs.checkpoint(tx, cp)
+        done = _ENDS[fenced, again].execute(tx, params)
     if fenced and done != 1:
-        owner = conn.execute(select(_RUN.c.owner).where(_RUN.c.id == end.run_id)).scalar()
+        owner = _OWNER_OF_RUN.scalar(tx, {"b_id": end.run_id})
         if owner != end.owner:
             raise RunTakenOver(end.run_id)
 
 
-def _fence_reused(conn: Connection, attempt: AttemptRow, owner: str | None) -> None:
+def _fence_reused(tx: Tx, attempt: AttemptRow, owner: str | None) -> None:
     """Prove ownership for a request recorded ahead a while ago (see ``attempt_started``)."""
     if owner is not None:
-        _runs.prove_owner(conn, attempt.run_id, owner, attempt.started_at)
+        _runs.prove_owner(tx, attempt.run_id, owner, attempt.started_at)

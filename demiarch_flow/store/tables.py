@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import IntEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..pricing import NANO
+from .base import Held as Held  # where budgets' code, which needs no SQLAlchemy, finds it
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -70,15 +70,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         against SQLAlchemy's pair); ``None`` elsewhere (SQLAlchemy's processors are used)."""
         if dialect.name != "sqlite":
             return None
+        from ._fast import sqlite_utc
 
-        def process(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            if value.tzinfo is None:
-                raise ValueError("naive datetimes are not stored: pass a timezone-aware UTC time")
-            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-        return process
+        return sqlite_utc
 
 
 class USD(TypeDecorator[Decimal]):
@@ -260,18 +254,6 @@ class RunAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     """A failed attempt: what went wrong, as the run reported it (the provider's own words
     included)."""
-
-
-class Held(IntEnum):
-    """``budget_reservations.settled``: what a reservation stands for now."""
-
-    HELD = 0
-    """The attempt's worst case while it is in flight."""
-    SETTLED = 1
-    """The attempt's real cost (goes with its run: ``llm_usage`` then holds it)."""
-    UNBOOKED = 2
-    """The worst case of an attempt that may have been billed without a figure, kept past its
-    run's end (see ``Ledger.settle``)."""
 
 
 class BudgetReservation(Base):

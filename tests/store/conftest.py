@@ -83,20 +83,29 @@ def fresh_postgres() -> SqlStore:
 
 def _open(kind: str, tmp_path: Path) -> Iterator[SqlStore]:
     url = f"sqlite:///{tmp_path / 'flow.db'}"
-    store = fresh_postgres() if kind == "postgres" else SqlStore.open_sync(url)
+    if kind == "sqlite-lite":  # created, then reopened at head: written without SQLAlchemy
+        SqlStore.open_sync(url).close()
+        store = SqlStore.open_sync(url)
+        assert store._engine is None
+    else:
+        store = fresh_postgres() if kind == "postgres" else SqlStore.open_sync(url)
     try:
         yield store
     finally:
         store.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=["sqlite", "sqlite-lite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
     """A fresh SQL store on each engine."""
     yield from _open(request.param, tmp_path)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
+@pytest.fixture(
+    params=["sqlite", "sqlite-lite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"]
+)
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore | MemoryStore]:
     """Every implementation of the Store interface."""
     if request.param == "memory":

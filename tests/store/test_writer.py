@@ -44,7 +44,7 @@ def _probed(store: SqlStore) -> list[int]:
 
 
 def _pragma(store: SqlStore, name: str) -> Any:
-    cur = store._writer._connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cur = store._writer._connection().cursor()
     try:
         return cur.execute(f"PRAGMA {name}").fetchone()[0]
     finally:
@@ -71,7 +71,7 @@ async def test_a_run_commits_inline_on_one_kept_connection(
     """WAL + NORMAL: every commit of a run happens on trio's thread (no worker thread), on the
     one connection the store opened, with automatic WAL checkpoints off on it."""
     store = _store(tmp_path)
-    writer = store._writer._connection().connection.dbapi_connection
+    writer = store._writer._connection()
     assert store._writer.inline
     assert _pragma(store, "wal_autocheckpoint") == 0
     hops = Hops(monkeypatch)
@@ -80,7 +80,7 @@ async def test_a_run_commits_inline_on_one_kept_connection(
     )
     assert out.succeeded
     assert "_commit" not in hops.calls
-    assert store._writer._connection().connection.dbapi_connection is writer
+    assert store._writer._connection() is writer
     assert (await store.load_run(out.run_id)).status == "succeeded"  # type: ignore[union-attr]
     store.close()
 
