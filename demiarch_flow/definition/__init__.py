@@ -9,8 +9,8 @@ subclass with file, line, column and field path as attributes.
 The checks' libraries (PyYAML, jsonschema, python-statemachine) are imported when a text is
 checked, not with this package: :func:`load_workflow` given a ``cache`` folder rebuilds a text
 it has checked before without them (see :mod:`._cache`), and the model classes alone import
-nothing heavy. ``machine_class``, ``WorkflowMachine`` and ``workflow_schema`` are imported on
-first use.
+nothing heavy. ``machine_class``, ``WorkflowMachine``, ``workflow_schema`` and ``known_moves``
+(the transition table a cache entry kept) are imported on first use.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ __all__ = [
     "Workflow",
     "WorkflowMachine",
     "check_model_name",
+    "known_moves",
     "load_workflow",
     "machine_class",
     "parse_workflow",
@@ -64,10 +65,16 @@ __all__ = [
 
 __getattr__ = lazy_exports(
     __name__,
-    {"machine_class": "machine", "WorkflowMachine": "machine", "workflow_schema": "_schema"},
+    {
+        "machine_class": "machine",
+        "WorkflowMachine": "machine",
+        "workflow_schema": "_schema",
+        "known_moves": "_cache",
+    },
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._cache import known_moves
     from ._schema import workflow_schema
     from .machine import WorkflowMachine, machine_class
 

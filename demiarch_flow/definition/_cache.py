@@ -1,6 +1,11 @@
 """A checked workflow kept between processes, so that a command reading a file it has read
 before pays for neither PyYAML, jsonschema nor python-statemachine.
 
+Beside the document, an entry keeps the transition table read off the workflow's
+python-statemachine class when the text was checked
+(:func:`~.machine.transition_moves`): the runner drives a run on that table, so a ``run`` of a
+file checked before imports no python-statemachine either (:func:`known_moves`).
+
 Checking a workflow is cheap; importing what checks it is not (about 0.25 s, more than
 ``budget`` may take as a whole). So once a text has passed all three checks (YAML, schema,
 graph), the document they accepted is written here, and the next process that reads the same
@@ -39,8 +44,20 @@ from typing import Any
 
 from .model import Workflow, build_workflow
 
+#: id(workflow) → (workflow, initial, moves) for the workflows this process rebuilt from an
+#: entry with a table; the entry holds the workflow, so its id is not reused while it lives.
+_MOVES: dict[int, tuple[Workflow, str, dict[str, dict[str, str]]]] = {}
+
+
+def known_moves(wf: Workflow) -> tuple[str, dict[str, dict[str, str]]] | None:
+    """The transition table kept with ``wf``'s cache entry (initial state, state → event →
+    target), if ``wf`` was rebuilt from one in this process; ``None`` otherwise."""
+    hit = _MOVES.get(id(wf))
+    return (hit[1], hit[2]) if hit is not None and hit[0] is wf else None
+
+
 #: Raised when the layout of an entry changes: older entries are then misses.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 #: The libraries whose judgement a cached parse stands for.
 _CHECKED_BY = ("yaml", "jsonschema", "statemachine")
@@ -85,16 +102,50 @@ def cached(folder: Path, text: str, sha256: str, source: str) -> Workflow | None
     try:
         entry = json.loads(_entry(folder, sha256).read_bytes())
         doc_text = entry["doc"]
+        table_text = entry["table"]
         if (
             entry["format"] != CACHE_FORMAT
             or entry["sha256"] != sha256
             or entry["fingerprint"] != fingerprint()
-            or hashlib.sha256(doc_text.encode("utf-8")).hexdigest() != entry["doc_sha256"]
+            or _digest(doc_text, table_text) != entry["doc_sha256"]
         ):
             return None
-        return build_workflow(json.loads(doc_text), source=source, sha256=sha256, text=text)
+        wf = build_workflow(json.loads(doc_text), source=source, sha256=sha256, text=text)
+        table = json.loads(table_text)
+        if table is not None:
+            initial, moves = table["initial"], table["moves"]
+            if not (
+                isinstance(initial, str)
+                and isinstance(moves, dict)
+                and initial in moves
+                and all(
+                    isinstance(m, dict)
+                    and all(isinstance(t, str) and t in moves for t in m.values())
+                    for m in moves.values()
+                )
+            ):
+                return None
+            _MOVES[id(wf)] = (wf, initial, moves)
+        return wf
     except Exception:  # any unreadable entry is a miss, never an error
         return None
+
+
+def _digest(doc_text: str, table_text: str) -> str:
+    """What an entry's ``doc_sha256`` holds: its document and its table, as written."""
+    return hashlib.sha256(f"{doc_text}\0{table_text}".encode()).hexdigest()
+
+
+def _table_text(wf: Workflow) -> str:
+    """The transition table of ``wf``'s class as JSON (``null`` when no table can reproduce
+    the class: the runner then derives it, or refuses, as for an unchecked text)."""
+    from .machine import machine_class, transition_moves
+
+    try:
+        initial, moves = transition_moves(machine_class(wf))
+    except TypeError:
+        return "null"
+    return json.dumps({"initial": initial, "moves": moves}, ensure_ascii=False)
 
 
 def remember(folder: Path, doc: dict[str, Any], wf: Workflow) -> None:
@@ -107,12 +158,14 @@ def remember(folder: Path, doc: dict[str, Any], wf: Workflow) -> None:
         return  # a value JSON does not hold as it is (a date, a float that is not finite)
     if again != wf or repr(again) != repr(wf):  # repr: 1 and 1.0, or 1.1 and 1.10, differ
         return
+    table_text = _table_text(wf)
     entry = {
         "format": CACHE_FORMAT,
         "sha256": wf.sha256,
         "fingerprint": fingerprint(),
-        "doc_sha256": hashlib.sha256(doc_text.encode("utf-8")).hexdigest(),
+        "doc_sha256": _digest(doc_text, table_text),
         "doc": doc_text,
+        "table": table_text,
     }
     with contextlib.suppress(OSError):
         write_atomically(_entry(folder, wf.sha256), json.dumps(entry).encode("utf-8"))

@@ -15,6 +15,7 @@ from typing import Any
 
 from statemachine import State, StateMachine
 from statemachine.exceptions import InvalidDefinition
+from statemachine.transition import Transition
 
 from ..errors import GraphError, Location
 from .model import Workflow
@@ -50,3 +51,52 @@ def machine_class(wf: Workflow) -> type[WorkflowMachine]:
         return type(f"{class_name}Machine", (WorkflowMachine,), attrs)
     except InvalidDefinition as exc:
         raise GraphError(str(exc), location=Location(wf.source)) from None
+
+
+def transition_moves(machine: type[StateMachine]) -> tuple[str, dict[str, dict[str, str]]]:
+    """Read ``machine``'s ``send`` off the class: its initial state's value and, for every
+    state, event id → target value, as an instance's ``send`` would move (the first transition
+    in document order that the class's matcher accepts).
+
+    This is what :mod:`demiarch_flow.runner.table` drives runs on, and what the cache of
+    checked workflows keeps beside a document, so a run of a file checked before needs no
+    python-statemachine at all.
+
+    Raises:
+        TypeError: the class has something ``send`` would run or consult besides its states
+            and transitions (a guard, a callback, a compound or parallel state, an eventless or
+            multi-target transition, events that pass without a transition), so a table cannot
+            reproduce it.
+    """
+    if machine.allow_event_without_transition:
+        raise TypeError(f"{machine.__name__}: an event without a transition passes silently")
+    if machine.initial_state is None:
+        raise TypeError(f"{machine.__name__}: no initial state")
+    callbacks = machine()._callbacks._registry  # whatever an instance would call, resolved
+    if any(any(True for _ in executor) for executor in callbacks.values()):
+        raise TypeError(f"{machine.__name__}: it has guards or callbacks: {sorted(callbacks)}")
+    moves: dict[str, dict[str, str]] = {}
+    for state in machine.states_map.values():
+        if state.states or state.parallel:
+            raise TypeError(f"{machine.__name__}: {state.id} is compound or parallel")
+        for t in state.transitions:
+            if t.is_eventless:
+                raise TypeError(f"{machine.__name__}: {t} has no event")
+            only_target(t)
+        ids = [str(e.id) for t in state.transitions for e in t.events]
+        moves[str(state.value)] = {
+            event: str(only_target(next(t for t in state.transitions if t.match(event))).value)
+            for event in ids
+        }
+    return str(machine.initial_state.value), moves
+
+
+def only_target(t: Transition) -> Any:
+    """The one target state of ``t``.
+
+    Raises:
+        TypeError: ``t`` has none or several.
+    """
+    if len(t.targets) != 1:
+        raise TypeError(f"{t} does not have exactly one target")
+    return t.targets[0]

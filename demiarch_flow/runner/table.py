@@ -23,20 +23,17 @@ is the table.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from statemachine import StateMachine
-from statemachine.event import Event
-from statemachine.exceptions import InvalidStateValue, TransitionNotAllowed
-from statemachine.orderedset import OrderedSet
-from statemachine.transition import Transition
-
-from ..definition import Workflow, machine_class
+from ..definition import Workflow, known_moves
 from ..errors import EnvironmentProblem
+
+if TYPE_CHECKING:  # pragma: no cover
+    from statemachine import StateMachine
 
 #: The switch: which machine drives a run (``table`` unless set).
 MACHINE_ENV: Final = "DEMIARCH_FLOW_MACHINE"
@@ -58,15 +55,22 @@ class TransitionTable:
     """(state, event) → target of one machine class, as its ``send`` computes it.
 
     Attributes:
-        machine: the python-statemachine class this table was read from.
         initial: the value of its initial state.
         moves: state value → event → target value, for every event id a transition of the
             state names (an event outside it may still match a dotted prefix: :meth:`target`).
+        definition: gives the python-statemachine class this table was read from; called
+            only off the hot path (an event that is not an id of its state, an unknown
+            state), so a run on a table the cache kept imports no python-statemachine.
     """
 
-    machine: type[StateMachine]
     initial: str
     moves: Mapping[str, Mapping[str, str]]
+    definition: Callable[[], type[StateMachine]]
+
+    @property
+    def machine(self) -> type[StateMachine]:
+        """The python-statemachine class this table was read from."""
+        return self.definition()
 
     def target(self, state: str, event: str) -> str:
         """Where ``event`` takes a run in ``state``.
@@ -84,12 +88,18 @@ class TransitionTable:
     def _slow_target(self, state: str, event: str) -> str:
         """Not an event id of the state: the class's own matcher decides, as ``send`` would
         (``error`` matches ``error.timeout``), and no match is ``TransitionNotAllowed``."""
+        from statemachine.event import Event
+        from statemachine.exceptions import InvalidStateValue, TransitionNotAllowed
+        from statemachine.orderedset import OrderedSet
+
+        from ..definition.machine import only_target
+
         source = self.machine.states_map.get(state)
         if source is None:
             raise InvalidStateValue([state])  # type: ignore[no-untyped-call]
         for t in source.transitions:
             if t.match(event):
-                return str(_only_target(t).value)
+                return str(only_target(t).value)
         known = getattr(self.machine, event, None)
         name = known.name if isinstance(known, Event) else event
         raise TransitionNotAllowed(Event(id=event, name=name), OrderedSet([source]))
@@ -102,6 +112,8 @@ class TableMachine:
 
     def __init__(self, table: TransitionTable, start_value: str | None = None) -> None:
         if start_value is not None and start_value not in table.moves:
+            from statemachine.exceptions import InvalidStateValue
+
             raise InvalidStateValue([start_value])  # type: ignore[no-untyped-call]
         self.table = table
         self.current_state_value: str = table.initial if start_value is None else start_value
@@ -122,6 +134,8 @@ def start_machine(wf: Workflow, start_value: str | None = None) -> Machine:
     if driver == "table":
         return TableMachine(table_for(wf), start_value)
     if driver == "statemachine":
+        from ..definition import machine_class
+
         return machine_class(wf)(start_value=start_value)
     raise EnvironmentProblem(f"{MACHINE_ENV}={driver!r}: expected one of {', '.join(MACHINES)}")
 
@@ -133,51 +147,43 @@ _BY_ID: dict[int, tuple[Workflow, TransitionTable]] = {}
 
 
 def table_for(wf: Workflow) -> TransitionTable:
-    """The table of ``wf``'s machine class, derived once per workflow."""
+    """The table of ``wf``'s machine class, derived once per workflow — or, for a workflow the
+    cache of checked workflows rebuilt, the table kept beside it (derived from the same class
+    when the text was checked), so that python-statemachine is imported only when needed."""
     hit = _BY_ID.get(id(wf))
     if hit is not None and hit[0] is wf:
         return hit[1]
-    table = transition_table(machine_class(wf))
+    kept = known_moves(wf)
+    if kept is None:
+        table = transition_table(_machine_class(wf))
+    else:
+        initial, moves = kept
+        table = TransitionTable(initial, _frozen(moves), partial(_machine_class, wf))
     _BY_ID[id(wf)] = (wf, table)
     return table
 
 
 @cache
 def transition_table(machine: type[StateMachine]) -> TransitionTable:
-    """Read ``machine``'s ``send`` off the class, once per class.
+    """Read ``machine``'s ``send`` off the class, once per class
+    (:func:`~demiarch_flow.definition.machine.transition_moves`).
 
     Raises:
         TypeError: the class has something ``send`` would run or consult besides its states
             and transitions, so a table cannot reproduce it.
     """
-    if machine.allow_event_without_transition:
-        raise TypeError(f"{machine.__name__}: an event without a transition passes silently")
-    if machine.initial_state is None:
-        raise TypeError(f"{machine.__name__}: no initial state")
-    callbacks = machine()._callbacks._registry  # whatever an instance would call, resolved
-    if any(any(True for _ in executor) for executor in callbacks.values()):
-        raise TypeError(f"{machine.__name__}: it has guards or callbacks: {sorted(callbacks)}")
-    moves: dict[str, Mapping[str, str]] = {}
-    for state in machine.states_map.values():
-        if state.states or state.parallel:
-            raise TypeError(f"{machine.__name__}: {state.id} is compound or parallel")
-        for t in state.transitions:
-            if t.is_eventless:
-                raise TypeError(f"{machine.__name__}: {t} has no event")
-            _only_target(t)
-        # For each event id the state names, the first transition in document order that the
-        # class's matcher accepts: what the engine's transition selection would pick.
-        ids = [str(e.id) for t in state.transitions for e in t.events]
-        moves[str(state.value)] = MappingProxyType(
-            {
-                event: str(_only_target(next(t for t in state.transitions if t.match(event))).value)
-                for event in ids
-            }
-        )
-    return TransitionTable(machine, str(machine.initial_state.value), MappingProxyType(moves))
+    from ..definition.machine import transition_moves
+
+    initial, moves = transition_moves(machine)
+    return TransitionTable(initial, _frozen(moves), lambda: machine)
 
 
-def _only_target(t: Transition) -> Any:
-    if len(t.targets) != 1:
-        raise TypeError(f"{t} does not have exactly one target")
-    return t.targets[0]
+def _machine_class(wf: Workflow) -> type[StateMachine]:
+    """``wf``'s python-statemachine class, importing python-statemachine only now."""
+    from ..definition import machine_class
+
+    return machine_class(wf)
+
+
+def _frozen(moves: Mapping[str, Mapping[str, str]]) -> Mapping[str, Mapping[str, str]]:
+    return MappingProxyType({state: MappingProxyType(dict(m)) for state, m in moves.items()})

@@ -277,3 +277,58 @@ def test_without_a_home_folder_the_workflow_is_checked(monkeypatch: pytest.Monke
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     assert workflow_from(None).name == "chat"
+
+
+@pytest.mark.parametrize("which", ["rich", *[p.name for p in FILES]])
+def test_a_hit_carries_the_table_read_off_the_class(
+    which: str, tmp_path: Path, cache: Path
+) -> None:
+    """The entry keeps the transition table of the workflow's python-statemachine class, and
+    the workflow rebuilt from it carries exactly that table; one checked in this process
+    carries none (the runner derives it from the class)."""
+    from demiarch_flow.definition.machine import machine_class, transition_moves
+
+    path = rich(tmp_path) if which == "rich" else next(p for p in FILES if p.name == which)
+    first = load_workflow(path, cache=cache)
+    assert definition.known_moves(first) is None
+    hit = load_workflow(path, cache=cache)
+    assert definition.known_moves(hit) == transition_moves(machine_class(load_workflow(path)))
+
+
+def test_a_spoilt_table_is_a_miss(tmp_path: Path, cache: Path) -> None:
+    """A table edited in the entry (a move sent elsewhere) no longer matches the entry's digest:
+    the text is checked in full and the entry written anew."""
+    path = rich(tmp_path)
+    load_workflow(path, cache=cache)
+    (entry,) = entries(cache)
+    data = json.loads(entry.read_text("utf-8"))
+    table = json.loads(data["table"])
+    table["moves"]["Request"]["succeeded"] = "Failed"
+    data["table"] = json.dumps(table)
+    entry.write_text(json.dumps(data), "utf-8")
+    hit = load_workflow(path, cache=cache)
+    assert definition.known_moves(hit) is None  # checked in full, not rebuilt
+    assert (
+        json.loads(json.loads(entry.read_text("utf-8"))["table"])["moves"]["Request"]["succeeded"]
+        == "Persist"
+    )
+
+
+def test_a_class_no_table_reproduces_is_kept_without_one(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the class have something a table cannot reproduce, the entry keeps the document
+    and no table: the hit carries none, and the runner derives (or refuses) as for a text
+    checked now."""
+    from demiarch_flow.definition import machine
+
+    def refuse(cls: Any) -> Any:
+        raise TypeError("a guard")
+
+    monkeypatch.setattr(machine, "transition_moves", refuse)
+    path = rich(tmp_path)
+    load_workflow(path, cache=cache)
+    (entry,) = entries(cache)
+    assert json.loads(entry.read_text("utf-8"))["table"] == "null"
+    hit = load_workflow(path, cache=cache)
+    assert hit == load_workflow(path) and definition.known_moves(hit) is None

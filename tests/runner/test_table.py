@@ -17,6 +17,7 @@ from demiarch_flow.definition import machine_class as definition_machine_class
 from demiarch_flow.definition.vocabulary import CONSUMING_EDGES
 from demiarch_flow.errors import DefinitionError, EnvironmentProblem
 from demiarch_flow.runner import HANDLERS, RunRequest, RunState, Step, run_workflow
+from demiarch_flow.runner import table as table_module
 from demiarch_flow.runner.table import (
     MACHINE_ENV,
     TableMachine,
@@ -302,3 +303,23 @@ def test_a_machine_the_table_cannot_reproduce_is_refused(cls: type[StateMachine]
     """Guards, callbacks, events that pass silently, nested states: no table, a loud error."""
     with pytest.raises(TypeError, match=why):
         transition_table(cls)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_workflow_the_cache_rebuilt_moves_on_the_table_it_kept(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file read back from the cache of checked workflows drives its runs on the table the
+    entry kept (nothing derived in this process), and that table is the machine, pair by
+    pair — every (state, event), allowed or not, as an instance of the class would move."""
+    load_workflow(path, cache=tmp_path)  # checked, and its entry written
+    wf = load_workflow(path, cache=tmp_path)  # rebuilt from the entry
+    monkeypatch.setattr(table_module, "transition_table", None)  # deriving now would fail
+    kept = table_for(wf)
+    cls = definition_machine_class(wf)
+    assert kept.machine is cls and table_for(wf) is kept
+    names = {str(e.id) for s in cls.states_map.values() for t in s.transitions for e in t.events}
+    for state in cls.states_map:
+        for event in sorted({*EVENTS, *names, *STRANGE_EVENTS}):
+            expected = outcome(cls(start_value=state), event)
+            assert outcome(TableMachine(kept, state), event) == expected, (state, event)
