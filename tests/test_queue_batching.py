@@ -1,6 +1,5 @@
 """The worker's fewer round trips: several jobs per fetch and per finish, keeping
-procrastinate's locks and each job's own failure; log records built only when made; and a
-large submit analyzed so that the fetch is planned from what the queue holds."""
+procrastinate's locks and each job's own failure; log records built only when made."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -153,50 +151,3 @@ def test_a_log_records_extra_is_built_only_when_the_record_is_made() -> None:
     assert built == [1]
     assert records[0].action == "start_job"
     assert records[0].job == {"id": 7}
-
-
-@pytest.mark.postgres
-def test_a_large_submit_analyzes_the_queue_and_a_small_one_does_not(
-    pg: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A submit that makes the queue's statistics stale refreshes them at once, so the
-    workers' fetch is planned from what the queue holds, not from an empty table."""
-    import psycopg
-    from sqlalchemy import create_engine
-
-    from demiarch_flow.queue.backend import conninfo
-    from demiarch_flow.queue.submit import ANALYZE_MIN_JOBS, Submission, submit_runs
-    from demiarch_flow.store.base import Definition
-
-    _install(pg)
-    capsys.readouterr()
-    definition = Definition(sha256="0" * 64, name="chat", text="name: chat\n")
-
-    def subs(n: int) -> list[Submission]:
-        return [
-            Submission(
-                run_id=str(uuid.uuid4()),
-                workflow="chat",
-                workflow_sha256="0" * 64,
-                message=f"q {i}",
-            )
-            for i in range(n)
-        ]
-
-    def reltuples() -> float:
-        with psycopg.connect(conninfo(pg), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT reltuples FROM pg_class WHERE oid = 'procrastinate_jobs'::regclass"
-            ).fetchone()
-        assert row is not None
-        return float(row[0])
-
-    engine = create_engine(pg)
-    try:
-        at = datetime.now(UTC)
-        submit_runs(engine, definition, subs(ANALYZE_MIN_JOBS - 1), at=at)
-        assert reltuples() < 0  # never analyzed
-        submit_runs(engine, definition, subs(ANALYZE_MIN_JOBS + 10), at=at)
-        assert reltuples() == 2 * ANALYZE_MIN_JOBS + 9
-    finally:
-        engine.dispose()

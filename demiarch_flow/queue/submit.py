@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Engine, bindparam, text
-from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import UsageError
 from ..store import _runs
@@ -102,40 +101,6 @@ _KNOWN = text(
 ).bindparams(bindparam("ids", expanding=True))
 
 
-_ANALYZE_IF_STALE = text(
-    "SELECT reltuples FROM pg_class WHERE oid = 'procrastinate_jobs'::regclass"
-)
-ANALYZE_MIN_JOBS = 50
-"""A submit of at least this many jobs, and at least a tenth of the table, analyzes it
-(autovacuum's own default rule for when a table's statistics are stale)."""
-
-
-def refresh_statistics(engine: Engine, added: int) -> bool:
-    """``ANALYZE procrastinate_jobs`` after a submit that made its statistics stale; returns
-    whether it ran.
-
-    procrastinate's fetch (``procrastinate_fetch_job_v2``) is planned from the table's
-    statistics: planned while they still say the queue is nearly empty, it reads, anti-joins
-    and sorts every waiting job to take the first (7.6 ms a fetch with 1,700 waiting, against
-    0.12 ms once analyzed: it then walks the waiting jobs' index in order and stops at the
-    first). Autovacuum analyzes the table by the same rule, but only within a minute or so;
-    a worker draining a large submit would plan every fetch of that minute the slow way.
-    A failure (a role that does not own the table) is not the submit's: the jobs are queued.
-    """
-    if added < ANALYZE_MIN_JOBS:
-        return False
-    try:
-        with engine.connect() as conn:
-            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
-            tuples = auto.execute(_ANALYZE_IF_STALE).scalar() or 0.0
-            if added < 0.1 * max(float(tuples), 0.0):
-                return False
-            auto.execute(text("ANALYZE procrastinate_jobs"))
-    except SQLAlchemyError:
-        return False
-    return True
-
-
 def submit_runs(
     engine: Engine,
     definition: Definition,
@@ -165,5 +130,4 @@ def submit_runs(
         if fresh:
             jobs = [{"lock": s.lock, "args": s.to_args()} for s in fresh]
             conn.execute(_DEFER, {"jobs": json.dumps(jobs), "queue": queue, "task": TASK})
-    refresh_statistics(engine, len(fresh))
     return ["already_submitted" if s.run_id in known else "queued" for s in submissions]
