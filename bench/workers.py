@@ -64,7 +64,9 @@ def main() -> None:
     inp.write_text(
         "".join(json.dumps({"id": i, "message": f"q {i}"}) + "\n" for i in range(opts.runs))
     )
-    report: dict[str, object] = {"runs": opts.runs}
+    # both sides on the same PostgreSQL server (a fresh database each): like for like
+    report: dict[str, object] = {"runs": opts.runs, "database": "postgresql (both sides)",
+                                 "load_before": round(os.getloadavg()[0], 1)}  # fmt: skip
     names: list[str] = []
     try:
         # one batch process, 100 in flight
@@ -141,6 +143,7 @@ def main() -> None:
         sim.terminate()
         for name in names:
             drop_db(name)
+    report["load_after"] = round(os.getloadavg()[0], 1)
     print(json.dumps(report))
 
 

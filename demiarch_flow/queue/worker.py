@@ -235,8 +235,8 @@ async def _work(
     while not stop_requested.is_set():
         async with app.open_async():
             worker = asyncio.create_task(
-                app.run_worker_async(
-                    queues=[options.queue], concurrency=options.concurrency, wait=True,
+                _run_worker(
+                    app, queues=[options.queue], concurrency=options.concurrency, wait=True,
                     install_signal_handlers=False, shutdown_graceful_timeout=options.grace_s,
                     listen_notify=True, delete_jobs="never",
                     update_heartbeat_interval=max(0.2, options.stall_after_s / 4),
@@ -266,6 +266,16 @@ async def _work(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop_requested.wait(), delay)
         delay = min(30.0, delay * 2)
+
+
+async def _run_worker(app: Any, **options: Any) -> None:
+    """procrastinate's ``App.run_worker_async``, with its worker made a
+    :class:`~.batching.BatchingWorker` (several jobs per fetch and per finish)."""
+    from .batching import BatchingWorker
+
+    app.perform_import_paths()
+    worker: Any = BatchingWorker(app=app, **options)
+    await worker.run()
 
 
 async def _sweep_stalled(app: Any, options: WorkerOptions, stats: WorkerStats) -> None:

@@ -1,0 +1,153 @@
+"""The worker's fewer round trips: several jobs per fetch and per finish, keeping
+procrastinate's locks and each job's own failure; log records built only when made."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .store.conftest import postgres_available
+
+pytest.importorskip("procrastinate")
+
+
+@pytest.fixture
+def pg() -> Iterator[str]:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    import psycopg
+
+    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    name = f"dflow_batching_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _install(url: str) -> None:
+    from demiarch_flow.cli.main import main
+
+    assert main(["db", "upgrade", "--db", url]) == 0
+
+
+def _defer(conn: Any, locks: list[str | None]) -> None:
+    from psycopg.types.json import Jsonb
+
+    for i, lock in enumerate(locks):
+        conn.execute(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('runs', 't', 0, %s, NULL, %s::jsonb,"
+            " NULL)::procrastinate_job_to_defer_v1])",
+            (lock, Jsonb({"i": i})),
+        )
+
+
+@pytest.mark.postgres
+def test_one_fetch_takes_a_job_per_slot_and_keeps_procrastinates_locks(
+    pg: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One statement takes the first job of each lock and every unlocked one, each once, in
+    procrastinate's order; a lock's next job is taken only once its first has finished."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from demiarch_flow.queue.backend import conninfo
+    from demiarch_flow.queue.batching import FETCH_MANY, FINISH_MANY
+
+    _install(pg)
+    capsys.readouterr()
+    with psycopg.connect(conninfo(pg), autocommit=True, row_factory=dict_row) as conn:
+        _defer(conn, ["a", "a", "b", None, "b", None, "c"])
+        row = conn.execute("SELECT procrastinate_register_worker_v1() AS w").fetchone()
+        assert row is not None
+        args = {"n": 16, "queues": ["runs"], "worker_id": row["w"]}
+        first = conn.execute(FETCH_MANY, args).fetchall()
+        assert [(r["id"], r["lock"], r["status"]) for r in first] == [
+            (1, "a", "doing"), (3, "b", "doing"), (4, None, "doing"), (6, None, "doing"),
+            (7, "c", "doing"),
+        ]  # fmt: skip
+        assert conn.execute(FETCH_MANY, args).fetchall() == []
+        ids = [r["id"] for r in first]
+        conn.execute(
+            FINISH_MANY,
+            {"ids": ids, "statuses": ["succeeded"] * len(ids), "deletes": [False] * len(ids)},
+        )
+        after = conn.execute(FETCH_MANY, {**args, "n": 1}).fetchall()
+        assert [r["id"] for r in after] == [2]  # one slot: one job
+        rows = conn.execute("SELECT id, status FROM procrastinate_jobs ORDER BY id").fetchall()
+        assert [(r["id"], r["status"]) for r in rows] == [
+            (1, "succeeded"), (2, "doing"), (3, "succeeded"), (4, "succeeded"), (5, "todo"),
+            (6, "succeeded"), (7, "succeeded"),
+        ]  # fmt: skip
+
+
+class _Connector:
+    """A connector that records each statement; ``refuse`` names job ids whose finish fails
+    (as procrastinate's function fails for a job that is no longer ``doing``)."""
+
+    def __init__(self, refuse: set[int]) -> None:
+        self.statements: list[list[int]] = []
+        self.refuse = refuse
+
+    async def execute_query_async(self, query: str, **args: Any) -> None:
+        ids = args["ids"] if "ids" in args else [args["job_id"]]
+        self.statements.append(list(ids))
+        await asyncio.sleep(0)
+        if self.refuse & set(ids):
+            raise RuntimeError(f"job {sorted(self.refuse & set(ids))} not in doing status")
+
+
+def test_finishes_that_arrive_together_share_a_statement_and_fail_alone() -> None:
+    from demiarch_flow.queue.batching import Finisher
+
+    async def scenario() -> tuple[list[list[int]], list[BaseException | None]]:
+        connector = _Connector(refuse={3})
+        finisher = Finisher(connector)
+        results = await asyncio.gather(
+            *(finisher.finish(i, "succeeded", False) for i in range(1, 6)),
+            return_exceptions=True,
+        )
+        return connector.statements, list(results)
+
+    statements, results = asyncio.run(scenario())
+    # the five arrive together: one statement, which fails (job 3) for all of them; they are
+    # then written one by one, so only job 3 fails
+    assert statements == [[1, 2, 3, 4, 5], [1], [2], [3], [4], [5]]
+    assert [r is None for r in results] == [True, True, False, True, True]
+    assert "job [3]" in str(results[2])
+
+
+def test_a_log_records_extra_is_built_only_when_the_record_is_made() -> None:
+    from demiarch_flow.queue.batching import LazyExtra
+
+    built: list[int] = []
+
+    def build() -> dict[str, Any]:
+        built.append(1)
+        return {"action": "start_job", "job": {"id": 7}}
+
+    logger = logging.getLogger("demiarch_flow.test.lazy_extra")
+    logger.propagate = False
+    logger.setLevel(logging.CRITICAL + 1)
+    logger.info("silenced", extra=LazyExtra(build))
+    assert built == []
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    logger.info("logged", extra=LazyExtra(build))
+    assert built == [1]
+    assert records[0].action == "start_job"
+    assert records[0].job == {"id": 7}
