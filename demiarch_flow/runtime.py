@@ -38,10 +38,15 @@ __all__ = ["World", "http_client", "open_world"]
 
 
 def http_client(max_in_flight: int = 100) -> httpx.AsyncClient:
-    """The shared HTTP client: keep-alive pool sized to the in-flight cap."""
+    """The shared HTTP client: keep-alive pool sized to the in-flight cap, its CA bundle loaded
+    by the first TLS handshake (:mod:`.client._tls`), not by every command that makes one."""
+    from .client._tls import lazy_trust_context
+
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
     # Per-attempt deadlines come from the workflow (trio's clock); this is only a backstop.
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(3600.0))
+    return httpx.AsyncClient(
+        limits=limits, timeout=httpx.Timeout(3600.0), verify=lazy_trust_context()
+    )
 
 
 def _sql_ledger(store: SqlStore) -> Ledger:
