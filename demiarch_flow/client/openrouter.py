@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from .._frozen import quick
 from ..errors import ErrorClass, ProviderError, UnusableKey, UsageError, redact, register_secret
 from ..pricing import to_usd
 from ._endpoint import DEFAULT_APP_TITLE as DEFAULT_APP_TITLE
@@ -35,7 +36,8 @@ from .retry_after import parse_retry_after
 from .streaming import StreamReader
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class Attempt:
     """The outcome of one call, for the run's attempt list and the journal."""
 
@@ -181,8 +183,13 @@ class OpenRouterClient:
                 )
             else:
                 status = response.status_code
-                hint = parse_retry_after(response.headers)
-                outcome = parse_completion(status, response.content, model, hint)
+                outcome = parse_completion(status, response.content, model, None)
+                if isinstance(outcome, ProviderError):
+                    # The wait hint only matters to an error; reading it walks every header,
+                    # so an answer skips it (parsing is pure: the error is parsed again with it).
+                    hint = parse_retry_after(response.headers)
+                    if hint is not None:
+                        outcome = parse_completion(status, response.content, model, hint)
         except _UNSENT as exc:
             outcome = self._unsent(exc, model)
             latency_ms = round((trio.current_time() - started) * 1000)

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from .._frozen import quick
 from ..definition import Workflow
 from ..errors import ErrorClass, FlowError, PersistenceError, redact
 from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
@@ -42,6 +43,7 @@ from .transition import cause, journal_entry, moved, stay_entry
 log = logging.getLogger("demiarch_flow")
 
 
+@quick
 @dataclass(frozen=True)
 class RunOutcome:
     """How a run ended: what ``run --json`` prints and what the CLI's exit code comes from."""

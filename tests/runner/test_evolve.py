@@ -48,3 +48,26 @@ def test_evolve_round_trips_through_json() -> None:
     """A copy checkpoints and reads back like the original."""
     new = evolve(STATE, attempt=2, saved_message_id="m")
     assert RunState.from_json(new.to_json()) == new
+
+
+def test_evolve_copies_slotted_values_too() -> None:
+    """A slotted value (``Wait``, ``ErrorInfo``, the store's rows) is copied field by field."""
+    wait = Wait(1.5, WaitSource.BACKOFF, "b")
+    assert evolve(wait, seconds=2.0) == dataclasses.replace(wait, seconds=2.0)
+    assert evolve(STATE.last_error, message="m") == ErrorInfo(ErrorClass.TIMEOUT, "m")
+
+
+def test_new_id_is_a_version_4_uuid() -> None:
+    """``new_id`` gives what ``str(uuid.uuid4())`` gives: canonical text, version 4, RFC
+    variant, fresh each time."""
+    import uuid
+
+    from demiarch_flow.runner.context import new_id
+
+    ids = [new_id() for _ in range(200)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
