@@ -175,7 +175,7 @@ class OpenRouterClient:
                 if self._limiter is None:
                     response = await self._post(content)
                 else:
-                    async with self._limiter:
+                    async with _Slot(self._limiter):
                         response = await self._post(content)
             if scope.cancelled_caught:
                 outcome: Completion | ProviderError = ProviderError(
@@ -273,7 +273,7 @@ class OpenRouterClient:
                     for text in deltas:
                         await on_delta(text)
 
-        slot = self._limiter if self._limiter is not None else contextlib.nullcontext()
+        slot = _Slot(self._limiter) if self._limiter is not None else contextlib.nullcontext()
         try:
             with trio.CancelScope(deadline=started + first_wait) as scope:
                 async with (
@@ -449,6 +449,32 @@ class OpenRouterClient:
                 status=response.status_code,
             )  # fmt: skip
         return [d for d in data if isinstance(d, dict)]
+
+
+class _Slot:
+    """A place under the in-flight cap, for one request: taken at once when one is free.
+
+    ``async with limiter`` always passes through trio's scheduler (``acquire`` ends with a
+    ``cancel_shielded_checkpoint``), a whole loop turn per request even when nothing waits;
+    the request that follows is itself full of checkpoints, so a free place is taken without
+    one (a cancellation already pending still stops the request before it is sent, as
+    ``acquire`` would). Only a full limiter waits, in ``acquire``.
+    """
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self._limiter = limiter
+
+    async def __aenter__(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()  # no loop turn unless cancelled
+        try:
+            self._limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await self._limiter.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limiter.release()
 
 
 async def _aclose(it: Any) -> None:

@@ -146,7 +146,7 @@ async def _settle(
     if partial is not None and err is not None:
         partial, cost = await interrupted_cost(state, env, partial)
     await env.store.attempt_ended(
-        dataclasses.replace(
+        evolve(
             row,
             ended_at=env.now(),
             status=result.status,
