@@ -26,7 +26,8 @@ def quick(cls: type[_T]) -> type[_T]:
     """Give frozen dataclass ``cls`` (no slots) an ``__init__`` that fills ``__dict__`` at once.
 
     The signature is the generated one (positional or keyword, same defaults), so type
-    checkers and callers see no difference; the class must have no ``__post_init__``, no
+    checkers and callers see no difference; an instance's ``__dict__`` holds every field in
+    field order (so does a copy by :func:`evolve`), which the checkpoint JSON relies on; the class must have no ``__post_init__``, no
     ``default_factory`` and no keyword-only or non-init field, which the generated
     ``__init__`` would treat differently.
 

@@ -186,7 +186,8 @@ class RunState:
 
     def to_json(self) -> str:
         """The checkpoint text (compact JSON, stable key order)."""
-        return _ENCODER.encode({"format": STATE_FORMAT, **_fields_of(self)})
+        # A quick value's __dict__ holds every field in field order (see ``quick``).
+        return _ENCODER.encode({"format": STATE_FORMAT, **vars(self)})
 
     @classmethod
     def from_json(cls, text: str) -> RunState:
@@ -297,8 +298,9 @@ dataclasses are added below, once :class:`Completion` and the rest are defined).
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_encode)
-for _kind in (Wait, ErrorInfo, AttemptInfo, Message, Completion):
+for _kind in (Wait, ErrorInfo, Message):
     _CONVERT[_kind] = _fields_of
+_CONVERT[AttemptInfo] = _CONVERT[Completion] = vars  # quick values: their __dict__ (in C)
 
 
 def _opt(value: Any, fn: Any) -> Any:
