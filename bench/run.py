@@ -138,12 +138,15 @@ async def bench_raw(url: str, n: int, total: int) -> dict[str, float]:
     return out
 
 
-async def bench_flow(url: str, n: int, total: int, folder: Path) -> dict[str, float]:
-    """Full runs on a SQLite file, bounded as ``batch --concurrency in_flight`` bounds them."""
+async def bench_flow(
+    url: str, n: int, total: int, folder: Path, databases: Callable[[str], str] | None = None
+) -> dict[str, float]:
+    """Full runs on a SQLite file (or on ``databases(label)``: a fresh PostgreSQL database per
+    row), bounded as ``batch --concurrency in_flight`` bounds them."""
     out: dict[str, float] = {}
     folder.mkdir(parents=True, exist_ok=True)
     for label, in_flight in (("seq", 1), ("10", 10), ("100", 100)):
-        db = f"sqlite:///{folder / f'flow-{label}.db'}"
+        db = databases(label) if databases else f"sqlite:///{folder / f'flow-{label}.db'}"
         async with open_world(
             db=db, base_url=url, key=KEY, max_in_flight=connection_limit(in_flight)
         ) as world:
@@ -241,8 +244,11 @@ def cold_start(args: list[str], repeat: int = 5) -> list[float]:
     return times
 
 
-def batch(url: str, lines: int, folder: Path, concurrency: int = 100) -> dict[str, float]:
-    """A batch subprocess on a cold start: wall time, peak RSS, timeouts and failures."""
+def batch(
+    url: str, lines: int, folder: Path, concurrency: int = 100, db: str | None = None
+) -> dict[str, float]:
+    """A batch subprocess on a cold start: wall time, peak RSS, timeouts and failures (on a
+    SQLite file in ``folder``, or on ``db``)."""
     folder.mkdir(parents=True, exist_ok=True)
     inp = folder / f"in-{lines}.jsonl"
     inp.write_text(
@@ -254,7 +260,7 @@ def batch(url: str, lines: int, folder: Path, concurrency: int = 100) -> dict[st
     proc = subprocess.Popen(
         [*CLI, "batch", str(inp), str(BLOCKING_FILE), "--concurrency", str(concurrency),
          "--quiet", "--out", str(out),
-         "--db", f"sqlite:///{folder / f'batch-{lines}.db'}", "--base-url", url],
+         "--db", db or f"sqlite:///{folder / f'batch-{lines}.db'}", "--base-url", url],
         env=env,
     )  # fmt: skip
     _, status, usage = os.wait4(proc.pid, 0)
@@ -269,6 +275,34 @@ def batch(url: str, lines: int, folder: Path, concurrency: int = 100) -> dict[st
         "timeouts": timeouts,
         "exit": os.waitstatus_to_exitcode(status),
     }
+
+
+class Postgres:
+    """Fresh databases on the local PostgreSQL (127.0.0.1:5432, trust auth), each migrated with
+    ``db upgrade``, all dropped by :meth:`drop_all`."""
+
+    ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.psycopg = psycopg
+        self.names: list[str] = []
+
+    def fresh(self, label: str = "") -> str:
+        name = f"dflow_bench_{os.getpid()}_{len(self.names)}_{label}".replace("-", "_")
+        with self.psycopg.connect(self.ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.names.append(name)
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        subprocess.run([*CLI, "db", "upgrade", "--db", url], check=True, capture_output=True)
+        return url
+
+    def drop_all(self) -> None:
+        with self.psycopg.connect(self.ADMIN, autocommit=True) as conn:
+            for name in self.names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.names.clear()
 
 
 # ------------------------------------------------------------------ where the time goes
@@ -352,8 +386,14 @@ def main() -> None:
         metavar="PYTHON",
         help="interpreter of a separate venv with openai/litellm installed (see bench/peers.py)",
     )
+    parser.add_argument(
+        "--pg", action="store_true",
+        help="also run the full runs and the batch on PostgreSQL (127.0.0.1:5432, trust auth;"
+        " fresh databases, dropped afterwards)",
+    )  # fmt: skip
     opts = parser.parse_args()
     n, total = (100, 400) if opts.quick else (500, 2000)
+    pg = Postgres() if opts.pg else None
     rounds = opts.repeat or (1 if opts.quick else 3)
     burst, big = (400, 1000) if opts.quick else (2000, 10000)
     fig: dict[str, list[float]] = defaultdict(list)
@@ -379,6 +419,17 @@ def main() -> None:
                 fig["ratio_batch"].append(b["runs_per_s"] / raw["rps_100"])
                 for k in ("wall_s", "runs_per_s", "timeouts", "succeeded"):
                     fig[f"batch_{k}"].append(b[k])
+                if pg is not None:
+                    flow_pg = trio.run(bench_flow, url, n, total, folder / f"pg-{r}", pg.fresh)
+                    b_pg = batch(url, burst, folder / f"pg-{r}", db=pg.fresh("batch"))
+                    pg.drop_all()
+                    for k, v in flow_pg.items():
+                        fig[f"pg_{k}"].append(v)
+                    fig["pg_ratio_seq"].append(flow_pg["median_us"] / raw["median_us"])
+                    fig["pg_ratio_100"].append(flow_pg["rps_100"] / raw["rps_100"])
+                    fig["pg_ratio_batch"].append(b_pg["runs_per_s"] / raw["rps_100"])
+                    fig["pg_batch_runs_per_s"].append(b_pg["runs_per_s"])
+                    fig["pg_batch_succeeded"].append(b_pg["succeeded"])
             fig["hop_us"].append(trio.run(thread_hop, n))
             fig["help_s"] = cold_start(["--help"])
             fig["validate_s"] = cold_start(["validate", str(ROOT / "workflows" / "chat.yaml")])
@@ -399,6 +450,8 @@ def main() -> None:
                 )  # fmt: skip
                 peers = json.loads(res.stdout.strip().splitlines()[-1])
     finally:
+        if pg is not None:
+            pg.drop_all()
         sim.terminate()
         sim.wait()
 
@@ -418,6 +471,13 @@ def main() -> None:
             f"{label:34} {spread(fig[f'raw_{key}']):>22} {spread(fig[f'flow_{key}']):>24}"
             f" {spread(fig[ratio], 2) + '× ' + word:>20}"
         )
+    if pg is not None:
+        for label, key, ratio, word in rows:
+            if f"pg_{key}" in fig and key != "p99_us":
+                print(
+                    f"{'  on PostgreSQL: ' + label:34} {'':>22} {spread(fig[f'pg_{key}']):>24}"
+                    f" {(spread(fig['pg_' + ratio], 2) + '× ' + word) if 'pg_' + ratio in fig else '':>20}"
+                )
     print(f"SQLite full run: {spread(fig['flow_commits_per_run'], 1)} commits per run;"
           f" one trio → worker-thread hop {spread(fig['hop_us'])} µs")  # fmt: skip
     print(
@@ -433,6 +493,12 @@ def main() -> None:
         f" at 100 in flight), {spread(fig['batch_succeeded'])} succeeded,"
         f" {spread(fig['batch_timeouts'])} timeouts"
     )
+    if pg is not None:
+        print(
+            f"batch --concurrency 100 on PostgreSQL, {burst} lines, cold start:"
+            f" {spread(fig['pg_batch_runs_per_s'])} runs/s ({spread(fig['pg_ratio_batch'], 2)}×"
+            f" raw httpx at 100 in flight), {spread(fig['pg_batch_succeeded'])} succeeded"
+        )
     print(f"batch --concurrency 100, {big} lines: {large['wall_s']:.1f} s,"
           f" {large['runs_per_s']:.0f} runs/s, {large['succeeded']} succeeded,"
           f" peak RSS {large['peak_rss_mb']:.0f} MB")  # fmt: skip

@@ -38,6 +38,8 @@ MAX_TOKENS = 2**31 - 1
 #: How far above the price table's figure for its tokens a ``usage.cost`` is still believed
 #: (routing to a dearer provider, reasoning or cache writes); beyond it, the table is used.
 BELIEVABLE_FACTOR = Decimal(10)
+_CENT = Decimal("0.01")
+"""Added to the ceiling, so a tiny answer's rounding is never taken for a provider bug."""
 
 log = logging.getLogger("demiarch_flow")
 
@@ -175,15 +177,16 @@ class PriceTable:
         text_estimate = max(1, -(-len(text.encode("utf-8", "surrogatepass")) // 2))
         prompt = prompt_tokens if prompt_tokens is not None else prompt_estimate
         completion = completion_tokens if completion_tokens is not None else text_estimate
-        table = self.cost(model, prompt, completion, None, *also)
         if provider_cost is not None:
             # the most the answer could cost: the larger of its reported and estimated tokens
             most = self.cost(
                 model, max(prompt, prompt_estimate), max(completion, text_estimate), None, *also
             )
-            ceiling = most.usd * BELIEVABLE_FACTOR + Decimal("0.01")
+            ceiling = most.usd * BELIEVABLE_FACTOR + _CENT
             if most.source != "price_table" or provider_cost <= ceiling:
                 return Cost(provider_cost, "provider")
+        table = self.cost(model, prompt, completion, None, *also)  # not needed before here
+        if provider_cost is not None:
             log.warning(
                 "usage.cost %s USD for %s is far above the price table's %s USD for its tokens:"
                 " counted at the table's figure",

@@ -197,3 +197,57 @@ def test_lone_surrogates_and_nul_are_made_storable() -> None:
 def test_hostile_bodies_are_classified_not_raised(status: int, body: bytes, cls: str) -> None:
     """Deep nesting, odd codes ('²²²' is isdigit() but no int) and wrong types: one class."""
     assert _err(status, body) == cls
+
+
+@pytest.mark.parametrize("digits", [98, 99, 100, 101, 150, 5000])
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_a_body_is_parsed_alike_with_or_without_the_long_integer_guard(
+    digits: int, sign: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer without a run of 100 digits skips the per-integer hook: around the bound
+    (an integer of 100 or 101 characters, with a sign or not) the result is the hooked one."""
+    import re
+
+    from demiarch_flow.client import classify
+
+    number = sign + "7" * digits
+    body = (
+        '{"choices": [{"message": {"content": "hi"}}], "created": ' + number + ","
+        ' "usage": {"prompt_tokens": ' + number + ', "completion_tokens": 3, "cost": 1}}'
+    ).encode()
+    fast = parse_completion(200, body, "m/x", None)
+    monkeypatch.setattr(classify, "_LONG_DIGITS", re.compile(rb""))  # always the hook
+    hooked = parse_completion(200, body, "m/x", None)
+    assert fast == hooked
+    assert isinstance(fast, Completion)
+    assert fast.prompt_tokens is None
+    assert fast.completion_tokens == 3
+
+
+async def test_an_error_keeps_its_wait_hint_and_an_answer_is_parsed_without_it() -> None:
+    """The blocking client reads ``Retry-After`` only for an error (a 429, a 200 carrying an
+    ``error``): the hint is on the error as before."""
+    import httpx
+
+    from demiarch_flow.client import ApiKey, OpenRouterClient
+
+    bodies = {
+        "429": (429, {"error": {"code": 429, "message": "slow down"}}),
+        "200e": (200, {"error": {"code": 429, "message": "slow down"}}),
+        "ok": (200, {"choices": [{"message": {"content": "hi"}}]}),
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        status, body = bodies[json.loads(request.content)["model"]]
+        return httpx.Response(status, json=body, headers={"Retry-After": "7"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        client = OpenRouterClient(http, ApiKey("sk-or-test", "test"), base_url="http://x/api/v1")
+        for model in ("429", "200e"):
+            attempt = await client.complete({"model": model, "messages": []}, timeout_s=5)
+            assert attempt.error is not None
+            assert attempt.error.error_class == "rate_limited"
+            assert attempt.error.retry_after_s == 7.0
+        ok = await client.complete({"model": "ok", "messages": []}, timeout_s=5)
+        assert ok.completion is not None
+        assert ok.completion.content == "hi"

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from .._frozen import quick
 from ..errors import ProviderError, UpstreamError, redact
 from ..pricing import MAX_TOKENS, to_usd
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class Completion:
     """A successful chat completion, as parsed from the response body."""
 
@@ -174,6 +176,10 @@ def classify_error_body(
     )  # fmt: skip
 
 
+_LONG_DIGITS = re.compile(rb"[0-9]{100}")
+"""A run of digits long enough that an integer of it (with a sign) may reach 101 characters."""
+
+
 def _parse_int(text: str) -> int | float:
     """A JSON integer; one too long for ``int()`` (over 4300 digits raises) is infinite, so an
     absurd figure is refused by the bounds instead of the whole answer being lost."""
@@ -211,7 +217,12 @@ def parse_completion(
 ) -> Completion | ProviderError:
     """Parse a response body into a :class:`Completion`, or the error it stands for."""
     try:
-        payload = json.loads(body, parse_int=_parse_int)
+        # ``_parse_int`` differs from ``int`` only on an integer of over 100 characters: a body
+        # without a run of 100 digits (every answer) is parsed without a call per integer.
+        if _LONG_DIGITS.search(body) is None:
+            payload = json.loads(body)
+        else:
+            payload = json.loads(body, parse_int=_parse_int)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         if status >= 400:
             return ProviderError(

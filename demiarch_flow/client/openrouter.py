@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from .._frozen import quick
 from ..errors import ErrorClass, ProviderError, UnusableKey, UsageError, redact, register_secret
 from ..pricing import to_usd
 from ._endpoint import DEFAULT_APP_TITLE as DEFAULT_APP_TITLE
@@ -35,7 +36,8 @@ from .retry_after import parse_retry_after
 from .streaming import StreamReader
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class Attempt:
     """The outcome of one call, for the run's attempt list and the journal."""
 
@@ -173,7 +175,7 @@ class OpenRouterClient:
                 if self._limiter is None:
                     response = await self._post(content)
                 else:
-                    async with self._limiter:
+                    async with _Slot(self._limiter):
                         response = await self._post(content)
             if scope.cancelled_caught:
                 outcome: Completion | ProviderError = ProviderError(
@@ -181,8 +183,13 @@ class OpenRouterClient:
                 )
             else:
                 status = response.status_code
-                hint = parse_retry_after(response.headers)
-                outcome = parse_completion(status, response.content, model, hint)
+                outcome = parse_completion(status, response.content, model, None)
+                if isinstance(outcome, ProviderError):
+                    # The wait hint only matters to an error; reading it walks every header,
+                    # so an answer skips it (parsing is pure: the error is parsed again with it).
+                    hint = parse_retry_after(response.headers)
+                    if hint is not None:
+                        outcome = parse_completion(status, response.content, model, hint)
         except _UNSENT as exc:
             outcome = self._unsent(exc, model)
             latency_ms = round((trio.current_time() - started) * 1000)
@@ -266,7 +273,7 @@ class OpenRouterClient:
                     for text in deltas:
                         await on_delta(text)
 
-        slot = self._limiter if self._limiter is not None else contextlib.nullcontext()
+        slot = _Slot(self._limiter) if self._limiter is not None else contextlib.nullcontext()
         try:
             with trio.CancelScope(deadline=started + first_wait) as scope:
                 async with (
@@ -442,6 +449,32 @@ class OpenRouterClient:
                 status=response.status_code,
             )  # fmt: skip
         return [d for d in data if isinstance(d, dict)]
+
+
+class _Slot:
+    """A place under the in-flight cap, for one request: taken at once when one is free.
+
+    ``async with limiter`` always passes through trio's scheduler (``acquire`` ends with a
+    ``cancel_shielded_checkpoint``), a whole loop turn per request even when nothing waits;
+    the request that follows is itself full of checkpoints, so a free place is taken without
+    one (a cancellation already pending still stops the request before it is sent, as
+    ``acquire`` would). Only a full limiter waits, in ``acquire``.
+    """
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self._limiter = limiter
+
+    async def __aenter__(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()  # no loop turn unless cancelled
+        try:
+            self._limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await self._limiter.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limiter.release()
 
 
 async def _aclose(it: Any) -> None:

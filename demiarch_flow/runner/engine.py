@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from .._frozen import quick
 from ..definition import Workflow
 from ..errors import ErrorClass, FlowError, PersistenceError, redact
 from ..store.base import Checkpoint, JournalEntry, RunEnd, RunStatus
@@ -42,6 +43,7 @@ from .transition import cause, journal_entry, moved, stay_entry
 log = logging.getLogger("demiarch_flow")
 
 
+@quick
 @dataclass(frozen=True)
 class RunOutcome:
     """How a run ended: what ``run --json`` prints and what the CLI's exit code comes from."""
@@ -217,7 +219,8 @@ async def _apply(
     if step.wait is not None:
         # The run is about to be idle for a while: make where it stands durable first.
         await env.store.checkpoint(checkpoint(env, step.state), durable=True)
-    await emit(env, step.records)
+    if env.listeners:
+        await emit(env, step.records)
     if spec.final:
         return step, step.state, None
     if step.wait is not None:
@@ -249,7 +252,8 @@ async def _apply(
         # Persist commits, resume stores it instead of paying for the request again.
         paid = after.completion is not None and after.saved_message_id is None
         await env.store.checkpoint(checkpoint(env, after, (entry,)), durable=paid)
-    await emit(env, (rec,))
+    if env.listeners:
+        await emit(env, (rec,))
     return step, after, rec
 
 

@@ -27,6 +27,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal, Protocol
 
+from .._frozen import quick
 from ..errors import ErrorClass
 
 RecordKind = Literal["transition", "attempt", "wait", "fallback", "cooldown", "finished", "delta"]
@@ -45,7 +46,8 @@ class WaitSource(StrEnum):
     """A rate bucket of ``limits.rate``: the next slot of the bucket is not yet due."""
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class FlowRecord:
     kind: RecordKind
     run_id: str

@@ -12,17 +12,16 @@ which is how a checkpoint is stored in ``workflow_runs.state_json``. Pure data: 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import itertools
 import json
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from .._frozen import evolve, quick
 from ..client.classify import Completion
 from ..definition.limits import RateBucket
 from ..errors import AllModelsFailed, ErrorClass, FlowError, ProviderError, RunError
@@ -32,39 +31,7 @@ from .records import FlowRecord, WaitSource
 #: Bumped when the JSON layout of :class:`RunState` changes incompatibly.
 STATE_FORMAT = 1
 
-_V = TypeVar("_V")
-_SLOTS: dict[type, tuple[frozenset[str], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]] = {}
-
-
-def evolve(value: _V, **changes: Any) -> _V:
-    """``dataclasses.replace`` for the run's frozen, slotted values, at half its cost.
-
-    A run makes about fifteen copies of :class:`RunState` (27 fields), and ``replace`` — which
-    checks every field's kind, then calls the generated ``__init__`` that sets each field
-    through ``object.__setattr__`` — was the engine's largest own cost after the machine. These
-    classes have no ``__post_init__`` and every field is an ``__init__`` field, so a copy is
-    the old values read in one ``attrgetter`` call and the changed ones set over them.
-
-    Raises:
-        TypeError: a name in ``changes`` is not a field (as ``replace`` raises).
-    """
-    kind = type(value)
-    found = _SLOTS.get(kind)
-    if found is None:
-        fields = dataclasses.fields(kind)  # type: ignore[arg-type]
-        assert all(f.init for f in fields), kind
-        assert not hasattr(kind, "__post_init__"), kind
-        names = tuple(f.name for f in fields)
-        found = _SLOTS[kind] = (frozenset(names), operator.attrgetter(*names), names)
-    known, read, names = found
-    if not known.issuperset(changes):
-        raise TypeError(f"{kind.__name__} has no field {sorted(set(changes) - known)}")
-    new = object.__new__(kind)
-    put = object.__setattr__
-    collections.deque(map(put, itertools.repeat(new), names, read(value)), 0)  # loop in C
-    for name, changed in changes.items():
-        put(new, name, changed)
-    return new
+__all__ = ["evolve"]  # re-exported: the runner's modules copy values through it
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +85,8 @@ class ErrorInfo:
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class AttemptInfo:
     """One Request attempt (or a skip of a cooling model), as ``run --json`` reports it."""
 
@@ -146,7 +114,8 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class RunState:
     """Where one run stands. Frozen: every change is a new value (``dataclasses.replace``)."""
 
@@ -217,7 +186,8 @@ class RunState:
 
     def to_json(self) -> str:
         """The checkpoint text (compact JSON, stable key order)."""
-        return _ENCODER.encode({"format": STATE_FORMAT, **_fields_of(self)})
+        # A quick value's __dict__ holds every field in field order (see ``quick``).
+        return _ENCODER.encode({"format": STATE_FORMAT, **vars(self)})
 
     @classmethod
     def from_json(cls, text: str) -> RunState:
@@ -232,7 +202,8 @@ class RunState:
         return _decode_state(doc)
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class Step:
     """What one handler did: the event for the machine, the new run state, the records to
     report, and the wait the engine sleeps (after checkpointing) before sending the event."""
@@ -327,8 +298,9 @@ dataclasses are added below, once :class:`Completion` and the rest are defined).
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_encode)
-for _kind in (Wait, ErrorInfo, AttemptInfo, Message, Completion):
+for _kind in (Wait, ErrorInfo, Message):
     _CONVERT[_kind] = _fields_of
+_CONVERT[AttemptInfo] = _CONVERT[Completion] = vars  # quick values: their __dict__ (in C)
 
 
 def _opt(value: Any, fn: Any) -> Any:

@@ -48,3 +48,60 @@ def test_evolve_round_trips_through_json() -> None:
     """A copy checkpoints and reads back like the original."""
     new = evolve(STATE, attempt=2, saved_message_id="m")
     assert RunState.from_json(new.to_json()) == new
+
+
+def test_evolve_copies_slotted_values_too() -> None:
+    """A slotted value (``Wait``, ``ErrorInfo``, the store's rows) is copied field by field."""
+    wait = Wait(1.5, WaitSource.BACKOFF, "b")
+    assert evolve(wait, seconds=2.0) == dataclasses.replace(wait, seconds=2.0)
+    assert evolve(STATE.last_error, message="m") == ErrorInfo(ErrorClass.TIMEOUT, "m")
+
+
+def test_new_id_is_a_version_4_uuid() -> None:
+    """``new_id`` gives what ``str(uuid.uuid4())`` gives: canonical text, version 4, RFC
+    variant, fresh each time."""
+    import uuid
+
+    from demiarch_flow.runner.context import new_id
+
+    ids = [new_id() for _ in range(200)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_checkpoint_json_is_the_fields_in_order() -> None:
+    """The checkpoint text is every field of the state and of its nested values, in field
+    order (quick values are encoded as their ``__dict__``): the same text, byte for byte, as
+    encoding each dataclass's fields one by one — for a state made by the constructor, copied
+    by ``evolve`` and read back from JSON."""
+    import json
+    from datetime import UTC, datetime
+
+    from demiarch_flow.client import Completion
+    from demiarch_flow.runner.state import AttemptInfo
+
+    def by_fields(value: object) -> object:
+        if isinstance(value, Decimal):
+            return str(value)
+        if isinstance(value, datetime):
+            return value.isoformat()
+        assert dataclasses.is_dataclass(value)
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+
+    def expected(state: RunState) -> str:
+        doc = {"format": 1, **by_fields(state)}  # type: ignore[dict-item]
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=by_fields)
+
+    done = Completion("answer é", "m", "gen-1", "stop", 3, 4, 7, None, Decimal("0.25"), "p")
+    attempt = AttemptInfo(1, "m", "ok", None, 200, None, 12, "gen-1")
+    rich = evolve(
+        STATE, completion=done, attempts=(attempt,), cost_usd=Decimal("0.25"),
+        user_message_at=datetime(2026, 12, 3, tzinfo=UTC), failure=STATE.last_error,
+        last_errors=(("a", STATE.last_error),),
+    )  # fmt: skip
+    for state in (STATE, rich, RunState.from_json(rich.to_json()), evolve(rich, seq=9)):
+        assert state.to_json() == expected(state)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ..._frozen import quick
 from ...client import Attempt, Completion
 from ...definition import Workflow
 from ...errors import ErrorClass, FlowError, ProviderError, RunTakenOver
@@ -26,7 +27,8 @@ log = logging.getLogger("demiarch_flow")
 _NO_ANSWER = Completion("", "", None, None, None, None, None, None, None)
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class AttemptResult:
     """What one attempt did, as data: the request handler turns it into an event.
 
@@ -125,7 +127,7 @@ async def open_attempt(state: RunState, env: RunEnv, wf: Workflow) -> AttemptRes
     with trio.CancelScope(shield=True):
         # A few short writes; Ctrl-C goes on once they are done.
         settlement = await _settle(state, env, gate, row, result)
-    return dataclasses.replace(_counted(state, env, row, result), settlement=settlement)
+    return evolve(_counted(state, env, row, result), settlement=settlement)
 
 
 async def _settle(
@@ -144,7 +146,7 @@ async def _settle(
     if partial is not None and err is not None:
         partial, cost = await interrupted_cost(state, env, partial)
     await env.store.attempt_ended(
-        dataclasses.replace(
+        evolve(
             row,
             ended_at=env.now(),
             status=result.status,
