@@ -153,6 +153,7 @@ class OtelTracer:
         self._capture = capture.strip().lower() == "true"
         self._runs: dict[str, _Run] = {}
         self._commons: dict[tuple[str | None, ...], dict[str, Any]] = {}
+        self._token_attrs: dict[tuple[str | None, ...], tuple[dict[str, Any], ...]] = {}
 
     # ------------------------------------------------------------------ the run's root
 
@@ -188,7 +189,7 @@ class OtelTracer:
         self._runs[start.run_id] = _Run(root, ctx, anchor_ns, start.monotonic, start.message)
         if start.trace and start.resume_count > 0:
             return start.trace
-        return _traceparent(root.get_span_context()) or start.trace
+        return _span_traceparent(root) or start.trace
 
     def submitted(self, run_id: str, workflow: str | None = None) -> str | None:
         """A ``submit`` span for a run put on the queue (a child of the caller's current
@@ -205,7 +206,7 @@ class OtelTracer:
                 }),
             )  # fmt: skip
             span.end()
-            return _traceparent(span.get_span_context())
+            return _span_traceparent(span)
         except Exception:  # tracing never fails a submit
             log.debug("could not trace a submit", exc_info=True)
             return None
@@ -265,6 +266,7 @@ class OtelTracer:
         if common is None:
             if len(self._commons) > 1024:
                 self._commons.clear()
+                self._token_attrs.clear()
             common = self._commons[key] = _some({
                 "gen_ai.operation.name": "chat", "gen_ai.provider.name": PROVIDER,
                 "gen_ai.request.model": r.model,
@@ -305,9 +307,16 @@ class OtelTracer:
             span.set_status(Status(StatusCode.ERROR, str(r.error_class)))
         span.end(end_time=at)
         self._duration.record((r.latency_ms or 0) / 1000, common)
-        for kind, count in (("input", r.input_tokens), ("output", r.output_tokens)):
-            if count is not None:
-                self._tokens.record(count, {**common, "gen_ai.token.type": kind})
+        if r.input_tokens is not None or r.output_tokens is not None:
+            by_type = self._token_attrs.get(key)
+            if by_type is None:  # made, and forgotten, with the common attributes
+                by_type = self._token_attrs[key] = tuple(
+                    {**common, "gen_ai.token.type": kind} for kind in ("input", "output")
+                )
+            if r.input_tokens is not None:
+                self._tokens.record(r.input_tokens, by_type[0])
+            if r.output_tokens is not None:
+                self._tokens.record(r.output_tokens, by_type[1])
         if r.first_token_ms is not None:
             self._first_chunk.record(r.first_token_ms / 1000, common)
         if r.cost_usd is not None:
@@ -341,6 +350,14 @@ class OtelTracer:
         """The spend so far by model (the reader's thread: a copy of the items is taken at
         once, and a total read is one whole Decimal)."""
         return [Observation(float(total[0]), attrs) for attrs, total in list(self._spent.values())]
+
+
+def _span_traceparent(span: Span) -> str | None:
+    """The W3C ``traceparent`` of ``span`` (a light span writes its own)."""
+    own = getattr(span, "traceparent", None)
+    if own is not None:
+        return str(own())
+    return _traceparent(span.get_span_context())
 
 
 def _traceparent(ctx: SpanContext) -> str | None:

@@ -260,3 +260,57 @@ class SpanExporter(OTLPSpanExporter):
                 result.error = sent.error
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+class LightEncoder(_Encoder):
+    """Encodes batches of :class:`~._direct.LightSpan` of one resource and one scope (the
+    direct path's): the ``ResourceSpans`` head and the scope are encoded once."""
+
+    def __init__(self, resource: Any, scope: tuple[str, str | None]) -> None:
+        super().__init__()
+        self._head = self._resource(resource)
+        name, version = scope
+        body = _field(b"\x0a", name.encode()) if name else b""
+        if version:
+            body += _field(b"\x12", version.encode())
+        self._scope_field = _field(b"\x0a", body)
+        self._schema = _field(b"\x1a", resource.schema_url.encode()) if resource.schema_url else b""
+
+    def _light(self, span: Any) -> bytes:
+        out = [
+            b"\x0a\x10", span.trace_id.to_bytes(16, "big"),
+            b"\x12\x08", span.span_id.to_bytes(8, "big"),
+        ]  # fmt: skip
+        if span.parent_id:
+            out.append(b"\x22\x08" + span.parent_id.to_bytes(8, "big"))
+        if span.name:
+            out.append(_field(b"\x2a", span.name.encode()))
+        out.append(b"\x30" + _SMALL[span.kind + 1])
+        if span.start:
+            out.append(b"\x39" + _FIXED64(span.start))
+        if span.end_time:
+            out.append(b"\x41" + _FIXED64(span.end_time))
+        out.append(self._attributes(b"\x4a", span.attributes))
+        for timestamp, name, attributes in span.events:
+            body = b"\x09" + _FIXED64(timestamp) if timestamp else b""
+            if name:
+                body += _field(b"\x12", name.encode())
+            body += self._attributes(b"\x1a", attributes)
+            out.append(_field(b"\x5a", body))
+        if span.dropped_events:
+            out.append(b"\x60" + _varint(span.dropped_events))
+        code = span.status_code
+        description = span.status_description
+        body = _field(b"\x12", description.encode()) if description else b""
+        out.append(_field(b"\x7a", body + b"\x18" + _SMALL[code] if code else body))
+        remote = _HAS_IS_REMOTE | _IS_REMOTE if span.remote_parent else _HAS_IS_REMOTE
+        out.append(b"\x85\x01" + _FIXED32(remote))
+        return b"".join(out)
+
+    def encode(self, spans: Sequence[Any]) -> bytes:
+        """An ``ExportTraceServiceRequest`` of ``spans``, in their order."""
+        light = self._light
+        scope_spans = _field(
+            b"\x12", self._scope_field + b"".join([_field(b"\x12", light(s)) for s in spans])
+        )
+        return _field(b"\x0a", self._head + scope_spans + self._schema)
