@@ -210,7 +210,7 @@ class LightSpan(trace.Span):
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         if value is not None and not self.end_time:
-            self.attributes[key] = tuple(value) if isinstance(value, list) else value
+            self.attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         for key, value in attributes.items():
@@ -298,11 +298,8 @@ class LightTracer(trace.Tracer):
             else:
                 trace_id, parent_id = ctx.trace_id, ctx.span_id
                 remote, sampled = ctx.is_remote, ctx.trace_flags.sampled
-        attrs = {
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in (attributes or {}).items()
-            if v is not None
-        }
+        # kept, not copied (the tracer's dicts are its spans' own); a None is never exported
+        attrs = attributes if type(attributes) is dict else dict(attributes or {})
         return LightSpan(
             self._batcher, name, trace_id, self._id(64), parent_id, remote, sampled, kind.value,
             time.time_ns() if start_time is None else start_time, attrs,

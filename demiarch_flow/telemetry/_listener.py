@@ -40,6 +40,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .. import __version__
 from ..errors import redact, secrets_registered
 from ..runner.records import FlowRecord, RunStart
+from ._direct import LightTracer
 
 log = logging.getLogger("demiarch_flow")
 
@@ -96,6 +97,10 @@ def _some(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if v is not None}
 
 
+def _keep(attrs: dict[str, Any]) -> dict[str, Any]:
+    return attrs
+
+
 def _usd(amount: Decimal | None) -> float | None:
     return None if amount is None else float(amount)
 
@@ -122,6 +127,9 @@ class OtelTracer:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._tracer = trace.get_tracer("demiarch_flow", __version__, tracer_provider)
+        # A light span (the direct path) keeps attributes whose value is None and never
+        # exports them: the attributes are not filtered twice.
+        self._some = _keep if isinstance(self._tracer, LightTracer) else _some
         meter = metrics.get_meter("demiarch_flow", __version__, meter_provider=meter_provider)
         self._duration = meter.create_histogram(
             "gen_ai.client.operation.duration", "s", "GenAI operation duration.",
@@ -176,7 +184,7 @@ class OtelTracer:
             context=parent,
             kind=SpanKind.INTERNAL,
             start_time=anchor_ns,
-            attributes=_some({
+            attributes=self._some({
                 "gen_ai.operation.name": "invoke_workflow",
                 "gen_ai.workflow.name": start.workflow,
                 "demiarch_flow.run.id": start.run_id,
@@ -200,7 +208,7 @@ class OtelTracer:
             span = self._tracer.start_span(
                 "submit",
                 kind=SpanKind.PRODUCER,
-                attributes=_some({
+                attributes=self._some({
                     "messaging.operation.type": "send", "demiarch_flow.run.id": run_id,
                     "gen_ai.workflow.name": workflow,
                 }),
@@ -232,7 +240,7 @@ class OtelTracer:
         if r.kind == "attempt":
             self._attempt(run, r, at)
         elif r.kind == "transition":
-            run.root.add_event("transition", _some({
+            run.root.add_event("transition", self._some({
                 "demiarch_flow.from": r.from_state, "demiarch_flow.event": r.event,
                 "demiarch_flow.to": r.to_state, "demiarch_flow.model": r.model,
                 "demiarch_flow.attempt": r.attempt, "error.type": r.error_class,
@@ -243,14 +251,14 @@ class OtelTracer:
                 f"wait {r.wait_source or 'backoff'}",
                 context=run.ctx,
                 start_time=at,
-                attributes=_some({
+                attributes=self._some({
                     "demiarch_flow.wait_s": r.wait_s, "demiarch_flow.wait_source": r.wait_source,
                     "demiarch_flow.model": r.model, "demiarch_flow.attempt": r.attempt,
                     "error.type": r.error_class,
                 }),
             )  # fmt: skip
         elif r.kind in ("fallback", "cooldown"):
-            run.root.add_event(r.kind, _some({
+            run.root.add_event(r.kind, self._some({
                 "demiarch_flow.event": r.event, "demiarch_flow.model": r.model,
                 "demiarch_flow.next_model": r.next_model, "error.type": r.error_class,
                 "demiarch_flow.wait_s": r.wait_s,
@@ -277,7 +285,7 @@ class OtelTracer:
 
     def _attempt(self, run: _Run, r: FlowRecord, at: int) -> None:
         key, common = self._common(r)
-        span_attrs = _some({
+        span_attrs = self._some({
             **common,
             "gen_ai.response.id": _clean(r.response_id),
             "gen_ai.usage.input_tokens": r.input_tokens,
@@ -333,7 +341,7 @@ class OtelTracer:
         if r.cost_usd is not None and not run.answered_cost_known:
             cost += r.cost_usd  # the reply's cost was learnt after its attempt (Persist)
         root = run.root
-        root.set_attributes(_some({
+        root.set_attributes(self._some({
             "gen_ai.conversation.id": r.conversation_id,
             "demiarch_flow.run.status": r.run_status,
             "demiarch_flow.run.final_state": r.to_state,

@@ -110,7 +110,7 @@ class _Encoder:
                         pairs.clear()
                     done = pairs[memo] = _field(tag, _key_value(key, value))
                 out.append(done)
-            else:
+            elif value is not None:  # a light span's attributes may hold one: never exported
                 out.append(_field(tag, _key_value(key, value)))
         return b"".join(out)
 
