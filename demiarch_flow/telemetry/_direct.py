@@ -161,12 +161,26 @@ class Batcher:
 
 class LightSpan(trace.Span):
     """A span as OTLP sends it, and no more (see the module doc). Not thread-safe: a span is
-    made and ended by one run."""
+    made and ended by one run. ``shared``: attributes written before ``attributes``, a dict
+    many spans share and nobody changes (the encoder remembers its bytes by its identity)."""
 
     __slots__ = (
-        "_batcher", "attributes", "dropped_events", "end_time", "events", "kind", "name",
-        "parent_id", "remote_parent", "sampled", "span_id", "start", "status_code",
-        "status_description", "trace_id",
+        "_batcher",
+        "attributes",
+        "dropped_events",
+        "end_time",
+        "events",
+        "kind",
+        "name",
+        "parent_id",
+        "remote_parent",
+        "sampled",
+        "shared",
+        "span_id",
+        "start",
+        "status_code",
+        "status_description",
+        "trace_id",
     )  # fmt: skip
 
     def __init__(
@@ -181,8 +195,10 @@ class LightSpan(trace.Span):
         kind: int,
         start: int,
         attributes: dict[str, Any],
+        shared: Mapping[str, Any] | None = None,
     ) -> None:
         self._batcher = batcher
+        self.shared = shared
         self.name = name
         self.trace_id = trace_id
         self.span_id = span_id
@@ -210,11 +226,19 @@ class LightSpan(trace.Span):
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         if value is not None and not self.end_time:
+            if self.shared is not None and key in self.shared:
+                self.attributes = {**self.shared, **self.attributes}
+                self.shared = None
             self.attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
+        if self.end_time:
+            return
+        known = {k: v for k, v in attributes.items() if v is not None}
+        if self.shared is not None and not known.keys().isdisjoint(self.shared):
+            self.attributes = {**self.shared, **self.attributes}
+            self.shared = None
+        self.attributes.update(known)
 
     def add_event(
         self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
@@ -285,6 +309,7 @@ class LightTracer(trace.Tracer):
         start_time: int | None = None,
         record_exception: bool = True,
         set_status_on_exception: bool = True,
+        shared: Mapping[str, Any] | None = None,
     ) -> LightSpan:
         parent = trace.get_current_span(context)
         if isinstance(parent, LightSpan):
@@ -302,7 +327,7 @@ class LightTracer(trace.Tracer):
         attrs = attributes if type(attributes) is dict else dict(attributes or {})
         return LightSpan(
             self._batcher, name, trace_id, self._id(64), parent_id, remote, sampled, kind.value,
-            time.time_ns() if start_time is None else start_time, attrs,
+            time.time_ns() if start_time is None else start_time, attrs, shared,
         )  # fmt: skip
 
     @contextmanager

@@ -129,7 +129,8 @@ class OtelTracer:
         self._tracer = trace.get_tracer("demiarch_flow", __version__, tracer_provider)
         # A light span (the direct path) keeps attributes whose value is None and never
         # exports them: the attributes are not filtered twice.
-        self._some = _keep if isinstance(self._tracer, LightTracer) else _some
+        self._light = self._tracer if isinstance(self._tracer, LightTracer) else None
+        self._some = _keep if self._light is not None else _some
         meter = metrics.get_meter("demiarch_flow", __version__, meter_provider=meter_provider)
         self._duration = meter.create_histogram(
             "gen_ai.client.operation.duration", "s", "GenAI operation duration.",
@@ -285,8 +286,7 @@ class OtelTracer:
 
     def _attempt(self, run: _Run, r: FlowRecord, at: int) -> None:
         key, common = self._common(r)
-        span_attrs = self._some({
-            **common,
+        span_attrs: dict[str, Any] = {
             "gen_ai.response.id": _clean(r.response_id),
             "gen_ai.usage.input_tokens": r.input_tokens,
             "gen_ai.usage.output_tokens": r.output_tokens,
@@ -296,7 +296,9 @@ class OtelTracer:
             "http.response.status_code": r.status, "demiarch_flow.attempt": r.attempt,
             "demiarch_flow.cost_usd": _usd(r.cost_usd), "demiarch_flow.stream.cause": r.cause,
             "demiarch_flow.stream.partial_chars": r.partial_chars,
-        })  # fmt: skip
+        }  # fmt: skip
+        if self._light is None:
+            span_attrs = _some({**common, **span_attrs})
         if r.finish_reason:
             span_attrs["gen_ai.response.finish_reasons"] = (_clean(r.finish_reason),)
         if self._capture and run.input is not None:
@@ -304,13 +306,19 @@ class OtelTracer:
             if r.text is not None:
                 span_attrs["gen_ai.output.messages"] = _messages("assistant", r.text)
         latency_ns = (r.latency_ms or 0) * 1_000_000
-        span = self._tracer.start_span(
-            f"chat {r.model}",
-            context=run.ctx,
-            kind=SpanKind.CLIENT,
-            start_time=at - latency_ns,
-            attributes=span_attrs,
-        )
+        if self._light is not None:  # the common attributes first, encoded once
+            span: Span = self._light.start_span(
+                f"chat {r.model}", run.ctx, SpanKind.CLIENT, span_attrs,
+                start_time=at - latency_ns, shared=common,
+            )  # fmt: skip
+        else:
+            span = self._tracer.start_span(
+                f"chat {r.model}",
+                context=run.ctx,
+                kind=SpanKind.CLIENT,
+                start_time=at - latency_ns,
+                attributes=span_attrs,
+            )
         if r.error_class is not None:
             span.set_status(Status(StatusCode.ERROR, str(r.error_class)))
         span.end(end_time=at)

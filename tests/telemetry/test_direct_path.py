@@ -178,3 +178,68 @@ def test_light_span_status_and_event_rules_follow_the_sdk() -> None:
     span.end(end_time=300)
     span.set_attribute("late", 1)
     assert ended == [span] and span.end_time == 200 and "late" not in span.attributes
+
+
+def test_light_spans_encode_as_the_sdk_encodes_the_same_spans() -> None:
+    """Light spans made from SDK spans (their ids, times, attributes, events, status) encode
+    to what the SDK's encoder writes for those, with values of every type — a list, tuples of
+    strings and of ints, True beside 1 under one key, a float, a None never written — and
+    twice over (what is remembered gives the same bytes)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    from demiarch_flow.telemetry._otlp import LightEncoder
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource({"service.name": "light"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("demiarch_flow", "9.9")
+    shared = {"s": "text", "n": 7}
+    varied: list[dict[str, Any]] = [
+        {"flag": True, "list": ["a", "b"], "x": 0.5, "reasons": ("stop",)},
+        {"flag": 1, "ints": (1, 2), "x": 1.0, "reasons": ("length", "stop")},
+        {"flag": "1", "long": "y" * 200, "n": 8},
+    ]
+    with tracer.start_as_current_span("root", kind=SpanKind.SERVER) as root:
+        for i, attrs in enumerate(varied):
+            root.add_event("e", {**attrs, "i": i})
+            with tracer.start_as_current_span(f"child {i}", kind=SpanKind.CLIENT) as child:
+                child.set_attributes({**shared, **attrs})
+                child.add_event("e", attrs)
+                child.set_status(Status(StatusCode.ERROR, f"bad {i}"))
+    spans = sorted(memory.get_finished_spans(), key=lambda s: s.start_time or 0)
+
+    def light(span: Any) -> LightSpan:
+        own = dict(span.attributes or {})
+        split = own.get("s") == "text" and own.get("n") == 7
+        if split:  # the shared part apart, as the tracer gives it, and a None
+            own = {k: v for k, v in own.items() if k not in shared}
+            own["none"] = None
+        parent = span.parent
+        made = LightSpan(
+            None,  # type: ignore[arg-type]
+            span.name, span.context.trace_id, span.context.span_id,
+            parent.span_id if parent else 0, False, True, span.kind.value,
+            span.start_time, own, shared if split else None,
+        )  # fmt: skip
+        for event in span.events:  # the SDK made the list a tuple: a list again (unhashable)
+            attrs = {k: list(v) if k == "list" else v for k, v in event.attributes.items()}
+            made.events.append((event.timestamp, event.name, attrs))
+        made.end_time = span.end_time
+        made.status_code = span.status.status_code.value
+        made.status_description = span.status.description
+        return made
+
+    expected = ExportTraceServiceRequest.FromString(encode_spans(spans).SerializeToString())
+    encoder = LightEncoder(provider.resource, ("demiarch_flow", "9.9"))
+    lights = [light(s) for s in spans]
+    assert any(s.shared for s in lights)
+    for _ in range(2):
+        assert ExportTraceServiceRequest.FromString(encoder.encode(lights)) == expected
