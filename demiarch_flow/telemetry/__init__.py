@@ -71,9 +71,11 @@ def open_tracer(
 ) -> Iterator[OtelTracer | None]:
     """The tracer of this process's runs, or ``None`` when runs are not traced.
 
-    A program that installed its own tracer (and meter) provider gets the spans in it; else
-    one is built from the ``OTEL_*`` variables, exporting in the background, and flushed for
-    at most :data:`~._setup.FLUSH_S` seconds when the block ends.
+    A program that installed its own tracer (and meter) provider gets the spans in it, through
+    the SDK; else providers are built from the ``OTEL_*`` variables (the direct path,
+    :mod:`._direct`, when they export OTLP/HTTP: none of the SDK's per-span work), exporting
+    in the background, and flushed for at most :data:`~._setup.FLUSH_S` seconds when the
+    block ends.
 
     Raises:
         EnvironmentProblem: tracing is asked for but the ``otel`` extra is not installed, or
@@ -85,7 +87,7 @@ def open_tracer(
         return
     try:
         from ._listener import OtelTracer
-        from ._setup import sdk_providers
+        from ._setup import own_providers
     except ImportError as exc:
         raise EnvironmentProblem(
             f"tracing needs OpenTelemetry ({exc.name} is not installed): pip install"
@@ -94,7 +96,7 @@ def open_tracer(
     if user_provider_set():
         yield OtelTracer(server_url=server_url, environ=env)
         return
-    with sdk_providers(env) as (tracer_provider, meter_provider):
+    with own_providers(env) as (tracer_provider, meter_provider):
         yield OtelTracer(
             server_url=server_url,
             tracer_provider=tracer_provider,

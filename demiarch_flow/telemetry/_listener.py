@@ -40,6 +40,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .. import __version__
 from ..errors import redact, secrets_registered
 from ..runner.records import FlowRecord, RunStart
+from ._direct import LightTracer
 
 log = logging.getLogger("demiarch_flow")
 
@@ -96,6 +97,10 @@ def _some(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if v is not None}
 
 
+def _keep(attrs: dict[str, Any]) -> dict[str, Any]:
+    return attrs
+
+
 def _usd(amount: Decimal | None) -> float | None:
     return None if amount is None else float(amount)
 
@@ -122,6 +127,10 @@ class OtelTracer:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._tracer = trace.get_tracer("demiarch_flow", __version__, tracer_provider)
+        # A light span (the direct path) keeps attributes whose value is None and never
+        # exports them: the attributes are not filtered twice.
+        self._light = self._tracer if isinstance(self._tracer, LightTracer) else None
+        self._some = _keep if self._light is not None else _some
         meter = metrics.get_meter("demiarch_flow", __version__, meter_provider=meter_provider)
         self._duration = meter.create_histogram(
             "gen_ai.client.operation.duration", "s", "GenAI operation duration.",
@@ -153,6 +162,7 @@ class OtelTracer:
         self._capture = capture.strip().lower() == "true"
         self._runs: dict[str, _Run] = {}
         self._commons: dict[tuple[str | None, ...], dict[str, Any]] = {}
+        self._token_attrs: dict[tuple[str | None, ...], tuple[dict[str, Any], ...]] = {}
 
     # ------------------------------------------------------------------ the run's root
 
@@ -175,7 +185,7 @@ class OtelTracer:
             context=parent,
             kind=SpanKind.INTERNAL,
             start_time=anchor_ns,
-            attributes=_some({
+            attributes=self._some({
                 "gen_ai.operation.name": "invoke_workflow",
                 "gen_ai.workflow.name": start.workflow,
                 "demiarch_flow.run.id": start.run_id,
@@ -188,7 +198,7 @@ class OtelTracer:
         self._runs[start.run_id] = _Run(root, ctx, anchor_ns, start.monotonic, start.message)
         if start.trace and start.resume_count > 0:
             return start.trace
-        return _traceparent(root.get_span_context()) or start.trace
+        return _span_traceparent(root) or start.trace
 
     def submitted(self, run_id: str, workflow: str | None = None) -> str | None:
         """A ``submit`` span for a run put on the queue (a child of the caller's current
@@ -199,13 +209,13 @@ class OtelTracer:
             span = self._tracer.start_span(
                 "submit",
                 kind=SpanKind.PRODUCER,
-                attributes=_some({
+                attributes=self._some({
                     "messaging.operation.type": "send", "demiarch_flow.run.id": run_id,
                     "gen_ai.workflow.name": workflow,
                 }),
             )  # fmt: skip
             span.end()
-            return _traceparent(span.get_span_context())
+            return _span_traceparent(span)
         except Exception:  # tracing never fails a submit
             log.debug("could not trace a submit", exc_info=True)
             return None
@@ -231,7 +241,7 @@ class OtelTracer:
         if r.kind == "attempt":
             self._attempt(run, r, at)
         elif r.kind == "transition":
-            run.root.add_event("transition", _some({
+            run.root.add_event("transition", self._some({
                 "demiarch_flow.from": r.from_state, "demiarch_flow.event": r.event,
                 "demiarch_flow.to": r.to_state, "demiarch_flow.model": r.model,
                 "demiarch_flow.attempt": r.attempt, "error.type": r.error_class,
@@ -242,14 +252,14 @@ class OtelTracer:
                 f"wait {r.wait_source or 'backoff'}",
                 context=run.ctx,
                 start_time=at,
-                attributes=_some({
+                attributes=self._some({
                     "demiarch_flow.wait_s": r.wait_s, "demiarch_flow.wait_source": r.wait_source,
                     "demiarch_flow.model": r.model, "demiarch_flow.attempt": r.attempt,
                     "error.type": r.error_class,
                 }),
             )  # fmt: skip
         elif r.kind in ("fallback", "cooldown"):
-            run.root.add_event(r.kind, _some({
+            run.root.add_event(r.kind, self._some({
                 "demiarch_flow.event": r.event, "demiarch_flow.model": r.model,
                 "demiarch_flow.next_model": r.next_model, "error.type": r.error_class,
                 "demiarch_flow.wait_s": r.wait_s,
@@ -265,6 +275,7 @@ class OtelTracer:
         if common is None:
             if len(self._commons) > 1024:
                 self._commons.clear()
+                self._token_attrs.clear()
             common = self._commons[key] = _some({
                 "gen_ai.operation.name": "chat", "gen_ai.provider.name": PROVIDER,
                 "gen_ai.request.model": r.model,
@@ -275,8 +286,7 @@ class OtelTracer:
 
     def _attempt(self, run: _Run, r: FlowRecord, at: int) -> None:
         key, common = self._common(r)
-        span_attrs = _some({
-            **common,
+        span_attrs: dict[str, Any] = {
             "gen_ai.response.id": _clean(r.response_id),
             "gen_ai.usage.input_tokens": r.input_tokens,
             "gen_ai.usage.output_tokens": r.output_tokens,
@@ -286,7 +296,9 @@ class OtelTracer:
             "http.response.status_code": r.status, "demiarch_flow.attempt": r.attempt,
             "demiarch_flow.cost_usd": _usd(r.cost_usd), "demiarch_flow.stream.cause": r.cause,
             "demiarch_flow.stream.partial_chars": r.partial_chars,
-        })  # fmt: skip
+        }  # fmt: skip
+        if self._light is None:
+            span_attrs = _some({**common, **span_attrs})
         if r.finish_reason:
             span_attrs["gen_ai.response.finish_reasons"] = (_clean(r.finish_reason),)
         if self._capture and run.input is not None:
@@ -294,20 +306,33 @@ class OtelTracer:
             if r.text is not None:
                 span_attrs["gen_ai.output.messages"] = _messages("assistant", r.text)
         latency_ns = (r.latency_ms or 0) * 1_000_000
-        span = self._tracer.start_span(
-            f"chat {r.model}",
-            context=run.ctx,
-            kind=SpanKind.CLIENT,
-            start_time=at - latency_ns,
-            attributes=span_attrs,
-        )
+        if self._light is not None:  # the common attributes first, encoded once
+            span: Span = self._light.start_span(
+                f"chat {r.model}", run.ctx, SpanKind.CLIENT, span_attrs,
+                start_time=at - latency_ns, shared=common,
+            )  # fmt: skip
+        else:
+            span = self._tracer.start_span(
+                f"chat {r.model}",
+                context=run.ctx,
+                kind=SpanKind.CLIENT,
+                start_time=at - latency_ns,
+                attributes=span_attrs,
+            )
         if r.error_class is not None:
             span.set_status(Status(StatusCode.ERROR, str(r.error_class)))
         span.end(end_time=at)
         self._duration.record((r.latency_ms or 0) / 1000, common)
-        for kind, count in (("input", r.input_tokens), ("output", r.output_tokens)):
-            if count is not None:
-                self._tokens.record(count, {**common, "gen_ai.token.type": kind})
+        if r.input_tokens is not None or r.output_tokens is not None:
+            by_type = self._token_attrs.get(key)
+            if by_type is None:  # made, and forgotten, with the common attributes
+                by_type = self._token_attrs[key] = tuple(
+                    {**common, "gen_ai.token.type": kind} for kind in ("input", "output")
+                )
+            if r.input_tokens is not None:
+                self._tokens.record(r.input_tokens, by_type[0])
+            if r.output_tokens is not None:
+                self._tokens.record(r.output_tokens, by_type[1])
         if r.first_token_ms is not None:
             self._first_chunk.record(r.first_token_ms / 1000, common)
         if r.cost_usd is not None:
@@ -324,7 +349,7 @@ class OtelTracer:
         if r.cost_usd is not None and not run.answered_cost_known:
             cost += r.cost_usd  # the reply's cost was learnt after its attempt (Persist)
         root = run.root
-        root.set_attributes(_some({
+        root.set_attributes(self._some({
             "gen_ai.conversation.id": r.conversation_id,
             "demiarch_flow.run.status": r.run_status,
             "demiarch_flow.run.final_state": r.to_state,
@@ -341,6 +366,14 @@ class OtelTracer:
         """The spend so far by model (the reader's thread: a copy of the items is taken at
         once, and a total read is one whole Decimal)."""
         return [Observation(float(total[0]), attrs) for attrs, total in list(self._spent.values())]
+
+
+def _span_traceparent(span: Span) -> str | None:
+    """The W3C ``traceparent`` of ``span`` (a light span writes its own)."""
+    own = getattr(span, "traceparent", None)
+    if own is not None:
+        return str(own())
+    return _traceparent(span.get_span_context())
 
 
 def _traceparent(ctx: SpanContext) -> str | None:

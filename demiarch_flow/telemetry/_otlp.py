@@ -41,6 +41,8 @@ def _varint(n: int) -> bytes:
         n += 1 << 64  # int64 as protobuf writes it: two's complement, ten bytes
     if n < 0x80:
         return _SMALL[n]
+    if n < 0x4000:  # the length of most spans and events
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -110,7 +112,7 @@ class _Encoder:
                         pairs.clear()
                     done = pairs[memo] = _field(tag, _key_value(key, value))
                 out.append(done)
-            else:
+            elif value is not None:  # a light span's attributes may hold one: never exported
                 out.append(_field(tag, _key_value(key, value)))
         return b"".join(out)
 
@@ -260,3 +262,151 @@ class SpanExporter(OTLPSpanExporter):
                 result.error = sent.error
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+class LightEncoder(_Encoder):
+    """Encodes batches of :class:`~._direct.LightSpan` of one resource and one scope (the
+    direct path's): the ``ResourceSpans`` head and the scope are encoded once, a key-value
+    pair whose value is a string or an int is remembered by key then value (no tuple made to
+    look it up), and an event's name and attributes together, when the same event comes
+    again (the transitions of a workflow repeat from run to run)."""
+
+    def __init__(self, resource: Any, scope: tuple[str, str | None]) -> None:
+        super().__init__()
+        self._head = self._resource(resource)
+        name, version = scope
+        body = _field(b"\x0a", name.encode()) if name else b""
+        if version:
+            body += _field(b"\x12", version.encode())
+        self._scope_field = _field(b"\x0a", body)
+        self._schema = _field(b"\x1a", resource.schema_url.encode()) if resource.schema_url else b""
+        self._by_key: dict[bytes, dict[str, dict[Any, bytes]]] = {b"\x4a": {}, b"\x1a": {}}
+        self._events: dict[tuple[Any, ...], bytes] = {}
+        self._shared: dict[int, tuple[object, bytes]] = {}
+        self._names: dict[str, bytes] = {}
+        self._keys: dict[str, bytes] = {}
+
+    def _pair(self, tag: bytes, key: str, value: Any) -> bytes:
+        """One ``KeyValue`` field (the key's own bytes remembered)."""
+        head = self._keys.get(key)
+        if head is None:
+            if len(self._keys) >= 256:
+                self._keys.clear()
+            head = self._keys[key] = _field(b"\x0a", key.encode())
+        kind = type(value)
+        if kind is str:
+            data: bytes = value.encode()
+            n = len(data)
+            any_ = b"\x0a" + (_SMALL[n] if n < 0x80 else _varint(n)) + data
+        elif kind is int:
+            any_ = b"\x18" + _varint(value)
+        elif kind is float:
+            any_ = b"\x21" + _DOUBLE(value)
+        else:
+            any_ = _any(value)
+        n = len(any_)
+        pair = head + b"\x12" + (_SMALL[n] if n < 0x80 else _varint(n)) + any_
+        n = len(pair)
+        return tag + (_SMALL[n] if n < 0x80 else _varint(n)) + pair
+
+    def _kv(self, tag: bytes, attributes: Mapping[str, Any]) -> bytes:
+        """The pairs as repeated ``KeyValue`` fields numbered ``tag``, a ``None`` left out. A
+        string, an int (not a bool: ``True == 1``) or a tuple of strings is remembered by key,
+        then value."""
+        memo = self._by_key[tag]
+        out = []
+        for key, value in attributes.items():
+            kind = type(value)
+            if (
+                kind is str
+                or kind is int
+                or (
+                    kind is tuple and all([type(v) is str for v in value])
+                )  # (True,) == (1,): not these
+            ):
+                by_value = memo.get(key)
+                if by_value is None:
+                    if len(memo) >= 256:
+                        memo.clear()
+                    by_value = memo[key] = {}
+                done = by_value.get(value)
+                if done is None:
+                    if len(by_value) >= self.LIMIT:
+                        by_value.clear()
+                    done = by_value[value] = self._pair(tag, key, value)
+                out.append(done)
+            elif value is not None:
+                out.append(self._pair(tag, key, value))
+        return b"".join(out)
+
+    def _event(self, name: str, attributes: Mapping[str, Any] | None) -> bytes:
+        """An event's name and attributes (its timestamp apart), remembered whole."""
+        memo = None
+        if attributes:
+            memo = (name, tuple(attributes.items()), tuple(map(type, attributes.values())))
+        try:
+            done = self._events.get(memo) if memo is not None else None
+        except TypeError:  # a value that is not hashable (a list)
+            memo = done = None
+        if done is None:
+            done = _field(b"\x12", name.encode()) if name else b""
+            done += self._kv(b"\x1a", attributes or {})
+            if memo is not None:
+                if len(self._events) >= self.LIMIT:
+                    self._events.clear()
+                self._events[memo] = done
+        return done
+
+    def _light(self, span: Any) -> bytes:
+        out = [
+            b"\x0a\x10", span.trace_id.to_bytes(16, "big"),
+            b"\x12\x08", span.span_id.to_bytes(8, "big"),
+        ]  # fmt: skip
+        if span.parent_id:
+            out.append(b"\x22\x08" + span.parent_id.to_bytes(8, "big"))
+        name = span.name
+        if name:
+            done = self._names.get(name)
+            if done is None:
+                if len(self._names) >= 1024:
+                    self._names.clear()
+                done = self._names[name] = _field(b"\x2a", name.encode())
+            out.append(done)
+        out.append(b"\x30" + _SMALL[span.kind + 1])
+        if span.start:
+            out.append(b"\x39" + _FIXED64(span.start))
+        if span.end_time:
+            out.append(b"\x41" + _FIXED64(span.end_time))
+        shared = span.shared
+        if shared is not None:
+            found = self._shared.get(id(shared))
+            if found is None or found[0] is not shared:
+                if len(self._shared) >= 1024:
+                    self._shared.clear()
+                found = self._shared[id(shared)] = (shared, self._kv(b"\x4a", shared))
+            out.append(found[1])
+        out.append(self._kv(b"\x4a", span.attributes))
+        event = self._event
+        for timestamp, name, attributes in span.events:
+            body = event(name, attributes)
+            if timestamp:
+                body = b"\x09" + _FIXED64(timestamp) + body
+            out.append(_field(b"\x5a", body))
+        if span.dropped_events:
+            out.append(b"\x60" + _varint(span.dropped_events))
+        code = span.status_code
+        description = span.status_description
+        body = _field(b"\x12", description.encode()) if description else b""
+        out.append(_field(b"\x7a", body + b"\x18" + _SMALL[code] if code else body))
+        out.append(
+            b"\x85\x01\x00\x03\x00\x00" if span.remote_parent else b"\x85\x01\x00\x01\x00\x00"
+        )
+        return b"".join(out)
+
+    def encode(self, spans: Sequence[Any]) -> bytes:
+        """An ``ExportTraceServiceRequest`` of ``spans``, in their order."""
+        light = self._light
+        scope_spans = _field(
+            b"\x12", self._scope_field + b"".join([_field(b"\x12", light(s)) for s in spans])
+        )
+        return _field(b"\x0a", self._head + scope_spans + self._schema)

@@ -11,10 +11,11 @@ Ctrl-C, SIGTERM), what is pending is flushed for at most :data:`FLUSH_S` seconds
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -24,6 +25,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from ..errors import EnvironmentProblem
+
+log = logging.getLogger("demiarch_flow")
 
 FLUSH_S = 2.0
 """The longest a process waits at exit for pending spans and metrics to leave."""
@@ -37,6 +40,7 @@ _NOISY = (
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
     "opentelemetry.exporter.otlp.proto.http._common",
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "demiarch_flow.telemetry",
 )
 
 
@@ -164,6 +168,109 @@ def sdk_providers(
             FLUSH_S if flush_s is None else flush_s,
             [tracer_provider.shutdown, meter_provider.shutdown],
         )
+
+
+class _NotDirect(Exception):
+    """The OTLP/HTTP exporter lacks the internals the direct path uses."""
+
+
+#: Variables that change what the SDK does with spans and points in ways the direct path does
+#: not copy (a sampler, limits, exemplars, another temporality or aggregation): set, the SDK
+#: is used.
+_SDK_ONLY = (
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_METRICS_EXEMPLAR_FILTER",
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+    "OTEL_SDK_DISABLED",
+    "OTEL_PYTHON_ID_GENERATOR",
+)
+
+
+def direct_possible(env: Mapping[str, str]) -> bool:
+    """Whether this process's providers can be the direct path's (:mod:`._direct`): the
+    exporters are OTLP over HTTP/protobuf (or none) and no variable asks the SDK for something
+    the direct path does not do. (A program's own provider never comes here.)"""
+    environs = (env, os.environ)
+    if any(e.get(name, "").strip() for name in _SDK_ONLY for e in environs):
+        return False
+    for var, signal in (("OTEL_TRACES_EXPORTER", "TRACES"), ("OTEL_METRICS_EXPORTER", "METRICS")):
+        names = _names(env, var)
+        if names and (names != ["otlp"] or _protocol(env, signal) != "http/protobuf"):
+            return False
+    return True
+
+
+@contextmanager
+def direct_providers(
+    env: Mapping[str, str], flush_s: float | None = None
+) -> Iterator[tuple[Any, Any]]:
+    """A tracer and a meter provider of the direct path (:mod:`._direct`, :mod:`._metrics`),
+    exporting over OTLP/HTTP as the variables say (the SDK exporters' own HTTP clients);
+    shut down (flushed for at most ``flush_s`` seconds) when the block ends. Check
+    :func:`direct_possible` first.
+
+    Raises:
+        EnvironmentProblem: the OTLP/HTTP exporter is not installed."""
+    from .. import __version__
+    from ._direct import LightTracerProvider, Sender
+    from ._metrics import LightMeterProvider
+
+    _quieten()
+    exporters = [
+        getattr(_import(f"opentelemetry.exporter.otlp.proto.http.{kind}_exporter", "http"), cls)()
+        if _names(env, var) else None
+        for kind, cls, var in (
+            ("trace", "OTLPSpanExporter", "OTEL_TRACES_EXPORTER"),
+            ("metric", "OTLPMetricExporter", "OTEL_METRICS_EXPORTER"),
+        )
+    ]  # fmt: skip
+    if not all(e is None or Sender.usable(e) for e in exporters):
+        for exporter in exporters:
+            if exporter is not None:
+                exporter.shutdown()
+        raise _NotDirect
+    res = resource()
+    spans, points = exporters
+    tracer_provider = meter_provider = None
+    if spans is not None:
+        tracer_provider = LightTracerProvider(res, Sender(spans), ("demiarch_flow", __version__))
+    if points is not None:
+        meter_provider = LightMeterProvider(res, Sender(points))
+    try:
+        yield tracer_provider, meter_provider
+    finally:
+        _within(
+            FLUSH_S if flush_s is None else flush_s,
+            [p.shutdown for p in (tracer_provider, meter_provider) if p is not None],
+        )
+
+
+@contextmanager
+def own_providers(
+    env: Mapping[str, str], flush_s: float | None = None
+) -> Iterator[tuple[Any, Any]]:
+    """The providers of a process that configures OpenTelemetry itself: the direct path's
+    when :func:`direct_possible` and the exporters have what it uses, else the SDK's."""
+    if direct_possible(env):
+        with ExitStack() as stack:
+            try:
+                providers = stack.enter_context(direct_providers(env, flush_s))
+            except _NotDirect:
+                log.debug("the OTLP exporter lacks what the direct path uses: the SDK's path")
+            else:
+                yield providers
+                return
+    with sdk_providers(env, flush_s) as providers:
+        yield providers
 
 
 def _within(seconds: float, calls: list[Callable[[], object]]) -> None:

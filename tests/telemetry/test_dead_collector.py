@@ -17,7 +17,7 @@ from opentelemetry.exporter.otlp.common.http import _OTLPHTTPClient
 
 from demiarch_flow.runner import RunEnv, RunRequest, run_workflow
 from demiarch_flow.telemetry._listener import OtelTracer
-from demiarch_flow.telemetry._setup import sdk_providers
+from demiarch_flow.telemetry._setup import direct_providers, sdk_providers
 from demiarch_flow.testing import FakeOpenRouter, make_env
 
 from ..runner.helpers import default_workflow
@@ -96,8 +96,10 @@ def run_both(plain: RunEnv, traced: RunEnv) -> None:
     trio.run(main)
 
 
+@pytest.mark.parametrize("providers", [sdk_providers, direct_providers], ids=["sdk", "direct"])
 @pytest.mark.parametrize("collector", ["black_hole", "refused"])
 def test_a_dead_collector_never_makes_a_run_wait(
+    providers: Any,
     collector: str,
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
@@ -108,14 +110,15 @@ def test_a_dead_collector_never_makes_a_run_wait(
     and with the collector that never answers the runs all ended while an export was still
     waiting on it (so no run waited for it); at most one export warning is logged, and the
     end of the block waits its flush limit (0.3 s), not the export's 8 s timeout. What a
-    traced run costs in time is measured, not asserted here: ``bench/trace.py``."""
+    traced run costs in time is measured, not asserted here: ``bench/trace.py``. The same
+    with the SDK's providers and the direct path's."""
     endpoint, hole = request.getfixturevalue(collector)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "8")
     caplog.set_level(logging.WARNING)
     spy = ExportSpy(monkeypatch)
-    with sdk_providers(os.environ, flush_s=0.3) as (tracer_provider, meter_provider):
+    with providers(os.environ, flush_s=0.3) as (tracer_provider, meter_provider):
         tracer = OtelTracer(
             server_url="https://openrouter.ai/api/v1",
             tracer_provider=tracer_provider,
