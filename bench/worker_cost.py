@@ -24,28 +24,18 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers import drop_db, fresh_db
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "demiarch_flow"]
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 KEY = "sk-or-bench-0123456789abcdef"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def fresh_db() -> tuple[str, str]:
-    name = f"dflow_cost_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_db(name: str) -> None:
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class BackendCpu:

@@ -7,7 +7,6 @@ import asyncio
 import importlib.util
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +23,7 @@ from demiarch_flow.queue.submit import Submission, batch_run_id
 from demiarch_flow.queue.take import NotSubmitted, RunBusy
 from demiarch_flow.queue.worker import _retry_strategy, retry_in
 
-from .store.conftest import postgres_available
+from .store.conftest import own_pg_database
 
 COMMANDS = [
     ["submit", "-m", "hi"],
@@ -163,19 +162,7 @@ def test_a_guest_that_cannot_open_raises_its_error() -> None:
 
 @pytest.fixture
 def pg() -> Iterator[str]:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    import psycopg
-
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-    name = f"dflow_queue_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from own_pg_database("dflow_queue")
 
 
 @pytest.mark.postgres

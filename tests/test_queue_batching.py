@@ -5,32 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .store.conftest import postgres_available
+from .store.conftest import own_pg_database
 
 pytest.importorskip("procrastinate")
 
 
 @pytest.fixture
 def pg() -> Iterator[str]:
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    import psycopg
-
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-    name = f"dflow_batching_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from own_pg_database("dflow_batching")
 
 
 def _install(url: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from ..store.conftest import postgres_available
+from ..store.conftest import own_pg_database
 from .conftest import FAST, Cli, Result, SimThread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -36,18 +36,7 @@ CHILD = "tests.e2e.worker_child"
 @pytest.fixture
 def pg() -> Iterator[str]:
     """A PostgreSQL database of this test's own, dropped afterwards."""
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    import psycopg
-
-    name = f"dflow_workers_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from own_pg_database("dflow_workers")
 
 
 def write(url: str, *statements: str, **params: Any) -> None:

@@ -42,6 +42,24 @@ def _create_own_database() -> bool:
         return False
 
 
+def own_pg_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of one test's own (``prefix`` + a random suffix), its URL yielded
+    and the database dropped afterwards; the test is skipped where the server is absent. For a
+    fixture: ``yield from own_pg_database("dflow_queue")``."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def drop_own_database() -> None:
     """Drop the database this run created (nothing when it made none or was given one)."""
     if _GIVEN_DB is not None or not _available:
