@@ -72,3 +72,17 @@ def test_the_shared_client_uses_it() -> None:
     pool = client._transport._pool  # type: ignore[attr-defined]
     assert isinstance(pool._ssl_context, LazyTrustContext)
     assert cas(pool._ssl_context) == 0
+
+
+@pytest.mark.parametrize("name", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_a_bundle_that_is_not_there_is_refused_at_once(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing bundle is an environment problem named now (exit 3), not a network error on
+    every attempt at the first handshake."""
+    from demiarch_flow.errors import EnvironmentProblem
+
+    monkeypatch.setenv(name, str(tmp_path / "nowhere"))
+    with pytest.raises(EnvironmentProblem, match=name) as caught:
+        lazy_trust_context()
+    assert caught.value.exit_code == 3

@@ -52,7 +52,27 @@ class LazyTrustContext(ssl.SSLContext):
 
 def lazy_trust_context() -> LazyTrustContext:
     """A new client context: certificate and hostname verified, trust loaded on first use
-    (``SSLKEYLOGFILE`` honoured as ``ssl.create_default_context`` does)."""
+    (``SSLKEYLOGFILE`` honoured as ``ssl.create_default_context`` does).
+
+    A bundle named by ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` that is not there is refused now
+    (a stat, not a load), as httpx refused it when the client was made: found only at the
+    first handshake, it would fail every attempt as a network error instead of once, plainly.
+
+    Raises:
+        EnvironmentProblem: the variable names no such file (folder).
+    """
+    for name, exists in (("SSL_CERT_FILE", os.path.isfile), ("SSL_CERT_DIR", os.path.isdir)):
+        where = os.environ.get(name)
+        if where:
+            if not exists(where):
+                from ..errors import EnvironmentProblem
+
+                kind = "file" if name == "SSL_CERT_FILE" else "folder"
+                raise EnvironmentProblem(
+                    f"{name}={where!r}: no such {kind}; it names the CA bundle TLS connections"
+                    f" trust (unset it to use certifi's)"
+                )
+            break  # SSL_CERT_FILE, when set, is the one used (as in load_trust)
     ctx = LazyTrustContext(ssl.PROTOCOL_TLS_CLIENT)
     keylog = os.environ.get("SSLKEYLOGFILE")
     if keylog and hasattr(ctx, "keylog_filename"):
