@@ -136,6 +136,8 @@ def _type_message(err: ValidationError) -> str | None:
                 f"{shorten(value)} is text, not a number (YAML 1.1 would read it in base 60,"
                 f" as {means}; write the number you mean)"
             )
+        if means := _other_base(value):
+            return f"{shorten(value)} is text, not a number ({means})"
         try:
             float(value)
         except ValueError:
@@ -168,6 +170,27 @@ def _base_60(text: str) -> str | None:
     if fraction is None:
         return f"{sign.strip('+')}{total}"
     return f"{sign.strip('+')}{total + float('0' + fraction.replace('_', ''))}"
+
+
+_OTHER_BASE = re.compile(r"([-+]?)0(?:([0-7_]+)|b([01_]+))")
+
+
+def _other_base(text: str) -> str | None:
+    """What YAML 1.1 makes of ``010`` (octal: 8) or ``0b11`` (binary: 3), if it would: the
+    loader keeps these as text (see :mod:`._yaml`), since YAML 1.2 reads them otherwise."""
+    match = _OTHER_BASE.fullmatch(text)
+    if match is None or len(text) > 40:
+        return None
+    sign, octal, binary = match.groups()
+    sign = sign.strip("+")
+    if octal is not None:
+        as_8, as_10 = (f"{sign}{int(octal.replace('_', ''), base)}" for base in (8, 10))
+        return (
+            f"YAML 1.1 reads it in octal, as {as_8}, YAML 1.2 as {as_10};"
+            f" write {as_10} or {as_8}, without the leading 0"
+        )
+    as_2 = f"{sign}{int(binary.replace('_', '') or '0', 2)}"
+    return f"YAML 1.1 reads it in binary, as {as_2}, YAML 1.2 as text; write {as_2}"
 
 
 def _typed_key_errors(positions: Positions) -> list[DefinitionError]:

@@ -12,7 +12,10 @@ key that YAML would read as null, a boolean, a number or a date is noted in
 YAML 1.1 reads ``1:30`` as the base-60 number 90 (and ``1:30.5`` as 90.5), a reading nobody
 writing a budget or a delay expects. Such a scalar is kept as the text written instead: where text
 belongs (``system: 12:30``) it is what the user wrote, and where a number belongs the schema
-refuses it by name, at its line — never a silent 90.
+refuses it by name, at its line — never a silent 90. The same goes for the integers YAML 1.1
+reads in another base where YAML 1.2 (and every other reader of the file) does not: ``010`` is
+8 to PyYAML and 10 to YAML 1.2, ``0b11`` is 3 to one and text to the other. ``max_retries: 010``
+must not silently mean eight retries.
 
 Hostile input is bounded here, before anything recurses or multiplies: the text size, the nesting
 depth (PyYAML's composer recurses once per level, so 5,000 ``[`` would end in ``RecursionError``),
@@ -22,6 +25,7 @@ Every refusal is a :class:`YamlSyntaxError` with the line and column where the l
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -179,7 +183,7 @@ class _Walker:
                 " (aliases repeat their text)",
                 node,
             )
-        if _is_base_60(node):
+        if _is_base_60(node) or _is_prefixed_int(node):
             return str(node.value)
         try:
             return self.loader.construct_object(node, deep=True)
@@ -216,7 +220,7 @@ class _Walker:
     def _key_reading(self, node: yaml.ScalarNode) -> str | None:
         """What YAML reads a key as when that is not text (``None``: text, as keys should be)."""
         kind = node.tag.removeprefix(_YAML)
-        if kind == "str" or _is_base_60(node):
+        if kind == "str" or _is_base_60(node) or _is_prefixed_int(node):
             return None
         if kind == "null":
             return "null"
@@ -234,3 +238,11 @@ class _Walker:
 def _is_base_60(node: yaml.ScalarNode) -> bool:
     """A number YAML 1.1 reads in base 60: the only int or float forms with a colon (``1:30``)."""
     return node.tag in _NUMBER_TAGS and ":" in node.value
+
+
+_OCTAL_OR_BINARY = re.compile(r"[-+]?0(?:[0-7_]+|b[01_]+)")
+
+
+def _is_prefixed_int(node: yaml.ScalarNode) -> bool:
+    """An int YAML 1.1 reads in base 8 (``010``) or base 2 (``0b11``): see the module doc."""
+    return node.tag == _YAML + "int" and _OCTAL_OR_BINARY.fullmatch(node.value) is not None

@@ -127,3 +127,34 @@ def test_a_rate_of_one_a_minute_is_accepted() -> None:
     wf = parse_workflow(_with_limits('  rate:\n    "*": {rpm: 1, tpm: 1}\n'))
     assert wf.limits is not None
     assert (wf.limits.rate[0].rpm, wf.limits.rate[0].tpm) == (1, 1)
+
+
+# ---------------------------------------------------------------- octal and binary integers
+
+
+@pytest.mark.parametrize(
+    ("value", "reads"),
+    [
+        ("010", "in octal, as 8, YAML 1.2 as 10; write 10 or 8"),
+        ("017", "in octal, as 15, YAML 1.2 as 17; write 17 or 15"),
+        ("0b11", "in binary, as 3, YAML 1.2 as text; write 3"),
+    ],
+)
+def test_an_octal_or_binary_integer_is_refused_where_a_number_goes(value: str, reads: str) -> None:
+    """`max_retries: 010` is 8 to PyYAML (YAML 1.1) and 10 to YAML 1.2: never a silent 8."""
+    err = _refused(DEFAULT.replace("max_retries: 3 ", f"max_retries: {value} "))
+    assert err.path == "retry.max_retries"
+    assert f"{value!r} is text, not a number (YAML 1.1 reads it {reads}" in err.detail
+
+
+@pytest.mark.parametrize("value", ["1", "10", "0x10", "2.5", "1_000"])
+def test_plain_decimal_and_hex_integers_still_read_as_numbers(value: str) -> None:
+    """Only the forms the two YAML versions read differently are refused."""
+    wf = parse_workflow(DEFAULT.replace("max_delay_s: 30 ", f"max_delay_s: {value} "))
+    assert wf.retry.max_delay_s == float(int(value, 0) if "x" in value else value)
+
+
+def test_an_octal_looking_text_stays_the_text_written() -> None:
+    """Where text goes, `007` is the text 007 (YAML 1.1 would have made it 7)."""
+    wf = parse_workflow(DEFAULT.replace("name: chat\n", "name: chat\nsystem: 007\n"))
+    assert wf.system == "007"
