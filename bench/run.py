@@ -16,8 +16,9 @@ spread, because the machine this runs on is usually shared. Printed:
 * the SQLite run's commits, and the cost of one trio → worker-thread hop;
 * cold start of ``--help`` and ``validate``; issue 18's start-up table (``bench/startup.py``:
   ``--help``, ``key status``, the reports and a ``run``, each against its target);
-  ``batch --concurrency 100`` on a cold start (runs/s,
-  timeouts) and the peak RSS of a larger batch;
+  ``batch --concurrency 100`` on a cold start (runs/s, timeouts; its start-up, steady state
+  and exit apart, read off the runs' journal times) and the peak RSS and marginal rate of a
+  larger batch;
 * the issue 10 targets, met or not; and where the time goes (cProfile of the main thread,
   and of the worker thread's store transactions, grouped by package).
 
@@ -39,6 +40,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +249,15 @@ def cold_start(args: list[str], repeat: int = 5) -> list[float]:
 def batch(
     url: str, lines: int, folder: Path, concurrency: int = 100, db: str | None = None
 ) -> dict[str, float]:
-    """A batch subprocess on a cold start: wall time, peak RSS, timeouts and failures (on a
-    SQLite file in ``folder``, or on ``db``)."""
+    """A batch subprocess on a cold start (a new database, a fresh folder): wall time, peak
+    RSS, timeouts and failures (on a SQLite file in ``folder``, or on ``db``).
+
+    The wall time holds a fixed cost — interpreter, imports, the workflow, the database —
+    that a larger batch spreads thinner, so the run's own journal times (every result line
+    holds its transitions, in UTC) split it three ways: ``start_s``, from the process's start
+    to the first run's first transition; ``steady_runs_per_s``, the runs that finished
+    between the first run's finish and the last one's, per second; and ``tail_s``, from the
+    last run's finish to the process's exit."""
     folder.mkdir(parents=True, exist_ok=True)
     inp = folder / f"in-{lines}.jsonl"
     inp.write_text(
@@ -256,6 +265,7 @@ def batch(
     )
     out = folder / f"out-{lines}.jsonl"
     env = {**os.environ, "OPENROUTER_API_KEY": KEY.value}
+    spawned = time.time()  # the wall clock: the journal's times are the wall clock's too
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [*CLI, "batch", str(inp), str(BLOCKING_FILE), "--concurrency", str(concurrency),
@@ -267,9 +277,15 @@ def batch(
     wall = time.perf_counter() - t0
     results = [json.loads(line) for line in out.read_text().splitlines()]
     timeouts = sum(1 for r in results for a in r["attempts"] if a["error_class"] == "timeout")
+    moved = [r["transitions"] for r in results if r["transitions"]]
+    first = min(datetime.fromisoformat(t[0]["at"]).timestamp() for t in moved)
+    ends = sorted(datetime.fromisoformat(t[-1]["at"]).timestamp() for t in moved)
     return {
         "wall_s": wall,
         "runs_per_s": len(results) / wall,
+        "start_s": first - spawned,
+        "steady_runs_per_s": (len(ends) - 1) / max(ends[-1] - ends[0], 1e-9),
+        "tail_s": spawned + wall - ends[-1],
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "succeeded": sum(r["status"] == "succeeded" for r in results),
         "timeouts": timeouts,
@@ -417,7 +433,9 @@ def main() -> None:
                 fig["ratio_10"].append(flow["rps_10"] / raw["rps_10"])
                 fig["ratio_100"].append(flow["rps_100"] / raw["rps_100"])
                 fig["ratio_batch"].append(b["runs_per_s"] / raw["rps_100"])
-                for k in ("wall_s", "runs_per_s", "timeouts", "succeeded"):
+                fig["ratio_batch_steady"].append(b["steady_runs_per_s"] / raw["rps_100"])
+                for k in ("wall_s", "runs_per_s", "timeouts", "succeeded", "start_s",
+                          "steady_runs_per_s", "tail_s"):  # fmt: skip
                     fig[f"batch_{k}"].append(b[k])
                 if pg is not None:
                     flow_pg = trio.run(bench_flow, url, n, total, folder / f"pg-{r}", pg.fresh)
@@ -491,7 +509,12 @@ def main() -> None:
         f"\nbatch --concurrency 100, {burst} lines, cold start: {spread(fig['batch_wall_s'], 2)} s,"
         f" {spread(fig['batch_runs_per_s'])} runs/s ({spread(fig['ratio_batch'], 2)}× raw httpx"
         f" at 100 in flight), {spread(fig['batch_succeeded'])} succeeded,"
-        f" {spread(fig['batch_timeouts'])} timeouts"
+        f" {spread(fig['batch_timeouts'])} timeouts\n"
+        f"  of which start-up (process start → the first run's first transition)"
+        f" {spread(fig['batch_start_s'], 2)} s and exit (the last run's end → the process's)"
+        f" {spread(fig['batch_tail_s'], 2)} s; steady state (the first run's end → the last"
+        f" one's) {spread(fig['batch_steady_runs_per_s'])} runs/s"
+        f" ({spread(fig['ratio_batch_steady'], 2)}× raw httpx at 100 in flight)"
     )
     if pg is not None:
         print(
@@ -499,9 +522,13 @@ def main() -> None:
             f" {spread(fig['pg_batch_runs_per_s'])} runs/s ({spread(fig['pg_ratio_batch'], 2)}×"
             f" raw httpx at 100 in flight), {spread(fig['pg_batch_succeeded'])} succeeded"
         )
+    marginal = (big - burst) / max(large["wall_s"] - statistics.median(fig["batch_wall_s"]), 1e-9)
     print(f"batch --concurrency 100, {big} lines: {large['wall_s']:.1f} s,"
           f" {large['runs_per_s']:.0f} runs/s, {large['succeeded']} succeeded,"
-          f" peak RSS {large['peak_rss_mb']:.0f} MB")  # fmt: skip
+          f" peak RSS {large['peak_rss_mb']:.0f} MB; start-up {large['start_s']:.2f} s,"
+          f" steady state {large['steady_runs_per_s']:.0f} runs/s; the {big - burst} lines more"
+          f" than the cold start's cost {large['wall_s'] - statistics.median(fig['batch_wall_s']):.2f} s:"
+          f" {marginal:.0f} runs/s at the margin")  # fmt: skip
     print(f"cold start: --help {spread(fig['help_s'], 3)} s, validate"
           f" {spread(fig['validate_s'], 3)} s")  # fmt: skip
     print("\n" + startup_report(startup) + "\n  (issue 18's targets: wall time on an idle machine)")
@@ -510,7 +537,8 @@ def main() -> None:
         ("engine overhead apart from python-statemachine ≤ 150 µs", "engine_apart_us", 150, "≤", 0),
         ("full run on SQLite ≤ 3× raw httpx sequential", "ratio_seq", 3.0, "≤", 2),
         ("100 in flight, same connection limit ≥ 1.0× raw httpx", "ratio_100", 1.0, "≥", 2),
-        ("batch --concurrency 100 (cold start) ≥ 1.0× raw httpx", "ratio_batch", 1.0, "≥", 2),
+        ("batch --concurrency 100 ≥ 1.0× raw (as written: cold start)", "ratio_batch", 1.0, "≥", 2),
+        ("  the same batch, steady state (not the target)", "ratio_batch_steady", 1.0, "≥", 2),
     ]
     print("\nissue 10 targets (on the median of the rounds):")
     for label, key, bound, op, digits in targets:

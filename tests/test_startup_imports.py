@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from demiarch_flow.runner import RunRequest, run_workflow
+from demiarch_flow.store.schema import HEAD
 from demiarch_flow.store.sql import SqlStore
 from demiarch_flow.testing import FakeOpenRouter, make_env
 
@@ -199,3 +200,28 @@ def test_a_run_on_a_database_at_head_imports_no_sqlalchemy(db: str, env: dict[st
     after = counts()
     assert [a - b for a, b in zip(after, before, strict=True)][:3] == [2, 4, 2]
     assert after[3] > before[3]
+
+
+def test_a_run_on_a_new_database_imports_neither_sqlalchemy_nor_alembic(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The first `run` on a SQLite file that does not exist yet (nor its folder) creates it at
+    head from the generated DDL, on its own sqlite3 connection: neither SQLAlchemy nor Alembic
+    is imported (they cost a new database ~1.5 s of start-up), and the run is stored."""
+    import sqlite3
+
+    from .e2e.conftest import SimThread
+
+    path = tmp_path / "new" / "flow.db"
+    sim = SimThread("")
+    try:
+        argv = ["run", "-m", "hello", "--base-url", sim.url, "--db", f"sqlite:///{path}",
+                "--no-stream", "--quiet"]  # fmt: skip
+        code, modules = loaded_by(argv, env)
+    finally:
+        sim.stop()
+    assert code == 0
+    assert not {"sqlalchemy", "alembic"} & modules, sorted({"sqlalchemy", "alembic"} & modules)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+        assert conn.execute("SELECT status FROM workflow_runs").fetchall() == [("succeeded",)]

@@ -2,7 +2,8 @@
 
 The store's fixed statements as SQLAlchemy compiles them for SQLite (name → SQL,
 parameters as (name, constant?, constant's value, bind processor of ``_fast``), result
-processors), and the tables and columns of the head schema.
+processors), the tables and columns of the head schema, and the DDL of a new
+database at head (``FRESH``, in ``sqlite_master``'s order).
 """
 
 from typing import Any
@@ -482,3 +483,149 @@ STATEMENTS: dict[str, tuple[str, tuple[Any, ...], tuple[str | None, ...]]] = {
         (),
     ),
 }
+
+FRESH: tuple[str, ...] = (
+    "CREATE TABLE alembic_version (\n"
+    "\tversion_num VARCHAR(32) NOT NULL, \n"
+    "\tCONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n"
+    ")",
+    "CREATE TABLE budget_reservations (\n"
+    "\tid VARCHAR(36) NOT NULL, \n"
+    "\trun_id VARCHAR(36) NOT NULL, \n"
+    "\tattempt INTEGER NOT NULL, \n"
+    "\tmodel VARCHAR(200) NOT NULL, \n"
+    "\tamount_usd VARCHAR(32) NOT NULL, \n"
+    "\tsettled INTEGER DEFAULT '0' NOT NULL, \n"
+    "\tcreated_at DATETIME NOT NULL, \n"
+    "\texpires_at DATETIME NOT NULL, \n"
+    "\tCONSTRAINT pk_budget_reservations PRIMARY KEY (id)\n"
+    ")",
+    "CREATE TABLE chat_messages (\n"
+    "\tid VARCHAR(36) NOT NULL, \n"
+    "\tconversation_id VARCHAR(36) NOT NULL, \n"
+    "\tproject_id VARCHAR(64), \n"
+    "\trole VARCHAR(16) NOT NULL, \n"
+    "\tcontent TEXT NOT NULL, \n"
+    "\tmodel VARCHAR(200), \n"
+    "\ttoken_count INTEGER, \n"
+    "\trun_id VARCHAR(36), \n"
+    "\tcreated_at DATETIME NOT NULL, \n"
+    "\tCONSTRAINT ck_chat_messages_role CHECK (role IN ('system', 'user', 'assistant')), \n"
+    "\tCONSTRAINT fk_chat_messages_conversation_id_conversations FOREIGN KEY(conversation_id) "
+    "REFERENCES conversations (id), \n"
+    "\tCONSTRAINT pk_chat_messages PRIMARY KEY (id)\n"
+    ")",
+    "CREATE TABLE conversations (\n"
+    "\tid VARCHAR(36) NOT NULL, \n"
+    "\tproject_id VARCHAR(64), \n"
+    "\ttitle TEXT NOT NULL, \n"
+    "\tcreated_at DATETIME NOT NULL, \n"
+    "\tupdated_at DATETIME NOT NULL, \n"
+    "\tCONSTRAINT pk_conversations PRIMARY KEY (id)\n"
+    ")",
+    'CREATE TABLE "llm_usage" (\n'
+    "\tid VARCHAR(36) NOT NULL, \n"
+    "\tconversation_id VARCHAR(36) NOT NULL, \n"
+    "\tmessage_id VARCHAR(36), \n"
+    "\trun_id VARCHAR(36), \n"
+    "\tproject_id VARCHAR(64), \n"
+    "\tmodel VARCHAR(200) NOT NULL, \n"
+    "\trequested_model VARCHAR(200) NOT NULL, \n"
+    "\tgeneration_id VARCHAR(200), \n"
+    "\tprompt_tokens INTEGER, \n"
+    "\tcompletion_tokens INTEGER, \n"
+    "\ttotal_tokens INTEGER, \n"
+    "\tcached_tokens INTEGER NOT NULL, \n"
+    "\tcost_usd VARCHAR(32) NOT NULL, \n"
+    "\tcost_source VARCHAR(16) NOT NULL, \n"
+    "\tlatency_ms INTEGER NOT NULL, \n"
+    "\tattempts INTEGER NOT NULL, \n"
+    "\trequest_timestamp DATETIME NOT NULL, \n"
+    "\toutcome VARCHAR(16) DEFAULT 'reply' NOT NULL, \n"
+    "\tCONSTRAINT ck_llm_usage_cost_source CHECK (cost_source IN ('provider', 'price_table', "
+    "'estimated', 'unknown')), \n"
+    "\tCONSTRAINT ck_llm_usage_outcome CHECK (outcome IN ('reply', 'billed', 'interrupted')), \n"
+    "\tCONSTRAINT fk_llm_usage_conversation_id_conversations FOREIGN KEY(conversation_id) "
+    "REFERENCES conversations (id), \n"
+    "\tCONSTRAINT fk_llm_usage_message_id_chat_messages FOREIGN KEY(message_id) REFERENCES "
+    "chat_messages (id), \n"
+    "\tCONSTRAINT pk_llm_usage PRIMARY KEY (id)\n"
+    ")",
+    "CREATE TABLE rate_buckets (\n"
+    '\t"key" VARCHAR(200) NOT NULL, \n'
+    "\ttat FLOAT DEFAULT '0' NOT NULL, \n"
+    "\ttat_tokens FLOAT DEFAULT '0' NOT NULL, \n"
+    "\tpaused_until FLOAT DEFAULT '0' NOT NULL, \n"
+    '\tCONSTRAINT pk_rate_buckets PRIMARY KEY ("key")\n'
+    ")",
+    "CREATE TABLE run_attempts (\n"
+    "\trun_id VARCHAR(36) NOT NULL, \n"
+    "\tnumber INTEGER NOT NULL, \n"
+    "\tmodel VARCHAR(200) NOT NULL, \n"
+    "\tstarted_at DATETIME NOT NULL, \n"
+    "\tended_at DATETIME, \n"
+    "\tstatus INTEGER, \n"
+    "\terror_class VARCHAR(32), \n"
+    "\tgeneration_id VARCHAR(200), \n"
+    "\tlatency_ms INTEGER, partial_text TEXT, finish_reason VARCHAR(32), response_model "
+    "VARCHAR(200), error_message TEXT, \n"
+    "\tCONSTRAINT fk_run_attempts_run_id_workflow_runs FOREIGN KEY(run_id) REFERENCES "
+    "workflow_runs (id), \n"
+    "\tCONSTRAINT pk_run_attempts PRIMARY KEY (run_id, number)\n"
+    ")",
+    "CREATE TABLE run_events (\n"
+    "\trun_id VARCHAR(36) NOT NULL, \n"
+    "\tseq INTEGER NOT NULL, \n"
+    "\tfrom_state VARCHAR(64) NOT NULL, \n"
+    "\tevent VARCHAR(32) NOT NULL, \n"
+    "\tto_state VARCHAR(64) NOT NULL, \n"
+    "\tmodel VARCHAR(200), \n"
+    "\tattempt INTEGER, \n"
+    "\terror_class VARCHAR(32), \n"
+    "\twait_s FLOAT, \n"
+    "\tat DATETIME NOT NULL, wait_source VARCHAR(16), bucket VARCHAR(200), \n"
+    "\tCONSTRAINT fk_run_events_run_id_workflow_runs FOREIGN KEY(run_id) REFERENCES workflow_runs "
+    "(id), \n"
+    "\tCONSTRAINT pk_run_events PRIMARY KEY (run_id, seq)\n"
+    ")",
+    "CREATE TABLE workflow_definitions (\n"
+    "\tsha256 VARCHAR(64) NOT NULL, \n"
+    "\tname VARCHAR(64) NOT NULL, \n"
+    "\ttext TEXT NOT NULL, \n"
+    "\tcreated_at DATETIME NOT NULL, \n"
+    "\tCONSTRAINT pk_workflow_definitions PRIMARY KEY (sha256)\n"
+    ")",
+    "CREATE TABLE workflow_runs (\n"
+    "\tid VARCHAR(36) NOT NULL, \n"
+    "\tworkflow VARCHAR(64) NOT NULL, \n"
+    "\tworkflow_sha256 VARCHAR(64) NOT NULL, \n"
+    "\tconversation_id VARCHAR(36), \n"
+    "\tstatus VARCHAR(16) NOT NULL, \n"
+    "\tcurrent_state VARCHAR(64), \n"
+    "\tmodel VARCHAR(200), \n"
+    "\terror_class VARCHAR(32), \n"
+    "\terror_message TEXT, \n"
+    "\tstarted_at DATETIME NOT NULL, \n"
+    "\tfinished_at DATETIME, state_json TEXT, owner VARCHAR(200), heartbeat_at DATETIME, "
+    "resume_count INTEGER DEFAULT '0' NOT NULL, \n"
+    "\tCONSTRAINT ck_workflow_runs_status CHECK (status IN ('running', 'succeeded', 'failed', "
+    "'cancelled')), \n"
+    "\tCONSTRAINT fk_workflow_runs_conversation_id_conversations FOREIGN KEY(conversation_id) "
+    "REFERENCES conversations (id), \n"
+    "\tCONSTRAINT pk_workflow_runs PRIMARY KEY (id)\n"
+    ")",
+    "CREATE INDEX ix_budget_reservations_expires_at ON budget_reservations (expires_at)",
+    "CREATE INDEX ix_budget_reservations_run_id ON budget_reservations (run_id)",
+    "CREATE INDEX ix_chat_messages_conversation_id ON chat_messages (conversation_id)",
+    "CREATE INDEX ix_chat_messages_conversation_id_created_at ON chat_messages (conversation_id, "
+    "created_at)",
+    "CREATE INDEX ix_chat_messages_created_at ON chat_messages (created_at)",
+    "CREATE INDEX ix_llm_usage_conversation_id ON llm_usage (conversation_id)",
+    "CREATE INDEX ix_llm_usage_generation_id ON llm_usage (generation_id)",
+    "CREATE INDEX ix_llm_usage_request_timestamp ON llm_usage (request_timestamp)",
+    "CREATE INDEX ix_llm_usage_run_id ON llm_usage (run_id)",
+    "CREATE INDEX ix_run_attempts_generation_id ON run_attempts (generation_id)",
+    "CREATE INDEX ix_workflow_runs_conversation_id ON workflow_runs (conversation_id)",
+    "CREATE INDEX ix_workflow_runs_started_at ON workflow_runs (started_at)",
+    "CREATE UNIQUE INDEX uq_llm_usage_reply_run_id ON llm_usage (run_id) WHERE outcome = 'reply'",
+)

@@ -20,6 +20,8 @@ Creating and upgrading are serialised between processes (SQLite: ``BEGIN EXCLUSI
 PostgreSQL: a transaction-level advisory lock) and the revision is read again once the lock is
 held, so many processes opening a new database at once create it exactly once. At head, which
 is every open but the first, this reads one row and the column lists and never imports Alembic.
+A new SQLite file does not come here at all: the store creates it from the DDL these migrations
+leave, generated ahead of time (``_sqlite_sql.FRESH``, see ``sql._create_fresh``).
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ class SqlStore:
         """
         create = create and not read_only
         if not read_only:
-            writer = _Writer.at_head(url)
+            writer = _Writer.at_head(url, create=create)
             if writer is not None:
                 return cls(None, url, writer=writer)
         engine = open_engine(url, create=create, read_only=read_only)
@@ -758,15 +758,36 @@ class _Writer:
             event.listen(engine, "engine_disposed", _Writer._disposed(weakref.ref(self)))
 
     @classmethod
-    def at_head(cls, url: str) -> _Writer | None:
+    def at_head(cls, url: str, *, create: bool = False) -> _Writer | None:
         """The writer of ``url`` if it is a plain SQLite file (``sqlite:///path``) at this
         release's revision, with every table and column of it; ``None`` for anything else —
         another URL, a missing file, another revision, a missing column, any driver error —
         which :func:`~demiarch_flow.store.schema.prepare` then creates, upgrades or refuses
-        with its own message, as it checks (here without SQLAlchemy) the common case."""
+        with its own message, as it checks (here without SQLAlchemy) the common case.
+
+        With ``create``, a file that does not exist yet, or holds nothing at all, is first
+        created at head here too (:func:`_create_fresh`), without SQLAlchemy or Alembic: the
+        first command on a new database (a ``batch`` on a fresh folder) then starts as fast as
+        the next. Every other case (behind, unversioned, broken, foreign tables) is left to
+        ``prepare``."""
         path = sqlite_path(url)
-        if path is None or "~" in url or not path.is_file():
+        if path is None or "~" in url:
             return None  # (SQLAlchemy opens ``~`` as written, not as the home folder)
+        if not path.is_file():
+            if not create:
+                return None
+            _create_fresh(path)
+            return cls._checked(path)
+        writer = cls._checked(path)
+        if writer is None and create and _create_fresh(path):
+            writer = cls._checked(path)
+        return writer
+
+    @classmethod
+    def _checked(cls, path: Path) -> _Writer | None:
+        """The writer of ``path`` if its schema is at head (see :meth:`at_head`)."""
+        if not path.is_file():
+            return None
         writer = cls(None, path)
         try:
             cur = writer._connection().cursor()
@@ -924,6 +945,46 @@ class _Writer:
         if conn is not None and self._engine is None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _create_fresh(path: Path) -> bool:
+    """Create the tables of head in the SQLite file ``path`` (made, with its folder, if
+    missing) when it holds nothing at all: the DDL Alembic's migrations leave, generated ahead
+    of time (:data:`~._sqlite_sql.FRESH`), and ``alembic_version`` stamped at head. Whether
+    it created them.
+
+    Serialised as :func:`~demiarch_flow.store.schema.prepare` serialises creating (``BEGIN
+    EXCLUSIVE``, the schema read again under the lock), so that many processes opening a new
+    file at once create it exactly once; SQLite's DDL is transactional, so a failure leaves the
+    file empty. Any error is ``False`` (never raised): ``prepare`` then opens the file and
+    says what is wrong, or finds it created by another process."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=_SQLITE_WAIT_S, isolation_level=None)
+    except (OSError, sqlite3.Error):
+        return False
+    try:
+        _sqlite_pragmas(conn, None)
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+                conn.execute("ROLLBACK")
+                return False
+            from ._sqlite_sql import FRESH, HEAD
+
+            for statement in FRESH:
+                conn.execute(statement)
+            conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD,))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return True
 
 
 class _WriterOwnsRollback:

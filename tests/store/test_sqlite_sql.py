@@ -34,6 +34,91 @@ def test_the_generated_statements_are_what_sqlalchemy_compiles_now() -> None:
     hint = f"{_sqlite_sql.__file__} is stale: run `{_sqlite_gen.COMMAND}` (then ruff format)"
     assert _sqlite_gen.entries() == _sqlite_sql.STATEMENTS, hint
     assert (HEAD, _sqlite_gen.layout()) == (_sqlite_sql.HEAD, _sqlite_sql.LAYOUT), hint
+    assert _sqlite_gen.fresh() == _sqlite_sql.FRESH, hint
+
+
+def _schema(path: Path) -> tuple[object, ...]:
+    """Everything of a SQLite file's schema that a test can tell apart: ``sqlite_master``
+    (SQLite's own objects and the indexes of constraints included; a table's constraints in
+    :func:`~demiarch_flow.store._sqlite_gen.canonical` order, as Alembic keeps none), the
+    stamped revision, the journal mode and the header's version fields."""
+    conn = sqlite3.connect(path)
+    try:
+        return (
+            [
+                (kind, name, table, sql and _sqlite_gen.canonical(sql))
+                for kind, name, table, sql in conn.execute(
+                    "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+                )
+            ],
+            conn.execute("SELECT * FROM alembic_version").fetchall(),
+            conn.execute("PRAGMA journal_mode").fetchall(),
+            conn.execute("PRAGMA user_version").fetchall(),
+            conn.execute("PRAGMA application_id").fetchall(),
+            conn.execute("PRAGMA foreign_key_check").fetchall(),
+        )
+    finally:
+        conn.close()
+
+
+def test_a_new_file_is_created_as_alembic_creates_it(tmp_path: Path) -> None:
+    """A new SQLite file, created from the generated DDL without SQLAlchemy or Alembic, has
+    the very schema Alembic's migrations make (``sqlite_master`` compared row for row)."""
+    from demiarch_flow.store.schema import prepare
+
+    lite, alembic = tmp_path / "a" / "lite.db", tmp_path / "alembic.db"
+    store = SqlStore.open_sync(f"sqlite:///{lite}")
+    try:
+        assert store._engine is None  # written through the writer's own connection
+    finally:
+        store.close()
+    engine = open_engine(f"sqlite:///{alembic}")
+    try:
+        prepare(engine)
+    finally:
+        engine.dispose()
+    assert _schema(lite) == _schema(alembic)
+    assert len(_schema(lite)[0]) > len(_sqlite_sql.FRESH)  # autoindexes compared too
+
+
+def test_a_file_with_anything_in_it_is_left_to_alembic(tmp_path: Path) -> None:
+    """The fast creation only fills a file that holds nothing: one with a table of its own is
+    left as it is (``prepare`` then adds our tables beside it), and a missing file is not
+    created for a command that must not create one."""
+    from demiarch_flow.store.sql import _create_fresh
+
+    path = tmp_path / "theirs.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE theirs (x)")
+    conn.close()
+    assert _create_fresh(path) is False
+    with sqlite3.connect(path) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+    conn.close()
+    assert names == ["theirs"]
+    assert _Writer.at_head(f"sqlite:///{tmp_path / 'missing.db'}") is None
+    assert not (tmp_path / "missing.db").exists()
+    store = SqlStore.open_sync(f"sqlite:///{path}")
+    try:
+        assert store._engine is not None  # created by prepare, through Alembic
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+    conn.close()
+
+
+def test_an_empty_file_is_created_at_head_too(tmp_path: Path) -> None:
+    """A file that exists but holds nothing (made by ``touch``, or by another process that
+    has not written yet) is created here as a missing one is."""
+    path = tmp_path / "empty.db"
+    path.touch()
+    store = SqlStore.open_sync(f"sqlite:///{path}")
+    try:
+        assert store._engine is None
+    finally:
+        store.close()
+    assert _schema(path)[1] == [(HEAD,)]
 
 
 UTC_VALUES = [
