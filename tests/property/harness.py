@@ -7,6 +7,18 @@ the :class:`~demiarch_flow.store.MemoryStore` and :class:`~demiarch_flow.store.l
 objects) and the recovery file. What a process has is its own: its ``RunEnv``, its HTTP client,
 its ``SqlStore`` object (with the writes it has queued and not committed) and its owner token.
 
+A process opens the database as its backend says:
+
+* ``sqlite`` / ``postgres`` — ``SqlStore(open_engine(url), url)`` and ``SqlLedger(engine)``:
+  the SQLAlchemy engine's path (what PostgreSQL, and a SQLite file that needs creating or
+  upgrading, take);
+* ``sqlite-lite`` — exactly as ``demiarch-flow run`` does on a SQLite file at this release's
+  revision: ``SqlStore.open_sync(url)``, which takes ``_Writer.at_head`` (its own ``sqlite3``
+  connection, the generated statements of ``store/_sqlite_sql.py``, no engine until a read or
+  the budget needs one), and the ledger :func:`demiarch_flow.runtime.open_world` builds,
+  ``LazyLedger(SqlLedger(store.engine))``. A death there closes that connection without
+  committing the queue.
+
 Every await the engine makes through the world is a *tick* of its process: each store call,
 each ledger call, each request the transport carries (chat ``POST`` and ``GET /generation``),
 each record handed to a listener (one per streamed delta, too). A :class:`Crash` names a tick of
@@ -38,6 +50,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import inspect
 import json
 import random
@@ -63,9 +76,11 @@ from demiarch_flow.pricing import to_usd
 from demiarch_flow.runner import FlowRecord, RunEnv, RunRequest, run_workflow
 from demiarch_flow.runner.limiter import Limiter
 from demiarch_flow.runner.resume import NotResumable, resume_run
+from demiarch_flow.runtime import _sql_ledger
 from demiarch_flow.store import MemoryStore
 from demiarch_flow.store.limits import (
     BudgetWindow,
+    LazyLedger,
     Ledger,
     MemoryLedger,
     SqlLedger,
@@ -84,7 +99,7 @@ MESSAGE = "Hello"
 RESTART_S = 31.0
 """How long after a process ends the next one resumes: the dead owner's heartbeat is stale."""
 MAX_PROCESSES = 7
-Backend = Literal["memory", "sqlite", "postgres"]
+Backend = Literal["memory", "sqlite", "sqlite-lite", "postgres"]
 Budget = Literal["none", "roomy", "tight"]
 _BIG = Decimal(1_000_000)
 
@@ -291,12 +306,18 @@ class World:
         """The store a new process opens (the schema is in place: see :func:`prepare`)."""
         if self.memory is not None:
             return self.memory
+        if self.backend == "sqlite-lite":  # as ``run`` opens it (runtime.open_world)
+            store = SqlStore.open_sync(self.url)
+            assert at_head(store), "SqlStore.open_sync did not take _Writer.at_head"
+            return store
         return SqlStore(open_engine(self.url), self.url)
 
     def ledger(self, store: MemoryStore | SqlStore) -> Ledger:
         if self.memory_ledger is not None:
             return self.memory_ledger
         assert isinstance(store, SqlStore)
+        if self.backend == "sqlite-lite":  # as ``run`` builds it (runtime.open_world)
+            return LazyLedger(functools.partial(_sql_ledger, store))
         return SqlLedger(store.engine)
 
     async def books(self, engine: Engine | None) -> WindowUse:
@@ -309,6 +330,23 @@ class World:
             assert engine is not None
             (use,) = await SqlLedger(engine).window_use([window], now)
         return use
+
+
+def at_head(store: SqlStore) -> bool:
+    """Whether ``store`` writes through ``_Writer.at_head``'s own ``sqlite3`` connection (it was
+    opened with no engine; one is made only when a read or the ledger asks for it)."""
+    return store._writer._path is not None and store._writer._engine is None
+
+
+def drop(store: SqlStore) -> None:
+    """What a process death leaves of ``store``: its connections closed, its queued writes
+    never committed (an open transaction, if any, rolled back by the closing)."""
+    if at_head(store):
+        store._writer.close()
+        if store._engine is not None:  # made by a read or the ledger
+            store._engine.dispose()
+    else:
+        store.engine.dispose()  # closes the writer's pooled connection too
 
 
 def wall() -> datetime:
@@ -418,7 +456,7 @@ class Process:
             await self.http.aclose()
         if isinstance(self.store, SqlStore):
             if self.dead:
-                self.store.engine.dispose()  # the queue dies with the process
+                drop(self.store)  # the queue dies with the process
             else:
                 self.store.close()
         if self.dead:
