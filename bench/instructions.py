@@ -15,7 +15,12 @@ in trio's worker thread). The sides:
 * ``statemachine`` — the same run driven by a python-statemachine instance per run
   (``DEMIARCH_FLOW_MACHINE=statemachine``): the engine before the table;
 * ``sync-full`` — the table run on a SQLite URL with ``?synchronous=full`` (a sync per commit);
-* ``memory`` — the table run on the in-memory store: ``table − memory`` is the SQL store's cost.
+* ``memory`` — the table run on the in-memory store: ``table − memory`` is the SQL store's cost;
+* ``bare-mem`` and ``engine-mem`` — the engine's own overhead, with no I/O at all: a bare
+  ``OpenRouterClient.complete`` through the in-memory :class:`FakeOpenRouter` transport, and a
+  run (checkpoints and journal on, in-memory store) through the same transport;
+  ``engine-mem − bare-mem`` is what the engine adds to the call (issue 17's "engine overhead
+  apart from I/O"; ``bench/run.py`` prints the same difference in µs).
 
 Each process collects garbage once after its warm-up, so that the first full collection after
 start-up falls in neither process's extra calls (it added ~2 M instructions a call to the one
@@ -57,13 +62,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("raw", "table", "statemachine", "sync-full", "memory")
+KINDS = ("raw", "table", "statemachine", "sync-full", "memory", "bare-mem", "engine-mem")
 LABELS = {
     "raw": "raw httpx.AsyncClient POST (trio)",
     "table": "full run, SQLite, transition table",
     "statemachine": "full run, SQLite, python-statemachine",
     "sync-full": "full run, SQLite ?synchronous=full",
     "memory": "the same run, in-memory store",
+    "bare-mem": "bare client call, in-memory transport",
+    "engine-mem": "run, in-memory transport and store",
 }
 KEY = "sk-or-bench"
 PAYLOAD = {
@@ -133,7 +140,34 @@ def child(kind: str, calls: int, warmup: int, url: str, workflow: str, db: str) 
 
             await measured(call)
 
-    trio.run(raw if kind == "raw" else full_run)
+    async def in_memory() -> None:
+        """No I/O: the fake transport answers in-process (its own generation id each time)."""
+        from demiarch_flow.definition import load_workflow
+        from demiarch_flow.fake import fake_client
+        from demiarch_flow.runner import RunEnv, RunRequest, run_workflow
+        from demiarch_flow.runner.table import MACHINE_ENV
+        from demiarch_flow.store import MemoryStore
+        from demiarch_flow.testing import FakeOpenRouter
+
+        os.environ[MACHINE_ENV] = "table"
+        wf = load_workflow(workflow)
+        client = fake_client(FakeOpenRouter())
+        env = RunEnv(client=client, store=MemoryStore())
+
+        if kind == "bare-mem":
+
+            async def call() -> None:
+                await client.complete(PAYLOAD, timeout_s=120)
+
+        else:
+
+            async def call() -> None:
+                outcome = await run_workflow(wf, RunRequest("Hello, benchmark"), env)
+                assert outcome.succeeded, outcome.error
+
+        await measured(call)
+
+    trio.run(raw if kind == "raw" else in_memory if kind.endswith("-mem") else full_run)
     print(json.dumps(times))
 
 
@@ -304,6 +338,17 @@ def report(
         if kind in wall:
             line += f" {wall[kind]:9,.0f} {wall[kind] / wall['raw']:6.2f}×"
         print(line)
+    if "bare-mem" in per_call and "engine-mem" in per_call:
+        over = per_call["engine-mem"] - per_call["bare-mem"]
+        print(
+            f"engine overhead apart from I/O (run − bare call, in-memory): {over:,.0f}"
+            f" instructions per run"
+            + (
+                f" ({wall['engine-mem'] - wall['bare-mem']:,.0f} µs wall)"
+                if "engine-mem" in wall and "bare-mem" in wall
+                else ""
+            )
+        )
     if "statemachine" in per_call and "table" in per_call:
         saved = per_call["statemachine"] - per_call["table"]
         share = saved / per_call["statemachine"]

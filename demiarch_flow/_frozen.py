@@ -63,6 +63,8 @@ def quick(cls: type[_T]) -> type[_T]:
 _COPIERS: dict[
     type, tuple[frozenset[str], Callable[[Any], tuple[Any, ...]] | None, tuple[str, ...]]
 ] = {}
+_QUICK: dict[type, frozenset[str]] = {}
+"""The field names of each non-slotted kind :func:`evolve` has copied: its fast path."""
 
 
 def evolve(value: _V, **changes: Any) -> _V:
@@ -77,6 +79,18 @@ def evolve(value: _V, **changes: Any) -> _V:
         TypeError: a name in ``changes`` is not a field (as ``replace`` raises).
     """
     kind = type(value)
+    known = _QUICK.get(kind)
+    if known is not None and changes.keys() <= known:
+        new = object.__new__(kind)
+        fresh = new.__dict__
+        fresh.update(value.__dict__)
+        fresh.update(changes)
+        return new
+    return _evolve(value, kind, changes)
+
+
+def _evolve(value: _V, kind: type[_V], changes: dict[str, Any]) -> _V:
+    """:func:`evolve` of a kind met for the first time, a slotted kind, or a wrong name."""
     found = _COPIERS.get(kind)
     if found is None:
         fields = dataclasses.fields(kind)  # type: ignore[arg-type]
@@ -86,6 +100,8 @@ def evolve(value: _V, **changes: Any) -> _V:
         getter: Callable[[Any], tuple[Any, ...]] | None = None
         if "__slots__" in kind.__dict__:
             getter = operator.attrgetter(*names)
+        else:
+            _QUICK[kind] = frozenset(names)
         found = _COPIERS[kind] = (frozenset(names), getter, names)
     known, read, names = found
     if not known.issuperset(changes):

@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from ._frozen import quick
+
 NANO = Decimal("0.000000001")
 MILLION = Decimal(1_000_000)
 CostSource = Literal["provider", "price_table", "estimated", "unknown"]
@@ -88,7 +90,8 @@ def _token_count(entry: Mapping[str, Any]) -> int | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class Cost:
     usd: Decimal
     source: CostSource

@@ -12,12 +12,28 @@ import pytest
 
 from demiarch_flow._frozen import evolve, quick
 from demiarch_flow.client import Attempt, Completion
+from demiarch_flow.pricing import Cost
 from demiarch_flow.runner.attempt._open import AttemptResult
 from demiarch_flow.runner.engine import RunOutcome
 from demiarch_flow.runner.records import FlowRecord
-from demiarch_flow.runner.state import AttemptInfo, RunState, Step
+from demiarch_flow.runner.state import AttemptInfo, Message, RunState, Step
+from demiarch_flow.store.base import (
+    AttemptRow,
+    BeganRun,
+    Checkpoint,
+    JournalEntry,
+    NewRun,
+    Reply,
+    RunEnd,
+    StoredMessage,
+)
 
-QUICK = (RunState, Step, AttemptInfo, FlowRecord, Completion, Attempt, AttemptResult, RunOutcome)
+QUICK = (
+    RunState, Step, AttemptInfo, FlowRecord, Completion, Attempt, AttemptResult, RunOutcome,
+    # the store's values a run makes (were slotted: a slot-wrapper call per field)
+    AttemptRow, BeganRun, Checkpoint, JournalEntry, NewRun, Reply, RunEnd, StoredMessage,
+    Cost, Message,
+)  # fmt: skip
 
 
 def _twin(cls: type) -> type:

@@ -105,7 +105,8 @@ class AttemptInfo:
     first_token_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class Message:
     role: str
     content: str

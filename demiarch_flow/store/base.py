@@ -14,11 +14,14 @@ from decimal import Decimal
 from enum import IntEnum
 from typing import Literal, Protocol
 
+from .._frozen import quick
+
 RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 ImportResult = Literal["imported", "present", "no_conversation"]
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class StoredMessage:
     id: str
     conversation_id: str
@@ -30,7 +33,8 @@ class StoredMessage:
     token_count: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class NewRun:
     """Everything the run's first state writes at once: the run row and the user's message."""
 
@@ -64,7 +68,8 @@ class NewRun:
     instead of costing one of its own before the request is sent)."""
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class BeganRun:
     conversation_id: str
     history: tuple[StoredMessage, ...]
@@ -75,7 +80,8 @@ class BeganRun:
     """The number the store gave ``NewRun.first_attempt`` (``None``: none was recorded)."""
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class Reply:
     """What Persist writes in one transaction: the assistant message and its usage row."""
 
@@ -101,7 +107,8 @@ class Reply:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class JournalEntry:
     """One row of ``run_events``: a transition of the machine."""
 
@@ -121,7 +128,8 @@ class JournalEntry:
     """The rate bucket a ``throttled`` row waited for (its key in ``limits.rate``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class AttemptRow:
     """One row of ``run_attempts``: a request that was (about to be) sent.
 
@@ -168,7 +176,8 @@ class JsonState(Protocol):
     def to_json(self) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class Checkpoint:
     """Where a run stands, as the store keeps it: the run state and the journal rows of the
     transitions that led there."""
@@ -253,7 +262,8 @@ class BilledAttempt:
     """``interrupted``: a streamed attempt that broke after its first token, booked at once."""
 
 
-@dataclass(frozen=True, slots=True)
+@quick
+@dataclass(frozen=True)
 class RunEnd:
     run_id: str
     status: RunStatus

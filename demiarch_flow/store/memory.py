@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from .._frozen import evolve
 from ..errors import RunTakenOver, UnknownConversation
 from .base import (
     AttemptRow,
@@ -127,7 +128,7 @@ class MemoryStore:
         """As the SQL store: fenced by owner, numbered one above the run's highest."""
         self._fence_running(attempt.run_id, owner)
         number = self._last_attempt[attempt.run_id] = 1 + self._last_attempt.get(attempt.run_id, 0)
-        self.attempts[attempt.run_id, number] = replace(attempt, number=number)
+        self.attempts[attempt.run_id, number] = evolve(attempt, number=number)
         return number
 
     def _fence_running(self, run_id: str, owner: str | None) -> None:

@@ -253,6 +253,10 @@ class SqlStore:
         """SQLite's one write connection, kept open between commits (see :class:`_Writer`)."""
         self._inline = False
         """A commit on trio's own thread is under way: it must not wait for a lock."""
+        self.commits = 0
+        """Write transactions committed so far (``bench/run.py`` prints them per run): one
+        integer addition a commit, counted where the store commits — SQLite's commits run on
+        the driver's connection, so SQLAlchemy's ``commit`` event no longer sees them."""
 
     @classmethod
     def open_sync(cls, url: str, *, create: bool = True, read_only: bool = False) -> SqlStore:
@@ -412,9 +416,11 @@ class SqlStore:
         if not self._writer.sqlite:
             with self.engine.begin() as conn:
                 yield SaTx(conn)
+            self.commits += 1
             return
         with self._writer.transaction(wait=wait) as tx:
             yield tx
+        self.commits += 1
 
     async def _read_conn(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` on a connection in a read transaction (after committing the queue)."""

@@ -37,9 +37,14 @@ def test_evolve_keeps_values_frozen() -> None:
 
 
 def test_evolve_refuses_a_name_that_is_not_a_field() -> None:
-    """As ``replace`` does: a typo is an error, not a silently ignored change."""
+    """As ``replace`` does: a typo is an error, not a silently ignored change — also for a
+    kind already copied (its fast path checks the names too)."""
+    evolve(STATE, seq=1)
+    evolve(STATE, seq=2)
     with pytest.raises(TypeError, match="nope"):
         evolve(STATE, nope=1)
+    with pytest.raises(TypeError, match="nope"):
+        evolve(STATE, seq=3, nope=1)
     with pytest.raises(TypeError, match="reply_to"):
         evolve(Step("saved", STATE), reply_to=None)
 

@@ -85,6 +85,30 @@ async def test_a_run_commits_inline_on_one_kept_connection(
     store.close()
 
 
+async def test_the_store_counts_its_commits(tmp_path: Path) -> None:
+    """``SqlStore.commits`` counts committed write transactions (``bench/run.py`` prints them
+    per run; SQLAlchemy's ``commit`` event does not see SQLite's, made on the driver's
+    connection): a blocking run commits three times — run, message and first attempt before
+    the request; the answer's checkpoint; the reply with the run's end — and a failed write
+    counts nothing."""
+    store = _store(tmp_path)
+    before = store.commits
+    out = await run_workflow(
+        WF, RunRequest("hi", stream=False), make_env(FakeOpenRouter(), store=store)
+    )
+    assert out.succeeded
+    assert store.commits - before == 3
+
+    def broken(conn: Any) -> None:
+        raise sqlite3.OperationalError("no such table: nowhere")
+
+    before = store.commits
+    with pytest.raises(Exception, match="nowhere"):
+        await store._write(broken)
+    assert store.commits == before
+    store.close()
+
+
 async def test_full_synchronous_commits_from_a_worker_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -127,7 +127,7 @@ async def open_attempt(state: RunState, env: RunEnv, wf: Workflow) -> AttemptRes
     with trio.CancelScope(shield=True):
         # A few short writes; Ctrl-C goes on once they are done.
         settlement = await _settle(state, env, gate, row, result)
-    return evolve(_counted(state, env, row, result), settlement=settlement)
+    return _counted(state, env, row, result, settlement)
 
 
 async def _settle(
@@ -185,8 +185,15 @@ async def _never_sent(env: RunEnv, row: AttemptRow, exc: BaseException) -> None:
         )
 
 
-def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> AttemptResult:
-    """The run with the attempt counted (and its answer, if it brought one), and its record."""
+def _counted(
+    state: RunState,
+    env: RunEnv,
+    row: AttemptRow,
+    result: Attempt,
+    settlement: Settlement | None = None,
+) -> AttemptResult:
+    """The run with the attempt counted (and its answer, if it brought one), its record and
+    the books ``settlement`` to hand on."""
     err, partial = result.error, result.partial
     info = AttemptInfo(
         number=row.number,
@@ -222,7 +229,7 @@ def _counted(state: RunState, env: RunEnv, row: AttemptRow, result: Attempt) -> 
         attempts=(*state.attempts, info),
         completion=result.completion if err is None else state.completion,
     )
-    return AttemptResult(tried, sent=result, record=rec)
+    return AttemptResult(tried, sent=result, record=rec, settlement=settlement)
 
 
 async def _skip_cooling(state: RunState, env: RunEnv, model: str) -> Step | None:
