@@ -258,18 +258,20 @@ def _report_run(taken: Taken, ms: float, *, json_out: bool) -> None:
 
 
 def _quiet_procrastinate(debug: bool) -> None:
-    """procrastinate logs each job with its arguments (the user's message) and tracebacks:
-    the worker says what matters itself, so only ``--debug`` shows procrastinate's own."""
+    """procrastinate logs each job with its arguments (the user's message) and tracebacks, and
+    psycopg's pool each connection it discards: the worker says what matters itself (what
+    failed, and what it does about it), so only ``--debug`` shows theirs."""
     import logging
 
-    proc = logging.getLogger("procrastinate")
-    proc.propagate = False
-    if debug:
-        proc.handlers[:] = logging.getLogger("demiarch_flow").handlers
-        proc.setLevel(logging.DEBUG)
-    else:
-        proc.addHandler(logging.NullHandler())
-        proc.setLevel(logging.CRITICAL + 1)
+    for name in ("procrastinate", "psycopg.pool"):
+        proc = logging.getLogger(name)
+        proc.propagate = False
+        if debug:
+            proc.handlers[:] = logging.getLogger("demiarch_flow").handlers
+            proc.setLevel(logging.DEBUG)
+        else:
+            proc.addHandler(logging.NullHandler())
+            proc.setLevel(logging.CRITICAL + 1)
 
 
 # ---------------------------------------------------------------------------- runs wait
