@@ -199,3 +199,26 @@ def test_a_run_on_a_database_at_head_imports_no_sqlalchemy(db: str, env: dict[st
     after = counts()
     assert [a - b for a, b in zip(after, before, strict=True)][:3] == [2, 4, 2]
     assert after[3] > before[3]
+
+
+@pytest.mark.postgres
+def test_submit_batch_imports_no_runner(env: dict[str, str], tmp_path: Path) -> None:
+    """`submit --batch` only queues its lines: once its workflow has been checked, it reads
+    them without importing the runner (httpx, httpcore, python-statemachine: `batch`'s module
+    brought them in, about a tenth of `submit`'s wall time on an idle machine) — and queues
+    every line."""
+    from .store.conftest import own_pg_database
+
+    def batch(name: str, n: int) -> str:
+        path = tmp_path / name
+        path.write_text(
+            "".join(json.dumps({"id": i, "message": f"{name} {i}"}) + "\n" for i in range(n))
+        )
+        return str(path)
+
+    for url in own_pg_database("dflow_imports"):
+        first = loaded_by(["submit", "--batch", batch("a.jsonl", 2), "--db", url], env)
+        assert first[0] == 0  # the workflow checked (the cache filled), the queue installed
+        code, modules = loaded_by(["submit", "--batch", batch("b.jsonl", 3), "--db", url], env)
+        assert code == 0
+        assert not {"httpx", "httpcore", "statemachine"} & modules, sorted(HEAVY & modules)

@@ -127,13 +127,15 @@ def traced(flag: bool | None, subs: list[Submission]) -> Iterator[list[Submissio
 def read_batch(path: str, name: str, sha256: str) -> tuple[list[Submission], int]:
     """The submissions of a batch file (each line's run id from its id and input hash), and
     how many lines were bad (each reported on stderr with its line number, then skipped)."""
-    from ._batch import Tally, _numbered_lines, _open_input, _SeenIds, read_item
+    from ._lines import SeenIds, open_input, read_item  # not ._batch: no runner to import
 
     subs: list[Submission] = []
     bad = 0
-    seen = _SeenIds()
-    with _open_input(path) as fh:
-        for number, raw in _numbered_lines(fh, Tally()):
+    seen = SeenIds()
+    with open_input(path) as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
             try:
                 item = read_item(raw, number, seen)
             except UsageError as exc:
