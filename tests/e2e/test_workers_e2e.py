@@ -290,6 +290,14 @@ def test_a_run_deleted_while_its_job_is_queued_fails_its_job_alone(
     assert rows(pg, "SELECT count(*) FROM workflow_runs WHERE id = :r", r=gone) == [(0,)]
     failed = rows(pg, "SELECT status FROM procrastinate_jobs WHERE args->>'run_id' = :r", r=gone)
     assert failed == [("failed",)]
+    # `runs wait` reports the run whose job failed for good instead of waiting for a run row
+    # that will never come (it used to wait until its timeout: exit 124)
+    waited = cli("runs", "wait", gone, after, "--db", pg, "--json", "--timeout", "30")
+    assert waited.code == 1, waited.stderr
+    outcomes = {d["run_id"]: d for d in lines(waited)}
+    assert outcomes[after]["status"] == "succeeded"
+    assert outcomes[gone]["status"] == "failed"
+    assert "its job failed before the run began" in json.dumps(outcomes[gone])
 
 
 def test_a_worker_killed_mid_request_has_its_run_finished_by_another(
