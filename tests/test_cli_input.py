@@ -7,13 +7,13 @@ import io
 
 import pytest
 
-from demiarch_flow.cli._batch import parse_line
 from demiarch_flow.cli._common import (
     check_conversation_option,
     check_model_option,
     read_message,
     resolve_base_url,
 )
+from demiarch_flow.cli._lines import parse_line
 from demiarch_flow.errors import UsageError
 from demiarch_flow.faults import MAX_REPEAT, FaultScript
 

@@ -4,6 +4,7 @@ arguments, the retry decisions, the trio guest inside asyncio, and the queue's s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import threading
@@ -303,3 +304,92 @@ def test_the_queue_pool_is_in_autocommit_and_replaces_a_terminated_connection(pg
     in_autocommit, before, after = asyncio.run(scenario())
     assert in_autocommit
     assert after != before
+
+
+def test_a_worker_that_cannot_reach_the_database_says_why_and_tries_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The queue's pool will not open (nothing listens at the URL): the worker does not die;
+    each time it logs the error's class and message and how long it waits, then tries again
+    with a new pool; the URL's password never appears."""
+    from procrastinate import App, PsycopgConnector
+    from psycopg_pool import AsyncConnectionPool
+
+    from demiarch_flow.queue import worker
+    from demiarch_flow.queue.backend import conninfo
+    from demiarch_flow.queue.pool import autocommit
+
+    class QuickPool(AsyncConnectionPool):  # type: ignore[type-arg]
+        async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+            await super().open(wait=wait, timeout=0.2)
+
+    monkeypatch.setattr(worker, "RECONNECT_FIRST_S", 0.01)
+    url = "postgresql+psycopg://flow:s3cret-pw@127.0.0.1:1/none"
+    options = worker.WorkerOptions(db=url, base_url="http://127.0.0.1:1/api/v1")
+    stop = asyncio.Event()
+    apps: list[Any] = []
+
+    def make_app() -> Any:
+        if len(apps) == 3:
+            stop.set()
+        apps.append(
+            App(
+                connector=PsycopgConnector(
+                    conninfo=conninfo(url), min_size=1, max_size=1, configure=autocommit,
+                    pool_factory=QuickPool,
+                )
+            )
+        )  # fmt: skip
+        return apps[-1]
+
+    caplog.set_level("WARNING", logger="demiarch_flow")
+    asyncio.run(worker._work(make_app, options, worker.WorkerStats(), stop))
+    said = [r.getMessage() for r in caplog.records if "loop stopped" in r.getMessage()]
+    assert len(said) == 3
+    assert all("(OperationalError: connection failed:" in line for line in said), said
+    assert all("Connection refused" in line or "port 1 failed" in line for line in said)
+    assert [line.rsplit("again in ", 1)[1] for line in said] == ["0.01 s", "0.02 s", "0.04 s"]
+    assert not any("s3cret-pw" in r.getMessage() for r in caplog.records)
+
+
+def test_a_password_in_an_error_message_is_masked() -> None:
+    """A DSN quoted back in a driver's message loses its password in the worker's log line."""
+    from demiarch_flow.queue.backend import describe
+
+    said = describe(RuntimeError("cannot use postgresql://flow:hunter2@db/x password=hunter2"))
+    assert said == "RuntimeError: cannot use postgresql://flow:***@db/x password=***"
+
+
+def test_submit_to_a_server_that_never_answers_gives_up_after_one_connect_timeout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A database host that takes the connection and then says nothing (a hung server, a
+    firewall that swallows the handshake): `submit` makes one attempt, gives up when the
+    connect timeout expires, and exits 3 naming the database; nothing is queued."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(silent.accept()[0])
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    try:
+        url = f"postgresql+psycopg://u:pw@127.0.0.1:{port}/x?connect_timeout=1"
+        assert main(["submit", "-m", "hi", "--db", url]) == 3
+    finally:
+        silent.close()
+        for conn in accepted:
+            conn.close()
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err
+    assert "timeout expired" in err
+    assert "pw@" not in err
+    assert len(accepted) == 1

@@ -127,13 +127,15 @@ def traced(flag: bool | None, subs: list[Submission]) -> Iterator[list[Submissio
 def read_batch(path: str, name: str, sha256: str) -> tuple[list[Submission], int]:
     """The submissions of a batch file (each line's run id from its id and input hash), and
     how many lines were bad (each reported on stderr with its line number, then skipped)."""
-    from ._batch import Tally, _numbered_lines, _open_input, _SeenIds, read_item
+    from ._lines import SeenIds, open_input, read_item  # not ._batch: no runner to import
 
     subs: list[Submission] = []
     bad = 0
-    seen = _SeenIds()
-    with _open_input(path) as fh:
-        for number, raw in _numbered_lines(fh, Tally()):
+    seen = SeenIds()
+    with open_input(path) as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
             try:
                 item = read_item(raw, number, seen)
             except UsageError as exc:
@@ -258,18 +260,20 @@ def _report_run(taken: Taken, ms: float, *, json_out: bool) -> None:
 
 
 def _quiet_procrastinate(debug: bool) -> None:
-    """procrastinate logs each job with its arguments (the user's message) and tracebacks:
-    the worker says what matters itself, so only ``--debug`` shows procrastinate's own."""
+    """procrastinate logs each job with its arguments (the user's message) and tracebacks, and
+    psycopg's pool each connection it discards: the worker says what matters itself (what
+    failed, and what it does about it), so only ``--debug`` shows theirs."""
     import logging
 
-    proc = logging.getLogger("procrastinate")
-    proc.propagate = False
-    if debug:
-        proc.handlers[:] = logging.getLogger("demiarch_flow").handlers
-        proc.setLevel(logging.DEBUG)
-    else:
-        proc.addHandler(logging.NullHandler())
-        proc.setLevel(logging.CRITICAL + 1)
+    for name in ("procrastinate", "psycopg.pool"):
+        proc = logging.getLogger(name)
+        proc.propagate = False
+        if debug:
+            proc.handlers[:] = logging.getLogger("demiarch_flow").handlers
+            proc.setLevel(logging.DEBUG)
+        else:
+            proc.addHandler(logging.NullHandler())
+            proc.setLevel(logging.CRITICAL + 1)
 
 
 # ---------------------------------------------------------------------------- runs wait
@@ -280,24 +284,29 @@ _STATES = text(
     " FROM workflow_runs r WHERE r.id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 _JOBS = text(
-    "SELECT DISTINCT args->>'run_id' FROM procrastinate_jobs WHERE task_name = :task"
-    " AND args->>'run_id' IN :ids"
+    "SELECT args->>'run_id' AS run_id, bool_or(status IN ('todo', 'doing')) AS live"
+    " FROM procrastinate_jobs WHERE task_name = :task AND args->>'run_id' IN :ids"
+    " GROUP BY args->>'run_id'"
 ).bindparams(bindparam("ids", expanding=True))
 
 
-def _ended(engine: Engine, ids: list[str]) -> tuple[set[str], set[str]]:
+def _ended(engine: Engine, ids: list[str]) -> tuple[set[str], set[str], set[str]]:
     """Of ``ids``: those that have ended (succeeded, failed, or cancelled with no job left to
-    continue them), and those unknown (no run and no job)."""
+    continue them), those unknown (no run and no job), and those whose job ended without
+    their run ever beginning (it failed for good: a deleted definition, a run deleted after it
+    had begun — no run row will ever come)."""
     with engine.connect() as conn:
         rows = conn.execute(_STATES, {"ids": ids, "task": TASK}).all()
-        jobs = set(conn.execute(_JOBS, {"ids": ids, "task": TASK}).scalars())
+        jobs = {r.run_id: r.live for r in conn.execute(_JOBS, {"ids": ids, "task": TASK})}
     ended = {
         r.id
         for r in rows
         if r.status in ("succeeded", "failed") or (r.status == "cancelled" and not r.queued)
     }
-    known = {r.id for r in rows} | jobs
-    return ended, {i for i in ids if i not in known}
+    begun = {r.id for r in rows}
+    known = begun | set(jobs)
+    dead = {i for i, live in jobs.items() if not live and i not in begun}
+    return ended, {i for i in ids if i not in known}, dead
 
 
 def wait_runs(
@@ -319,7 +328,7 @@ def wait_runs(
     """
     import psycopg
 
-    from ..queue.take import ended_outcome
+    from ..queue.take import ended_outcome, job_failed_outcome
     from ._common import run_trio
 
     pending = list(dict.fromkeys(run_ids))
@@ -328,10 +337,13 @@ def wait_runs(
         listener.execute(f"LISTEN {CHANNEL}")
         first = True
         while pending:
-            ended, unknown = _ended(store.engine, pending)
+            ended, unknown, dead = _ended(store.engine, pending)
             if first and unknown:
                 raise UsageError(f"no run with id {sorted(unknown)[0]!r} in this database")
             first = False
+            for run_id in [i for i in pending if i in dead]:
+                on_ended(job_failed_outcome(run_id))
+                pending.remove(run_id)
             for run_id in [i for i in pending if i in ended]:
                 run = run_trio(lambda r=run_id: store.load_run(r))  # type: ignore[misc]
                 assert run is not None

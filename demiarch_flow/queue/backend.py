@@ -8,6 +8,7 @@ environment (exit 3, with the command that installs it).
 from __future__ import annotations
 
 import importlib.util
+import re
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -47,3 +48,23 @@ def conninfo(url: str) -> str:
     query = dict(parsed.query)
     query.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
     return parsed.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
+
+
+_SECRETS = re.compile(r"(password\s*=\s*)\S+|(://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, in one line for a log: the error's class and the first line of its
+    message. procrastinate wraps every driver error in ``ConnectorException("Database
+    error.")``; the driver's own error (its ``__cause__``) is what says what happened. A
+    password that found its way into a message (a DSN quoted back) is masked."""
+    from procrastinate.exceptions import ConnectorException
+
+    while isinstance(exc, ConnectorException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    message = _SECRETS.sub(
+        lambda m: f"{m.group(1) or m.group(2)}***" + ("@" if m.group(2) else ""),
+        lines[0] if lines else "",
+    )
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -18,6 +18,13 @@ logger silent unless ``--debug``). :class:`BatchingWorker` changes only those th
   its own, so one job's failure (a job another worker took over) stays that job's. A job
   given back for a retry goes through procrastinate's own ``retry_job``, unchanged.
 * **log records**: their ``extra`` is built only when a record is made (:class:`LazyExtra`).
+* **an end that could not be written** (the database restarted or unreachable just as a run
+  ended): procrastinate lets the error escape and the job stays ``doing`` under a worker that
+  goes on beating, so no stalled-job sweep ever takes it and ``--until-empty`` never exits.
+  Here the end is kept and written again, with a growing delay, until the database answers
+  (:meth:`BatchingWorker._record_unrecorded`), each time only while the job is still this
+  worker's ``doing`` job: its run has ended, so nothing runs again, and a job another worker
+  has taken since is left to it.
 
 Delivery stays procrastinate's: a job is ``doing`` under this worker from its fetch to its
 finish, exactly as before; only the number of statements that carry them changes.
@@ -29,6 +36,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from procrastinate import job_context, jobs, utils
@@ -54,6 +62,23 @@ FINISH_MANY = (
     " WITH ORDINALITY AS f(id, status, del, n) ORDER BY f.n"
 )
 FINISH_ONE = "SELECT procrastinate_finish_job_v1(%(job_id)s, %(status)s, %(delete_job)s)"
+FINISH_IF_OURS = (
+    "SELECT procrastinate_finish_job_v1(j.id, %(status)s::procrastinate_job_status,"
+    " %(delete_job)s) FROM procrastinate_jobs j"
+    " WHERE j.id = %(job_id)s AND j.status = 'doing' AND j.worker_id = %(worker_id)s"
+)
+RETRY_IF_OURS = (
+    "SELECT procrastinate_retry_job_v2(j.id, %(retry_at)s, %(new_priority)s,"
+    " %(new_queue_name)s, %(new_lock)s) FROM procrastinate_jobs j"
+    " WHERE j.id = %(job_id)s AND j.status = 'doing' AND j.worker_id = %(worker_id)s"
+)
+"""A job's end written again later: only while the job is still this worker's ``doing`` job
+(no row, no call: it was written after all, or another worker has the job now)."""
+RECORD_FIRST_S = 0.5
+RECORD_CAP_S = 5.0
+"""The delays between tries at writing ends that failed: 0.5 s, doubling, at most 5 s."""
+
+log = logging.getLogger("demiarch_flow")
 
 
 class LazyExtra(Mapping[str, Any]):
@@ -138,12 +163,26 @@ class Finisher:
                     future.set_result(None)
 
 
+@dataclass(frozen=True, slots=True)
+class _End:
+    """A job's end still to be written: its final status, or its retry."""
+
+    job: jobs.Job
+    status: jobs.Status
+    delete: bool
+    retry: Any  # procrastinate's RetryDecision, or None
+
+
 class BatchingWorker(Worker):
     """procrastinate's worker; see the module doc for what differs."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._finisher = Finisher(self.app.connector)
+        self._unrecorded: dict[int, _End] = {}
+        self._unrecorded_event = asyncio.Event()
+        self.failure: BaseException | None = None
+        """The error of the side task (heartbeat, listener) that stopped this worker."""
 
     def _log_extra(
         self,
@@ -167,16 +206,20 @@ class BatchingWorker(Worker):
         context: job_context.JobContext,
         job_result: job_context.JobResult | None,
     ) -> None:
-        if retry_decision:
-            await super()._persist_job_status(job, status, retry_decision, context, job_result)
-            return
         delete = {
             jobs.DeleteJobCondition.ALWAYS: True,
             jobs.DeleteJobCondition.NEVER: False,
             jobs.DeleteJobCondition.SUCCESSFUL: status == jobs.Status.SUCCEEDED,
         }[self.delete_jobs]
         assert job.id is not None
-        await self._finisher.finish(job.id, status.value, delete)
+        try:
+            if retry_decision:
+                await super()._persist_job_status(job, status, retry_decision, context, job_result)
+                return
+            await self._finisher.finish(job.id, status.value, delete)
+        except Exception as exc:
+            self._unwritten(_End(job, status, delete, retry_decision), exc)
+            return
         self._job_ids_to_abort.pop(job.id, None)
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(
@@ -185,6 +228,84 @@ class BatchingWorker(Worker):
                     action="finish_task", context=context, status=status, job_result=job_result
                 ),
             )
+
+    def _unwritten(self, end: _End, exc: Exception) -> None:
+        """A job's end failed to be written: kept, and tried again until the database answers."""
+        from .backend import describe
+
+        job_id = end.job.id
+        assert job_id is not None
+        if _no_longer_doing(exc):  # written after all, or another worker has it now
+            log.warning(
+                f"worker: job {job_id}{_run_of(end.job)}: its end was not written"
+                f" ({describe(exc)}); the job is no longer this worker's, left as it is"
+            )
+            return
+        self._unrecorded[job_id] = end
+        self._unrecorded_event.set()
+        log.warning(
+            f"worker: job {job_id}{_run_of(end.job)}: its end could not be written"
+            f" ({describe(exc)}); written again once the database answers (first try in"
+            f" {RECORD_FIRST_S:g} s); its run has ended and does not run again"
+        )
+
+    async def _write_end(self, job_id: int, end: _End) -> None:
+        if end.retry:
+            retry = end.retry
+            await self.app.connector.execute_query_async(
+                query=RETRY_IF_OURS, job_id=job_id, worker_id=self.worker_id,
+                retry_at=retry.retry_at or utils.utcnow(), new_priority=retry.priority,
+                new_queue_name=retry.queue, new_lock=retry.lock,
+            )  # fmt: skip
+        else:
+            await self.app.connector.execute_query_async(
+                query=FINISH_IF_OURS, job_id=job_id, worker_id=self.worker_id,
+                status=end.status.value, delete_job=end.delete,
+            )  # fmt: skip
+
+    async def _record_unrecorded(self, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        """The side task that writes the ends that failed, with a growing delay between tries,
+        until each is written (or is no longer this worker's to write)."""
+        from .backend import describe
+
+        delay = RECORD_FIRST_S
+        while True:
+            if not self._unrecorded:
+                self._unrecorded_event.clear()
+                await self._unrecorded_event.wait()
+                delay = RECORD_FIRST_S
+            await sleep(delay)
+            for job_id, end in list(self._unrecorded.items()):
+                try:
+                    await self._write_end(job_id, end)
+                except Exception as exc:
+                    if _no_longer_doing(exc):
+                        self._unrecorded.pop(job_id, None)
+                        continue
+                    delay = min(RECORD_CAP_S, delay * 2)
+                    log.warning(
+                        f"worker: job {job_id}{_run_of(end.job)}: its end still cannot be"
+                        f" written ({describe(exc)}); next try in {delay:g} s"
+                    )
+                    break
+                self._unrecorded.pop(job_id, None)
+                self._job_ids_to_abort.pop(job_id, None)
+                log.warning(f"worker: job {job_id}{_run_of(end.job)}: its end is written now")
+
+    def _start_side_tasks(self) -> list[asyncio.Task[Any]]:
+        tasks = super()._start_side_tasks()
+        tasks.append(asyncio.create_task(self._record_unrecorded(), name="write failed ends"))
+        return tasks
+
+    async def _monitor_side_tasks(self, side_tasks: list[asyncio.Task[Any]]) -> None:
+        """procrastinate's: a side task that fails (a heartbeat or the listener losing the
+        database) stops the worker; here its error is kept, for the worker's log line."""
+        done, _ = await asyncio.wait(side_tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                self.failure = exc
+                self.stop()  # type: ignore[no-untyped-call]
+                return
 
     async def _fetch_jobs(self, n: int) -> list[jobs.Job]:
         rows = await self.app.connector.execute_query_all_async(
@@ -249,3 +370,15 @@ class BatchingWorker(Worker):
             self._job_semaphore.release()
 
         task.add_done_callback(on_job_complete)
+
+
+def _no_longer_doing(exc: BaseException) -> bool:
+    """Whether procrastinate's function refused because the job is not ``doing`` any more
+    (its PL/pgSQL ``RAISE``: SQLSTATE P0001), as opposed to the database failing."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return getattr(cause, "sqlstate", None) == "P0001"
+
+
+def _run_of(job: jobs.Job) -> str:
+    run_id = job.task_kwargs.get("run_id") if isinstance(job.task_kwargs, dict) else None
+    return f" (run {run_id})" if run_id else ""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -61,7 +61,9 @@ class Submission:
         return f"conversation:{self.conversation_id}" if self.conversation_id else None
 
     def to_args(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The job's arguments: the fields that are set (read directly: ``asdict`` copies
+        each value through its deep-copying recursion, a tenth of a second for 2,000)."""
+        return {k: v for k in _FIELDS if (v := getattr(self, k)) is not None}
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Submission:
@@ -77,6 +79,9 @@ class Submission:
         if not all(isinstance(getattr(sub, f), str) for f in ("run_id", "workflow_sha256")):
             raise UsageError("the job's arguments are not a submitted run's (no run id)")
         return sub
+
+
+_FIELDS = tuple(f.name for f in fields(Submission))
 
 
 def batch_run_id(item_id: str, input_sha256: str) -> str:

@@ -213,3 +213,22 @@ def ended_outcome(run: StoredRun) -> RunOutcome:
         virtual_wait_s=0.0,
         resume_count=run.resume_count,
     )
+
+
+def job_failed_outcome(run_id: str) -> RunOutcome:
+    """The outcome of a submitted run whose job failed for good before the run began (its
+    arguments or its workflow definition were unusable, or its run was deleted after it had
+    begun): ``failed``, nothing sent or paid, so ``runs wait`` and ``batch --queue`` report it
+    instead of waiting for a run that will never come."""
+    return RunOutcome(
+        run_id=run_id, conversation_id=None, status="failed", final_state="", model=None,
+        content=None, prompt_tokens=None, completion_tokens=None, cost_usd=Decimal(0),
+        cost_source=None, attempts=(), transitions=(),
+        error=RunError(
+            "its job failed before the run began, and nothing was sent (the worker's log says"
+            " why: a workflow definition or arguments it could not use, or a run deleted after"
+            " it had begun)",
+            error_class=ErrorClass.INTERNAL,
+        ),
+        virtual_wait_s=0.0, resume_count=0,
+    )  # fmt: skip

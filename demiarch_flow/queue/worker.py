@@ -13,7 +13,10 @@ that shares one HTTP pool, one store writer and one heartbeat. What it owes the 
   ``grace_s``, then cancels the rest — each run recorded ``cancelled``, its job given back;
 * ``until_empty``: stop once the queue has no job waiting or running (cron, CI, tests);
 * **a lost database**: procrastinate's pool and listener connect again by themselves; should
-  its worker loop stop, the worker logs it, waits and starts taking jobs again.
+  its worker loop stop (a heartbeat or the listener failing, a pool that will not open), the
+  worker logs what happened (the error's class and message) and how long it waits, then
+  starts again with a new pool; an end of a job that could not be written is written once
+  the database answers (:mod:`.batching`).
 """
 
 from __future__ import annotations
@@ -165,17 +168,7 @@ async def serve(
     try:
         world = await guest.start(world_main)
         workflows = Workflows(world.env.store)  # type: ignore[arg-type]
-        app = App(
-            connector=PsycopgConnector(
-                conninfo=conninfo(options.db),
-                min_size=1,
-                max_size=max(4, options.concurrency // 4),
-                configure=autocommit,
-                pool_factory=pool_factory,
-            )
-        )
 
-        @app.task(name=TASK, pass_context=True, retry=_retry_strategy())
         async def run_job(context: JobContext, /, **args: Any) -> str:
             job_id = context.job.id
             try:
@@ -218,7 +211,22 @@ async def serve(
             report(taken, (time.monotonic() - began) * 1000)
             return taken.outcome.status
 
-        await _work(app, options, stats, stop_requested)
+        def make_app() -> Any:
+            # a new App (and pool) for each life of the worker: procrastinate's connector
+            # keeps a pool that failed to open, closed, and would hand it out ever after
+            app = App(
+                connector=PsycopgConnector(
+                    conninfo=conninfo(options.db),
+                    min_size=1,
+                    max_size=max(4, options.concurrency // 4),
+                    configure=autocommit,
+                    pool_factory=pool_factory,
+                )
+            )
+            app.task(name=TASK, pass_context=True, retry=_retry_strategy())(run_job)
+            return app
+
+        await _work(make_app, options, stats, stop_requested)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -226,56 +234,96 @@ async def serve(
     return stats
 
 
+RECONNECT_FIRST_S = 1.0
+RECONNECT_CAP_S = 30.0
+"""The waits before taking jobs again after the queue's loop stopped: 1 s, doubling, 30 s at
+most; back to the first once a loop has run for :data:`RECONNECT_CAP_S`."""
+
+
 async def _work(
-    app: Any, options: WorkerOptions, stats: WorkerStats, stop_requested: asyncio.Event
+    make_app: Callable[[], Any],
+    options: WorkerOptions,
+    stats: WorkerStats,
+    stop_requested: asyncio.Event,
 ) -> None:
     """Take jobs until asked to stop or, with ``until_empty``, until none is left; a worker
-    that loses the database waits and starts again."""
-    delay = 1.0
+    that loses the database says what happened, waits and starts again."""
+    delay = RECONNECT_FIRST_S
     while not stop_requested.is_set():
+        began = time.monotonic()
+        failure = await _one_loop(make_app(), options, stats, stop_requested)
+        if stop_requested.is_set():
+            return
+        if time.monotonic() - began >= RECONNECT_CAP_S:
+            delay = RECONNECT_FIRST_S  # it had been running well: a new outage
+        log.warning(
+            f"worker: the queue's loop stopped ({failure}); taking jobs again in {delay:g} s"
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_requested.wait(), delay)
+        delay = min(RECONNECT_CAP_S, delay * 2)
+
+
+async def _one_loop(
+    app: Any, options: WorkerOptions, stats: WorkerStats, stop_requested: asyncio.Event
+) -> str:
+    """One life of procrastinate's worker (a :class:`~.batching.BatchingWorker`: several jobs
+    per fetch and per finish), from opening its pool to its end; returns what ended it, in one
+    line (the error's class and message), for the log."""
+    from .batching import BatchingWorker
+
+    app.perform_import_paths()
+    worker: Any = BatchingWorker(
+        app=app, queues=[options.queue], concurrency=options.concurrency, wait=True,
+        install_signal_handlers=False, shutdown_graceful_timeout=options.grace_s,
+        listen_notify=True, delete_jobs="never",
+        update_heartbeat_interval=max(0.2, options.stall_after_s / 4),
+        stalled_worker_timeout=options.stall_after_s,
+        fetch_job_polling_interval=max(0.2, min(5.0, options.stall_after_s / 4)),
+    )  # fmt: skip
+    try:
         async with app.open_async():
-            worker = asyncio.create_task(
-                _run_worker(
-                    app, queues=[options.queue], concurrency=options.concurrency, wait=True,
-                    install_signal_handlers=False, shutdown_graceful_timeout=options.grace_s,
-                    listen_notify=True, delete_jobs="never",
-                    update_heartbeat_interval=max(0.2, options.stall_after_s / 4),
-                    stalled_worker_timeout=options.stall_after_s,
-                    fetch_job_polling_interval=max(0.2, min(5.0, options.stall_after_s / 4)),
-                )
-            )  # fmt: skip
+            running = asyncio.create_task(worker.run())
             helpers = [asyncio.create_task(_sweep_stalled(app, options, stats))]
             if options.until_empty:
                 helpers.append(asyncio.create_task(_until_empty(app, options, stop_requested)))
             stopper = asyncio.create_task(stop_requested.wait())
             try:
-                await asyncio.wait([worker, stopper], return_when=asyncio.FIRST_COMPLETED)
-                if not worker.done():
-                    worker.cancel()  # procrastinate's graceful stop: grace, then abort
+                await asyncio.wait([running, stopper], return_when=asyncio.FIRST_COMPLETED)
+                if not running.done():
+                    running.cancel()  # procrastinate's graceful stop: grace, then abort
                 with contextlib.suppress(asyncio.CancelledError):
-                    await worker
-            except Exception as exc:
-                log.warning(f"worker: lost the queue ({exc}); reconnecting in {delay:g} s")
+                    await running
             finally:
                 for task in (*helpers, stopper):
                     task.cancel()
                 await asyncio.gather(*helpers, stopper, return_exceptions=True)
-        if stop_requested.is_set():
-            return
-        log.warning(f"worker: the queue's connection ended; reconnecting in {delay:g} s")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop_requested.wait(), delay)
-        delay = min(30.0, delay * 2)
+    except Exception as exc:  # the pool would not open, or the worker's end failed
+        return await _why(options.db, worker.failure or exc)
+    if worker.failure is not None:  # a heartbeat or the listener lost the database
+        return await _why(options.db, worker.failure)
+    return "it ended without an error"
 
 
-async def _run_worker(app: Any, **options: Any) -> None:
-    """procrastinate's ``App.run_worker_async``, with its worker made a
-    :class:`~.batching.BatchingWorker` (several jobs per fetch and per finish)."""
-    from .batching import BatchingWorker
+async def _why(url: str, exc: BaseException) -> str:
+    """``exc`` in one line; for a pool that timed out waiting for a connection (which says
+    only that), the error one connection attempt meets (connection refused, a password
+    refused, a database that does not exist)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
 
-    app.perform_import_paths()
-    worker: Any = BatchingWorker(app=app, **options)
-    await worker.run()
+    from .backend import describe
+
+    cause: BaseException = exc
+    while cause.__cause__ is not None and not isinstance(cause, PoolTimeout):
+        cause = cause.__cause__
+    if isinstance(cause, PoolTimeout):
+        try:
+            conn = await psycopg.AsyncConnection.connect(conninfo(url))
+        except Exception as probe:
+            return describe(probe)
+        await conn.close()
+    return describe(exc)
 
 
 async def _sweep_stalled(app: Any, options: WorkerOptions, stats: WorkerStats) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from demiarch_flow.cli._batch import parse_line
+from demiarch_flow.cli._lines import parse_line
 from demiarch_flow.errors import UsageError
 
 from .conftest import FAST, Cli, SimThread

@@ -290,6 +290,14 @@ def test_a_run_deleted_while_its_job_is_queued_fails_its_job_alone(
     assert rows(pg, "SELECT count(*) FROM workflow_runs WHERE id = :r", r=gone) == [(0,)]
     failed = rows(pg, "SELECT status FROM procrastinate_jobs WHERE args->>'run_id' = :r", r=gone)
     assert failed == [("failed",)]
+    # `runs wait` reports the run whose job failed for good instead of waiting for a run row
+    # that will never come (it used to wait until its timeout: exit 124)
+    waited = cli("runs", "wait", gone, after, "--db", pg, "--json", "--timeout", "30")
+    assert waited.code == 1, waited.stderr
+    outcomes = {d["run_id"]: d for d in lines(waited)}
+    assert outcomes[after]["status"] == "succeeded"
+    assert outcomes[gone]["status"] == "failed"
+    assert "its job failed before the run began" in json.dumps(outcomes[gone])
 
 
 def test_a_worker_killed_mid_request_has_its_run_finished_by_another(
@@ -368,6 +376,39 @@ def test_a_worker_outlives_its_database_connections(
     assert "Traceback" not in stopped.stderr
     assert [d["run_id"] for d in lines(stopped)] == [first, second]
     paid_once(pg, [first, second])
+
+
+def test_a_job_whose_finish_fails_is_recorded_once_the_database_answers(
+    cli: Cli, simulator: Callable[..., SimThread], pg: str
+) -> None:
+    """The database cuts the statements that record a job's end, right after its run ended,
+    while the worker goes on beating: the end is recorded once the database answers again (the
+    job used to stay `doing` under a live worker, which no stalled-job sweep takes, and
+    `--until-empty` never exited), one log line says what failed, and nothing runs twice."""
+    sim = simulator()
+    run_id = cli("submit", FAST, "-m", "finish cut", "--db", pg).stdout.strip()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.e2e.outage_child", "4", "worker", "--db", pg,
+         "--base-url", sim.url, "--json", "--until-empty", "--stall-after", "2"],
+        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    try:
+        done = finish(proc, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert done.code == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"run {run_id}" in done.stderr
+    assert "its end could not be written (AdminShutdown: terminating connection" in done.stderr
+    assert "discarding closed connection" not in done.stderr  # psycopg's pool kept quiet
+    assert [(d["run_id"], d["action"]) for d in lines(done)] == [(run_id, "ran")]
+    jobs = rows(pg, "SELECT status, attempts FROM procrastinate_jobs")
+    assert jobs == [("succeeded", 1)]
+    assert sim.sim.chat_requests == 1
+    paid_once(pg, [run_id])
 
 
 def test_batch_queue_interrupted_then_run_again_writes_every_line_once(
