@@ -65,14 +65,57 @@ def test_one_fetch_takes_a_job_per_slot_and_keeps_procrastinates_locks(
         ids = [r["id"] for r in first]
         conn.execute(
             FINISH_MANY,
-            {"ids": ids, "statuses": ["succeeded"] * len(ids), "deletes": [False] * len(ids)},
-        )
+            {
+                "ids": ids, "statuses": ["succeeded"] * len(ids), "deletes": [False] * len(ids),
+                "worker_id": row["w"],
+            },
+        )  # fmt: skip
         after = conn.execute(FETCH_MANY, {**args, "n": 1}).fetchall()
         assert [r["id"] for r in after] == [2]  # one slot: one job
         rows = conn.execute("SELECT id, status FROM procrastinate_jobs ORDER BY id").fetchall()
         assert [(r["id"], r["status"]) for r in rows] == [
             (1, "succeeded"), (2, "doing"), (3, "succeeded"), (4, "succeeded"), (5, "todo"),
             (6, "succeeded"), (7, "succeeded"),
+        ]  # fmt: skip
+
+
+@pytest.mark.postgres
+def test_an_end_is_written_only_while_the_job_is_still_this_workers(
+    pg: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker frozen past the stall limit and woken: the job the sweep gave back and another
+    worker took is not marked ended by it (alone or among its other ends); its own are."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from demiarch_flow.queue.backend import conninfo
+    from demiarch_flow.queue.batching import FETCH_MANY, FINISH_IF_OURS, FINISH_MANY
+
+    _install(pg)
+    capsys.readouterr()
+    with psycopg.connect(conninfo(pg), autocommit=True, row_factory=dict_row) as conn:
+        _defer(conn, [None, None, None])
+        frozen, live = (
+            conn.execute("SELECT procrastinate_register_worker_v1() AS w").fetchone()["w"]  # type: ignore[index]
+            for _ in range(2)
+        )
+        taken = conn.execute(FETCH_MANY, {"n": 3, "queues": ["runs"], "worker_id": frozen})
+        assert [r["id"] for r in taken.fetchall()] == [1, 2, 3]
+        # the sweep gives job 2 back and the live worker takes it
+        conn.execute("UPDATE procrastinate_jobs SET worker_id = %s WHERE id = 2", (live,))
+        ends = {"ids": [1, 2], "statuses": ["succeeded"] * 2, "deletes": [False] * 2}
+        rows = conn.execute(FINISH_MANY, {**ends, "worker_id": frozen}).fetchall()
+        assert [r["id"] for r in rows] == [1]
+        one = {"status": "failed", "delete_job": False}
+        assert (
+            conn.execute(FINISH_IF_OURS, {**one, "job_id": 2, "worker_id": frozen}).fetchall() == []
+        )
+        assert [
+            r["id"] for r in conn.execute(FINISH_IF_OURS, {**one, "job_id": 3, "worker_id": frozen})
+        ] == [3]
+        statuses = conn.execute("SELECT id, status, worker_id FROM procrastinate_jobs ORDER BY id")
+        assert [(r["id"], r["status"]) for r in statuses] == [
+            (1, "succeeded"), (2, "doing"), (3, "failed"),
         ]  # fmt: skip
 
 
@@ -84,12 +127,14 @@ class _Connector:
         self.statements: list[list[int]] = []
         self.refuse = refuse
 
-    async def execute_query_async(self, query: str, **args: Any) -> None:
+    async def execute_query_all_async(self, query: str, **args: Any) -> list[dict[str, int]]:
         ids = args["ids"] if "ids" in args else [args["job_id"]]
+        assert args["worker_id"] == 7
         self.statements.append(list(ids))
         await asyncio.sleep(0)
         if self.refuse & set(ids):
             raise RuntimeError(f"job {sorted(self.refuse & set(ids))} not in doing status")
+        return [{"id": i} for i in ids]
 
 
 def test_finishes_that_arrive_together_share_a_statement_and_fail_alone() -> None:
@@ -97,7 +142,7 @@ def test_finishes_that_arrive_together_share_a_statement_and_fail_alone() -> Non
 
     async def scenario() -> tuple[list[list[int]], list[BaseException | None]]:
         connector = _Connector(refuse={3})
-        finisher = Finisher(connector)
+        finisher = Finisher(connector, lambda: 7)
         results = await asyncio.gather(
             *(finisher.finish(i, "succeeded", False) for i in range(1, 6)),
             return_exceptions=True,
@@ -108,7 +153,7 @@ def test_finishes_that_arrive_together_share_a_statement_and_fail_alone() -> Non
     # the five arrive together: one statement, which fails (job 3) for all of them; they are
     # then written one by one, so only job 3 fails
     assert statements == [[1, 2, 3, 4, 5], [1], [2], [3], [4], [5]]
-    assert [r is None for r in results] == [True, True, False, True, True]
+    assert [r is True for r in results] == [True, True, False, True, True]
     assert "job [3]" in str(results[2])
 
 

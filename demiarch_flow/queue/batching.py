@@ -57,13 +57,19 @@ FETCH_MANY = (
 its own: a function with unchanged arguments is called once and its row reused)."""
 
 FINISH_MANY = (
-    "SELECT procrastinate_finish_job_v1(f.id, f.status::procrastinate_job_status, f.del)"
+    "SELECT f.id, procrastinate_finish_job_v1(f.id, f.status::procrastinate_job_status, f.del)"
     " FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(deletes)s::boolean[])"
-    " WITH ORDINALITY AS f(id, status, del, n) ORDER BY f.n"
+    " WITH ORDINALITY AS f(id, status, del, n)"
+    " JOIN procrastinate_jobs j ON j.id = f.id AND j.status = 'doing'"
+    " AND j.worker_id = %(worker_id)s ORDER BY f.n"
 )
-FINISH_ONE = "SELECT procrastinate_finish_job_v1(%(job_id)s, %(status)s, %(delete_job)s)"
+"""The ends of several jobs in one statement, each written only while its job is still this
+worker's ``doing`` job: a worker frozen (SIGSTOP) past the stall limit and woken must not mark
+ended a job the sweep gave back and another worker now runs (that worker's retry of it, after
+an infrastructure error, would then fail, leaving a run that no job will ever take). The ids
+returned are the ends written."""
 FINISH_IF_OURS = (
-    "SELECT procrastinate_finish_job_v1(j.id, %(status)s::procrastinate_job_status,"
+    "SELECT j.id, procrastinate_finish_job_v1(j.id, %(status)s::procrastinate_job_status,"
     " %(delete_job)s) FROM procrastinate_jobs j"
     " WHERE j.id = %(job_id)s AND j.status = 'doing' AND j.worker_id = %(worker_id)s"
 )
@@ -107,24 +113,27 @@ class LazyExtra(Mapping[str, Any]):
 
 
 class Finisher:
-    """Writes the ends of jobs, those that arrive together in one statement."""
+    """Writes the ends of jobs, those that arrive together in one statement, each only while
+    its job is still this worker's (see :data:`FINISH_MANY`)."""
 
-    def __init__(self, connector: Any) -> None:
+    def __init__(self, connector: Any, worker_id: Callable[[], int | None]) -> None:
         self._connector = connector
-        self._pending: list[tuple[int, str, bool, asyncio.Future[None]]] = []
+        self._worker_id = worker_id
+        self._pending: list[tuple[int, str, bool, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def finish(self, job_id: int, status: str, delete: bool) -> None:
-        """Returns once the job's end is written.
+    async def finish(self, job_id: int, status: str, delete: bool) -> bool:
+        """Returns once the job's end is written: ``True``, or ``False`` when the job is no
+        longer this worker's ``doing`` job (another worker has it now), and nothing was written.
 
         Raises:
             whatever procrastinate's ``procrastinate_finish_job_v1`` raised for this job.
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((job_id, status, delete, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="finish jobs")
-        await future
+        return await future
 
     async def _flush(self) -> None:
         while self._pending:
@@ -132,35 +141,39 @@ class Finisher:
             try:
                 if len(batch) == 1:
                     job_id, status, delete, _ = batch[0]
-                    await self._connector.execute_query_async(
-                        query=FINISH_ONE, job_id=job_id, status=status, delete_job=delete
-                    )
+                    rows = await self._connector.execute_query_all_async(
+                        query=FINISH_IF_OURS, job_id=job_id, status=status, delete_job=delete,
+                        worker_id=self._worker_id(),
+                    )  # fmt: skip
                 else:
-                    await self._connector.execute_query_async(
+                    rows = await self._connector.execute_query_all_async(
                         query=FINISH_MANY,
                         ids=[b[0] for b in batch],
                         statuses=[b[1] for b in batch],
                         deletes=[b[2] for b in batch],
+                        worker_id=self._worker_id(),
                     )
             except Exception:  # all or nothing: each again on its own, its failure its own
                 await self._one_by_one(batch)
                 continue
-            for *_, future in batch:
+            written = {row["id"] for row in rows}
+            for job_id, _, _, future in batch:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(job_id in written)
 
-    async def _one_by_one(self, batch: list[tuple[int, str, bool, asyncio.Future[None]]]) -> None:
+    async def _one_by_one(self, batch: list[tuple[int, str, bool, asyncio.Future[bool]]]) -> None:
         for job_id, status, delete, future in batch:
             try:
-                await self._connector.execute_query_async(
-                    query=FINISH_ONE, job_id=job_id, status=status, delete_job=delete
-                )
+                rows = await self._connector.execute_query_all_async(
+                    query=FINISH_IF_OURS, job_id=job_id, status=status, delete_job=delete,
+                    worker_id=self._worker_id(),
+                )  # fmt: skip
             except Exception as exc:
                 if not future.done():
                     future.set_exception(exc)
             else:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(bool(rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +191,7 @@ class BatchingWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._finisher = Finisher(self.app.connector)
+        self._finisher = Finisher(self.app.connector, lambda: self.worker_id)
         self._unrecorded: dict[int, _End] = {}
         self._unrecorded_event = asyncio.Event()
         self.failure: BaseException | None = None
@@ -216,10 +229,16 @@ class BatchingWorker(Worker):
             if retry_decision:
                 await super()._persist_job_status(job, status, retry_decision, context, job_result)
                 return
-            await self._finisher.finish(job.id, status.value, delete)
+            written = await self._finisher.finish(job.id, status.value, delete)
         except Exception as exc:
             self._unwritten(_End(job, status, delete, retry_decision), exc)
             return
+        if not written:
+            log.warning(
+                f"worker: job {job.id}{_run_of(job)}: not this worker's any more (given back"
+                " to the queue while this worker was not beating); its end is left to the"
+                " worker that has it now"
+            )
         self._job_ids_to_abort.pop(job.id, None)
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug(

@@ -24,11 +24,18 @@ def patch(fails: int) -> None:
     left = [fails]
 
     class CutFinishes(real):  # type: ignore[misc,valid-type]
-        async def execute_query_async(self, query: str, **arguments: Any) -> None:
+        async def _cut(self, query: str) -> None:
             if "procrastinate_finish_job_v1" in query and left[0] > 0:
                 left[0] -= 1
                 await super().execute_query_async("SELECT pg_terminate_backend(pg_backend_pid())")
+
+        async def execute_query_async(self, query: str, **arguments: Any) -> None:
+            await self._cut(query)
             await super().execute_query_async(query, **arguments)
+
+        async def execute_query_all_async(self, query: str, **arguments: Any) -> list[Any]:
+            await self._cut(query)
+            return list(await super().execute_query_all_async(query, **arguments))
 
     procrastinate.PsycopgConnector = CutFinishes  # type: ignore[misc]
 
