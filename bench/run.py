@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import spread, start_simulator  # noqa: E402
+from _common import installed_env, spread, start_simulator  # noqa: E402
 from startup import report as startup_report  # noqa: E402
 from startup import startup_figures  # noqa: E402
 
@@ -262,7 +262,7 @@ def batch(
         "".join(json.dumps({"id": i, "message": f"question {i}"}) + "\n" for i in range(lines))
     )
     out = folder / f"out-{lines}.jsonl"
-    env = {**os.environ, "OPENROUTER_API_KEY": KEY.value}
+    env = installed_env(OPENROUTER_API_KEY=KEY.value)
     spawned = time.time()  # the wall clock: the journal's times are the wall clock's too
     t0 = time.perf_counter()
     proc = subprocess.Popen(

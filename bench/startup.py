@@ -21,7 +21,6 @@ prints the same table with its other figures.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import statistics
@@ -34,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collections.abc import Callable
 
-from _common import start_simulator
+from _common import installed_env, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "demiarch_flow"]
@@ -91,8 +90,8 @@ def startup_figures(
     url: str, folder: Path, repeat: int = 10
 ) -> dict[str, tuple[list[float], list[float]]]:
     """Each command's wall and CPU seconds (see the module doc); ``url`` is the simulator's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_", "DEMIARCH"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode cached
+    env = installed_env()  # an installed package has its bytecode cached
+    env = {k: v for k, v in env.items() if not k.startswith(("OPENROUTER_", "DEMIARCH"))}
     env.update(
         DEMIARCH_FLOW_HOME=str(folder), OPENROUTER_API_KEY="sk-or-bench-0123456789", NO_COLOR="1"
     )

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import psycopg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import installed_env
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "demiarch_flow"]
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -59,7 +62,7 @@ def main() -> None:
     sim = subprocess.Popen([*CLI, "simulator"], stdout=subprocess.PIPE, text=True)
     assert sim.stdout is not None
     url = sim.stdout.readline().strip()
-    env = {**os.environ, "OPENROUTER_API_KEY": KEY, "DEMIARCH_FLOW_HOME": str(folder)}
+    env = installed_env(OPENROUTER_API_KEY=KEY, DEMIARCH_FLOW_HOME=str(folder))
     inp = folder / "in.jsonl"
     inp.write_text(
         "".join(json.dumps({"id": i, "message": f"q {i}"}) + "\n" for i in range(opts.runs))
