@@ -183,3 +183,85 @@ def test_a_log_records_extra_is_built_only_when_the_record_is_made() -> None:
     assert built == [1]
     assert records[0].action == "start_job"
     assert records[0].job == {"id": 7}
+
+
+@pytest.mark.postgres
+def test_the_jobs_of_a_moment_ask_what_their_runs_left_in_one_statement(pg: str) -> None:
+    """Five jobs asking at once whether their runs are new, begun or deleted after they began
+    get each its own answer from one read (one pooled connection, one thread hop), and a job
+    asking afterwards reads again; an unreachable database fails every one of them alike."""
+    from datetime import UTC, datetime
+
+    import trio
+    from sqlalchemy import event
+
+    from demiarch_flow.errors import PersistenceError
+    from demiarch_flow.queue.take import Workflows
+    from demiarch_flow.store.base import NewRun
+    from demiarch_flow.store.sql import SqlStore
+
+    store = SqlStore.open_sync(pg)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    reads: list[str] = []
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "unnest" in statement:
+            reads.append(statement)
+
+    async def scenario() -> None:
+        await store.begin_run(
+            NewRun(
+                run_id="begun", workflow="chat", workflow_sha256="a" * 64, conversation_id=None,
+                create_with_id="conv-begun", project_id=None, user_message_id="msg-begun",
+                content="hello", context_messages=10, at=at, title="hello", state="Start",
+                definition="name: chat\n",
+            )
+        )  # fmt: skip
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO budget_reservations (id, run_id, attempt, model, amount_usd,"
+                " settled, created_at, expires_at) VALUES ('res-1', 'gone', 1, 'm', 0.01, 0,"
+                " now(), now())"
+            )
+        workflows = Workflows(store)
+        answers: dict[str, str] = {}
+
+        async def ask(run_id: str) -> None:
+            answers[run_id] = await workflows.seen(run_id)
+
+        async with trio.open_nursery() as nursery:
+            for run_id in ("new-1", "begun", "gone", "new-2", "begun"):
+                nursery.start_soon(ask, run_id)
+        assert answers == {"new-1": "new", "begun": "begun", "gone": "deleted", "new-2": "new"}
+        assert len(reads) == 1
+        assert await workflows.seen("gone") == "deleted"
+        assert len(reads) == 2
+
+        down = _refusing_engine()
+        broken = Workflows(type("Down", (), {"engine": down})())  # type: ignore[arg-type]
+        failures: list[BaseException] = []
+
+        async def fails(run_id: str) -> None:
+            try:
+                await broken.seen(run_id)
+            except PersistenceError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for run_id in ("a", "b", "c"):
+                nursery.start_soon(fails, run_id)
+        down.dispose()
+        assert len(failures) == 3 and len({id(f) for f in failures}) == 1
+
+    try:
+        trio.run(scenario)
+    finally:
+        store.close()
+
+
+def _refusing_engine() -> Any:
+    """An engine whose server is not there (a closed port on 127.0.0.1), failing at once."""
+    from demiarch_flow.store.sql import open_engine
+
+    return open_engine("postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1")

@@ -66,13 +66,26 @@ class Taken:
 
 _DEFINITION = text("SELECT text FROM workflow_definitions WHERE sha256 = :sha")
 _SEEN = text(
-    "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE id = :run) AS begun,"
-    " EXISTS (SELECT 1 FROM llm_usage WHERE run_id = :run)"
-    " OR EXISTS (SELECT 1 FROM budget_reservations WHERE run_id = :run) AS left_rows"
+    "SELECT r.id,"
+    " EXISTS (SELECT 1 FROM workflow_runs w WHERE w.id = r.id) AS begun,"
+    " EXISTS (SELECT 1 FROM llm_usage u WHERE u.run_id = r.id)"
+    " OR EXISTS (SELECT 1 FROM budget_reservations b WHERE b.run_id = r.id) AS left_rows"
+    " FROM unnest(CAST(:runs AS text[])) AS r(id)"
 )
-"""One round trip on indexed columns; the run's row and its user message are written in one
-transaction that has committed before anything else of the run, so no write of this process
-still queued can change the answer."""
+"""One round trip on indexed columns for every run id asked at the moment; a run's row and
+its user message are written in one transaction that has committed before anything else of
+the run, so no write of this process still queued can change the answer."""
+
+
+class _Asked:
+    """One run id waiting for the next :data:`_SEEN` read, and its answer once read."""
+
+    __slots__ = ("answer", "error", "run_id")
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.answer: Seen | None = None
+        self.error: PersistenceError | None = None
 
 
 class Workflows:
@@ -82,6 +95,8 @@ class Workflows:
     def __init__(self, store: SqlStore) -> None:
         self._store = store
         self._parsed: dict[str, Workflow] = {}
+        self._asked: list[_Asked] = []
+        self._reading = trio.Lock()
 
     async def get(self, sub: Submission) -> Workflow:
         """Raises: NotSubmitted: the database has no such definition, or it does not parse."""
@@ -105,23 +120,49 @@ class Workflows:
     async def seen(self, run_id: str) -> Seen:
         """Whether ``run_id`` is new, has begun, or was deleted after it began.
 
-        A first delivery (the common case) costs this one light query, not the run's whole
-        record (:meth:`~demiarch_flow.store.sql.SqlStore.load_run` reads its attempts and
-        definition too, and commits the store's queued writes first to read its own).
+        A first delivery (the common case) costs a share of one light query, not the run's
+        whole record (:meth:`~demiarch_flow.store.sql.SqlStore.load_run` reads its attempts
+        and definition too, and commits the store's queued writes first to read its own).
+        The jobs a worker takes together ask together: whoever holds the lock reads every id
+        asked so far in one statement (the lock's ``acquire`` yields to trio's scheduler even
+        when it is free, which lets the other jobs of the moment ask first) — one pooled
+        connection, its check and one thread hop for all of them. Asked one by one, this read
+        was a fifth of a worker's throughput (2,000 runs through 2 workers × 50: 0.70–0.75× of
+        one ``batch`` process with it, 0.90–0.92× with it left out).
 
         Raises:
             PersistenceError: the database failed.
         """
-        return await trio.to_thread.run_sync(self._seen, run_id)
+        asked = _Asked(run_id)
+        self._asked.append(asked)
+        async with self._reading:
+            if asked.answer is None and asked.error is None:
+                batch, self._asked = self._asked, []
+                try:
+                    # not cancellable once started: every id taken off the list is answered
+                    found = await trio.to_thread.run_sync(self._seen, [a.run_id for a in batch])
+                except PersistenceError as exc:
+                    for a in batch:
+                        a.error = exc
+                else:
+                    for a in batch:
+                        a.answer = found[a.run_id]
+        if asked.error is not None:
+            raise asked.error
+        assert asked.answer is not None
+        return asked.answer
 
-    def _seen(self, run_id: str) -> Seen:
+    def _seen(self, run_ids: list[str]) -> dict[str, Seen]:
         try:
             with self._store.engine.connect() as conn:
                 auto = conn.execution_options(isolation_level="AUTOCOMMIT")
-                begun, left_rows = auto.execute(_SEEN, {"run": run_id}).one()
+                rows = auto.execute(_SEEN, {"runs": run_ids}).all()
         except SQLAlchemyError as exc:
             raise PersistenceError(f"cannot read the run: {exc}") from None
-        return "begun" if begun else "deleted" if left_rows else "new"
+        return {
+            run_id: "begun" if begun else "deleted" if left_rows else "new"
+            for run_id, begun, left_rows in rows
+        }
 
     def _read(self, sha: str) -> str | None:
         try:
