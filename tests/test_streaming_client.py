@@ -332,6 +332,24 @@ async def test_a_finished_stream_is_a_completion_however_it_ends(
     assert result.after_finish is ended_by
 
 
+@pytest.mark.parametrize("gap", [0.001, 4.9])
+async def test_a_silence_is_cut_within_the_idle_slack_after_the_last_read(
+    gap: float, autojump_clock: object
+) -> None:
+    """The idle clock runs from the last read: reads 4.9 s apart outlive many 5 s idle limits,
+    and after the last one a silence is cut no later than ``idle_timeout_s`` and no sooner than
+    ``IDLE_SLACK`` of it before (a read that moved the deadline by less than that left it)."""
+    from demiarch_flow.client.openrouter import IDLE_SLACK
+
+    start = trio.current_time()
+    reads: list[bytes | float | str] = [says("a"), gap, says("b"), gap, says("c"), STALL]
+    result, deltas, _ = await scripted(reads, timeout_s=60.0)
+    last = start + 2 * gap
+    assert deltas == ["a", "b", "c"] and result.partial is not None
+    assert result.partial.content == "abc" and result.cause is ErrorClass.TIMEOUT
+    assert last + 5.0 * (1 - IDLE_SLACK) <= trio.current_time() <= last + 5.0
+
+
 async def test_a_finish_then_silence_without_usage_is_a_completion(
     autojump_clock: object,
 ) -> None:
