@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import sqlite3
 import sys
 import threading
@@ -312,6 +313,7 @@ class SqlStore:
             self.flush_sync()
         finally:
             self._writer.close()
+            self._writer.checkpointer.stop()
             if self._engine is not None:
                 self._engine.dispose()
 
@@ -368,8 +370,7 @@ class SqlStore:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
         if self._writer.checkpoint_due():
-            with trio.CancelScope(shield=True):  # short; the commit is done already
-                await trio.to_thread.run_sync(self._writer.checkpoint, limiter=self._limiter)
+            self._writer.request_checkpoint()  # in its own thread: no run waits for it
 
     def _take_queue(self) -> list[_Pending]:
         """Everything queued, in order (a run's checkpoint sits where it was first queued)."""
@@ -711,7 +712,7 @@ class _Busy(Exception):
     """Another process holds SQLite's write lock: an inline commit would have to wait."""
 
 
-#: Inline commits between two WAL checkpoints (run from a worker thread, see :class:`_Writer`).
+#: Inline commits between two WAL checkpoints (run by a :class:`_Checkpointer`).
 CHECKPOINT_EVERY = 200
 
 
@@ -727,7 +728,8 @@ class _Writer:
     ``BEGIN IMMEDIATE`` gives up at once, with a busy timeout of 0, and the same batch is
     committed from a worker thread, which waits for the lock), and the WAL checkpoint (copying
     the WAL into the file and syncing both; automatic checkpoints are off on this connection,
-    and one runs from a worker thread every :data:`CHECKPOINT_EVERY` inline commits).
+    and one runs every :data:`CHECKPOINT_EVERY` inline commits in a :class:`_Checkpointer`'s
+    thread, on a connection of its own, while commits go on).
     ``synchronous=FULL`` syncs the WAL at every commit, and PostgreSQL's commit is a round
     trip: those commit from a worker thread, as before.
 
@@ -741,7 +743,8 @@ class _Writer:
     """
 
     __slots__ = (
-        "__weakref__", "_conn", "_engine", "_path", "_sa", "_since_checkpoint", "_tx", "inline",
+        "__weakref__", "_conn", "_engine", "_path", "_sa", "_since_checkpoint", "_tx",
+        "checkpointer", "inline",
     )  # fmt: skip
 
     def __init__(self, engine: Engine | None, path: Path | None = None) -> None:
@@ -756,6 +759,7 @@ class _Writer:
         """Known once the connection is open (``open_sync`` opens it; a store built directly
         on an engine opens it at its first commit, which then runs in a thread)."""
         self._since_checkpoint = 0
+        self.checkpointer = _Checkpointer()
         if engine is not None and engine.dialect.name == "sqlite":
             from sqlalchemy import event
 
@@ -824,6 +828,7 @@ class _Writer:
             found = writer()
             if found is not None:
                 found.close()
+                found.checkpointer.stop(timeout_s=0)
 
         return close
 
@@ -925,20 +930,13 @@ class _Writer:
     def checkpoint_due(self) -> bool:
         return self.inline and self._since_checkpoint >= CHECKPOINT_EVERY
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database file (``PASSIVE``: never waits for a reader); a
-        failure is logged, not raised — the WAL keeps the commits, and the next one retries."""
+    def request_checkpoint(self) -> None:
+        """Have the WAL copied into the database file soon, by the checkpointer's thread."""
         self._since_checkpoint = 0
-        try:
-            cur = self._connection().cursor()
-            try:
-                cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            finally:
-                cur.close()
-        except Exception as exc:
-            if not _database_error(exc):
-                raise
-            logging.getLogger("demiarch_flow").warning("WAL checkpoint failed: %s", _short(exc))
+        conn = self._connection()
+        row = conn.execute("PRAGMA database_list").fetchone()
+        if row is not None and row[2]:  # (seq, name, file); "" for a database in memory
+            self.checkpointer.request(row[2])
 
     def close(self) -> None:
         conn, self._conn, self._tx = self._conn, None, None
@@ -951,6 +949,82 @@ class _Writer:
         if conn is not None and self._engine is None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+class _Checkpointer:
+    """SQLite's WAL checkpoint, off every run's path.
+
+    A checkpoint copies the WAL into the database file and syncs it: about 10 ms on this
+    project's disk, every :data:`CHECKPOINT_EVERY` commits. Awaited by the commit that made it
+    due, under the store's write lock, it was one sequential run in seventy and the whole p99
+    (14.8 ms against 2.1 ms without it). So it runs in a thread of its own, on a connection of
+    its own: ``PASSIVE`` never waits for readers or writers, and SQLite lets the writer's
+    connection append to the WAL meanwhile. Requests that come while one runs make one more.
+    A failure is logged, not raised: the WAL keeps the commits, and the next one retries.
+    The thread is a daemon, started at the first request (again in a forked child, which does
+    not inherit it), and :meth:`stop` ends it after the checkpoint in hand.
+    """
+
+    __slots__ = ("_due", "_path", "_pid", "_stopping", "_thread")
+
+    def __init__(self) -> None:
+        self._due = threading.Event()
+        self._path = ""
+        self._pid = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def request(self, path: str) -> None:
+        self._path = path
+        thread = self._thread
+        if thread is None or self._pid != os.getpid() or not thread.is_alive():
+            self._pid, self._stopping = os.getpid(), False
+            thread = self._thread = threading.Thread(
+                target=self._serve, name="demiarch-flow WAL checkpoint", daemon=True
+            )
+            thread.start()
+        self._due.set()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """End the thread once the checkpoint in hand (if any) is done, waiting that long."""
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            return
+        self._stopping = True
+        self._due.set()
+        thread.join(timeout_s)
+
+    def _serve(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._stopping:
+                    return
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(
+                            self._path, timeout=_SQLITE_WAIT_S, isolation_level=None
+                        )
+                    checkpoint(conn)
+                except Exception as exc:  # never kill the thread: the next request retries
+                    logging.getLogger("demiarch_flow").warning(
+                        "WAL checkpoint failed: %s", _short(exc)
+                    )
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what it can of the WAL into the database file, waiting for nobody."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
 
 
 def _create_fresh(path: Path) -> bool:
