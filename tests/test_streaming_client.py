@@ -350,6 +350,21 @@ async def test_a_silence_is_cut_within_the_idle_slack_after_the_last_read(
     assert last + 5.0 * (1 - IDLE_SLACK) <= trio.current_time() <= last + 5.0
 
 
+async def test_the_attempts_own_end_is_not_moved_by_the_idle_slack(
+    autojump_clock: object,
+) -> None:
+    """A read at 54.998 s moves the idle deadline to 59.998 s; the next, at 55.001 s, would
+    move it to the attempt's end (60 s), only 2 ms later — within the slack, but the attempt's
+    end is taken exactly: the stream is cut at 60 s and says that the attempt's time ran out,
+    not that it went quiet 3 ms early."""
+    start = trio.current_time()
+    steady: list[bytes | float | str] = [x for _ in range(11) for x in (4.9, says("b"))]
+    reads = [says("a"), *steady, 1.098, says("c"), 0.003, says("d"), STALL]
+    result, _, _ = await scripted(reads, timeout_s=60.0)
+    assert trio.current_time() - start == pytest.approx(60.0)
+    assert result.cause is ErrorClass.TIMEOUT and "60 s ran out" in str(result.error)
+
+
 async def test_a_finish_then_silence_without_usage_is_a_completion(
     autojump_clock: object,
 ) -> None:

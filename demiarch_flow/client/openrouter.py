@@ -74,9 +74,9 @@ class Attempt:
 IDLE_SLACK = 0.001
 """How far (as a share of the idle timeout) a stream's deadline may lag its last read before it
 is moved: a deadline moved at every read was a sixth of a chunk's CPU (trio re-files it in
-its deadline heap; 10,000-chunk replies, 2026-12-04). So a silence is cut at least 99.9 % of ``idle_timeout_s`` after the last read
-(29.97 s of 30), never later than the exact limit; a shorter deadline (the finish grace, the
-attempt's own) is always taken at once."""
+its deadline heap; 10,000-chunk replies, 2026-12-04). So a silence is cut at least 99.9 % of
+``idle_timeout_s`` after the last read (29.97 s of 30), never later than the exact limit; a
+shorter deadline (the finish grace) and the attempt's own end are always taken exactly."""
 
 FINISH_GRACE_S = 2.0
 """How long a stream whose ``finish_reason`` has arrived is still read for its usage chunk and
@@ -322,7 +322,10 @@ class OpenRouterClient:
                                     if reader.finished:  # whole: only usage and [DONE] to come
                                         idle = min(idle, FINISH_GRACE_S)
                                     due = min(overall, trio.current_time() + idle)
-                                    if not 0 <= due - scope.deadline <= idle * IDLE_SLACK:
+                                    lag = due - scope.deadline
+                                    if lag and (
+                                        due == overall or not 0 <= lag <= idle * IDLE_SLACK
+                                    ):
                                         scope.deadline = due  # see IDLE_SLACK
                                 if reader.ended:
                                     break

@@ -85,7 +85,7 @@ class _Asked:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.answer: Seen | None = None
-        self.error: PersistenceError | None = None
+        self.error: Exception | None = None
 
 
 class Workflows:
@@ -139,9 +139,12 @@ class Workflows:
             if asked.answer is None and asked.error is None:
                 batch, self._asked = self._asked, []
                 try:
-                    # not cancellable once started: every id taken off the list is answered
-                    found = await trio.to_thread.run_sync(self._seen, [a.run_id for a in batch])
-                except PersistenceError as exc:
+                    # Shielded: every id taken off the list is answered, even if the job that
+                    # took them is cancelled (an abort, a grace run out) before its thread
+                    # starts — the others wait on the answer, not on that job.
+                    with trio.CancelScope(shield=True):
+                        found = await trio.to_thread.run_sync(self._seen, [a.run_id for a in batch])
+                except Exception as exc:
                     for a in batch:
                         a.error = exc
                 else:
@@ -149,7 +152,8 @@ class Workflows:
                         a.answer = found[a.run_id]
         if asked.error is not None:
             raise asked.error
-        assert asked.answer is not None
+        if asked.answer is None:  # never: every list taken is answered (see above)
+            raise AssertionError(f"run {run_id}: asked, never answered")
         return asked.answer
 
     def _seen(self, run_ids: list[str]) -> dict[str, Seen]:

@@ -142,3 +142,43 @@ async def test_runs_beat_at_the_interval_a_worker_asks(autojump_clock: object) -
     with trio.move_on_after(2.1):
         await keep_alive(Beating(), "host:1:1", fixed_clock(T0), 0.5)  # type: ignore[arg-type]
     assert len(beats) == 4
+
+
+async def test_a_job_asking_is_answered_when_the_one_reading_for_it_is_cancelled() -> None:
+    """Two jobs ask at once; the one that took both ids to read is cancelled before its thread
+    starts (every worker thread busy): the read still runs, and the other job gets its answer
+    — its id is never left off the list unanswered."""
+    import trio.testing
+
+    from demiarch_flow.queue.take import Workflows
+
+    class Answering(Workflows):
+        def _seen(self, run_ids: list[str]) -> dict[str, Any]:
+            return dict.fromkeys(run_ids, "new")
+
+    workflows = Answering(store=None)  # type: ignore[arg-type]
+    limiter = trio.to_thread.current_default_thread_limiter()
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for holder in holders:  # the process's worker threads are all busy (commits, reads)
+        limiter.acquire_on_behalf_of_nowait(holder)
+    results: dict[str, str] = {}
+    scopes: dict[object, tuple[str, trio.CancelScope]] = {}
+
+    async def ask(name: str) -> None:
+        with trio.CancelScope() as scope:
+            scopes[trio.lowlevel.current_task()] = (name, scope)
+            results[name] = await workflows.seen(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, "X")
+        nursery.start_soon(ask, "Y")
+        await trio.testing.wait_all_tasks_blocked()
+        reader = workflows._reading.statistics().owner
+        cancelled, scope = scopes[reader]
+        assert [a.run_id for a in workflows._asked] == []  # both ids taken by the reader
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+    other = "Y" if cancelled == "X" else "X"
+    assert results[other] == "new"
