@@ -370,7 +370,13 @@ class SqlStore:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
         if self._writer.checkpoint_due():
-            self._writer.request_checkpoint()  # in its own thread: no run waits for it
+            if self._writer.checkpointer.too_big:
+                # the passive checkpoints did not keep up (see _copy_wal): the WAL is started
+                # over here, under the write lock, which no other write of ours can hold up
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._writer.restart_wal, limiter=self._limiter)
+            else:
+                self._writer.request_checkpoint()  # in its own thread: no run waits for it
 
     def _take_queue(self) -> list[_Pending]:
         """Everything queued, in order (a run's checkpoint sits where it was first queued)."""
@@ -715,6 +721,10 @@ class _Busy(Exception):
 #: Inline commits between two WAL checkpoints (run by a :class:`_Checkpointer`).
 CHECKPOINT_EVERY = 200
 
+#: WAL pages (4 KiB each) past which the writer starts the WAL over itself (SQLite's own
+#: automatic checkpoint starts at 1,000 pages); see :func:`_copy_wal`.
+WAL_RESTART_PAGES = 1000
+
 
 class _Writer:
     """SQLite's write connection, opened once and kept: a commit then costs its statements and
@@ -760,6 +770,8 @@ class _Writer:
         on an engine opens it at its first commit, which then runs in a thread)."""
         self._since_checkpoint = 0
         self.checkpointer = _Checkpointer()
+        # a writer dropped without close() (a store forgotten) ends its checkpointer's thread
+        weakref.finalize(self, self.checkpointer.stop, 0.0)
         if engine is not None and engine.dialect.name == "sqlite":
             from sqlalchemy import event
 
@@ -930,13 +942,38 @@ class _Writer:
     def checkpoint_due(self) -> bool:
         return self.inline and self._since_checkpoint >= CHECKPOINT_EVERY
 
-    def request_checkpoint(self) -> None:
-        """Have the WAL copied into the database file soon, by the checkpointer's thread."""
+    def restart_wal(self) -> None:
+        """Copy the whole WAL into the file and have the next write start it over (``RESTART``),
+        on the writer's own connection, under the store's write lock (run from a worker thread:
+        it syncs the file, and waits up to a second for another process's readers). A failure
+        is logged: the next checkpoint tries again."""
         self._since_checkpoint = 0
-        conn = self._connection()
-        row = conn.execute("PRAGMA database_list").fetchone()
-        if row is not None and row[2]:  # (seq, name, file); "" for a database in memory
-            self.checkpointer.request(row[2])
+        self.checkpointer.too_big = False
+        try:
+            conn = self._connection()
+            conn.execute("PRAGMA busy_timeout=1000")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                conn.execute("PRAGMA busy_timeout=0")  # the inline writer never waits
+        except Exception as exc:
+            if not _database_error(exc):
+                raise
+            logging.getLogger("demiarch_flow").warning("WAL restart failed: %s", _short(exc))
+
+    def request_checkpoint(self) -> None:
+        """Have the WAL copied into the database file soon, by the checkpointer's thread; a
+        failure to ask is logged, not raised (the commit that asked is done, and the WAL keeps
+        every commit until a later request)."""
+        self._since_checkpoint = 0
+        try:
+            row = self._connection().execute("PRAGMA database_list").fetchone()
+            if row is not None and row[2]:  # (seq, name, file); "" for a database in memory
+                self.checkpointer.request(row[2])
+        except Exception as exc:
+            logging.getLogger("demiarch_flow").warning(
+                "could not start the WAL checkpoint: %s", _short(exc)
+            )
 
     def close(self) -> None:
         conn, self._conn, self._tx = self._conn, None, None
@@ -958,16 +995,18 @@ class _Checkpointer:
     project's disk, every :data:`CHECKPOINT_EVERY` commits. Awaited by the commit that made it
     due, under the store's write lock, it was one sequential run in seventy and the whole p99
     (14.8 ms against 2.1 ms without it). So it runs in a thread of its own, on a connection of
-    its own: ``PASSIVE`` never waits for readers or writers, and SQLite lets the writer's
-    connection append to the WAL meanwhile. Requests that come while one runs make one more.
-    A failure is logged, not raised: the WAL keeps the commits, and the next one retries.
-    The thread is a daemon, started at the first request (again in a forked child, which does
-    not inherit it), and :meth:`stop` ends it after the checkpoint in hand.
+    its own (:func:`_copy_wal`). Requests that come while one runs make one more. A failure is
+    logged, not raised: the WAL keeps the commits, and the next one retries. The thread is a
+    daemon, started at the first request (again in a forked child, which does not inherit it),
+    and :meth:`stop` ends it after the checkpoint in hand (the writer's finalizer too).
     """
 
-    __slots__ = ("_due", "_path", "_pid", "_stopping", "_thread")
+    __slots__ = ("_due", "_path", "_pid", "_stopping", "_thread", "too_big")
 
     def __init__(self) -> None:
+        self.too_big = False
+        """The last checkpoint left the WAL past :data:`WAL_RESTART_PAGES`: the writer is to
+        start it over (:meth:`_Writer.restart_wal`)."""
         self._due = threading.Event()
         self._path = ""
         self._pid = 0
@@ -985,7 +1024,7 @@ class _Checkpointer:
             thread.start()
         self._due.set()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 1.0) -> None:
         """End the thread once the checkpoint in hand (if any) is done, waiting that long."""
         thread = self._thread
         if thread is None or self._pid != os.getpid():
@@ -1007,7 +1046,7 @@ class _Checkpointer:
                         conn = sqlite3.connect(
                             self._path, timeout=_SQLITE_WAIT_S, isolation_level=None
                         )
-                    checkpoint(conn)
+                    self.too_big = _copy_wal(conn)
                 except Exception as exc:  # never kill the thread: the next request retries
                     logging.getLogger("demiarch_flow").warning(
                         "WAL checkpoint failed: %s", _short(exc)
@@ -1022,9 +1061,20 @@ class _Checkpointer:
                     conn.close()
 
 
-def checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy what it can of the WAL into the database file, waiting for nobody."""
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+def _copy_wal(conn: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database file, waiting for nobody; whether the WAL is still past
+    :data:`WAL_RESTART_PAGES`.
+
+    ``PASSIVE`` never waits for readers or writers, and the writer's connection goes on
+    appending meanwhile. But SQLite starts the WAL over only at a write transaction that began
+    with every frame copied, so under a steady stream of commits (a batch, a worker) the frames
+    written during a passive checkpoint keep it from ever starting over, and the WAL grew
+    without end (74 MB after 6,000 commits of 3 KB rows). Once it is past the bound, the
+    writer starts it over itself, under its write lock (:meth:`_Writer.restart_wal`): a
+    ``RESTART`` from this thread raced the writer's own commits and often left it growing.
+    """
+    _busy, log, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return bool(log > WAL_RESTART_PAGES)
 
 
 def _create_fresh(path: Path) -> bool:

@@ -168,17 +168,18 @@ async def test_the_wal_is_checkpointed_in_a_thread_of_its_own_and_no_commit_wait
     store = _store(tmp_path)
     started, release, finished = threading.Event(), threading.Event(), threading.Event()
     threads: list[str] = []
-    real = sql.checkpoint
+    real = sql._copy_wal
 
-    def checkpoint(conn: Any) -> None:
+    def checkpoint(conn: Any) -> bool:
         threads.append(threading.current_thread().name)
         assert conn is not store._writer._connection()
         started.set()
         release.wait(10)
-        real(conn)
+        too_big = real(conn)
         finished.set()
+        return too_big
 
-    monkeypatch.setattr(sql, "checkpoint", checkpoint)
+    monkeypatch.setattr(sql, "_copy_wal", checkpoint)
     for x in range(3):
         await store._write(_insert(x))
     assert started.wait(10)  # the third commit asked for one, and it is running
@@ -193,6 +194,53 @@ async def test_the_wal_is_checkpointed_in_a_thread_of_its_own_and_no_commit_wait
     assert len(threads) in (1, 2) and set(threads) == {threads[0]}
     with sqlite3.connect(tmp_path / "flow.db") as check:
         assert check.execute("SELECT count(*) FROM probe").fetchone() == (7,)
+
+
+async def test_the_wal_stays_bounded_under_a_steady_stream_of_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits back to back while checkpoints run beside them: a passive checkpoint alone never
+    lets the WAL start over (frames keep coming during it), so it grew without end — 37 MB
+    after these 3,000 commits. Past ``WAL_RESTART_PAGES`` the writer starts it over under its
+    write lock, and its size stays near that bound."""
+    monkeypatch.setattr(sql, "CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr(sql, "WAL_RESTART_PAGES", 100)  # 400 KiB
+    store = _store(tmp_path)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE pad (x INTEGER, pad TEXT)")
+    wal = tmp_path / "flow.db-wal"
+    peak = 0
+
+    def padded(x: int) -> Callable[[Connection], None]:
+        def op(conn: Connection) -> None:
+            conn.execute(text("INSERT INTO pad VALUES (:x, :p)"), {"x": x, "p": "y" * 3000})
+
+        return op
+
+    for x in range(3000):
+        await store._write(padded(x))
+        if x % 50 == 0:
+            peak = max(peak, wal.stat().st_size)
+    store.close()
+    assert peak < 4_000_000, f"the WAL grew to {peak:,} bytes"
+
+
+async def test_a_store_dropped_without_close_ends_its_checkpoint_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forgotten store must not leave its checkpointer's thread (and its connection to the
+    file) behind for the life of the process: its writer's finalizer stops it."""
+    import gc
+
+    monkeypatch.setattr(sql, "CHECKPOINT_EVERY", 1)
+    store = _store(tmp_path)
+    before = set(threading.enumerate())
+    await store._write(_insert(1))
+    [thread] = [t for t in set(threading.enumerate()) - before if "WAL checkpoint" in t.name]
+    del store
+    gc.collect()
+    thread.join(10)
+    assert not thread.is_alive()
 
 
 async def test_a_failed_inline_commit_is_redone_in_a_thread_on_a_new_connection(
