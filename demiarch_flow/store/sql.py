@@ -945,21 +945,32 @@ class _Writer:
     def restart_wal(self) -> None:
         """Copy the whole WAL into the file and have the next write start it over (``RESTART``),
         on the writer's own connection, under the store's write lock (run from a worker thread:
-        it syncs the file, and waits up to a second for another process's readers). A failure
-        is logged: the next checkpoint tries again."""
+        it syncs the file). It waits at most 100 ms for another process's readers, holding every
+        write off meanwhile; if one still holds an old snapshot, the WAL cannot start over, and
+        the next try waits until the WAL has grown by another :data:`WAL_RESTART_PAGES` (so a
+        long reader costs one such wait per 4 MB written, not one per checkpoint). A failure is
+        logged, never raised: the commit that asked is done."""
         self._since_checkpoint = 0
-        self.checkpointer.too_big = False
+        checkpointer = self.checkpointer
+        checkpointer.too_big = False
+        log = "WAL could not be started over: %s"
         try:
             conn = self._connection()
-            conn.execute("PRAGMA busy_timeout=1000")
+            conn.execute("PRAGMA busy_timeout=100")
             try:
-                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                busy, pages, _copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             finally:
                 conn.execute("PRAGMA busy_timeout=0")  # the inline writer never waits
         except Exception as exc:
-            if not _database_error(exc):
-                raise
-            logging.getLogger("demiarch_flow").warning("WAL restart failed: %s", _short(exc))
+            logging.getLogger("demiarch_flow").warning(log, _short(exc))
+            return
+        if busy:
+            checkpointer.restart_at = pages + WAL_RESTART_PAGES
+            logging.getLogger("demiarch_flow").warning(
+                log, f"another connection holds a read transaction ({pages} pages in the WAL)"
+            )
+        else:
+            checkpointer.restart_at = WAL_RESTART_PAGES
 
     def request_checkpoint(self) -> None:
         """Have the WAL copied into the database file soon, by the checkpointer's thread; a
@@ -980,6 +991,10 @@ class _Writer:
         sa, self._sa = self._sa, None
         with contextlib.suppress(Exception):
             if sa is not None:
+                if self._engine is not None and self.inline:
+                    # the engine's connection carries the writer's pragmas (no busy timeout, no
+                    # automatic checkpoint): dropped, not handed to the pool's other users
+                    sa.invalidate()
                 sa.close()
                 if self._engine is None:
                     sa.engine.dispose()  # the one made over ``conn``
@@ -1001,12 +1016,13 @@ class _Checkpointer:
     and :meth:`stop` ends it after the checkpoint in hand (the writer's finalizer too).
     """
 
-    __slots__ = ("_due", "_path", "_pid", "_stopping", "_thread", "too_big")
+    __slots__ = ("_due", "_path", "_pid", "_stopping", "_thread", "restart_at", "too_big")
 
     def __init__(self) -> None:
         self.too_big = False
-        """The last checkpoint left the WAL past :data:`WAL_RESTART_PAGES`: the writer is to
+        """The last checkpoint left the WAL past :attr:`restart_at` pages: the writer is to
         start it over (:meth:`_Writer.restart_wal`)."""
+        self.restart_at = WAL_RESTART_PAGES
         self._due = threading.Event()
         self._path = ""
         self._pid = 0
@@ -1031,7 +1047,8 @@ class _Checkpointer:
             return
         self._stopping = True
         self._due.set()
-        thread.join(timeout_s)
+        if thread is not threading.current_thread():  # a finalizer may run on this thread
+            thread.join(timeout_s)
 
     def _serve(self) -> None:
         conn: sqlite3.Connection | None = None
@@ -1046,7 +1063,7 @@ class _Checkpointer:
                         conn = sqlite3.connect(
                             self._path, timeout=_SQLITE_WAIT_S, isolation_level=None
                         )
-                    self.too_big = _copy_wal(conn)
+                    self.too_big = _copy_wal(conn) > self.restart_at
                 except Exception as exc:  # never kill the thread: the next request retries
                     logging.getLogger("demiarch_flow").warning(
                         "WAL checkpoint failed: %s", _short(exc)
@@ -1061,9 +1078,8 @@ class _Checkpointer:
                     conn.close()
 
 
-def _copy_wal(conn: sqlite3.Connection) -> bool:
-    """Copy the WAL into the database file, waiting for nobody; whether the WAL is still past
-    :data:`WAL_RESTART_PAGES`.
+def _copy_wal(conn: sqlite3.Connection) -> int:
+    """Copy the WAL into the database file, waiting for nobody; the pages in the WAL.
 
     ``PASSIVE`` never waits for readers or writers, and the writer's connection goes on
     appending meanwhile. But SQLite starts the WAL over only at a write transaction that began
@@ -1073,8 +1089,8 @@ def _copy_wal(conn: sqlite3.Connection) -> bool:
     writer starts it over itself, under its write lock (:meth:`_Writer.restart_wal`): a
     ``RESTART`` from this thread raced the writer's own commits and often left it growing.
     """
-    _busy, log, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return bool(log > WAL_RESTART_PAGES)
+    _busy, pages, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(pages)
 
 
 def _create_fresh(path: Path) -> bool:
