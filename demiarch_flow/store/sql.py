@@ -92,6 +92,8 @@ def safe_url(url: str) -> str:
 #: How long a new connection waits for another process's lock (busy timeout, WAL switch).
 _SQLITE_WAIT_S = 30.0
 
+log = logging.getLogger("demiarch_flow")
+
 
 #: ``?synchronous=`` of a SQLite URL → the PRAGMA's value. ``normal`` (the default): in WAL
 #: mode a commit survives the process's crash but not a power loss or an OS crash (the WAL is
@@ -312,8 +314,7 @@ class SqlStore:
         try:
             self.flush_sync()
         finally:
-            self._writer.close()
-            self._writer.checkpointer.stop()
+            self._writer.dispose()
             if self._engine is not None:
                 self._engine.dispose()
 
@@ -462,9 +463,7 @@ class SqlStore:
             self._commit(batch)
             for p in batch:
                 if p.error is not None:
-                    logging.getLogger("demiarch_flow").warning(
-                        "could not write queued journal rows: %s", _short(p.error)
-                    )
+                    log.warning("could not write queued journal rows: %s", _short(p.error))
 
     # ------------------------------------------------------------------ the Store interface
 
@@ -839,8 +838,7 @@ class _Writer:
         def close(_engine: Engine) -> None:
             found = writer()
             if found is not None:
-                found.close()
-                found.checkpointer.stop(timeout_s=0)
+                found.dispose(timeout_s=0)
 
         return close
 
@@ -953,7 +951,7 @@ class _Writer:
         self._since_checkpoint = 0
         checkpointer = self.checkpointer
         checkpointer.too_big = False
-        log = "WAL could not be started over: %s"
+        failed = "WAL could not be started over: %s"
         try:
             conn = self._connection()
             conn.execute("PRAGMA busy_timeout=100")
@@ -962,12 +960,12 @@ class _Writer:
             finally:
                 conn.execute("PRAGMA busy_timeout=0")  # the inline writer never waits
         except Exception as exc:
-            logging.getLogger("demiarch_flow").warning(log, _short(exc))
+            log.warning(failed, _short(exc))
             return
         if busy:
             checkpointer.restart_at = pages + WAL_RESTART_PAGES
-            logging.getLogger("demiarch_flow").warning(
-                log, f"another connection holds a read transaction ({pages} pages in the WAL)"
+            log.warning(
+                failed, f"another connection holds a read transaction ({pages} pages in the WAL)"
             )
         else:
             checkpointer.restart_at = WAL_RESTART_PAGES
@@ -982,9 +980,14 @@ class _Writer:
             if row is not None and row[2]:  # (seq, name, file); "" for a database in memory
                 self.checkpointer.request(row[2])
         except Exception as exc:
-            logging.getLogger("demiarch_flow").warning(
-                "could not start the WAL checkpoint: %s", _short(exc)
-            )
+            log.warning("could not start the WAL checkpoint: %s", _short(exc))
+
+    def dispose(self, timeout_s: float = 1.0) -> None:
+        """Close for good: the connection, and the checkpointer's thread (waiting that long for
+        the checkpoint in hand). :meth:`close` alone is for a failed transaction: the next one
+        opens another connection, and checkpoints go on."""
+        self.close()
+        self.checkpointer.stop(timeout_s)
 
     def close(self) -> None:
         conn, self._conn, self._tx = self._conn, None, None
@@ -1065,9 +1068,7 @@ class _Checkpointer:
                         )
                     self.too_big = _copy_wal(conn) > self.restart_at
                 except Exception as exc:  # never kill the thread: the next request retries
-                    logging.getLogger("demiarch_flow").warning(
-                        "WAL checkpoint failed: %s", _short(exc)
-                    )
+                    log.warning("WAL checkpoint failed: %s", _short(exc))
                     if conn is not None:
                         with contextlib.suppress(Exception):
                             conn.close()
